@@ -1,0 +1,23 @@
+//! The Patient Access Platform's protobuf contracts, compiled for tonic.
+//!
+//! Package `pac.<area>.v1` lives in module `pac::<area>::v1`. [`FILE_DESCRIPTOR_SET`] serves gRPC
+//! reflection.
+
+pub mod pac {
+    pub mod common {
+        pub mod v1 {
+            tonic::include_proto!("pac.common.v1");
+        }
+    }
+    pub mod records {
+        pub mod v1 {
+            tonic::include_proto!("pac.records.v1");
+        }
+    }
+}
+
+pub use pac::common::v1 as common;
+pub use pac::records::v1 as records;
+
+/// Encoded `FileDescriptorSet` of every contract, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pac_descriptor");

@@ -1,0 +1,247 @@
+//! Serving a component over gRPC: request ids, request spans with W3C context, health (NOT_SERVING
+//! while the database is unreachable), reflection v1 and v1alpha, connection limits, graceful shutdown.
+
+use std::future::Future;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, Request, Response};
+use opentelemetry::global;
+use opentelemetry::propagation::Extractor;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing::{Span, field};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::config::GrpcConfig;
+
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What a component serves besides its own services.
+pub struct Serving {
+    /// Fully-qualified gRPC service names reported by the health service, e.g. `pac.records.v1.PatientRecords`.
+    pub service_names: Vec<&'static str>,
+    /// Encoded file descriptor sets for reflection.
+    pub descriptor_sets: Vec<&'static [u8]>,
+    /// The component's database, checked for health.
+    pub database: PgPool,
+}
+
+/// Serves `routes` on `listener` until `shutdown` fires, then drains in-flight calls for at most the
+/// configured grace period.
+pub async fn serve(
+    config: &GrpcConfig,
+    listener: TcpListener,
+    routes: Routes,
+    serving: Serving,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(report_health(reporter, serving.service_names, serving.database, shutdown.clone()));
+
+    let mut reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    for set in &serving.descriptor_sets {
+        reflection = reflection.register_encoded_file_descriptor_set(set);
+    }
+    let reflection_v1 = reflection.build_v1()?;
+    let mut reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    for set in &serving.descriptor_sets {
+        reflection = reflection.register_encoded_file_descriptor_set(set);
+    }
+    let reflection_v1alpha = reflection.build_v1alpha()?;
+
+    let routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_grpc()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(on_response)
+                .on_eos(on_end_of_stream)
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER));
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = Server::builder()
+        .concurrency_limit_per_connection(config.concurrency_limit_per_connection)
+        .timeout(config.request_timeout)
+        .max_connection_age(config.max_connection_age)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(layers)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+
+    let grace = config.shutdown_grace;
+    let result = tokio::select! {
+        result = server => result.map_err(anyhow::Error::from),
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown grace period over; closing remaining calls");
+            Ok(())
+        }
+    };
+    health_task.abort();
+    result
+}
+
+/// The request span: named after the RPC, parented on the caller's W3C trace context (extracted here,
+/// before the span is ever entered), with the request id and trace id for log correlation.
+fn request_span<B>(request: &Request<B>) -> Span {
+    let path = request.uri().path();
+    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+    let request_id = request.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        request_id = %request_id,
+        trace_id = field::Empty,
+        rpc.grpc.status_code = field::Empty,
+        otel.status_code = field::Empty,
+    );
+    let parent = global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(request.headers())));
+    let _ = span.set_parent(parent);
+    if let Some(trace_id) = crate::telemetry::current_trace_id_of(&span) {
+        span.record("trace_id", field::display(trace_id));
+    }
+    span
+}
+
+fn on_response<B>(response: &Response<B>, latency: Duration, span: &Span) {
+    // A trailers-only response (most errors) has its status in the headers.
+    if let Some(code) = grpc_status(response.headers()) {
+        finish(code, latency, span);
+    }
+}
+
+fn on_end_of_stream(trailers: Option<&HeaderMap>, latency: Duration, span: &Span) {
+    finish(trailers.and_then(grpc_status).unwrap_or(0), latency, span);
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<i32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+fn finish(code: i32, latency: Duration, span: &Span) {
+    span.record("rpc.grpc.status_code", code);
+    let code_name = format!("{:?}", tonic::Code::from_i32(code));
+    if is_server_fault(code) {
+        span.record("otel.status_code", "ERROR");
+        tracing::warn!(parent: span, grpc.code = %code_name, latency_ms = latency.as_secs_f64() * 1e3, "rpc finished");
+    } else {
+        tracing::info!(parent: span, grpc.code = %code_name, latency_ms = latency.as_secs_f64() * 1e3, "rpc finished");
+    }
+}
+
+/// Codes that mean the server failed, not that the caller asked for something it may not have.
+fn is_server_fault(code: i32) -> bool {
+    use tonic::Code::*;
+    matches!(tonic::Code::from_i32(code), Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss)
+}
+
+/// Reads W3C `traceparent`/`tracestate` from request headers.
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+/// Keeps the health service in step with the database: SERVING while it answers, NOT_SERVING when it
+/// does not and from the moment shutdown begins.
+async fn report_health(reporter: HealthReporter, names: Vec<&'static str>, database: PgPool, shutdown: CancellationToken) {
+    let mut last = None;
+    loop {
+        let status = if shutdown.is_cancelled() {
+            ServingStatus::NotServing
+        } else if crate::db::is_reachable(&database, Duration::from_secs(2)).await {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            if status == ServingStatus::NotServing && !shutdown.is_cancelled() {
+                tracing::warn!("database unreachable; reporting NOT_SERVING");
+            }
+            for name in names.iter().copied().chain([""]) {
+                reporter.set_service_status(name, status).await;
+            }
+            last = Some(status);
+        }
+        if shutdown.is_cancelled() {
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// A token cancelled on SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received; draining");
+        cancel.cancel();
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs `task` every `period` until shutdown (housekeeping such as pruning idempotency records).
+pub fn every<F, Fut>(period: Duration, shutdown: CancellationToken, mut task: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(period) => task().await,
+            }
+        }
+    });
+}

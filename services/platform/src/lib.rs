@@ -1,0 +1,19 @@
+//! The shared runtime kit every Patient Access Platform component is built on: configuration,
+//! telemetry, the database (schemas, roles, pools, migrations), errors mapped to gRPC status with
+//! rich details, caller context, the event outbox, idempotency, and serving over gRPC.
+
+pub mod caller;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod grpc;
+pub mod idempotency;
+pub mod local_postgres;
+pub mod outbox;
+pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use caller::{Actor, Caller, CallerVerifier};
+pub use config::PlatformConfig;
+pub use error::{ApiError, FieldViolation};
