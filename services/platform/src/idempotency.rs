@@ -79,6 +79,16 @@ impl IdempotencyStore {
         Ok(row.map(|(request_hash, response)| Recorded { request_hash, response }))
     }
 
+    /// Inside a write's transaction: waits for any concurrent request with the same id to finish, then
+    /// returns its recorded response if it succeeded. The lock is held to the end of the transaction.
+    pub async fn claim(&self, conn: &mut PgConnection, operation: &str, request_id: &str) -> Result<Option<Recorded>, sqlx::Error> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("{}:{operation}:{request_id}", self.schema))
+            .execute(&mut *conn)
+            .await?;
+        self.find(&mut *conn, operation, request_id).await
+    }
+
     /// Records the response inside the write's transaction. Returns false when the id was recorded
     /// first by a concurrent request (which this call waited for): the caller rolls back and replays.
     pub async fn record(

@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod idempotency;
 pub mod local_postgres;
 pub mod outbox;
+pub mod paging;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -1,1 +1,134 @@
+//! The patient records service (`pac.records.v1.PatientRecords`): registration with NHS number
+//! validation and duplicate detection, lookup, update with etags, ranked search, matching, reversible
+//! merges, restricted records, and a resumable event stream.
+//!
+//! A library first: [`serve`] runs it on a listener until a shutdown token fires, so `pac dev`, the
+//! tests and the container all start the same thing.
+
+pub mod convert;
 pub mod domain;
+pub mod error;
+pub mod records;
+pub mod service;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use pac_platform::config::{Environment, Secret, var};
+use pac_platform::db::{self, ServiceSchema};
+use pac_platform::grpc::{self, Serving};
+use pac_platform::idempotency::IdempotencyStore;
+use pac_platform::outbox::Outbox;
+use pac_platform::{CallerVerifier, PlatformConfig};
+use pac_proto::records::patient_records_server::PatientRecordsServer;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+use crate::domain::matching::Thresholds;
+
+pub const SCHEMA: &str = "records";
+pub const DATABASE: ServiceSchema = ServiceSchema::new(SCHEMA, "pac_records");
+pub const SERVICE_NAME: &str = "pac.records.v1.PatientRecords";
+pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
+
+static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// Settings of the records service (environment variables in the README's table).
+#[derive(Debug, Clone)]
+pub struct RecordsConfig {
+    /// `PAC_RECORDS_ADDR`.
+    pub listen: SocketAddr,
+    /// `PAC_RECORDS_DATABASE_URL`: the service role's own connection; derived from `DATABASE_URL` when unset.
+    pub database_url: Option<Secret>,
+    /// `PAC_MATCH_THRESHOLD`, `PAC_POSSIBLE_MATCH_THRESHOLD`.
+    pub thresholds: Thresholds,
+    /// `PAC_ACCEPT_TEST_NHS_NUMBERS`: accept 900-999 test numbers (default: only outside production).
+    pub accept_test_nhs_numbers: bool,
+}
+
+impl RecordsConfig {
+    pub fn from_env(platform: &PlatformConfig) -> anyhow::Result<Self> {
+        let defaults = Thresholds::default();
+        let thresholds = Thresholds {
+            matched: var("PAC_MATCH_THRESHOLD", defaults.matched)?,
+            possible: var("PAC_POSSIBLE_MATCH_THRESHOLD", defaults.possible)?,
+        };
+        anyhow::ensure!(
+            0.0 < thresholds.possible && thresholds.possible <= thresholds.matched && thresholds.matched <= 1.0,
+            "match thresholds must satisfy 0 < PAC_POSSIBLE_MATCH_THRESHOLD <= PAC_MATCH_THRESHOLD <= 1"
+        );
+        Ok(Self {
+            listen: var("PAC_RECORDS_ADDR", DEFAULT_ADDR.parse()?)?,
+            database_url: std::env::var("PAC_RECORDS_DATABASE_URL").ok().filter(|u| !u.is_empty()).map(Secret::new),
+            thresholds,
+            accept_test_nhs_numbers: var("PAC_ACCEPT_TEST_NHS_NUMBERS", platform.environment == Environment::Development)?,
+        })
+    }
+
+    /// Development defaults on the given address (tests, `pac dev`).
+    pub fn development(listen: SocketAddr) -> Self {
+        Self { listen, database_url: None, thresholds: Thresholds::default(), accept_test_nhs_numbers: true }
+    }
+}
+
+/// Opens the service's pool as its own role.
+pub async fn connect(platform: &PlatformConfig, config: &RecordsConfig) -> anyhow::Result<PgPool> {
+    let options = db::service_connect_options(&platform.db, DATABASE, config.database_url.as_ref())?;
+    db::connect(&platform.db, DATABASE, options).await
+}
+
+/// Creates the role and schema (administrator connection), then migrates as the service role.
+pub async fn migrate(platform: &PlatformConfig, config: &RecordsConfig) -> anyhow::Result<()> {
+    let admin = db::admin_pool(&platform.db.admin_url).await?;
+    db::provision(&admin, DATABASE, &platform.db.role_password).await?;
+    admin.close().await;
+    let pool = connect(platform, config).await?;
+    db::migrate(&pool, &MIGRATIONS).await.context("records migrations failed")?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Serves the records service on `listener` until `shutdown` fires.
+pub async fn serve(
+    platform: PlatformConfig,
+    config: RecordsConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let pool = connect(&platform, &config).await?;
+    let records = records::Records::new(pool.clone(), Outbox::new(SCHEMA), config.thresholds);
+    let verifier = CallerVerifier::new(&platform.internal_key, platform.require_caller_context);
+    let service = service::RecordsService::new(
+        records,
+        verifier,
+        config.accept_test_nhs_numbers,
+        platform.outbox_poll_interval,
+        shutdown.clone(),
+    );
+
+    let prune_pool = pool.clone();
+    let retention = platform.idempotency_retention;
+    grpc::every(Duration::from_secs(3600), shutdown.clone(), move || {
+        let pool = prune_pool.clone();
+        async move {
+            if let Err(error) = IdempotencyStore::new(SCHEMA).prune(&pool, retention).await {
+                tracing::warn!(error = pac_platform::error::safe_description(&error), "pruning idempotency records failed");
+            }
+        }
+    });
+
+    let max = platform.grpc.max_message_bytes;
+    let routes = Routes::new(PatientRecordsServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max));
+    tracing::info!(address = %listener.local_addr()?, "records service listening");
+    let serving = Serving {
+        service_names: vec![SERVICE_NAME],
+        descriptor_sets: vec![pac_proto::FILE_DESCRIPTOR_SET],
+        database: pool,
+    };
+    grpc::serve(&platform.grpc, listener, routes, serving, shutdown).await
+}

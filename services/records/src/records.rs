@@ -1,0 +1,356 @@
+//! The records service's operations: each one a unit of database work that applies the domain's
+//! rules, writes the change and its event together, and answers in the contract's terms.
+
+use chrono::Utc;
+use pac_platform::caller::{Caller, PERMISSION_RESTRICTED_READ};
+use pac_platform::idempotency::IdempotencyStore;
+use pac_platform::outbox::{NewEvent, Outbox};
+use pac_proto::records as pb;
+use pac_proto::records::watch_events_response::Event;
+use prost::Message;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::convert::{self, CONTACT_FIELDS, Rules};
+use crate::domain::matching::{self, Grade, MatchProfile, Thresholds};
+use crate::domain::patient::{Demographics, PatientRecord};
+use crate::error::RecordsError;
+use crate::store::{self, MergeRecord, Registered, Registration, SearchCriteria};
+
+/// A merge chain longer than this is a data fault, not a chain.
+const MAX_MERGE_DEPTH: usize = 16;
+/// Candidates fetched for duplicate scoring.
+const CANDIDATE_LIMIT: i64 = 200;
+
+#[derive(Clone)]
+pub struct Records {
+    pub pool: PgPool,
+    pub outbox: Outbox,
+    idempotency: IdempotencyStore,
+    thresholds: Thresholds,
+}
+
+pub struct Register {
+    pub demographics: Demographics,
+    pub request_id: Option<String>,
+    pub request_hash: Vec<u8>,
+    pub allow_possible_duplicate: bool,
+    pub caller: Caller,
+}
+
+pub struct Update {
+    pub id: Uuid,
+    pub etag: String,
+    pub input: pb::Patient,
+    pub paths: Vec<String>,
+    pub rules: Rules,
+    pub caller: Caller,
+}
+
+pub struct Merge {
+    pub survivor_id: Uuid,
+    pub merged_id: Uuid,
+    pub reason: String,
+    pub request_id: Option<String>,
+    pub request_hash: Vec<u8>,
+    pub caller: Caller,
+}
+
+pub struct Unmerge {
+    pub merged_id: Uuid,
+    pub reason: String,
+    pub request_id: Option<String>,
+    pub request_hash: Vec<u8>,
+    pub caller: Caller,
+}
+
+/// A scored existing record.
+pub struct Candidate {
+    pub record: PatientRecord,
+    pub score: f64,
+    pub grade: Grade,
+    pub matched_on: Vec<&'static str>,
+}
+
+pub fn reveals_contact(caller: &Caller) -> bool {
+    caller.may(PERMISSION_RESTRICTED_READ)
+}
+
+impl Records {
+    pub fn new(pool: PgPool, outbox: Outbox, thresholds: Thresholds) -> Self {
+        Self { pool, outbox, idempotency: IdempotencyStore::new(crate::SCHEMA), thresholds }
+    }
+
+    pub async fn register(&self, r: Register) -> Result<pb::RegisterPatientResponse, RecordsError> {
+        if let Some(response) = self.replay("RegisterPatient", r.request_id.as_deref(), &r.request_hash).await? {
+            return Ok(response);
+        }
+        let result = self.register_new(&r).await;
+        // A retry that raced its own first attempt sees that attempt's patient as a duplicate: answer
+        // it with the first response instead.
+        if let Err(RecordsError::NhsNumberExists { .. } | RecordsError::PossibleDuplicate(_)) = &result {
+            if let Some(response) = self.replay("RegisterPatient", r.request_id.as_deref(), &r.request_hash).await? {
+                return Ok(response);
+            }
+        }
+        result
+    }
+
+    async fn register_new(&self, r: &Register) -> Result<pb::RegisterPatientResponse, RecordsError> {
+        let candidates = self.candidates(&r.demographics.match_profile(), CANDIDATE_LIMIT as usize).await?;
+        if let Some(same) = candidates.iter().find(|c| c.matched_on == ["nhs_number"]) {
+            return Err(RecordsError::NhsNumberExists { existing: same.record.id });
+        }
+        if !candidates.is_empty() && !r.allow_possible_duplicate {
+            return Err(RecordsError::PossibleDuplicate(
+                candidates.iter().take(10).map(|c| (c.record.id, c.score, c.grade)).collect(),
+            ));
+        }
+        let now = Utc::now();
+        let record = PatientRecord {
+            id: Uuid::now_v7(),
+            version: 1,
+            demographics: r.demographics.clone(),
+            merged_into: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let reveal = reveals_contact(&r.caller);
+        let response = pb::RegisterPatientResponse {
+            patient: Some(convert::patient(&record, reveal)),
+            overridden_candidates: candidates.iter().map(|c| candidate_message(c, reveal)).collect(),
+        };
+        let duplicate_override = (!candidates.is_empty()).then(|| {
+            serde_json::json!({
+                "by": r.caller.actor.subject,
+                "candidates": candidates.iter().map(|c| serde_json::json!({"id": c.record.id, "score": c.score})).collect::<Vec<_>>(),
+            })
+        });
+        let event = Event::PatientRegistered(pb::PatientRegistered { patient: Some(convert::patient(&record, true)) });
+        let registration = Registration {
+            record: &record,
+            duplicate_override,
+            request_id: r.request_id.as_deref(),
+            request_hash: &r.request_hash,
+            response: response.encode_to_vec(),
+            event_id: Uuid::now_v7(),
+            event_payload: event_payload(event),
+            actor: &r.caller.actor,
+            trace_id: pac_platform::telemetry::current_trace_id(),
+        };
+        match store::insert_registration(&self.pool, registration).await? {
+            Registered::Created => {
+                self.outbox.committed();
+                tracing::info!(patient_id = %record.id, overridden_candidates = candidates.len(), "patient registered");
+                Ok(response)
+            }
+            Registered::RequestIdTaken => self
+                .replay("RegisterPatient", r.request_id.as_deref(), &r.request_hash)
+                .await?
+                .ok_or(RecordsError::Conflict),
+        }
+    }
+
+    async fn replay<R: Message + Default>(&self, operation: &str, request_id: Option<&str>, hash: &[u8]) -> Result<Option<R>, RecordsError> {
+        let Some(request_id) = request_id else { return Ok(None) };
+        match self.idempotency.find(&self.pool, operation, request_id).await? {
+            Some(recorded) => Ok(Some(recorded.replay(hash)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Existing active records that may be the person in `profile`, best first.
+    pub async fn candidates(&self, profile: &MatchProfile, max: usize) -> Result<Vec<Candidate>, RecordsError> {
+        let mut scored: Vec<Candidate> = store::candidates(&self.pool, profile, CANDIDATE_LIMIT)
+            .await?
+            .into_iter()
+            .filter_map(|record| {
+                let score = matching::score(profile, &record.demographics.match_profile());
+                let grade = self.thresholds.grade(score.value)?;
+                Some(Candidate { record, score: score.value, grade, matched_on: score.matched_on })
+            })
+            .collect();
+        scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.record.id.cmp(&b.record.id)));
+        scored.truncate(max);
+        Ok(scored)
+    }
+
+    /// The record with `id`, or the survivor it was merged into (with `id` as the second value).
+    pub async fn get(&self, id: Uuid) -> Result<(PatientRecord, Option<Uuid>), RecordsError> {
+        let record = store::find(&self.pool, id).await?.ok_or(RecordsError::NotFound(id))?;
+        self.resolve(record).await
+    }
+
+    pub async fn lookup_nhs_number(&self, nhs_number: &str) -> Result<(PatientRecord, Option<Uuid>), RecordsError> {
+        let record = store::find_by_nhs_number(&self.pool, nhs_number).await?.ok_or(RecordsError::IdentifierNotFound)?;
+        self.resolve(record).await
+    }
+
+    pub async fn lookup_local_identifier(&self, issuer: &str, value: &str) -> Result<(PatientRecord, Option<Uuid>), RecordsError> {
+        let record = store::find_by_local_identifier(&self.pool, issuer, value).await?.ok_or(RecordsError::IdentifierNotFound)?;
+        self.resolve(record).await
+    }
+
+    /// Follows merges to the active record.
+    async fn resolve(&self, record: PatientRecord) -> Result<(PatientRecord, Option<Uuid>), RecordsError> {
+        let requested = record.id;
+        let mut current = record;
+        for _ in 0..MAX_MERGE_DEPTH {
+            let Some(survivor) = current.merged_into else {
+                let merged_from = (current.id != requested).then_some(requested);
+                return Ok((current, merged_from));
+            };
+            current = store::find(&self.pool, survivor).await?.ok_or(RecordsError::NotFound(survivor))?;
+        }
+        Err(pac_platform::ApiError::internal(anyhow::anyhow!("merge chain of {requested} is too long")).into())
+    }
+
+    pub async fn update(&self, u: Update) -> Result<PatientRecord, RecordsError> {
+        let mut tx = self.pool.begin().await?;
+        let current = store::lock(&mut tx, &[u.id]).await?.pop().ok_or(RecordsError::NotFound(u.id))?;
+        if let Some(survivor) = current.merged_into {
+            return Err(RecordsError::Merged { id: u.id, survivor });
+        }
+        if current.etag() != u.etag {
+            return Err(RecordsError::VersionMismatch { current_etag: current.etag() });
+        }
+        let (demographics, changed) =
+            convert::apply_update(&current.demographics, &u.input, &u.paths, u.rules).map_err(RecordsError::Invalid)?;
+        let touches_restricted = changed.iter().any(|f| CONTACT_FIELDS.contains(&f.as_str()) || f == "restricted");
+        if current.demographics.restricted && touches_restricted && !reveals_contact(&u.caller) {
+            return Err(RecordsError::RestrictedContact);
+        }
+        if changed.is_empty() {
+            return Ok(current);
+        }
+        let updated = PatientRecord { version: current.version + 1, updated_at: Utc::now(), demographics, ..current };
+        store::update(&mut tx, &self.pool, &updated, changed.iter().any(|f| f == "local_identifiers")).await?;
+        let event = Event::PatientUpdated(pb::PatientUpdated {
+            patient: Some(convert::patient(&updated, true)),
+            changed_fields: changed.clone(),
+        });
+        self.append(&mut tx, "PatientUpdated", updated.id, event, &u.caller, None).await?;
+        tx.commit().await?;
+        self.outbox.committed();
+        tracing::info!(patient_id = %updated.id, changed_fields = ?changed, "patient updated");
+        Ok(updated)
+    }
+
+    pub async fn search(&self, criteria: &SearchCriteria) -> Result<Vec<(PatientRecord, f64)>, RecordsError> {
+        Ok(store::search(&self.pool, criteria).await?)
+    }
+
+    pub async fn merge(&self, m: Merge) -> Result<pb::MergePatientsResponse, RecordsError> {
+        if m.survivor_id == m.merged_id {
+            return Err(RecordsError::SameRecord);
+        }
+        let mut tx = self.pool.begin().await?;
+        if let Some(request_id) = &m.request_id {
+            if let Some(recorded) = self.idempotency.claim(&mut tx, "MergePatients", request_id).await? {
+                return Ok(recorded.replay(&m.request_hash)?);
+            }
+        }
+        let locked = store::lock(&mut tx, &[m.survivor_id, m.merged_id]).await?;
+        let find = |id: Uuid| locked.iter().find(|r| r.id == id).cloned().ok_or(RecordsError::NotFound(id));
+        let (survivor, merged) = (find(m.survivor_id)?, find(m.merged_id)?);
+        if let Some(into) = survivor.merged_into {
+            return Err(RecordsError::Merged { id: survivor.id, survivor: into });
+        }
+        if let Some(into) = merged.merged_into {
+            return Err(RecordsError::AlreadyMerged { id: merged.id, survivor: into });
+        }
+        let now = Utc::now();
+        let merge = MergeRecord {
+            id: Uuid::now_v7(),
+            survivor_id: survivor.id,
+            merged_id: merged.id,
+            reason: m.reason.clone(),
+            moved_identifiers: merged.demographics.identifier_labels(),
+            merged_by: m.caller.actor.clone(),
+            merged_at: now,
+            unmerged_by: None,
+            unmerged_at: None,
+        };
+        let snapshot = |record: &PatientRecord| convert::patient(record, true).encode_to_vec();
+        store::insert_merge(&mut tx, &merge, snapshot(&survivor), snapshot(&merged)).await?;
+        store::set_merged_into(&mut tx, merged.id, Some(survivor.id), now).await?;
+        let event = Event::PatientMerged(pb::PatientMerged { merge: Some(convert::merge(&merge)) });
+        self.append(&mut tx, "PatientMerged", merged.id, event, &m.caller, m.request_id.as_deref()).await?;
+        let response = pb::MergePatientsResponse {
+            survivor: Some(convert::patient(&survivor, reveals_contact(&m.caller))),
+            merge: Some(convert::merge(&merge)),
+        };
+        if let Some(request_id) = &m.request_id {
+            self.idempotency.record(&mut tx, "MergePatients", request_id, &m.request_hash, &response).await?;
+        }
+        tx.commit().await?;
+        self.outbox.committed();
+        tracing::info!(merge_id = %merge.id, survivor_id = %survivor.id, merged_id = %merged.id, "patients merged");
+        Ok(response)
+    }
+
+    pub async fn unmerge(&self, u: Unmerge) -> Result<pb::UnmergePatientResponse, RecordsError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(request_id) = &u.request_id {
+            if let Some(recorded) = self.idempotency.claim(&mut tx, "UnmergePatient", request_id).await? {
+                return Ok(recorded.replay(&u.request_hash)?);
+            }
+        }
+        let merged = store::lock(&mut tx, &[u.merged_id]).await?.pop().ok_or(RecordsError::NotFound(u.merged_id))?;
+        if merged.merged_into.is_none() {
+            return Err(RecordsError::NotMerged(u.merged_id));
+        }
+        let now = Utc::now();
+        let merge = store::close_merge(&mut tx, u.merged_id, &u.reason, &u.caller.actor, now)
+            .await?
+            .ok_or(RecordsError::NotMerged(u.merged_id))?;
+        store::set_merged_into(&mut tx, u.merged_id, None, now).await?;
+        let restored = store::find(&mut *tx, u.merged_id).await?.ok_or(RecordsError::NotFound(u.merged_id))?;
+        let event = Event::PatientUnmerged(pb::PatientUnmerged { merge: Some(convert::merge(&merge)) });
+        self.append(&mut tx, "PatientUnmerged", restored.id, event, &u.caller, u.request_id.as_deref()).await?;
+        let response = pb::UnmergePatientResponse {
+            patient: Some(convert::patient(&restored, reveals_contact(&u.caller))),
+            merge: Some(convert::merge(&merge)),
+        };
+        if let Some(request_id) = &u.request_id {
+            self.idempotency.record(&mut tx, "UnmergePatient", request_id, &u.request_hash, &response).await?;
+        }
+        tx.commit().await?;
+        self.outbox.committed();
+        tracing::info!(merge_id = %merge.id, patient_id = %restored.id, "merge reversed");
+        Ok(response)
+    }
+
+    async fn append(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        event_type: &'static str,
+        aggregate_id: Uuid,
+        event: Event,
+        caller: &Caller,
+        request_id: Option<&str>,
+    ) -> Result<(), RecordsError> {
+        let payload = event_payload(event);
+        self.outbox
+            .append(conn, NewEvent { event_type, aggregate_id, payload, actor: &caller.actor, request_id })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Events are stored as a `WatchEventsResponse` without its envelope; the envelope is added on read.
+fn event_payload(event: Event) -> Vec<u8> {
+    pb::WatchEventsResponse { envelope: None, event: Some(event) }.encode_to_vec()
+}
+
+pub fn candidate_message(candidate: &Candidate, reveal: bool) -> pb::MatchCandidate {
+    pb::MatchCandidate {
+        patient: Some(convert::patient(&candidate.record, reveal)),
+        score: candidate.score,
+        grade: match candidate.grade {
+            Grade::Match => pb::MatchGrade::Match as i32,
+            Grade::PossibleMatch => pb::MatchGrade::PossibleMatch as i32,
+        },
+        matched_on: candidate.matched_on.iter().map(|s| s.to_string()).collect(),
+    }
+}

@@ -1,0 +1,359 @@
+//! `pac.records.v1.PatientRecords` over gRPC: each handler reads the caller, validates the request
+//! into domain values, runs the operation on its own task (see `pac_platform::db::detached`) and maps
+//! the answer.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::{Stream, StreamExt};
+use pac_platform::error::{ApiError, FieldViolation};
+use pac_platform::idempotency::{parse_request_id, request_hash};
+use pac_platform::outbox::{Cursor, StoredEvent};
+use pac_platform::{Caller, CallerVerifier, paging};
+use pac_proto::common::EventEnvelope;
+use pac_proto::records as pb;
+use pac_proto::records::patient_records_server::PatientRecords;
+use pac_proto::records::watch_events_response::Event;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::convert::{self, Rules, nhs_number_violation, parse_id};
+use crate::domain::demographics::{PostcodeFilter, Phone, name_key, parse_birth_date};
+use crate::domain::matching::MatchProfile;
+use crate::domain::nhs_number::NhsNumber;
+use crate::domain::patient::Sex;
+use crate::error::RecordsError;
+use crate::records::{self, Merge, Records, Register, Unmerge, Update, candidate_message, reveals_contact};
+use crate::store::SearchCriteria;
+
+/// Furthest a search can page: fuzzy results this deep are not worth reading.
+const MAX_SEARCH_OFFSET: i64 = 1000;
+
+#[derive(Clone)]
+pub struct RecordsService {
+    records: Records,
+    verifier: CallerVerifier,
+    accept_test_nhs_numbers: bool,
+    poll_interval: Duration,
+    shutdown: CancellationToken,
+}
+
+impl RecordsService {
+    pub fn new(
+        records: Records,
+        verifier: CallerVerifier,
+        accept_test_nhs_numbers: bool,
+        poll_interval: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self { records, verifier, accept_test_nhs_numbers, poll_interval, shutdown }
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        Ok(self.verifier.caller(request.metadata())?)
+    }
+
+    fn rules(&self) -> Rules {
+        Rules { accept_test_nhs_numbers: self.accept_test_nhs_numbers, today: Utc::now().date_naive() }
+    }
+}
+
+fn invalid(violation: FieldViolation) -> Status {
+    ApiError::invalid(vec![violation]).into()
+}
+
+/// Runs an operation to completion even if the caller goes away.
+async fn run<T, F>(work: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, RecordsError>> + Send + 'static,
+{
+    pac_platform::db::detached(async move { work.await.map_err(ApiError::from) }).await.map_err(Status::from)
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PatientRecords for RecordsService {
+    async fn register_patient(
+        &self,
+        request: Request<pb::RegisterPatientRequest>,
+    ) -> Result<Response<pb::RegisterPatientResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let request_id = parse_request_id(&request.request_id)?;
+        let input = request.patient.as_ref().ok_or_else(|| invalid(FieldViolation::new("patient", "PATIENT_REQUIRED", "is required")))?;
+        let demographics = convert::new_demographics(input, self.rules()).map_err(|v| Status::from(ApiError::invalid(v)))?;
+        let register = Register {
+            demographics,
+            request_id,
+            request_hash: request_hash(&request),
+            allow_possible_duplicate: request.allow_possible_duplicate,
+            caller,
+        };
+        let records = self.records.clone();
+        Ok(Response::new(run(async move { records.register(register).await }).await?))
+    }
+
+    async fn get_patient(&self, request: Request<pb::GetPatientRequest>) -> Result<Response<pb::GetPatientResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let id = parse_id("id", &request.get_ref().id).map_err(invalid)?;
+        let records = self.records.clone();
+        let (record, merged_from) = run(async move { records.get(id).await }).await?;
+        Ok(Response::new(pb::GetPatientResponse {
+            patient: Some(convert::patient(&record, reveals_contact(&caller))),
+            merged_from: merged_from.map(|id| id.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn lookup_patient(&self, request: Request<pb::LookupPatientRequest>) -> Result<Response<pb::LookupPatientResponse>, Status> {
+        use pb::lookup_patient_request::Identifier;
+        let caller = self.caller(&request)?;
+        let records = self.records.clone();
+        let found = match request.into_inner().identifier {
+            Some(Identifier::NhsNumber(value)) => {
+                // Any syntactically valid number may be looked up, test range included.
+                let nhs_number = NhsNumber::parse(&value, true).map_err(|e| invalid(nhs_number_violation("nhs_number", e)))?;
+                run(async move { records.lookup_nhs_number(nhs_number.as_str()).await }).await?
+            }
+            Some(Identifier::LocalIdentifier(identifier)) => {
+                let issuer = identifier.issuer.trim().to_uppercase();
+                let value = identifier.value.trim().to_string();
+                if issuer.is_empty() || value.is_empty() {
+                    return Err(invalid(FieldViolation::new("local_identifier", "IDENTIFIER_INVALID", "needs both issuer and value")));
+                }
+                run(async move { records.lookup_local_identifier(&issuer, &value).await }).await?
+            }
+            None => {
+                return Err(invalid(FieldViolation::new(
+                    "identifier",
+                    "IDENTIFIER_REQUIRED",
+                    "set nhs_number or local_identifier",
+                )));
+            }
+        };
+        let (record, merged_from) = found;
+        Ok(Response::new(pb::LookupPatientResponse {
+            patient: Some(convert::patient(&record, reveals_contact(&caller))),
+            merged_from: merged_from.map(|id| id.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn update_patient(&self, request: Request<pb::UpdatePatientRequest>) -> Result<Response<pb::UpdatePatientResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let input = request.patient.ok_or_else(|| invalid(FieldViolation::new("patient", "PATIENT_REQUIRED", "is required")))?;
+        let id = parse_id("patient.id", &input.id).map_err(invalid)?;
+        if input.etag.is_empty() {
+            return Err(invalid(FieldViolation::new("patient.etag", "ETAG_REQUIRED", "is required: send the etag of the version you read")));
+        }
+        let paths = request.update_mask.map(|mask| mask.paths).unwrap_or_default();
+        let update = Update { id, etag: input.etag.clone(), input, paths, rules: self.rules(), caller: caller.clone() };
+        let records = self.records.clone();
+        let updated = run(async move { records.update(update).await }).await?;
+        Ok(Response::new(pb::UpdatePatientResponse { patient: Some(convert::patient(&updated, reveals_contact(&caller))) }))
+    }
+
+    async fn search_patients(&self, request: Request<pb::SearchPatientsRequest>) -> Result<Response<pb::SearchPatientsResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let mut violations = Vec::new();
+        let name_key = match name_key(&request.name) {
+            key if key.is_empty() => None,
+            key if key.chars().filter(|c| c.is_alphabetic()).count() < 2 => {
+                violations.push(FieldViolation::new("name", "NAME_TOO_SHORT", "needs at least two letters"));
+                None
+            }
+            key => Some(key),
+        };
+        let birth_date = match &request.birth_date {
+            None => None,
+            Some(d) => parse_birth_date(d.year, d.month, d.day, Utc::now().date_naive())
+                .map_err(|e| violations.push(FieldViolation::new("birth_date", "BIRTH_DATE_INVALID", e)))
+                .ok(),
+        };
+        let (mut postcode, mut postcode_outward) = (None, None);
+        if !request.postcode.trim().is_empty() {
+            match PostcodeFilter::parse(&request.postcode) {
+                Ok(PostcodeFilter::Full(p)) => postcode = Some(p.as_str().to_string()),
+                Ok(PostcodeFilter::Outward(o)) => postcode_outward = Some(o),
+                Err(e) => violations.push(FieldViolation::new("postcode", "POSTCODE_INVALID", e)),
+            }
+        }
+        let phone = match request.phone.trim() {
+            "" => None,
+            value => Phone::parse(value)
+                .map(|p| p.as_str().to_string())
+                .map_err(|e| violations.push(FieldViolation::new("phone", "PHONE_INVALID", e)))
+                .ok(),
+        };
+        let limit = paging::page_size(request.page_size, 20, 100).map_err(|e| violations.extend(e.field_violations)).unwrap_or(20);
+        if violations.is_empty() && name_key.is_none() && birth_date.is_none() && postcode.is_none() && postcode_outward.is_none() && phone.is_none() {
+            violations.push(FieldViolation::new("name", "CRITERIA_REQUIRED", "give a name, birth date, postcode or phone"));
+        }
+        if !violations.is_empty() {
+            return Err(ApiError::invalid(violations).into());
+        }
+        let query = paging::fingerprint(&[
+            name_key.as_deref().unwrap_or(""),
+            &birth_date.map(|d| d.to_string()).unwrap_or_default(),
+            postcode.as_deref().or(postcode_outward.as_deref()).unwrap_or(""),
+            phone.as_deref().unwrap_or(""),
+            &limit.to_string(),
+        ]);
+        let offset = paging::decode(&request.page_token, query)?;
+        let criteria = SearchCriteria { name_key, birth_date, postcode, postcode_outward, phone, limit, offset };
+        let records = self.records.clone();
+        let hits = if offset >= MAX_SEARCH_OFFSET {
+            Vec::new()
+        } else {
+            run(async move { records.search(&criteria).await }).await?
+        };
+        let reveal = reveals_contact(&caller);
+        let next_offset = offset + limit;
+        let next_page_token = if hits.len() as i64 == limit && next_offset < MAX_SEARCH_OFFSET {
+            paging::encode(next_offset, query)
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::SearchPatientsResponse {
+            results: hits
+                .iter()
+                .map(|(record, score)| pb::PatientSearchResult { patient: Some(convert::patient(record, reveal)), score: *score })
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn match_patients(&self, request: Request<pb::MatchPatientsRequest>) -> Result<Response<pb::MatchPatientsResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let input = request.patient.unwrap_or_default();
+        let mut violations = Vec::new();
+        let max = match request.max_candidates {
+            0 => 10,
+            n @ 1..=50 => n as usize,
+            _ => {
+                violations.push(FieldViolation::new("max_candidates", "MAX_CANDIDATES_INVALID", "must be between 1 and 50"));
+                10
+            }
+        };
+        if name_key(&input.family_name).is_empty() {
+            violations.push(FieldViolation::new("patient.family_name", "NAME_INVALID", "is required for matching"));
+        }
+        let birth_date = match &input.birth_date {
+            None => None,
+            Some(d) => parse_birth_date(d.year, d.month, d.day, Utc::now().date_naive())
+                .map_err(|e| violations.push(FieldViolation::new("patient.birth_date", "BIRTH_DATE_INVALID", e)))
+                .ok(),
+        };
+        let nhs_number = match input.nhs_number.trim() {
+            "" => None,
+            value => NhsNumber::parse(value, true)
+                .map(|n| n.as_str().to_string())
+                .map_err(|e| violations.push(nhs_number_violation("patient.nhs_number", e)))
+                .ok(),
+        };
+        let phone = match input.phone.trim() {
+            "" => None,
+            value => Phone::parse(value)
+                .map(|p| p.as_str().to_string())
+                .map_err(|e| violations.push(FieldViolation::new("patient.phone", "PHONE_INVALID", e)))
+                .ok(),
+        };
+        let postcode = input.address.as_ref().map(|a| a.postcode.trim()).filter(|p| !p.is_empty()).and_then(|p| {
+            crate::domain::demographics::Postcode::parse(p)
+                .map(|p| p.as_str().to_string())
+                .map_err(|e| violations.push(FieldViolation::new("patient.address.postcode", "POSTCODE_INVALID", e)))
+                .ok()
+        });
+        if !violations.is_empty() {
+            return Err(ApiError::invalid(violations).into());
+        }
+        let sex = Sex::from_code(input.sex).unwrap_or(Sex::Unknown);
+        let profile = MatchProfile::new(&input.given_name, &input.family_name, birth_date, sex, postcode, phone, nhs_number);
+        let records = self.records.clone();
+        let candidates = run(async move { records.candidates(&profile, max).await }).await?;
+        let reveal = reveals_contact(&caller);
+        Ok(Response::new(pb::MatchPatientsResponse { candidates: candidates.iter().map(|c| candidate_message(c, reveal)).collect() }))
+    }
+
+    async fn merge_patients(&self, request: Request<pb::MergePatientsRequest>) -> Result<Response<pb::MergePatientsResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let mut violations = Vec::new();
+        let survivor_id = parse_id("survivor_id", &request.survivor_id).map_err(|v| violations.push(v)).ok();
+        let merged_id = parse_id("merged_id", &request.merged_id).map_err(|v| violations.push(v)).ok();
+        let reason = reason_text(&request.reason).map_err(|v| violations.push(v)).ok();
+        let request_id = parse_request_id(&request.request_id).map_err(|e| violations.extend(e.field_violations)).ok().flatten();
+        let (Some(survivor_id), Some(merged_id), Some(reason), true) = (survivor_id, merged_id, reason, violations.is_empty()) else {
+            return Err(ApiError::invalid(violations).into());
+        };
+        let merge = Merge { survivor_id, merged_id, reason, request_id, request_hash: request_hash(&request), caller };
+        let records = self.records.clone();
+        Ok(Response::new(run(async move { records.merge(merge).await }).await?))
+    }
+
+    async fn unmerge_patient(&self, request: Request<pb::UnmergePatientRequest>) -> Result<Response<pb::UnmergePatientResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let mut violations = Vec::new();
+        let merged_id = parse_id("merged_id", &request.merged_id).map_err(|v| violations.push(v)).ok();
+        let reason = reason_text(&request.reason).map_err(|v| violations.push(v)).ok();
+        let request_id = parse_request_id(&request.request_id).map_err(|e| violations.extend(e.field_violations)).ok().flatten();
+        let (Some(merged_id), Some(reason), true) = (merged_id, reason, violations.is_empty()) else {
+            return Err(ApiError::invalid(violations).into());
+        };
+        let unmerge = Unmerge { merged_id, reason, request_id, request_hash: request_hash(&request), caller };
+        let records = self.records.clone();
+        Ok(Response::new(run(async move { records.unmerge(unmerge).await }).await?))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let caller = self.caller(&request)?;
+        let after: Cursor = request.get_ref().after_cursor.parse()?;
+        let reveal = records::reveals_contact(&caller);
+        let events = self
+            .records
+            .outbox
+            .watch(self.records.pool.clone(), after, self.poll_interval, self.shutdown.clone())
+            .map(move |item| item.map_err(Status::from).and_then(|event| event_message(event, reveal)));
+        Ok(Response::new(Box::pin(events)))
+    }
+}
+
+fn reason_text(value: &str) -> Result<String, FieldViolation> {
+    match crate::domain::demographics::parse_text(value, 500) {
+        Ok(text) if !text.is_empty() => Ok(text),
+        Ok(_) => Err(FieldViolation::new("reason", "REASON_REQUIRED", "is required")),
+        Err(e) => Err(FieldViolation::new("reason", "REASON_INVALID", e)),
+    }
+}
+
+/// A stored event as the stream's message, with restricted contact details withheld as on reads.
+fn event_message(event: StoredEvent, reveal: bool) -> Result<pb::WatchEventsResponse, Status> {
+    let mut message = pb::WatchEventsResponse::decode(event.payload.as_slice())
+        .map_err(|e| Status::from(ApiError::internal(anyhow::anyhow!("undecodable stored event: {e}"))))?;
+    if !reveal {
+        match &mut message.event {
+            Some(Event::PatientRegistered(pb::PatientRegistered { patient: Some(patient) }))
+            | Some(Event::PatientUpdated(pb::PatientUpdated { patient: Some(patient), .. })) => convert::withhold_contact(patient),
+            _ => {}
+        }
+    }
+    message.envelope = Some(EventEnvelope {
+        cursor: event.cursor.to_string(),
+        event_id: event.event_id.to_string(),
+        event_type: event.event_type,
+        occur_time: Some(convert::timestamp(event.occurred_at)),
+        aggregate_id: event.aggregate_id.to_string(),
+        actor: Some(convert::actor(&event.actor)),
+        request_id: event.request_id.unwrap_or_default(),
+        trace_id: event.trace_id.unwrap_or_default(),
+    });
+    Ok(message)
+}

@@ -1,0 +1,523 @@
+//! All SQL of the records service. Invariants live in the schema (unique NHS number, unique local
+//! identifier per issuer, one active merge per record); this module turns their violations into
+//! domain errors.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use pac_platform::Actor;
+use pac_platform::error::violated_constraint;
+use sqlx::error::ErrorKind;
+use sqlx::postgres::{PgArguments, Postgres};
+use sqlx::query::Query;
+use sqlx::{PgConnection, PgExecutor, PgPool, QueryBuilder};
+use uuid::Uuid;
+
+use crate::domain::demographics::{Email, OdsCode, PersonName, Phone};
+use crate::domain::matching::MatchProfile;
+use crate::domain::nhs_number::NhsNumber;
+use crate::domain::patient::{Address, ContactPreferences, Demographics, LocalIdentifier, NhsNumberStatus, PatientRecord, Sex};
+use crate::error::RecordsError;
+
+const PATIENT_COLUMNS: &str = "p.id, p.version, p.nhs_number, p.nhs_number_status, p.given_name, p.family_name, \
+    p.birth_date, p.sex, p.address_lines, p.locality, p.district, p.postcode, p.country, p.phone, p.email, \
+    p.gp_practice_code, p.preferred_language, p.interpreter_needed, p.accessibility_needs, \
+    p.preferred_contact_method, p.consented_contact_methods, p.restricted, p.merged_into, p.created_at, p.updated_at, \
+    ARRAY(SELECT l.issuer FROM records.local_identifiers l WHERE l.patient_id = p.id ORDER BY l.issuer, l.value) AS local_issuers, \
+    ARRAY(SELECT l.value FROM records.local_identifiers l WHERE l.patient_id = p.id ORDER BY l.issuer, l.value) AS local_values";
+
+/// The demographic columns, in the order `bind_demographics` binds them.
+const DEMOGRAPHIC_COLUMNS: &str = "nhs_number, nhs_number_status, given_name, family_name, birth_date, sex, \
+    address_lines, locality, district, postcode, postcode_outward, country, phone, email, gp_practice_code, \
+    preferred_language, interpreter_needed, accessibility_needs, preferred_contact_method, \
+    consented_contact_methods, restricted, search_name, family_phonetic";
+const DEMOGRAPHIC_COUNT: usize = 23;
+
+type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
+
+fn bind_demographics<'q>(query: PgQuery<'q>, d: &'q Demographics) -> PgQuery<'q> {
+    let profile = d.match_profile();
+    query
+        .bind(d.nhs_number.as_ref().map(NhsNumber::as_str))
+        .bind(i16::from(d.nhs_number_status.code()))
+        .bind(d.given_name.as_str())
+        .bind(d.family_name.as_str())
+        .bind(d.birth_date)
+        .bind(d.sex as i16)
+        .bind(d.address.lines.as_slice())
+        .bind(d.address.locality.as_str())
+        .bind(d.address.district.as_str())
+        .bind(d.address.postcode.as_str())
+        .bind(d.address.postcode_outward().map(str::to_string))
+        .bind(d.address.country.as_str())
+        .bind(d.phone.as_ref().map(Phone::as_str))
+        .bind(d.email.as_ref().map(Email::as_str))
+        .bind(d.gp_practice_code.as_ref().map(OdsCode::as_str))
+        .bind(d.preferred_language.as_deref())
+        .bind(d.interpreter_needed)
+        .bind(d.accessibility_needs.as_slice())
+        .bind(d.contact_preferences.preferred as i16)
+        .bind(d.contact_preferences.consented.iter().map(|m| *m as i16).collect::<Vec<_>>())
+        .bind(d.restricted)
+        .bind(d.search_name())
+        .bind(profile.family_phonetic)
+}
+
+fn placeholders(from: usize, count: usize) -> String {
+    (from..from + count).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+#[derive(sqlx::FromRow)]
+struct PatientRow {
+    id: Uuid,
+    version: i64,
+    nhs_number: Option<String>,
+    nhs_number_status: i16,
+    given_name: String,
+    family_name: String,
+    birth_date: NaiveDate,
+    sex: i16,
+    address_lines: Vec<String>,
+    locality: String,
+    district: String,
+    postcode: String,
+    country: String,
+    phone: Option<String>,
+    email: Option<String>,
+    gp_practice_code: Option<String>,
+    preferred_language: Option<String>,
+    interpreter_needed: bool,
+    accessibility_needs: Vec<String>,
+    preferred_contact_method: i16,
+    consented_contact_methods: Vec<i16>,
+    restricted: bool,
+    merged_into: Option<Uuid>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    local_issuers: Vec<String>,
+    local_values: Vec<String>,
+}
+
+impl PatientRow {
+    /// Rows were validated on the way in; the schema's checks keep them that way.
+    fn into_record(self) -> PatientRecord {
+        PatientRecord {
+            id: self.id,
+            version: self.version,
+            merged_into: self.merged_into,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            demographics: Demographics {
+                nhs_number: self.nhs_number.map(NhsNumber::from_stored),
+                nhs_number_status: NhsNumberStatus::from_code(self.nhs_number_status.into())
+                    .unwrap_or(NhsNumberStatus::TRACE_REQUIRED),
+                local_identifiers: self
+                    .local_issuers
+                    .into_iter()
+                    .zip(self.local_values)
+                    .map(|(issuer, value)| LocalIdentifier { issuer: OdsCode::from_stored(issuer), value })
+                    .collect(),
+                given_name: PersonName::from_stored(self.given_name),
+                family_name: PersonName::from_stored(self.family_name),
+                birth_date: self.birth_date,
+                sex: Sex::from_code(self.sex.into()).unwrap_or(Sex::Unknown),
+                address: Address {
+                    lines: self.address_lines,
+                    locality: self.locality,
+                    district: self.district,
+                    postcode: self.postcode,
+                    country: self.country,
+                },
+                phone: self.phone.map(Phone::from_stored),
+                email: self.email.map(Email::from_stored),
+                gp_practice_code: self.gp_practice_code.map(OdsCode::from_stored),
+                preferred_language: self.preferred_language,
+                interpreter_needed: self.interpreter_needed,
+                accessibility_needs: self.accessibility_needs,
+                contact_preferences: ContactPreferences {
+                    preferred: self.preferred_contact_method.into(),
+                    consented: self.consented_contact_methods.into_iter().map(i32::from).collect(),
+                },
+                restricted: self.restricted,
+            },
+        }
+    }
+}
+
+/// A registration, written in one statement: the idempotency record, the patient, its local
+/// identifiers and the PatientRegistered event commit together or not at all.
+pub struct Registration<'a> {
+    pub record: &'a PatientRecord,
+    pub duplicate_override: Option<serde_json::Value>,
+    pub request_id: Option<&'a str>,
+    pub request_hash: &'a [u8],
+    pub response: Vec<u8>,
+    pub event_id: Uuid,
+    pub event_payload: Vec<u8>,
+    pub actor: &'a Actor,
+    pub trace_id: Option<String>,
+}
+
+pub enum Registered {
+    Created,
+    /// Another request with the same request id committed first.
+    RequestIdTaken,
+}
+
+pub async fn insert_registration(pool: &PgPool, r: Registration<'_>) -> Result<Registered, RecordsError> {
+    let n = DEMOGRAPHIC_COUNT;
+    let sql = format!(
+        "WITH idem AS ( \
+            INSERT INTO records.idempotency (operation, request_id, request_hash, response) \
+            SELECT 'RegisterPatient', ${rid}, ${rhash}, ${resp} WHERE ${rid}::text IS NOT NULL \
+            ON CONFLICT DO NOTHING RETURNING 1 \
+         ), patient AS ( \
+            INSERT INTO records.patients (id, {DEMOGRAPHIC_COLUMNS}, duplicate_override, created_at, updated_at) \
+            SELECT $1, {demographics}, ${dup}, ${at}, ${at} \
+            WHERE ${rid}::text IS NULL OR EXISTS (SELECT 1 FROM idem) \
+            RETURNING id \
+         ), identifiers AS ( \
+            INSERT INTO records.local_identifiers (issuer, value, patient_id) \
+            SELECT t.issuer, t.value, patient.id FROM patient, unnest(${issuers}::text[], ${values}::text[]) AS t(issuer, value) \
+         ), event AS ( \
+            INSERT INTO records.outbox (event_id, event_type, aggregate_id, payload, actor_subject, actor_role, \
+                                        actor_organisation, request_id, trace_id) \
+            SELECT ${eid}, 'PatientRegistered', patient.id, ${payload}, ${subject}, ${role}, ${org}, ${rid}, ${trace} FROM patient \
+         ) \
+         SELECT count(*) FROM patient",
+        demographics = placeholders(2, n),
+        dup = n + 2,
+        at = n + 3,
+        rid = n + 4,
+        rhash = n + 5,
+        resp = n + 6,
+        issuers = n + 7,
+        values = n + 8,
+        eid = n + 9,
+        payload = n + 10,
+        subject = n + 11,
+        role = n + 12,
+        org = n + 13,
+        trace = n + 14,
+    );
+    let demographics = &r.record.demographics;
+    let (issuers, values): (Vec<&str>, Vec<&str>) =
+        demographics.local_identifiers.iter().map(|l| (l.issuer.as_str(), l.value.as_str())).unzip();
+    let query = bind_demographics(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(r.record.id), demographics)
+        .bind(r.duplicate_override)
+        .bind(r.record.created_at)
+        .bind(r.request_id)
+        .bind(r.request_hash)
+        .bind(r.response)
+        .bind(issuers)
+        .bind(values)
+        .bind(r.event_id)
+        .bind(r.event_payload)
+        .bind(&r.actor.subject)
+        .bind(&r.actor.role)
+        .bind(&r.actor.organisation)
+        .bind(r.trace_id);
+    let inserted: i64 = match query.fetch_one(pool).await {
+        Ok(row) => sqlx::Row::try_get(&row, 0)?,
+        Err(error) => return Err(identity_conflict(pool, demographics, error).await),
+    };
+    Ok(if inserted == 1 { Registered::Created } else { Registered::RequestIdTaken })
+}
+
+/// Turns a unique violation on the NHS number or a local identifier into a domain error naming the
+/// record that holds it. Looks it up through the pool: the failed statement's transaction is aborted.
+async fn identity_conflict(pool: &PgPool, demographics: &Demographics, error: sqlx::Error) -> RecordsError {
+    match violated_constraint(&error) {
+        Some((ErrorKind::UniqueViolation, "patients_nhs_number_key")) => {
+            let Some(nhs_number) = &demographics.nhs_number else { return error.into() };
+            match find_by_nhs_number(pool, nhs_number.as_str()).await {
+                Ok(Some(existing)) => RecordsError::NhsNumberExists { existing: existing.id },
+                Ok(None) => RecordsError::Conflict,
+                Err(error) => error.into(),
+            }
+        }
+        Some((ErrorKind::UniqueViolation, "local_identifiers_pkey")) => {
+            for identifier in &demographics.local_identifiers {
+                if let Ok(Some(existing)) = find_by_local_identifier(pool, identifier.issuer.as_str(), &identifier.value).await {
+                    return RecordsError::LocalIdentifierExists { issuer: identifier.issuer.as_str().to_string(), existing: existing.id };
+                }
+            }
+            RecordsError::Conflict
+        }
+        _ => error.into(),
+    }
+}
+
+pub async fn find(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<PatientRecord>, sqlx::Error> {
+    let sql = format!("SELECT {PATIENT_COLUMNS} FROM records.patients p WHERE p.id = $1");
+    let row: Option<PatientRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(executor).await?;
+    Ok(row.map(PatientRow::into_record))
+}
+
+pub async fn find_by_nhs_number(executor: impl PgExecutor<'_>, nhs_number: &str) -> Result<Option<PatientRecord>, sqlx::Error> {
+    let sql = format!("SELECT {PATIENT_COLUMNS} FROM records.patients p WHERE p.nhs_number = $1");
+    let row: Option<PatientRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(nhs_number).fetch_optional(executor).await?;
+    Ok(row.map(PatientRow::into_record))
+}
+
+pub async fn find_by_local_identifier(
+    executor: impl PgExecutor<'_>,
+    issuer: &str,
+    value: &str,
+) -> Result<Option<PatientRecord>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {PATIENT_COLUMNS} FROM records.patients p \
+         JOIN records.local_identifiers i ON i.patient_id = p.id WHERE i.issuer = $1 AND i.value = $2"
+    );
+    let row: Option<PatientRow> =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(issuer).bind(value).fetch_optional(executor).await?;
+    Ok(row.map(PatientRow::into_record))
+}
+
+/// Locks the given records for update, in id order (so two merges of the same pair cannot deadlock).
+pub async fn lock(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<PatientRecord>, sqlx::Error> {
+    let sql = format!("SELECT {PATIENT_COLUMNS} FROM records.patients p WHERE p.id = ANY($1) ORDER BY p.id FOR UPDATE OF p");
+    let rows: Vec<PatientRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(conn).await?;
+    Ok(rows.into_iter().map(PatientRow::into_record).collect())
+}
+
+/// Records that could be the same person as `profile`: same NHS number, birth date or phone, or the
+/// same family name sound within a year of the birth date. Active records only.
+pub async fn candidates(executor: impl PgExecutor<'_>, profile: &MatchProfile, limit: i64) -> Result<Vec<PatientRecord>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {PATIENT_COLUMNS} FROM records.patients p \
+         WHERE p.merged_into IS NULL AND ( \
+               p.birth_date = $1 \
+            OR (p.family_phonetic = $2 AND $2 <> '' AND p.birth_date BETWEEN $1 - 366 AND $1 + 366) \
+            OR p.phone = $3 \
+            OR p.nhs_number = $4) \
+         LIMIT $5"
+    );
+    let rows: Vec<PatientRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(profile.birth_date)
+        .bind(&profile.family_phonetic)
+        .bind(profile.phone.as_deref())
+        .bind(profile.nhs_number.as_deref())
+        .bind(limit)
+        .fetch_all(executor)
+        .await?;
+    Ok(rows.into_iter().map(PatientRow::into_record).collect())
+}
+
+/// Writes new demographics over a locked record and bumps its version.
+pub async fn update(
+    conn: &mut PgConnection,
+    pool: &PgPool,
+    record: &PatientRecord,
+    identifiers_changed: bool,
+) -> Result<(), RecordsError> {
+    let n = DEMOGRAPHIC_COUNT;
+    let sql = format!(
+        "UPDATE records.patients SET ({DEMOGRAPHIC_COLUMNS}) = ({}), version = ${}, updated_at = ${} WHERE id = $1",
+        placeholders(2, n),
+        n + 2,
+        n + 3
+    );
+    let demographics = &record.demographics;
+    let query = bind_demographics(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(record.id), demographics)
+        .bind(record.version)
+        .bind(record.updated_at);
+    if let Err(error) = query.execute(&mut *conn).await {
+        return Err(identity_conflict(pool, demographics, error).await);
+    }
+    if identifiers_changed {
+        sqlx::query("DELETE FROM records.local_identifiers WHERE patient_id = $1").bind(record.id).execute(&mut *conn).await?;
+        let (issuers, values): (Vec<&str>, Vec<&str>) =
+            demographics.local_identifiers.iter().map(|l| (l.issuer.as_str(), l.value.as_str())).unzip();
+        let inserted = sqlx::query(
+            "INSERT INTO records.local_identifiers (issuer, value, patient_id) \
+             SELECT t.issuer, t.value, $3 FROM unnest($1::text[], $2::text[]) AS t(issuer, value)",
+        )
+        .bind(issuers)
+        .bind(values)
+        .bind(record.id)
+        .execute(&mut *conn)
+        .await;
+        if let Err(error) = inserted {
+            return Err(identity_conflict(pool, demographics, error).await);
+        }
+    }
+    Ok(())
+}
+
+/// Points a record at its survivor (or back at nothing), bumping its version.
+pub async fn set_merged_into(
+    conn: &mut PgConnection,
+    id: Uuid,
+    survivor: Option<Uuid>,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE records.patients SET merged_into = $2, version = version + 1, updated_at = $3 WHERE id = $1")
+        .bind(id)
+        .bind(survivor)
+        .bind(at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The recorded fact of a merge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeRecord {
+    pub id: Uuid,
+    pub survivor_id: Uuid,
+    pub merged_id: Uuid,
+    pub reason: String,
+    pub moved_identifiers: Vec<String>,
+    pub merged_by: Actor,
+    pub merged_at: DateTime<Utc>,
+    pub unmerged_by: Option<Actor>,
+    pub unmerged_at: Option<DateTime<Utc>>,
+}
+
+pub async fn insert_merge(
+    conn: &mut PgConnection,
+    merge: &MergeRecord,
+    survivor_snapshot: Vec<u8>,
+    merged_snapshot: Vec<u8>,
+) -> Result<(), RecordsError> {
+    let result = sqlx::query(
+        "INSERT INTO records.merges (id, survivor_id, merged_id, reason, moved_identifiers, survivor_snapshot, \
+         merged_snapshot, merged_by_subject, merged_by_role, merged_by_organisation, merged_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(merge.id)
+    .bind(merge.survivor_id)
+    .bind(merge.merged_id)
+    .bind(&merge.reason)
+    .bind(&merge.moved_identifiers)
+    .bind(survivor_snapshot)
+    .bind(merged_snapshot)
+    .bind(&merge.merged_by.subject)
+    .bind(&merge.merged_by.role)
+    .bind(&merge.merged_by.organisation)
+    .bind(merge.merged_at)
+    .execute(conn)
+    .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(error) => match violated_constraint(&error) {
+            Some((ErrorKind::UniqueViolation, "merges_active_merged_id")) => Err(RecordsError::Conflict),
+            _ => Err(error.into()),
+        },
+    }
+}
+
+/// Marks the active merge of `merged_id` as reversed and returns it.
+pub async fn close_merge(
+    conn: &mut PgConnection,
+    merged_id: Uuid,
+    reason: &str,
+    by: &Actor,
+    at: DateTime<Utc>,
+) -> Result<Option<MergeRecord>, sqlx::Error> {
+    let row: Option<MergeRow> = sqlx::query_as(
+        "UPDATE records.merges SET unmerge_reason = $2, unmerged_by_subject = $3, unmerged_by_role = $4, \
+         unmerged_by_organisation = $5, unmerged_at = $6 \
+         WHERE merged_id = $1 AND unmerged_at IS NULL \
+         RETURNING id, survivor_id, merged_id, reason, moved_identifiers, merged_by_subject, merged_by_role, \
+                   merged_by_organisation, merged_at, unmerged_by_subject, unmerged_by_role, unmerged_by_organisation, unmerged_at",
+    )
+    .bind(merged_id)
+    .bind(reason)
+    .bind(&by.subject)
+    .bind(&by.role)
+    .bind(&by.organisation)
+    .bind(at)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(MergeRow::into_merge))
+}
+
+#[derive(sqlx::FromRow)]
+struct MergeRow {
+    id: Uuid,
+    survivor_id: Uuid,
+    merged_id: Uuid,
+    reason: String,
+    moved_identifiers: Vec<String>,
+    merged_by_subject: String,
+    merged_by_role: String,
+    merged_by_organisation: String,
+    merged_at: DateTime<Utc>,
+    unmerged_by_subject: Option<String>,
+    unmerged_by_role: Option<String>,
+    unmerged_by_organisation: Option<String>,
+    unmerged_at: Option<DateTime<Utc>>,
+}
+
+impl MergeRow {
+    fn into_merge(self) -> MergeRecord {
+        MergeRecord {
+            id: self.id,
+            survivor_id: self.survivor_id,
+            merged_id: self.merged_id,
+            reason: self.reason,
+            moved_identifiers: self.moved_identifiers,
+            merged_by: Actor { subject: self.merged_by_subject, role: self.merged_by_role, organisation: self.merged_by_organisation },
+            merged_at: self.merged_at,
+            unmerged_by: self.unmerged_by_subject.map(|subject| Actor {
+                subject,
+                role: self.unmerged_by_role.unwrap_or_default(),
+                organisation: self.unmerged_by_organisation.unwrap_or_default(),
+            }),
+            unmerged_at: self.unmerged_at,
+        }
+    }
+}
+
+/// Search criteria, already validated.
+pub struct SearchCriteria {
+    pub name_key: Option<String>,
+    pub birth_date: Option<NaiveDate>,
+    pub postcode: Option<String>,
+    pub postcode_outward: Option<String>,
+    pub phone: Option<String>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// Lowest name similarity a search returns.
+pub const MIN_NAME_SCORE: f64 = 0.3;
+
+/// Active records that fit every filter; by name similarity (trigram nearest-neighbour on the
+/// index) when a name is given, else by name. Restricted records never match a postcode filter.
+pub async fn search(executor: impl PgExecutor<'_>, criteria: &SearchCriteria) -> Result<Vec<(PatientRecord, f64)>, sqlx::Error> {
+    let mut query = QueryBuilder::<Postgres>::new("SELECT * FROM (SELECT ");
+    query.push(PATIENT_COLUMNS);
+    match &criteria.name_key {
+        Some(name) => query.push(", 1 - (").push_bind(name.clone()).push(" <<-> p.search_name)::float8 AS score"),
+        None => query.push(", 1::float8 AS score"),
+    };
+    query.push(" FROM records.patients p WHERE p.merged_into IS NULL");
+    if let Some(date) = criteria.birth_date {
+        query.push(" AND p.birth_date = ").push_bind(date);
+    }
+    if let Some(postcode) = &criteria.postcode {
+        query.push(" AND p.postcode = ").push_bind(postcode.clone()).push(" AND NOT p.restricted AND p.postcode <> ''");
+    }
+    if let Some(outward) = &criteria.postcode_outward {
+        query.push(" AND p.postcode_outward = ").push_bind(outward.clone()).push(" AND NOT p.restricted");
+    }
+    if let Some(phone) = &criteria.phone {
+        query.push(" AND p.phone = ").push_bind(phone.clone());
+    }
+    match &criteria.name_key {
+        Some(name) => query.push(" ORDER BY ").push_bind(name.clone()).push(" <<-> p.search_name, p.id"),
+        None => query.push(" ORDER BY p.family_name, p.given_name, p.id"),
+    };
+    query.push(" LIMIT ").push_bind(criteria.limit).push(" OFFSET ").push_bind(criteria.offset);
+    query.push(") hits WHERE score >= ").push_bind(MIN_NAME_SCORE);
+    let rows: Vec<SearchRow> = query.build_query_as().fetch_all(executor).await?;
+    Ok(rows.into_iter().map(|row| (row.patient.into_record(), row.score)).collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct SearchRow {
+    #[sqlx(flatten)]
+    patient: PatientRow,
+    score: f64,
+}
