@@ -18,3 +18,10 @@ pub mod testkit;
 pub use caller::{Actor, Caller, CallerVerifier};
 pub use config::PlatformConfig;
 pub use error::{ApiError, FieldViolation};
+
+/// The current time at the database's precision (microseconds), so that what a write returns equals
+/// what a later read returns.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(6)
+}

@@ -1,7 +1,6 @@
 //! The records service's operations: each one a unit of database work that applies the domain's
 //! rules, writes the change and its event together, and answers in the contract's terms.
 
-use chrono::Utc;
 use pac_platform::caller::{Caller, PERMISSION_RESTRICTED_READ};
 use pac_platform::idempotency::IdempotencyStore;
 use pac_platform::outbox::{NewEvent, Outbox};
@@ -106,7 +105,7 @@ impl Records {
                 candidates.iter().take(10).map(|c| (c.record.id, c.score, c.grade)).collect(),
             ));
         }
-        let now = Utc::now();
+        let now = pac_platform::now();
         let record = PatientRecord {
             id: Uuid::now_v7(),
             version: 1,
@@ -223,7 +222,7 @@ impl Records {
         if changed.is_empty() {
             return Ok(current);
         }
-        let updated = PatientRecord { version: current.version + 1, updated_at: Utc::now(), demographics, ..current };
+        let updated = PatientRecord { version: current.version + 1, updated_at: pac_platform::now(), demographics, ..current };
         store::update(&mut tx, &self.pool, &updated, changed.iter().any(|f| f == "local_identifiers")).await?;
         let event = Event::PatientUpdated(pb::PatientUpdated {
             patient: Some(convert::patient(&updated, true)),
@@ -259,7 +258,7 @@ impl Records {
         if let Some(into) = merged.merged_into {
             return Err(RecordsError::AlreadyMerged { id: merged.id, survivor: into });
         }
-        let now = Utc::now();
+        let now = pac_platform::now();
         let merge = MergeRecord {
             id: Uuid::now_v7(),
             survivor_id: survivor.id,
@@ -300,7 +299,7 @@ impl Records {
         if merged.merged_into.is_none() {
             return Err(RecordsError::NotMerged(u.merged_id));
         }
-        let now = Utc::now();
+        let now = pac_platform::now();
         let merge = store::close_merge(&mut tx, u.merged_id, &u.reason, &u.caller.actor, now)
             .await?
             .ok_or(RecordsError::NotMerged(u.merged_id))?;
