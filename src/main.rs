@@ -1,1 +1,105 @@
-fn main(){}
+//! `pac`: run the Patient Access Platform.
+//!
+//! - `pac dev`: everything in one process on fixed ports, with a Postgres found or started for it and
+//!   demo data loaded.
+//! - `pac serve <component>`: one component, configured from the environment (what a container runs).
+//! - `pac migrate [component]`: create roles and schemas and run migrations.
+//! - `pac bench <scenario>`: the benchmarks behind BENCHMARKS.md.
+
+mod bench;
+mod demo;
+mod dev;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use pac_platform::PlatformConfig;
+use pac_platform::config::Environment;
+
+#[derive(Parser)]
+#[command(name = "pac", version, about = "Patient Access Platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole platform locally: finds or starts Postgres, migrates, serves, loads demo data.
+    Dev(dev::DevArgs),
+    /// Run one component until SIGTERM/SIGINT (configuration from the environment).
+    Serve {
+        #[arg(value_enum)]
+        component: Component,
+    },
+    /// Measure the platform against its baselines (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+    /// Create roles and schemas and run migrations (administrator DATABASE_URL).
+    Migrate {
+        #[arg(value_enum, default_value = "all")]
+        component: Component,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Component {
+    Records,
+    /// Every component in one process.
+    All,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("pac: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(args) => dev::run(args).await,
+        Command::Serve { component } => serve(component).await,
+        Command::Bench(args) => bench::run(args).await,
+        Command::Migrate { component } => {
+            let platform = PlatformConfig::from_env(Environment::Production)?;
+            let _telemetry = pac_platform::telemetry::init("pac-migrate", &platform.telemetry)?;
+            migrate(&platform, component).await
+        }
+    }
+}
+
+async fn migrate(platform: &PlatformConfig, component: Component) -> anyhow::Result<()> {
+    match component {
+        Component::Records | Component::All => {
+            let config = pac_records::RecordsConfig::from_env(platform)?;
+            pac_records::migrate(platform, &config).await?;
+            tracing::info!(component = "records", "migrated");
+        }
+    }
+    Ok(())
+}
+
+async fn serve(component: Component) -> anyhow::Result<()> {
+    let platform = PlatformConfig::from_env(Environment::Production)?;
+    let service_name = match component {
+        Component::Records => "pac-records",
+        Component::All => "pac",
+    };
+    let _telemetry = pac_platform::telemetry::init(service_name, &platform.telemetry)?;
+    let shutdown = pac_platform::grpc::shutdown_on_signals();
+    match component {
+        Component::Records | Component::All => {
+            let config = pac_records::RecordsConfig::from_env(&platform)?;
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (PAC_RECORDS_ADDR)", config.listen))?;
+            pac_records::serve(platform, config, listener, shutdown).await
+        }
+    }
+}

@@ -76,6 +76,23 @@ impl Drop for LocalPostgres {
     }
 }
 
+/// Creates database `name` on the server at `url` if it is missing; returns its URL.
+pub async fn ensure_database(url: &str, name: &str) -> anyhow::Result<String> {
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+    let mut conn = options.connect().await.context("cannot connect to Postgres")?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await?;
+    if !exists {
+        anyhow::ensure!(name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "database names are lowercase identifiers");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
+    }
+    Ok(options.database(name).to_url_lossy().to_string())
+}
+
 async fn answers(url: &str) -> bool {
     matches!(
         tokio::time::timeout(Duration::from_secs(3), sqlx::PgConnection::connect(url)).await,

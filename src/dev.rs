@@ -1,0 +1,64 @@
+//! `pac dev`: the whole platform in one process for a laptop or a demo.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use pac_platform::PlatformConfig;
+use pac_platform::config::{Environment, Secret};
+use pac_platform::local_postgres::{LocalPostgres, Origin};
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Data directory for a private Postgres, used only when none is found.
+    #[arg(long, env = "PAC_DEV_DATA_DIR", default_value_os_t = std::env::temp_dir().join("pac-dev-postgres"))]
+    data_dir: PathBuf,
+    /// Port for a private Postgres.
+    #[arg(long, env = "PAC_DEV_PG_PORT", default_value_t = 54320)]
+    pg_port: u16,
+    /// Do not load the demo data set.
+    #[arg(long)]
+    no_demo: bool,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let mut platform = PlatformConfig::from_env(Environment::Development)?;
+    platform.telemetry.log_json = std::env::var("PAC_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let _telemetry = pac_platform::telemetry::init("pac-dev", &platform.telemetry)?;
+
+    let postgres = LocalPostgres::find_or_start(&args.data_dir, args.pg_port, true).await?;
+    platform.db.admin_url = Secret::new(match postgres.origin {
+        Origin::DatabaseUrl => postgres.url.clone(),
+        // A server we found or started: keep the platform in a database of its own.
+        _ => pac_platform::local_postgres::ensure_database(&postgres.url, "pac_dev").await?,
+    });
+    let records = pac_records::RecordsConfig::from_env(&platform)?;
+    pac_records::migrate(&platform, &records).await?;
+
+    let shutdown = pac_platform::grpc::shutdown_on_signals();
+    let listener = tokio::net::TcpListener::bind(records.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (set PAC_RECORDS_ADDR to use another address)", records.listen))?;
+    let records_addr = listener.local_addr()?;
+    let server = tokio::spawn(pac_records::serve(platform.clone(), records, listener, shutdown.clone()));
+
+    if !args.no_demo {
+        crate::demo::load(records_addr).await.context("loading demo data failed")?;
+    }
+    let database = match &postgres.origin {
+        Origin::DatabaseUrl => "DATABASE_URL".to_string(),
+        Origin::DefaultPort => "the server on 127.0.0.1:5432".to_string(),
+        Origin::Private { data_dir, port } => {
+            format!("a private cluster on 127.0.0.1:{port} in {} (stopped on exit)", data_dir.display())
+        }
+    };
+    println!(
+        "\nPatient Access Platform is running (development).\n\
+         \n  database   {database}\
+         \n  records    {records_addr}   pac.records.v1.PatientRecords\
+         \n\nTry:\n  buf curl --protocol grpc --http2-prior-knowledge -d '{{\"name\":\"smith\"}}' \\\n    http://{records_addr}/pac.records.v1.PatientRecords/SearchPatients\n\nCtrl-C stops everything.\n"
+    );
+    let result = server.await.context("records service task failed")?;
+    drop(postgres);
+    result
+}

@@ -1,0 +1,112 @@
+"""An independent client (Python grpcio, stubs generated from proto/) against a running platform:
+health, reflection (v1alpha, the only version grpcio's client speaks), then register, find and update
+a patient, and check the error details of a bad request.
+
+    python3 tests/smoke/grpcio_smoke.py [records-address]     # default 127.0.0.1:50051
+"""
+
+import pathlib
+import sys
+import tempfile
+import uuid
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from grpc_tools import protoc
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def generate_stubs() -> None:
+    out = tempfile.mkdtemp(prefix="pac-stubs-")
+    include = str(pathlib.Path(protoc.__file__).parent / "_proto")
+    protos = [str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto" / "pac").rglob("*.proto")]
+    code = protoc.main(["protoc", f"-I{ROOT / 'proto'}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}", *protos])
+    if code != 0:
+        sys.exit("protoc failed")
+    sys.path.insert(0, out)
+
+
+def main() -> None:
+    address = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"
+    generate_stubs()
+    from pac.common.v1 import common_pb2
+    from pac.records.v1 import records_pb2, records_pb2_grpc
+    from google.protobuf import field_mask_pb2
+    from google.rpc import status_pb2, error_details_pb2  # noqa: F401  (installed with grpcio-status)
+
+    channel = grpc.insecure_channel(address)
+    grpc.channel_ready_future(channel).result(timeout=10)
+
+    health = health_pb2_grpc.HealthStub(channel)
+    status = health.Check(health_pb2.HealthCheckRequest(service="pac.records.v1.PatientRecords"), timeout=5)
+    assert status.status == health_pb2.HealthCheckResponse.SERVING, status
+
+    services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert "pac.records.v1.PatientRecords" in services, services
+
+    records = records_pb2_grpc.PatientRecordsStub(channel)
+    suffix = uuid.uuid4().hex[:6]
+    family = "Smoketest" + "".join(chr(ord("a") + int(c, 16) % 26) for c in suffix)
+    patient = records_pb2.Patient(
+        given_name="Grace",
+        family_name=family,
+        birth_date=common_pb2.Date(year=1985, month=6, day=21),
+        sex=records_pb2.SEX_FEMALE,
+        address=common_pb2.Address(lines=["1 Test Street"], postcode="ls1 4ap"),
+        phone="07700 900777",
+    )
+    request_id = str(uuid.uuid4())
+    created = records.RegisterPatient(
+        records_pb2.RegisterPatientRequest(patient=patient, request_id=request_id, allow_possible_duplicate=True), timeout=5
+    ).patient
+    assert created.id and created.etag == "1", created
+    assert created.address.postcode == "LS1 4AP" and created.phone == "+447700900777", created
+
+    again = records.RegisterPatient(
+        records_pb2.RegisterPatientRequest(patient=patient, request_id=request_id, allow_possible_duplicate=True), timeout=5
+    ).patient
+    assert again.id == created.id, "retry with the same request_id must return the same patient"
+
+    found = records.SearchPatients(records_pb2.SearchPatientsRequest(name=f"grace {family.lower()}"), timeout=5)
+    assert found.results and found.results[0].patient.id == created.id, found
+
+    change = records_pb2.Patient(id=created.id, etag=created.etag, family_name=family + "-Hopper")
+    updated = records.UpdatePatient(
+        records_pb2.UpdatePatientRequest(patient=change, update_mask=field_mask_pb2.FieldMask(paths=["family_name"])), timeout=5
+    ).patient
+    assert updated.family_name == family + "-Hopper" and updated.etag == "2", updated
+
+    try:
+        records.UpdatePatient(
+            records_pb2.UpdatePatientRequest(patient=change, update_mask=field_mask_pb2.FieldMask(paths=["family_name"])), timeout=5
+        )
+        sys.exit("a stale etag was accepted")
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.ABORTED, error
+
+    bad = records_pb2.Patient(given_name="X", family_name="Y", nhs_number="9434765918", sex=records_pb2.SEX_MALE,
+                              birth_date=common_pb2.Date(year=1990, month=1, day=1))
+    try:
+        records.RegisterPatient(records_pb2.RegisterPatientRequest(patient=bad), timeout=5)
+        sys.exit("an invalid NHS number was accepted")
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+        details = dict(error.trailing_metadata()).get("grpc-status-details-bin")
+        rich = status_pb2.Status.FromString(details)
+        info = error_details_pb2.ErrorInfo()
+        violations = error_details_pb2.BadRequest()
+        for detail in rich.details:
+            if detail.Is(info.DESCRIPTOR):
+                detail.Unpack(info)
+            if detail.Is(violations.DESCRIPTOR):
+                detail.Unpack(violations)
+        assert info.reason == "NHS_NUMBER_INVALID", info
+        assert violations.field_violations[0].field == "patient.nhs_number", violations
+
+    print(f"grpcio smoke: 1 passed, 0 failed (registered, found, updated {created.id})")
+
+
+if __name__ == "__main__":
+    main()
