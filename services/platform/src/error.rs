@@ -169,7 +169,9 @@ impl From<sqlx::Error> for ApiError {
                     source: Some(anyhow::anyhow!(safe)),
                     ..ApiError::unavailable("DATABASE_TIMEOUT", "the database did not answer in time; retry")
                 },
-                Some(code) if code.starts_with("08") || code.starts_with("57P") || code == "53300" => ApiError {
+                // Connection, operator intervention, resources, missing database, authentication:
+                // the database cannot serve us right now; nothing the caller did.
+                Some(code) if ["08", "57P", "53", "3D", "28"].iter().any(|class| code.starts_with(class)) => ApiError {
                     source: Some(anyhow::anyhow!(safe)),
                     ..ApiError::unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry")
                 },

@@ -1,0 +1,108 @@
+//! What surrounds the API: the database role's reach, health, reflection, graceful shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pac_proto::records as pb;
+use tokio_stream::StreamExt;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+#[tokio::test]
+async fn the_records_role_cannot_reach_other_schemas() {
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    for statement in [
+        "CREATE SCHEMA scheduling",
+        "CREATE TABLE scheduling.appointments (id int)",
+        "INSERT INTO scheduling.appointments VALUES (1)",
+        "CREATE TABLE public.shared (id int)",
+        "INSERT INTO public.shared VALUES (1)",
+    ] {
+        sqlx::raw_sql(statement).execute(&admin).await.unwrap();
+    }
+    let records = pac_records::connect(&server.platform, &pac_records::RecordsConfig::development(server.addr)).await.unwrap();
+    for statement in [
+        "SELECT * FROM scheduling.appointments",
+        "INSERT INTO scheduling.appointments VALUES (2)",
+        "UPDATE scheduling.appointments SET id = 3",
+        "DELETE FROM scheduling.appointments",
+        "CREATE TABLE scheduling.mine (id int)",
+        "SELECT * FROM public.shared",
+        "INSERT INTO public.shared VALUES (2)",
+        "CREATE TABLE public.mine (id int)",
+        "CREATE SCHEMA elsewhere",
+    ] {
+        let error = sqlx::raw_sql(statement).execute(&records).await.expect_err(statement);
+        let code = error.as_database_error().and_then(|e| e.code()).map(|c| c.to_string());
+        assert_eq!(code.as_deref(), Some("42501"), "{statement}: {error}");
+    }
+    // Its own schema it owns.
+    sqlx::raw_sql("SELECT count(*) FROM records.patients").execute(&records).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_follows_the_database_and_reflection_serves_both_versions() {
+    let server = TestServer::start().await;
+    let mut health = HealthClient::new(server.channel.clone());
+    let check = |service: &str| HealthCheckRequest { service: service.into() };
+    for service in ["", "pac.records.v1.PatientRecords"] {
+        let status = health.check(check(service)).await.unwrap().into_inner().status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service}");
+    }
+
+    {
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        let mut client = ServerReflectionClient::new(server.channel.clone());
+        let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+        let mut responses = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+        let Some(MessageResponse::ListServicesResponse(list)) = responses.next().await.unwrap().unwrap().message_response else { panic!() };
+        assert!(list.service.iter().any(|s| s.name == "pac.records.v1.PatientRecords"));
+    }
+    {
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        let mut client = ServerReflectionClient::new(server.channel.clone());
+        let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+        let mut responses = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+        let Some(MessageResponse::ListServicesResponse(list)) = responses.next().await.unwrap().unwrap().message_response else { panic!() };
+        assert!(list.service.iter().any(|s| s.name == "grpc.health.v1.Health"));
+    }
+
+    // The database goes away: health turns NOT_SERVING, and calls fail UNAVAILABLE, not INTERNAL.
+    let server_url = pac_platform::testkit::server_url().await;
+    let maintenance = sqlx::PgPool::connect(&server_url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {} WITH (FORCE)", server.db.name))).execute(&maintenance).await.unwrap();
+    let mut status = ServingStatus::Serving as i32;
+    for _ in 0..50 {
+        status = health.check(check("pac.records.v1.PatientRecords")).await.unwrap().into_inner().status;
+        if status == ServingStatus::NotServing as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    let error = server.client().register_patient(register(patient(50), "")).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::Unavailable, "{error:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_event_streams_and_stops_serving() {
+    let server = TestServer::start().await;
+    let mut stream = server.client().watch_events(pb::WatchEventsRequest::default()).await.unwrap().into_inner();
+    server.shutdown.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async { while let Some(Ok(_)) = stream.next().await {} }).await;
+    assert!(ended.is_ok(), "event stream still open after shutdown");
+    let result = tokio::time::timeout(Duration::from_secs(10), server.task).await.expect("server stopped").unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
