@@ -45,7 +45,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health_task = tokio::spawn(report_health(reporter, serving.service_names, serving.database, shutdown.clone()));
+    // The first status is known before the first connection is accepted.
+    let mut health = HealthState { reporter, names: serving.service_names, database: serving.database, last: None };
+    health.report(shutdown.is_cancelled()).await;
+    let health_task = tokio::spawn(health.follow(shutdown.clone()));
 
     let mut reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
@@ -167,31 +170,41 @@ impl Extractor for HeaderExtractor<'_> {
 
 /// Keeps the health service in step with the database: SERVING while it answers, NOT_SERVING when it
 /// does not and from the moment shutdown begins.
-async fn report_health(reporter: HealthReporter, names: Vec<&'static str>, database: PgPool, shutdown: CancellationToken) {
-    let mut last = None;
-    loop {
-        let status = if shutdown.is_cancelled() {
-            ServingStatus::NotServing
-        } else if crate::db::is_reachable(&database, Duration::from_secs(2)).await {
+struct HealthState {
+    reporter: HealthReporter,
+    names: Vec<&'static str>,
+    database: PgPool,
+    last: Option<ServingStatus>,
+}
+
+impl HealthState {
+    async fn report(&mut self, shutting_down: bool) {
+        let status = if !shutting_down && crate::db::is_reachable(&self.database, Duration::from_secs(2)).await {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
         };
-        if last != Some(status) {
-            if status == ServingStatus::NotServing && !shutdown.is_cancelled() {
-                tracing::warn!("database unreachable; reporting NOT_SERVING");
-            }
-            for name in names.iter().copied().chain([""]) {
-                reporter.set_service_status(name, status).await;
-            }
-            last = Some(status);
-        }
-        if shutdown.is_cancelled() {
+        if self.last == Some(status) {
             return;
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        if status == ServingStatus::NotServing && !shutting_down {
+            tracing::warn!("database unreachable; reporting NOT_SERVING");
+        }
+        for name in self.names.iter().copied().chain([""]) {
+            self.reporter.set_service_status(name, status).await;
+        }
+        self.last = Some(status);
+    }
+
+    async fn follow(mut self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.report(true).await;
+                    return;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(2)) => self.report(false).await,
+            }
         }
     }
 }
