@@ -8,10 +8,13 @@ use pac_proto::common::{Address as AddressMessage, ContactMethod, Date};
 use pac_proto::records as pb;
 use uuid::Uuid;
 
-use crate::domain::demographics::{Email, OdsCode, PersonName, Phone, Postcode, parse_birth_date, parse_language, parse_text};
+use crate::domain::demographics::{
+    Email, OdsCode, PersonName, Phone, Postcode, PostcodeFilter, name_key, parse_birth_date, parse_language, parse_text,
+};
+use crate::domain::matching::MatchProfile;
 use crate::domain::nhs_number::{NhsNumber, NhsNumberError};
 use crate::domain::patient::{Address, ContactPreferences, Demographics, LocalIdentifier, NhsNumberStatus, PatientRecord, Sex};
-use crate::store::MergeRecord;
+use crate::store::{MergeRecord, SearchCriteria};
 
 /// Patient fields a caller may set, by their update-mask path.
 pub const SETTABLE_FIELDS: &[&str] = &[
@@ -60,6 +63,94 @@ pub fn nhs_number_violation(field: &str, error: NhsNumberError) -> FieldViolatio
         _ => "NHS_NUMBER_INVALID",
     };
     FieldViolation::new(field, reason, error.description())
+}
+
+/// Search criteria from a request (offset 0; the caller applies the page token). At least one
+/// criterion is required.
+pub fn search_criteria(request: &pb::SearchPatientsRequest, today: NaiveDate) -> Result<SearchCriteria, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let name_key = match name_key(&request.name) {
+        key if key.is_empty() => None,
+        key if key.chars().filter(|c| c.is_alphabetic()).count() < 2 => {
+            violations.push(FieldViolation::new("name", "NAME_TOO_SHORT", "needs at least two letters"));
+            None
+        }
+        key => Some(key),
+    };
+    let birth_date = optional_date(request.birth_date.as_ref(), "birth_date", today, &mut violations);
+    let (mut postcode, mut postcode_outward) = (None, None);
+    match optional(&request.postcode, PostcodeFilter::parse, "postcode", "POSTCODE_INVALID", &mut violations) {
+        Some(PostcodeFilter::Full(full)) => postcode = Some(full.as_str().to_string()),
+        Some(PostcodeFilter::Outward(outward)) => postcode_outward = Some(outward),
+        None => {}
+    }
+    let phone = optional(&request.phone, Phone::parse, "phone", "PHONE_INVALID", &mut violations).map(|p| p.as_str().to_string());
+    let limit = pac_platform::paging::page_size(request.page_size, 20, 100)
+        .map_err(|e| violations.extend(e.field_violations))
+        .unwrap_or(20);
+    let criteria = SearchCriteria { name_key, birth_date, postcode, postcode_outward, phone, limit, offset: 0 };
+    let no_criteria = criteria.name_key.is_none()
+        && criteria.birth_date.is_none()
+        && criteria.postcode.is_none()
+        && criteria.postcode_outward.is_none()
+        && criteria.phone.is_none();
+    if violations.is_empty() && no_criteria {
+        violations.push(FieldViolation::new("name", "CRITERIA_REQUIRED", "give a name, birth date, postcode or phone"));
+    }
+    if violations.is_empty() { Ok(criteria) } else { Err(violations) }
+}
+
+/// The demographics to match, from a MatchPatients request. A family name is required.
+pub fn match_profile(input: &pb::Patient, today: NaiveDate) -> Result<MatchProfile, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    if name_key(&input.family_name).is_empty() {
+        violations.push(FieldViolation::new("patient.family_name", "NAME_INVALID", "is required for matching"));
+    }
+    let birth_date = optional_date(input.birth_date.as_ref(), "patient.birth_date", today, &mut violations);
+    let nhs_number = match input.nhs_number.trim() {
+        "" => None,
+        value => NhsNumber::parse(value, true)
+            .map(|n| n.as_str().to_string())
+            .map_err(|e| violations.push(nhs_number_violation("patient.nhs_number", e)))
+            .ok(),
+    };
+    let phone = optional(&input.phone, Phone::parse, "patient.phone", "PHONE_INVALID", &mut violations);
+    let postcode = input.address.as_ref().and_then(|address| {
+        optional(&address.postcode, Postcode::parse, "patient.address.postcode", "POSTCODE_INVALID", &mut violations)
+    });
+    if !violations.is_empty() {
+        return Err(violations);
+    }
+    Ok(MatchProfile::new(
+        &input.given_name,
+        &input.family_name,
+        birth_date,
+        Sex::from_code(input.sex).unwrap_or(Sex::Unknown),
+        postcode.map(|p| p.as_str().to_string()),
+        phone.map(|p| p.as_str().to_string()),
+        nhs_number,
+    ))
+}
+
+/// Parses an optional text field: empty is `None`, invalid is a violation.
+fn optional<T>(
+    value: &str,
+    parse: impl FnOnce(&str) -> Result<T, &'static str>,
+    field: &str,
+    reason: &'static str,
+    violations: &mut Vec<FieldViolation>,
+) -> Option<T> {
+    match value.trim() {
+        "" => None,
+        value => parse(value).map_err(|e| violations.push(FieldViolation::new(field, reason, e))).ok(),
+    }
+}
+
+fn optional_date(date: Option<&Date>, field: &str, today: NaiveDate, violations: &mut Vec<FieldViolation>) -> Option<NaiveDate> {
+    let date = date?;
+    parse_birth_date(date.year, date.month, date.day, today)
+        .map_err(|e| violations.push(FieldViolation::new(field, "BIRTH_DATE_INVALID", e)))
+        .ok()
 }
 
 /// A new patient from a registration request. Output-only fields must be empty.

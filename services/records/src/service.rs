@@ -20,13 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{self, Rules, nhs_number_violation, parse_id};
-use crate::domain::demographics::{PostcodeFilter, Phone, name_key, parse_birth_date};
-use crate::domain::matching::MatchProfile;
 use crate::domain::nhs_number::NhsNumber;
-use crate::domain::patient::Sex;
 use crate::error::RecordsError;
 use crate::records::{self, Merge, Records, Register, Unmerge, Update, candidate_message, reveals_contact};
-use crate::store::SearchCriteria;
 
 /// Furthest a search can page: fuzzy results this deep are not worth reading.
 const MAX_SEARCH_OFFSET: i64 = 1000;
@@ -159,121 +155,40 @@ impl PatientRecords for RecordsService {
     async fn search_patients(&self, request: Request<pb::SearchPatientsRequest>) -> Result<Response<pb::SearchPatientsResponse>, Status> {
         let caller = self.caller(&request)?;
         let request = request.into_inner();
-        let mut violations = Vec::new();
-        let name_key = match name_key(&request.name) {
-            key if key.is_empty() => None,
-            key if key.chars().filter(|c| c.is_alphabetic()).count() < 2 => {
-                violations.push(FieldViolation::new("name", "NAME_TOO_SHORT", "needs at least two letters"));
-                None
-            }
-            key => Some(key),
-        };
-        let birth_date = match &request.birth_date {
-            None => None,
-            Some(d) => parse_birth_date(d.year, d.month, d.day, Utc::now().date_naive())
-                .map_err(|e| violations.push(FieldViolation::new("birth_date", "BIRTH_DATE_INVALID", e)))
-                .ok(),
-        };
-        let (mut postcode, mut postcode_outward) = (None, None);
-        if !request.postcode.trim().is_empty() {
-            match PostcodeFilter::parse(&request.postcode) {
-                Ok(PostcodeFilter::Full(p)) => postcode = Some(p.as_str().to_string()),
-                Ok(PostcodeFilter::Outward(o)) => postcode_outward = Some(o),
-                Err(e) => violations.push(FieldViolation::new("postcode", "POSTCODE_INVALID", e)),
-            }
-        }
-        let phone = match request.phone.trim() {
-            "" => None,
-            value => Phone::parse(value)
-                .map(|p| p.as_str().to_string())
-                .map_err(|e| violations.push(FieldViolation::new("phone", "PHONE_INVALID", e)))
-                .ok(),
-        };
-        let limit = paging::page_size(request.page_size, 20, 100).map_err(|e| violations.extend(e.field_violations)).unwrap_or(20);
-        if violations.is_empty() && name_key.is_none() && birth_date.is_none() && postcode.is_none() && postcode_outward.is_none() && phone.is_none() {
-            violations.push(FieldViolation::new("name", "CRITERIA_REQUIRED", "give a name, birth date, postcode or phone"));
-        }
-        if !violations.is_empty() {
-            return Err(ApiError::invalid(violations).into());
-        }
+        let mut criteria = convert::search_criteria(&request, Utc::now().date_naive()).map_err(|v| Status::from(ApiError::invalid(v)))?;
         let query = paging::fingerprint(&[
-            name_key.as_deref().unwrap_or(""),
-            &birth_date.map(|d| d.to_string()).unwrap_or_default(),
-            postcode.as_deref().or(postcode_outward.as_deref()).unwrap_or(""),
-            phone.as_deref().unwrap_or(""),
-            &limit.to_string(),
+            criteria.name_key.as_deref().unwrap_or(""),
+            &criteria.birth_date.map(|d| d.to_string()).unwrap_or_default(),
+            criteria.postcode.as_deref().or(criteria.postcode_outward.as_deref()).unwrap_or(""),
+            criteria.phone.as_deref().unwrap_or(""),
+            &criteria.limit.to_string(),
         ]);
-        let offset = paging::decode(&request.page_token, query)?;
-        let criteria = SearchCriteria { name_key, birth_date, postcode, postcode_outward, phone, limit, offset };
+        criteria.offset = paging::decode(&request.page_token, query)?;
+        let (offset, limit) = (criteria.offset, criteria.limit);
         let records = self.records.clone();
-        let hits = if offset >= MAX_SEARCH_OFFSET {
-            Vec::new()
-        } else {
-            run(async move { records.search(&criteria).await }).await?
-        };
-        let reveal = reveals_contact(&caller);
+        let hits = if offset >= MAX_SEARCH_OFFSET { Vec::new() } else { run(async move { records.search(&criteria).await }).await? };
         let next_offset = offset + limit;
-        let next_page_token = if hits.len() as i64 == limit && next_offset < MAX_SEARCH_OFFSET {
-            paging::encode(next_offset, query)
-        } else {
-            String::new()
-        };
+        let full_page = hits.len() as i64 == limit && next_offset < MAX_SEARCH_OFFSET;
+        let reveal = reveals_contact(&caller);
         Ok(Response::new(pb::SearchPatientsResponse {
             results: hits
                 .iter()
                 .map(|(record, score)| pb::PatientSearchResult { patient: Some(convert::patient(record, reveal)), score: *score })
                 .collect(),
-            next_page_token,
+            next_page_token: if full_page { paging::encode(next_offset, query) } else { String::new() },
         }))
     }
 
     async fn match_patients(&self, request: Request<pb::MatchPatientsRequest>) -> Result<Response<pb::MatchPatientsResponse>, Status> {
         let caller = self.caller(&request)?;
         let request = request.into_inner();
-        let input = request.patient.unwrap_or_default();
-        let mut violations = Vec::new();
         let max = match request.max_candidates {
             0 => 10,
             n @ 1..=50 => n as usize,
-            _ => {
-                violations.push(FieldViolation::new("max_candidates", "MAX_CANDIDATES_INVALID", "must be between 1 and 50"));
-                10
-            }
+            _ => return Err(invalid(FieldViolation::new("max_candidates", "MAX_CANDIDATES_INVALID", "must be between 1 and 50"))),
         };
-        if name_key(&input.family_name).is_empty() {
-            violations.push(FieldViolation::new("patient.family_name", "NAME_INVALID", "is required for matching"));
-        }
-        let birth_date = match &input.birth_date {
-            None => None,
-            Some(d) => parse_birth_date(d.year, d.month, d.day, Utc::now().date_naive())
-                .map_err(|e| violations.push(FieldViolation::new("patient.birth_date", "BIRTH_DATE_INVALID", e)))
-                .ok(),
-        };
-        let nhs_number = match input.nhs_number.trim() {
-            "" => None,
-            value => NhsNumber::parse(value, true)
-                .map(|n| n.as_str().to_string())
-                .map_err(|e| violations.push(nhs_number_violation("patient.nhs_number", e)))
-                .ok(),
-        };
-        let phone = match input.phone.trim() {
-            "" => None,
-            value => Phone::parse(value)
-                .map(|p| p.as_str().to_string())
-                .map_err(|e| violations.push(FieldViolation::new("patient.phone", "PHONE_INVALID", e)))
-                .ok(),
-        };
-        let postcode = input.address.as_ref().map(|a| a.postcode.trim()).filter(|p| !p.is_empty()).and_then(|p| {
-            crate::domain::demographics::Postcode::parse(p)
-                .map(|p| p.as_str().to_string())
-                .map_err(|e| violations.push(FieldViolation::new("patient.address.postcode", "POSTCODE_INVALID", e)))
-                .ok()
-        });
-        if !violations.is_empty() {
-            return Err(ApiError::invalid(violations).into());
-        }
-        let sex = Sex::from_code(input.sex).unwrap_or(Sex::Unknown);
-        let profile = MatchProfile::new(&input.given_name, &input.family_name, birth_date, sex, postcode, phone, nhs_number);
+        let input = request.patient.unwrap_or_default();
+        let profile = convert::match_profile(&input, Utc::now().date_naive()).map_err(|v| Status::from(ApiError::invalid(v)))?;
         let records = self.records.clone();
         let candidates = run(async move { records.candidates(&profile, max).await }).await?;
         let reveal = reveals_contact(&caller);

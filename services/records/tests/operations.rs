@@ -106,3 +106,14 @@ async fn shutdown_ends_open_event_streams_and_stops_serving() {
     let result = tokio::time::timeout(Duration::from_secs(10), server.task).await.expect("server stopped").unwrap();
     assert!(result.is_ok(), "{result:?}");
 }
+
+#[tokio::test]
+async fn an_over_size_message_is_out_of_range_and_writes_nothing() {
+    let server = TestServer::start().await;
+    let mut input = patient(60);
+    input.accessibility_needs = vec!["x".repeat(5 * 1024 * 1024)];
+    let status = server.client().register_patient(register(input, "")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert_eq!(server.patient_count().await, 0);
+    server.stop().await;
+}

@@ -511,7 +511,7 @@ async fn restricted_records_are_redacted_and_never_found_by_postcode() {
     assert!(by_name[0].patient.as_ref().unwrap().contact_withheld);
 
     // Without the permission, contact details of a restricted record cannot be changed.
-    let mut change = privileged_copy(&created);
+    let mut change = created.clone();
     change.phone = "07700 900999".into();
     let status = client
         .update_patient(pb::UpdatePatientRequest { patient: Some(change.clone()), update_mask: Some(FieldMask { paths: vec!["phone".into()] }) })
@@ -526,10 +526,6 @@ async fn restricted_records_are_redacted_and_never_found_by_postcode() {
         .await
         .unwrap();
     server.stop().await;
-}
-
-fn privileged_copy(patient: &pb::Patient) -> pb::Patient {
-    patient.clone()
 }
 
 #[tokio::test]
