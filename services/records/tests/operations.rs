@@ -117,3 +117,31 @@ async fn an_over_size_message_is_out_of_range_and_writes_nothing() {
     assert_eq!(server.patient_count().await, 0);
     server.stop().await;
 }
+
+/// Whether the pool's connection is inside a transaction block (SAVEPOINT fails outside one).
+async fn inside_transaction(pool: &sqlx::PgPool) -> bool {
+    sqlx::raw_sql("SAVEPOINT probe").execute(pool).await.is_ok()
+}
+
+/// A dropped `begin()` can hand its connection back to the pool inside a transaction (sqlx 0.9),
+/// where later autocommit writes would answer OK and never commit. Database work runs detached, so a
+/// caller that goes away mid-`begin()` cannot cause that. The same loop calling `pool.begin()`
+/// directly leaks within a few dozen iterations on this kind of machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detached_work_is_never_cut_short_inside_begin() {
+    let db = pac_platform::testkit::TestDatabase::create().await;
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&db.admin_url).await.unwrap();
+    for attempt in 0..2000u64 {
+        let work = {
+            let pool = pool.clone();
+            pac_platform::db::detached(async move {
+                let tx = pool.begin().await?;
+                tx.rollback().await?;
+                Ok(())
+            })
+        };
+        // The caller gives up at a different moment each time, often while BEGIN is in flight.
+        let _ = tokio::time::timeout(Duration::from_micros(attempt % 300), work).await;
+        assert!(!inside_transaction(&pool).await, "attempt {attempt}: connection returned inside a transaction");
+    }
+}
