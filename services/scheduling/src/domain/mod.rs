@@ -1,0 +1,5 @@
+//! Scheduling rules in plain Rust: no database, no gRPC.
+
+pub mod appointment;
+pub mod clinic_time;
+pub mod session;
