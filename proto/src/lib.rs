@@ -14,10 +14,16 @@ pub mod pac {
             tonic::include_proto!("pac.records.v1");
         }
     }
+    pub mod scheduling {
+        pub mod v1 {
+            tonic::include_proto!("pac.scheduling.v1");
+        }
+    }
 }
 
 pub use pac::common::v1 as common;
 pub use pac::records::v1 as records;
+pub use pac::scheduling::v1 as scheduling;
 
 /// Encoded `FileDescriptorSet` of every contract, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pac_descriptor");
