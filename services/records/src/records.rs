@@ -81,12 +81,9 @@ impl Records {
     }
 
     pub async fn register(&self, r: Register) -> Result<pb::RegisterPatientResponse, RecordsError> {
-        if let Some(response) = self.replay("RegisterPatient", r.request_id.as_deref(), &r.request_hash).await? {
-            return Ok(response);
-        }
+        // No look-up of the request id first: a retry either finds its own first attempt as a
+        // duplicate (answered below) or meets the recorded id when it writes (`RequestIdTaken`).
         let result = self.register_new(&r).await;
-        // A retry that raced its own first attempt sees that attempt's patient as a duplicate: answer
-        // it with the first response instead.
         if let Err(RecordsError::NhsNumberExists { .. } | RecordsError::PossibleDuplicate(_)) = &result {
             if let Some(response) = self.replay("RegisterPatient", r.request_id.as_deref(), &r.request_hash).await? {
                 return Ok(response);
@@ -158,20 +155,32 @@ impl Records {
         }
     }
 
-    /// Existing active records that may be the person in `profile`, best first.
+    /// Existing active records that may be the person in `profile`, best first. Candidates are
+    /// scored from their matching fields; only graded ones are read in full.
     pub async fn candidates(&self, profile: &MatchProfile, max: usize) -> Result<Vec<Candidate>, RecordsError> {
-        let mut scored: Vec<Candidate> = store::candidates(&self.pool, profile, CANDIDATE_LIMIT)
+        let mut graded: Vec<(Uuid, matching::Score, Grade)> = store::candidates(&self.pool, profile, CANDIDATE_LIMIT)
             .await?
             .into_iter()
-            .filter_map(|record| {
-                let score = matching::score(profile, &record.demographics.match_profile());
+            .filter_map(|(id, candidate)| {
+                let score = matching::score(profile, &candidate);
                 let grade = self.thresholds.grade(score.value)?;
-                Some(Candidate { record, score: score.value, grade, matched_on: score.matched_on })
+                Some((id, score, grade))
             })
             .collect();
-        scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.record.id.cmp(&b.record.id)));
-        scored.truncate(max);
-        Ok(scored)
+        if graded.is_empty() {
+            return Ok(Vec::new());
+        }
+        graded.sort_by(|a, b| b.1.value.total_cmp(&a.1.value).then(a.0.cmp(&b.0)));
+        graded.truncate(max);
+        let ids: Vec<Uuid> = graded.iter().map(|(id, _, _)| *id).collect();
+        let mut records = store::find_many(&self.pool, &ids).await?;
+        Ok(graded
+            .into_iter()
+            .filter_map(|(id, score, grade)| {
+                let at = records.iter().position(|r| r.id == id)?;
+                Some(Candidate { record: records.swap_remove(at), score: score.value, grade, matched_on: score.matched_on })
+            })
+            .collect())
     }
 
     /// The record with `id`, or the survivor it was merged into (with `id` as the second value).

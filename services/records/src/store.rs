@@ -279,26 +279,60 @@ pub async fn lock(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<PatientRe
     Ok(rows.into_iter().map(PatientRow::into_record).collect())
 }
 
-/// Records that could be the same person as `profile`: same NHS number, birth date or phone, or the
-/// same family name sound within a year of the birth date. Active records only.
-pub async fn candidates(executor: impl PgExecutor<'_>, profile: &MatchProfile, limit: i64) -> Result<Vec<PatientRecord>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {PATIENT_COLUMNS} FROM records.patients p \
-         WHERE p.merged_into IS NULL AND ( \
-               p.birth_date = $1 \
-            OR (p.family_phonetic = $2 AND $2 <> '' AND p.birth_date BETWEEN $1 - 366 AND $1 + 366) \
-            OR p.phone = $3 \
-            OR p.nhs_number = $4) \
-         LIMIT $5"
-    );
-    let rows: Vec<PatientRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(profile.birth_date)
-        .bind(&profile.family_phonetic)
-        .bind(profile.phone.as_deref())
-        .bind(profile.nhs_number.as_deref())
-        .bind(limit)
-        .fetch_all(executor)
-        .await?;
+/// Records that could be the same person as `profile` (same NHS number, birth date or phone, or the
+/// same family name sound within a year of the birth date), as profiles to score. Active records only.
+pub async fn candidates(executor: impl PgExecutor<'_>, profile: &MatchProfile, limit: i64) -> Result<Vec<(Uuid, MatchProfile)>, sqlx::Error> {
+    let rows: Vec<CandidateRow> = sqlx::query_as(
+        // One arm per index: an OR of the four would, once the statement runs on a generic plan, be
+        // answered by scanning every active record.
+        "SELECT p.id, p.given_name, p.family_name, p.birth_date, p.sex, p.postcode, p.phone, p.nhs_number \
+         FROM records.patients p WHERE p.id IN ( \
+             SELECT id FROM records.patients WHERE merged_into IS NULL AND birth_date = $1 \
+             UNION SELECT id FROM records.patients WHERE merged_into IS NULL AND family_phonetic = $2 AND $2 <> '' \
+                                                   AND birth_date BETWEEN $1 - 366 AND $1 + 366 \
+             UNION SELECT id FROM records.patients WHERE merged_into IS NULL AND phone = $3 \
+             UNION SELECT id FROM records.patients WHERE merged_into IS NULL AND nhs_number = $4) \
+         LIMIT $5",
+    )
+    .bind(profile.birth_date)
+    .bind(&profile.family_phonetic)
+    .bind(profile.phone.as_deref())
+    .bind(profile.nhs_number.as_deref())
+    .bind(limit)
+    .fetch_all(executor)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let profile = MatchProfile::new(
+                &r.given_name,
+                &r.family_name,
+                Some(r.birth_date),
+                Sex::from_code(r.sex.into()).unwrap_or(Sex::Unknown),
+                (!r.postcode.is_empty()).then_some(r.postcode),
+                r.phone,
+                r.nhs_number,
+            );
+            (r.id, profile)
+        })
+        .collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct CandidateRow {
+    id: Uuid,
+    given_name: String,
+    family_name: String,
+    birth_date: NaiveDate,
+    sex: i16,
+    postcode: String,
+    phone: Option<String>,
+    nhs_number: Option<String>,
+}
+
+pub async fn find_many(executor: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<Vec<PatientRecord>, sqlx::Error> {
+    let sql = format!("SELECT {PATIENT_COLUMNS} FROM records.patients p WHERE p.id = ANY($1)");
+    let rows: Vec<PatientRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(executor).await?;
     Ok(rows.into_iter().map(PatientRow::into_record).collect())
 }
 
