@@ -1,10 +1,426 @@
-//! Benchmarks (work in progress in this commit).
+//! `pac bench`: the measurements behind BENCHMARKS.md, over real gRPC on loopback against a real
+//! Postgres, each compared with its baseline in the same run.
+//!
+//! - `search`: SearchPatients latency with 10,000 and then 1,000,000 patients in the table.
+//! - `register`: RegisterPatient throughput against pgbench running the patient INSERT, alternating.
 
-use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use pac_platform::PlatformConfig;
+use pac_platform::local_postgres::LocalPostgres;
+use pac_proto::common::Date;
+use pac_proto::records as pb;
+use pac_proto::records::patient_records_client::PatientRecordsClient;
+use pac_records::domain::demographics::name_key;
+use pac_records::domain::matching::phonetic;
+use sqlx::ConnectOptions;
+use sqlx::postgres::PgConnectOptions;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
 
 #[derive(Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
 
-pub async fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("no benchmark scenarios yet")
+#[derive(Subcommand)]
+enum Scenario {
+    /// SearchPatients latency at a small and a large table size, in one run.
+    Search {
+        #[arg(long, default_value_t = 10_000)]
+        small: i64,
+        #[arg(long, default_value_t = 1_000_000)]
+        large: i64,
+        /// Queries measured at each size.
+        #[arg(long, default_value_t = 3_000)]
+        queries: usize,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
+    /// RegisterPatient throughput against pgbench inserting the same patient row.
+    Register {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.scenario {
+        Scenario::Search { small, large, queries, concurrency } => search(small, large, queries, concurrency).await,
+        Scenario::Register { seconds, concurrency, runs } => register(seconds, concurrency, runs).await,
+    }
+}
+
+/// A records service on a fresh database of its own.
+struct Bench {
+    _postgres: LocalPostgres,
+    admin_url: String,
+    records: SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl Bench {
+    async fn start(database: &str) -> anyhow::Result<Self> {
+        let postgres = LocalPostgres::find_or_start(&std::env::temp_dir().join("pac-bench-postgres"), 54321, true).await?;
+        let server = PgConnectOptions::from_str(&postgres.url)?;
+        let mut conn = server.connect().await.context("connect to Postgres")?;
+        for statement in [format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"), format!("CREATE DATABASE {database}")] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await?;
+        }
+        let admin_url = server.database(database).to_url_lossy().to_string();
+        let platform = PlatformConfig::development(&admin_url);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let records = listener.local_addr()?;
+        let config = pac_records::RecordsConfig::development(records);
+        pac_records::migrate(&platform, &config).await?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(pac_records::serve(platform, config, listener, shutdown.clone()));
+        Ok(Self { _postgres: postgres, admin_url, records, shutdown })
+    }
+
+    /// Separate HTTP/2 connections, as separate clients would have.
+    async fn clients(&self, count: usize) -> anyhow::Result<Vec<PatientRecordsClient<Channel>>> {
+        let mut clients = Vec::new();
+        for _ in 0..count {
+            let channel = Endpoint::from_shared(format!("http://{}", self.records))?.connect().await?;
+            clients.push(PatientRecordsClient::new(channel));
+        }
+        Ok(clients)
+    }
+
+    async fn admin(&self) -> anyhow::Result<sqlx::PgPool> {
+        Ok(sqlx::PgPool::connect(&self.admin_url).await?)
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A small deterministic generator (xorshift64*): the same run twice asks the same questions.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    /// Skewed towards 0, as name frequencies are.
+    fn skewed(&mut self, n: usize) -> usize {
+        let r = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        ((n as f64) * r.powf(1.5)) as usize
+    }
+}
+
+/// Name lists built from syllables: 300 family names, 196 given names.
+fn names() -> (Vec<String>, Vec<String>) {
+    const FAMILY_HEAD: [&str; 20] = [
+        "Ash", "Black", "Brad", "Brook", "Cart", "Clay", "Dal", "Fair", "Green", "Hart", "Holm", "Kings", "Lang", "Mar",
+        "Nor", "Pem", "Rad", "Sel", "Thorn", "Wood",
+    ];
+    const FAMILY_TAIL: [&str; 15] =
+        ["ford", "ley", "worth", "ton", "wood", "field", "er", "well", "by", "stone", "wick", "ham", "croft", "bury", "man"];
+    const GIVEN_HEAD: [&str; 14] = ["Al", "Ben", "Car", "Dan", "El", "Fran", "Ger", "Han", "Is", "Jos", "Kat", "Leo", "Mar", "Ro"];
+    const GIVEN_TAIL: [&str; 14] = ["a", "ie", "en", "on", "ina", "ette", "ald", "ias", "ah", "el", "ey", "o", "ine", "us"];
+    let family = FAMILY_HEAD.iter().flat_map(|h| FAMILY_TAIL.iter().map(move |t| format!("{h}{t}"))).collect();
+    let given = GIVEN_HEAD.iter().flat_map(|h| GIVEN_TAIL.iter().map(move |t| format!("{h}{t}"))).collect();
+    (family, given)
+}
+
+/// Adds patients `from..to` straight into the table (search keys computed as the service does).
+async fn seed(pool: &sqlx::PgPool, from: i64, to: i64) -> anyhow::Result<()> {
+    let (family, given) = names();
+    let family_keys: Vec<String> = family.iter().map(|f| name_key(f)).collect();
+    let phonetics: Vec<String> = family_keys.iter().map(|k| phonetic(k)).collect();
+    let given_keys: Vec<String> = given.iter().map(|g| name_key(g)).collect();
+    const BATCH: i64 = 100_000;
+    let mut start = from;
+    while start < to {
+        let end = (start + BATCH).min(to);
+        // Indexes into the name lists are skewed (power 1.5) towards the first names, like real name
+        // frequencies; postcodes come from 300 districts; phones are unique.
+        sqlx::query(
+            "INSERT INTO records.patients (id, nhs_number_status, given_name, family_name, birth_date, sex, postcode, \
+                postcode_outward, phone, search_name, family_phonetic, created_at, updated_at) \
+             SELECT gen_random_uuid(), 3, $1::text[][g], $2::text[][f], date '1930-01-01' + (i * 7919) % 33000, 1 + i % 2, \
+                    o || ' ' || (i % 10) || substr('ABDEFGHJLNPQRSTUWXYZ', 1 + i % 20, 1) || substr('ABDEFGHJLNPQRSTUWXYZ', 1 + (i / 20) % 20, 1), \
+                    o, '+447' || lpad(i::text, 9, '0'), $3::text[][g] || ' ' || $4::text[][f], $5::text[][f], now(), now() \
+             FROM generate_series($6::bigint, $7::bigint - 1) AS i, \
+                  LATERAL (SELECT 1 + floor(300 * power(random(), 1.5))::int AS f, 1 + floor(196 * power(random(), 1.5))::int AS g, \
+                                  (ARRAY['LS','M','B','CF','SW','EH','G','BS','NE','L'])[1 + i % 10] || (1 + (i / 10) % 30) AS o) AS pick",
+        )
+        .bind(&given)
+        .bind(&family)
+        .bind(&given_keys)
+        .bind(&family_keys)
+        .bind(&phonetics)
+        .bind(start)
+        .bind(end)
+        .execute(pool)
+        .await
+        .context("seeding patients")?;
+        start = end;
+    }
+    sqlx::raw_sql("ANALYZE records.patients").execute(pool).await?;
+    Ok(())
+}
+
+/// The query mix: full names (common and rare), misspelt names, name with birth date, a district, a phone.
+fn search_queries(count: usize, patients: i64, rng: &mut Rng) -> Vec<(&'static str, pb::SearchPatientsRequest)> {
+    let (family, given) = names();
+    (0..count)
+        .map(|n| {
+            let (g, f) = (&given[rng.skewed(given.len())], &family[rng.skewed(family.len())]);
+            match n % 6 {
+                0 => ("name", pb::SearchPatientsRequest { name: format!("{g} {f}"), ..Default::default() }),
+                1 => ("rare name", pb::SearchPatientsRequest { name: format!("{} {}", given[195 - rng.below(20)], family[299 - rng.below(30)]), ..Default::default() }),
+                2 => {
+                    let mut misspelt = f.clone();
+                    misspelt.remove(1 + rng.below(misspelt.len() - 2));
+                    ("misspelt name", pb::SearchPatientsRequest { name: format!("{g} {misspelt}"), ..Default::default() })
+                }
+                3 => {
+                    let i = rng.below(patients as usize) as i64;
+                    let birth = chrono::NaiveDate::from_ymd_opt(1930, 1, 1).unwrap() + chrono::Duration::days((i * 7919) % 33000);
+                    let date = Date { year: chrono::Datelike::year(&birth), month: chrono::Datelike::month(&birth) as i32, day: chrono::Datelike::day(&birth) as i32 };
+                    ("name + birth date", pb::SearchPatientsRequest { name: f.clone(), birth_date: Some(date), ..Default::default() })
+                }
+                4 => {
+                    let i = rng.below(patients as usize);
+                    let area = ["LS", "M", "B", "CF", "SW", "EH", "G", "BS", "NE", "L"][i % 10];
+                    ("district", pb::SearchPatientsRequest { postcode: format!("{area}{}", 1 + (i / 10) % 30), ..Default::default() })
+                }
+                _ => ("phone", pb::SearchPatientsRequest { phone: format!("+447{:09}", rng.below(patients as usize)), ..Default::default() }),
+            }
+        })
+        .collect()
+}
+
+struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.0.clone();
+        sorted.sort();
+        sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Runs the queries with `concurrency` clients; returns each query's latency.
+async fn measure_search(
+    clients: &[PatientRecordsClient<Channel>],
+    queries: Vec<(&'static str, pb::SearchPatientsRequest)>,
+) -> anyhow::Result<Vec<(&'static str, Duration)>> {
+    let per_client = queries.len().div_ceil(clients.len());
+    let mut tasks = Vec::new();
+    for (client, chunk) in clients.iter().zip(queries.chunks(per_client)) {
+        let (mut client, chunk) = (client.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let mut timings = Vec::with_capacity(chunk.len());
+            for (kind, request) in chunk {
+                let started = Instant::now();
+                client.search_patients(request).await?;
+                timings.push((kind, started.elapsed()));
+            }
+            Ok::<_, tonic::Status>(timings)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok(all)
+}
+
+async fn search(small: i64, large: i64, queries: usize, concurrency: usize) -> anyhow::Result<()> {
+    let bench = Bench::start("pac_bench_search").await?;
+    let admin = bench.admin().await?;
+    let clients = bench.clients(concurrency).await?;
+    let mut results = Vec::new();
+    let mut seeded = 0;
+    for size in [small, large] {
+        let started = Instant::now();
+        seed(&admin, seeded, size).await?;
+        seeded = size;
+        eprintln!("seeded {size} patients in {:.0} s", started.elapsed().as_secs_f64());
+        let mut rng = Rng(0x5eed_0000 + size as u64);
+        measure_search(&clients, search_queries(queries / 5, size, &mut rng)).await?; // warm-up
+        let timings = measure_search(&clients, search_queries(queries, size, &mut rng)).await?;
+        results.push((size, timings));
+    }
+    println!("\nSearchPatients over gRPC, {concurrency} concurrent clients, {queries} queries per size\n");
+    println!("| patients | p50 | p95 | p99 | max |");
+    println!("|---:|---:|---:|---:|---:|");
+    for (size, timings) in &results {
+        let all = Latencies(timings.iter().map(|(_, d)| *d).collect());
+        println!("| {size} | {} | {} | {} | {} |", ms(all.percentile(0.5)), ms(all.percentile(0.95)), ms(all.percentile(0.99)), ms(all.percentile(1.0)));
+    }
+    println!("\nBy query kind (p50 / p99):\n");
+    println!("| kind | {} | {} |", results[0].0, results[1].0);
+    println!("|---|---:|---:|");
+    for kind in ["name", "rare name", "misspelt name", "name + birth date", "district", "phone"] {
+        let of = |timings: &Vec<(&str, Duration)>| Latencies(timings.iter().filter(|(k, _)| *k == kind).map(|(_, d)| *d).collect());
+        let (a, b) = (of(&results[0].1), of(&results[1].1));
+        println!("| {kind} | {} / {} | {} / {} |", ms(a.percentile(0.5)), ms(a.percentile(0.99)), ms(b.percentile(0.5)), ms(b.percentile(0.99)));
+    }
+    let p50 = |i: usize| Latencies(results[i].1.iter().map(|(_, d)| *d).collect()).percentile(0.5);
+    let p99_large = Latencies(results[1].1.iter().map(|(_, d)| *d).collect()).percentile(0.99);
+    let ratio = p50(1).as_secs_f64() / p50(0).as_secs_f64();
+    println!("\np50 ratio {large}/{small}: {ratio:.2} (bar: <= 2.0) {}", verdict(ratio <= 2.0));
+    println!("p99 at {large}: {} (bar: < 25 ms) {}", ms(p99_large), verdict(p99_large < Duration::from_millis(25)));
+    Ok(())
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass { "PASS" } else { "FAIL" }
+}
+
+/// The patient INSERT registration performs, as a pgbench script with varying values.
+const PGBENCH_INSERT: &str = r#"\set n random(1, 1000000000)
+INSERT INTO records.patients (id, nhs_number, nhs_number_status, given_name, family_name, birth_date, sex, address_lines, locality, district, postcode, postcode_outward, country, phone, email, gp_practice_code, preferred_language, interpreter_needed, accessibility_needs, preferred_contact_method, consented_contact_methods, restricted, search_name, family_phonetic, duplicate_override, created_at, updated_at) VALUES (gen_random_uuid(), NULL, 3, 'Bench', 'Family' || :n, date '1930-01-01' + (:n % 33000), 1 + (:n % 2), '{"1 Infirmary Street"}', 'Leeds', '', 'LS1 3EX', 'LS1', '', NULL, NULL, NULL, NULL, false, '{}', 0, '{}', false, 'bench family' || :n, 'FML', NULL, now(), now());
+"#;
+
+fn pgbench_path() -> anyhow::Result<PathBuf> {
+    if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        if dir.join("pgbench").is_file() {
+            return Ok(dir.join("pgbench"));
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| entries.filter_map(Result::ok).map(|e| e.path().join("bin/pgbench")).filter(|p| p.is_file()).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions.pop().map(Ok).unwrap_or_else(|| Ok(PathBuf::from("pgbench")))
+}
+
+fn pgbench(admin_url: &str, seconds: u64, clients: usize) -> anyhow::Result<f64> {
+    let script = std::env::temp_dir().join("pac-bench-register.sql");
+    std::fs::write(&script, PGBENCH_INSERT)?;
+    let output = Command::new(pgbench_path()?)
+        .args(["-n", "-M", "prepared", "-c", &clients.to_string(), "-j", "2", "-T", &seconds.to_string()])
+        .arg("-f")
+        .arg(&script)
+        .args(libpq_args(admin_url)?)
+        .output()
+        .context("cannot run pgbench")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("tps = ")?.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no tps in pgbench output: {stdout}{}", String::from_utf8_lossy(&output.stderr)))
+}
+
+/// Host, port, user and database as libpq command-line arguments.
+fn libpq_args(url: &str) -> anyhow::Result<Vec<String>> {
+    let options = PgConnectOptions::from_str(url)?;
+    Ok(vec![
+        "-h".into(),
+        options.get_host().to_string(),
+        "-p".into(),
+        options.get_port().to_string(),
+        "-U".into(),
+        options.get_username().to_string(),
+        options.get_database().unwrap_or("postgres").to_string(),
+    ])
+}
+
+/// Registers distinct patients for `seconds` with `concurrency` requests in flight; successes per second.
+async fn register_load(clients: &[PatientRecordsClient<Channel>], seconds: u64, concurrency: usize, round: u64) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency as u64 {
+        let mut client = clients[worker as usize % clients.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0u64;
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                n += 1;
+                let seq = (round << 40) | (worker << 24) | n;
+                client.register_patient(distinct_patient(seq)).await?;
+                ok += 1;
+            }
+            Ok::<_, tonic::Status>(ok)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await?.map_err(|status| anyhow::anyhow!("registration failed: {status:?}"))?;
+    }
+    Ok(total as f64 / seconds as f64)
+}
+
+/// A patient nobody else in the run resembles: a name spelt from the sequence number.
+fn distinct_patient(seq: u64) -> pb::RegisterPatientRequest {
+    let letters = |mut v: u64, len: usize| -> String {
+        (0..len).map(|_| { let c = char::from(b'a' + (v % 26) as u8); v /= 26; c }).collect()
+    };
+    let given = letters(seq, 8);
+    let family = letters(seq.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29), 9);
+    let day = (seq % 33_000) as i64;
+    let birth = chrono::NaiveDate::from_ymd_opt(1930, 1, 1).unwrap() + chrono::Duration::days(day);
+    let patient = pb::Patient {
+        given_name: given,
+        family_name: family,
+        birth_date: Some(Date { year: chrono::Datelike::year(&birth), month: chrono::Datelike::month(&birth) as i32, day: chrono::Datelike::day(&birth) as i32 }),
+        sex: 1 + (seq % 2) as i32,
+        address: Some(pac_proto::common::Address { lines: vec!["1 Infirmary Street".into()], locality: "Leeds".into(), postcode: "LS1 3EX".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    pb::RegisterPatientRequest { patient: Some(patient), request_id: format!("bench-{seq:x}"), allow_possible_duplicate: false }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+async fn register(seconds: u64, concurrency: usize, runs: usize) -> anyhow::Result<()> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let bench = Bench::start("pac_bench_register").await?;
+    let clients = bench.clients(4).await?;
+    let (mut baseline, mut platform) = (Vec::new(), Vec::new());
+    for round in 0..runs {
+        let url = bench.admin_url.clone();
+        let tps = tokio::task::spawn_blocking(move || pgbench(&url, seconds, 16)).await??;
+        let rps = register_load(&clients, seconds, concurrency, round as u64).await?;
+        eprintln!("round {}: pgbench {tps:.0} inserts/s, gRPC {rps:.0} registrations/s", round + 1);
+        baseline.push(tps);
+        platform.push(rps);
+    }
+    let ratio = median(&platform) / median(&baseline);
+    println!("\nRegisterPatient over gRPC ({concurrency} in flight, 4 connections) vs pgbench (16 clients) inserting the same patient row, {seconds} s each, alternating\n");
+    println!("| round | pgbench INSERT/s | RegisterPatient/s |");
+    println!("|---:|---:|---:|");
+    for (round, (tps, rps)) in baseline.iter().zip(&platform).enumerate() {
+        println!("| {} | {tps:.0} | {rps:.0} |", round + 1);
+    }
+    println!("| median | {:.0} | {:.0} |", median(&baseline), median(&platform));
+    println!("\nratio median(gRPC)/median(pgbench): {ratio:.2} (bar: >= 0.40) {}", verdict(ratio >= 0.4));
+    Ok(())
 }
