@@ -160,10 +160,10 @@ async fn seed(pool: &sqlx::PgPool, from: i64, to: i64) -> anyhow::Result<()> {
         sqlx::query(
             "INSERT INTO records.patients (id, nhs_number_status, given_name, family_name, birth_date, sex, postcode, \
                 postcode_outward, phone, search_name, family_phonetic, created_at, updated_at) \
-             SELECT gen_random_uuid(), 3, $1::text[][g], $2::text[][f], date '1930-01-01' + (i * 7919) % 33000, 1 + i % 2, \
+             SELECT gen_random_uuid(), 3, ($1::text[])[g], ($2::text[])[f], date '1930-01-01' + ((i::bigint * 7919) % 33000)::int, 1 + i % 2, \
                     o || ' ' || (i % 10) || substr('ABDEFGHJLNPQRSTUWXYZ', 1 + i % 20, 1) || substr('ABDEFGHJLNPQRSTUWXYZ', 1 + (i / 20) % 20, 1), \
-                    o, '+447' || lpad(i::text, 9, '0'), $3::text[][g] || ' ' || $4::text[][f], $5::text[][f], now(), now() \
-             FROM generate_series($6::bigint, $7::bigint - 1) AS i, \
+                    o, '+447' || lpad(i::text, 9, '0'), ($3::text[])[g] || ' ' || ($4::text[])[f], ($5::text[])[f], now(), now() \
+             FROM generate_series($6::int, $7::int - 1) AS i, \
                   LATERAL (SELECT 1 + floor(300 * power(random(), 1.5))::int AS f, 1 + floor(196 * power(random(), 1.5))::int AS g, \
                                   (ARRAY['LS','M','B','CF','SW','EH','G','BS','NE','L'])[1 + i % 10] || (1 + (i / 10) % 30) AS o) AS pick",
         )
@@ -172,8 +172,8 @@ async fn seed(pool: &sqlx::PgPool, from: i64, to: i64) -> anyhow::Result<()> {
         .bind(&given_keys)
         .bind(&family_keys)
         .bind(&phonetics)
-        .bind(start)
-        .bind(end)
+        .bind(i32::try_from(start)?)
+        .bind(i32::try_from(end)?)
         .execute(pool)
         .await
         .context("seeding patients")?;

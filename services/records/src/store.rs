@@ -517,8 +517,13 @@ pub struct SearchCriteria {
 /// Lowest name similarity a search returns.
 pub const MIN_NAME_SCORE: f64 = 0.3;
 
-/// Active records that fit every filter; by name similarity (trigram nearest-neighbour on the
-/// index) when a name is given, else by name. Restricted records never match a postcode filter.
+/// Active records that fit every filter: by name similarity when a name is given, else by name.
+/// Restricted records never match a postcode filter.
+///
+/// A name search takes the nearest `offset + limit` names from the trigram index (an index-ordered
+/// nearest-neighbour scan, which stops early however large the table) and orders ties by id inside
+/// that window, so pages are stable. A tie-breaker in the scan itself would make Postgres rank every
+/// row instead.
 pub async fn search(executor: impl PgExecutor<'_>, criteria: &SearchCriteria) -> Result<Vec<(PatientRecord, f64)>, sqlx::Error> {
     let mut query = QueryBuilder::<Postgres>::new("SELECT * FROM (SELECT ");
     query.push(PATIENT_COLUMNS);
@@ -540,11 +545,20 @@ pub async fn search(executor: impl PgExecutor<'_>, criteria: &SearchCriteria) ->
         query.push(" AND p.phone = ").push_bind(phone.clone());
     }
     match &criteria.name_key {
-        Some(name) => query.push(" ORDER BY ").push_bind(name.clone()).push(" <<-> p.search_name, p.id"),
-        None => query.push(" ORDER BY p.family_name, p.given_name, p.id"),
+        Some(name) => query
+            .push(" ORDER BY ")
+            .push_bind(name.clone())
+            .push(" <<-> p.search_name LIMIT ")
+            .push_bind(criteria.offset + criteria.limit)
+            .push(") hits WHERE score >= ")
+            .push_bind(MIN_NAME_SCORE)
+            .push(" ORDER BY score DESC, id"),
+        None => query
+            .push(" ORDER BY p.family_name, p.given_name, p.id LIMIT ")
+            .push_bind(criteria.offset + criteria.limit)
+            .push(") hits ORDER BY family_name, given_name, id"),
     };
-    query.push(" LIMIT ").push_bind(criteria.limit).push(" OFFSET ").push_bind(criteria.offset);
-    query.push(") hits WHERE score >= ").push_bind(MIN_NAME_SCORE);
+    query.push(" OFFSET ").push_bind(criteria.offset).push(" LIMIT ").push_bind(criteria.limit);
     let rows: Vec<SearchRow> = query.build_query_as().fetch_all(executor).await?;
     Ok(rows.into_iter().map(|row| (row.patient.into_record(), row.score)).collect())
 }
