@@ -288,11 +288,7 @@ impl Records {
             survivor: Some(convert::patient(&survivor, reveals_contact(&m.caller))),
             merge: Some(convert::merge(&merge)),
         };
-        if let Some(request_id) = &m.request_id {
-            self.idempotency.record(&mut tx, "MergePatients", request_id, &m.request_hash, &response).await?;
-        }
-        tx.commit().await?;
-        self.outbox.committed();
+        self.commit(tx, "MergePatients", m.request_id.as_deref(), &m.request_hash, &response).await?;
         tracing::info!(merge_id = %merge.id, survivor_id = %survivor.id, merged_id = %merged.id, "patients merged");
         Ok(response)
     }
@@ -320,13 +316,26 @@ impl Records {
             patient: Some(convert::patient(&restored, reveals_contact(&u.caller))),
             merge: Some(convert::merge(&merge)),
         };
-        if let Some(request_id) = &u.request_id {
-            self.idempotency.record(&mut tx, "UnmergePatient", request_id, &u.request_hash, &response).await?;
+        self.commit(tx, "UnmergePatient", u.request_id.as_deref(), &u.request_hash, &response).await?;
+        tracing::info!(merge_id = %merge.id, patient_id = %restored.id, "merge reversed");
+        Ok(response)
+    }
+
+    /// Records the response under the request id (if any), commits, and wakes the event streams.
+    async fn commit<R: Message>(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        operation: &str,
+        request_id: Option<&str>,
+        request_hash: &[u8],
+        response: &R,
+    ) -> Result<(), RecordsError> {
+        if let Some(request_id) = request_id {
+            self.idempotency.record(&mut tx, operation, request_id, request_hash, response).await?;
         }
         tx.commit().await?;
         self.outbox.committed();
-        tracing::info!(merge_id = %merge.id, patient_id = %restored.id, "merge reversed");
-        Ok(response)
+        Ok(())
     }
 
     async fn append(

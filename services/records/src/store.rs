@@ -248,14 +248,19 @@ async fn identity_conflict(pool: &PgPool, demographics: &Demographics, error: sq
 
 pub async fn find(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<PatientRecord>, sqlx::Error> {
     let sql = format!("SELECT {PATIENT_COLUMNS} FROM records.patients p WHERE p.id = $1");
-    let row: Option<PatientRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(executor).await?;
-    Ok(row.map(PatientRow::into_record))
+    fetch_optional(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id), executor).await
 }
 
 pub async fn find_by_nhs_number(executor: impl PgExecutor<'_>, nhs_number: &str) -> Result<Option<PatientRecord>, sqlx::Error> {
     let sql = format!("SELECT {PATIENT_COLUMNS} FROM records.patients p WHERE p.nhs_number = $1");
-    let row: Option<PatientRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(nhs_number).fetch_optional(executor).await?;
-    Ok(row.map(PatientRow::into_record))
+    fetch_optional(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(nhs_number), executor).await
+}
+
+async fn fetch_optional<'q, 'c>(
+    query: sqlx::query::QueryAs<'q, Postgres, PatientRow, PgArguments>,
+    executor: impl PgExecutor<'c>,
+) -> Result<Option<PatientRecord>, sqlx::Error> {
+    Ok(query.fetch_optional(executor).await?.map(PatientRow::into_record))
 }
 
 pub async fn find_by_local_identifier(
@@ -267,9 +272,7 @@ pub async fn find_by_local_identifier(
         "SELECT {PATIENT_COLUMNS} FROM records.patients p \
          JOIN records.local_identifiers i ON i.patient_id = p.id WHERE i.issuer = $1 AND i.value = $2"
     );
-    let row: Option<PatientRow> =
-        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(issuer).bind(value).fetch_optional(executor).await?;
-    Ok(row.map(PatientRow::into_record))
+    fetch_optional(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(issuer).bind(value), executor).await
 }
 
 /// Locks the given records for update, in id order (so two merges of the same pair cannot deadlock).
