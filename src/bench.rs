@@ -133,8 +133,8 @@ impl Rng {
 /// Name lists built from syllables: 300 family names, 196 given names.
 fn names() -> (Vec<String>, Vec<String>) {
     const FAMILY_HEAD: [&str; 20] = [
-        "Ash", "Black", "Brad", "Brook", "Cart", "Clay", "Dal", "Fair", "Green", "Hart", "Holm", "Kings", "Lang", "Mar",
-        "Nor", "Pem", "Rad", "Sel", "Thorn", "Wood",
+        "Ash", "Black", "Brad", "Brook", "Cart", "Clay", "Dal", "Fair", "Green", "Hart", "Holm", "Kings", "Lang", "Mar", "Nor", "Pem",
+        "Rad", "Sel", "Thorn", "Wood",
     ];
     const FAMILY_TAIL: [&str; 15] =
         ["ford", "ley", "worth", "ton", "wood", "field", "er", "well", "by", "stone", "wick", "ham", "croft", "bury", "man"];
@@ -191,7 +191,13 @@ fn search_queries(count: usize, patients: i64, rng: &mut Rng) -> Vec<(&'static s
             let (g, f) = (&given[rng.skewed(given.len())], &family[rng.skewed(family.len())]);
             match n % 6 {
                 0 => ("name", pb::SearchPatientsRequest { name: format!("{g} {f}"), ..Default::default() }),
-                1 => ("rare name", pb::SearchPatientsRequest { name: format!("{} {}", given[195 - rng.below(20)], family[299 - rng.below(30)]), ..Default::default() }),
+                1 => (
+                    "rare name",
+                    pb::SearchPatientsRequest {
+                        name: format!("{} {}", given[195 - rng.below(20)], family[299 - rng.below(30)]),
+                        ..Default::default()
+                    },
+                ),
                 2 => {
                     let mut misspelt = f.clone();
                     misspelt.remove(1 + rng.below(misspelt.len() - 2));
@@ -200,7 +206,11 @@ fn search_queries(count: usize, patients: i64, rng: &mut Rng) -> Vec<(&'static s
                 3 => {
                     let i = rng.below(patients as usize) as i64;
                     let birth = chrono::NaiveDate::from_ymd_opt(1930, 1, 1).unwrap() + chrono::Duration::days((i * 7919) % 33000);
-                    let date = Date { year: chrono::Datelike::year(&birth), month: chrono::Datelike::month(&birth) as i32, day: chrono::Datelike::day(&birth) as i32 };
+                    let date = Date {
+                        year: chrono::Datelike::year(&birth),
+                        month: chrono::Datelike::month(&birth) as i32,
+                        day: chrono::Datelike::day(&birth) as i32,
+                    };
                     ("name + birth date", pb::SearchPatientsRequest { name: f.clone(), birth_date: Some(date), ..Default::default() })
                 }
                 4 => {
@@ -208,7 +218,9 @@ fn search_queries(count: usize, patients: i64, rng: &mut Rng) -> Vec<(&'static s
                     let area = ["LS", "M", "B", "CF", "SW", "EH", "G", "BS", "NE", "L"][i % 10];
                     ("district", pb::SearchPatientsRequest { postcode: format!("{area}{}", 1 + (i / 10) % 30), ..Default::default() })
                 }
-                _ => ("phone", pb::SearchPatientsRequest { phone: format!("+447{:09}", rng.below(patients as usize)), ..Default::default() }),
+                _ => {
+                    ("phone", pb::SearchPatientsRequest { phone: format!("+447{:09}", rng.below(patients as usize)), ..Default::default() })
+                }
             }
         })
         .collect()
@@ -275,7 +287,13 @@ async fn search(small: i64, large: i64, queries: usize, concurrency: usize) -> a
     println!("|---:|---:|---:|---:|---:|");
     for (size, timings) in &results {
         let all = Latencies(timings.iter().map(|(_, d)| *d).collect());
-        println!("| {size} | {} | {} | {} | {} |", ms(all.percentile(0.5)), ms(all.percentile(0.95)), ms(all.percentile(0.99)), ms(all.percentile(1.0)));
+        println!(
+            "| {size} | {} | {} | {} | {} |",
+            ms(all.percentile(0.5)),
+            ms(all.percentile(0.95)),
+            ms(all.percentile(0.99)),
+            ms(all.percentile(1.0))
+        );
     }
     println!("\nBy query kind (p50 / p99):\n");
     println!("| kind | {} | {} |", results[0].0, results[1].0);
@@ -283,7 +301,13 @@ async fn search(small: i64, large: i64, queries: usize, concurrency: usize) -> a
     for kind in ["name", "rare name", "misspelt name", "name + birth date", "district", "phone"] {
         let of = |timings: &Vec<(&str, Duration)>| Latencies(timings.iter().filter(|(k, _)| *k == kind).map(|(_, d)| *d).collect());
         let (a, b) = (of(&results[0].1), of(&results[1].1));
-        println!("| {kind} | {} / {} | {} / {} |", ms(a.percentile(0.5)), ms(a.percentile(0.99)), ms(b.percentile(0.5)), ms(b.percentile(0.99)));
+        println!(
+            "| {kind} | {} / {} | {} / {} |",
+            ms(a.percentile(0.5)),
+            ms(a.percentile(0.99)),
+            ms(b.percentile(0.5)),
+            ms(b.percentile(0.99))
+        );
     }
     let p50 = |i: usize| Latencies(results[i].1.iter().map(|(_, d)| *d).collect()).percentile(0.5);
     let p99_large = Latencies(results[1].1.iter().map(|(_, d)| *d).collect()).percentile(0.99);
@@ -375,7 +399,13 @@ async fn register_load(clients: &[PatientRecordsClient<Channel>], seconds: u64, 
 /// A patient nobody else in the run resembles: a name spelt from the sequence number.
 fn distinct_patient(seq: u64) -> pb::RegisterPatientRequest {
     let letters = |mut v: u64, len: usize| -> String {
-        (0..len).map(|_| { let c = char::from(b'a' + (v % 26) as u8); v /= 26; c }).collect()
+        (0..len)
+            .map(|_| {
+                let c = char::from(b'a' + (v % 26) as u8);
+                v /= 26;
+                c
+            })
+            .collect()
     };
     let given = letters(seq, 8);
     let family = letters(seq.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29), 9);
@@ -384,9 +414,18 @@ fn distinct_patient(seq: u64) -> pb::RegisterPatientRequest {
     let patient = pb::Patient {
         given_name: given,
         family_name: family,
-        birth_date: Some(Date { year: chrono::Datelike::year(&birth), month: chrono::Datelike::month(&birth) as i32, day: chrono::Datelike::day(&birth) as i32 }),
+        birth_date: Some(Date {
+            year: chrono::Datelike::year(&birth),
+            month: chrono::Datelike::month(&birth) as i32,
+            day: chrono::Datelike::day(&birth) as i32,
+        }),
         sex: 1 + (seq % 2) as i32,
-        address: Some(pac_proto::common::Address { lines: vec!["1 Infirmary Street".into()], locality: "Leeds".into(), postcode: "LS1 3EX".into(), ..Default::default() }),
+        address: Some(pac_proto::common::Address {
+            lines: vec!["1 Infirmary Street".into()],
+            locality: "Leeds".into(),
+            postcode: "LS1 3EX".into(),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     pb::RegisterPatientRequest { patient: Some(patient), request_id: format!("bench-{seq:x}"), allow_possible_duplicate: false }
@@ -414,7 +453,9 @@ async fn register(seconds: u64, concurrency: usize, runs: usize) -> anyhow::Resu
         platform.push(rps);
     }
     let ratio = median(&platform) / median(&baseline);
-    println!("\nRegisterPatient over gRPC ({concurrency} in flight, 4 connections) vs pgbench (16 clients) inserting the same patient row, {seconds} s each, alternating\n");
+    println!(
+        "\nRegisterPatient over gRPC ({concurrency} in flight, 4 connections) vs pgbench (16 clients) inserting the same patient row, {seconds} s each, alternating\n"
+    );
     println!("| round | pgbench INSERT/s | RegisterPatient/s |");
     println!("|---:|---:|---:|");
     for (round, (tps, rps)) in baseline.iter().zip(&platform).enumerate() {

@@ -84,11 +84,7 @@ impl CallerVerifier {
     /// The caller of a request: verified context, or anonymous when none is sent and none is required.
     pub fn caller(&self, metadata: &MetadataMap) -> Result<Caller, ApiError> {
         let Some(value) = metadata.get(CALLER_HEADER) else {
-            return if self.require {
-                Err(ApiError::unauthenticated("a caller context is required"))
-            } else {
-                Ok(Caller::anonymous())
-            };
+            return if self.require { Err(ApiError::unauthenticated("a caller context is required")) } else { Ok(Caller::anonymous()) };
         };
         let token = value.to_str().map_err(|_| ApiError::unauthenticated("caller context is not valid"))?;
         let mut validation = Validation::new(Algorithm::HS256);

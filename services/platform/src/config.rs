@@ -196,10 +196,9 @@ where
     T::Err: fmt::Display,
 {
     match std::env::var(name) {
-        Ok(value) if !value.is_empty() => value
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("environment variable {name}={value:?} is not valid")),
+        Ok(value) if !value.is_empty() => {
+            value.parse().map_err(|e| anyhow::anyhow!("{e}")).with_context(|| format!("environment variable {name}={value:?} is not valid"))
+        }
         _ => Ok(default),
     }
 }

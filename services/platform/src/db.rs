@@ -18,7 +18,6 @@ use crate::error::ApiError;
 /// Schema that holds the extensions every service uses (pg_trgm, btree_gist); services get USAGE only.
 pub const EXTENSIONS_SCHEMA: &str = "pac_ext";
 
-
 /// A service's place in the database.
 #[derive(Debug, Clone, Copy)]
 pub struct ServiceSchema {
@@ -158,15 +157,10 @@ where
     T: Send + 'static,
     F: Future<Output = Result<T, ApiError>> + Send + 'static,
 {
-    tokio::spawn(work.in_current_span())
-        .await
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("database task failed: {e}")))?
+    tokio::spawn(work.in_current_span()).await.map_err(|e| ApiError::internal(anyhow::anyhow!("database task failed: {e}")))?
 }
 
 /// Whether the database answers, within `timeout`.
 pub async fn is_reachable(pool: &PgPool, timeout: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(timeout, sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool)).await,
-        Ok(Ok(1))
-    )
+    matches!(tokio::time::timeout(timeout, sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool)).await, Ok(Ok(1)))
 }

@@ -81,8 +81,11 @@ impl ApiError {
 
     pub fn not_found(resource_type: &str, name: impl Into<String>) -> Self {
         let name = name.into();
-        Self::new(Code::NotFound, "NOT_FOUND", format!("{resource_type} {name} not found"))
-            .with_resource(resource_type, name, "no such resource")
+        Self::new(Code::NotFound, "NOT_FOUND", format!("{resource_type} {name} not found")).with_resource(
+            resource_type,
+            name,
+            "no such resource",
+        )
     }
 
     pub fn failed_precondition(reason: &'static str, message: impl Into<String>) -> Self {

@@ -50,14 +50,14 @@ pub async fn serve(
     health.report(shutdown.is_cancelled()).await;
     let health_task = tokio::spawn(health.follow(shutdown.clone()));
 
-    let mut reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    let mut reflection =
+        tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
     for set in &serving.descriptor_sets {
         reflection = reflection.register_encoded_file_descriptor_set(set);
     }
     let reflection_v1 = reflection.build_v1()?;
-    let mut reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    let mut reflection =
+        tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
     for set in &serving.descriptor_sets {
         reflection = reflection.register_encoded_file_descriptor_set(set);
     }

@@ -40,11 +40,8 @@ impl Recorded {
     /// The recorded response if the request is the same one, else REQUEST_ID_REUSED.
     pub fn replay<R: Message + Default>(&self, request_hash: &[u8]) -> Result<R, ApiError> {
         if self.request_hash != request_hash {
-            return Err(ApiError::failed_precondition(
-                "REQUEST_ID_REUSED",
-                "this request_id was already used for a different request",
-            )
-            .with_precondition("REQUEST_ID_REUSED", "request_id", "use a new request_id for a new request"));
+            return Err(ApiError::failed_precondition("REQUEST_ID_REUSED", "this request_id was already used for a different request")
+                .with_precondition("REQUEST_ID_REUSED", "request_id", "use a new request_id for a new request"));
         }
         R::decode(self.response.as_slice()).map_err(ApiError::internal)
     }
@@ -67,15 +64,9 @@ impl IdempotencyStore {
         operation: &str,
         request_id: &str,
     ) -> Result<Option<Recorded>, sqlx::Error> {
-        let sql = format!(
-            "SELECT request_hash, response FROM {}.idempotency WHERE operation = $1 AND request_id = $2",
-            self.schema
-        );
-        let row: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(operation)
-            .bind(request_id)
-            .fetch_optional(executor)
-            .await?;
+        let sql = format!("SELECT request_hash, response FROM {}.idempotency WHERE operation = $1 AND request_id = $2", self.schema);
+        let row: Option<(Vec<u8>, Vec<u8>)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(operation).bind(request_id).fetch_optional(executor).await?;
         Ok(row.map(|(request_hash, response)| Recorded { request_hash, response }))
     }
 
@@ -116,14 +107,8 @@ impl IdempotencyStore {
 
     /// Forgets records older than `retention`.
     pub async fn prune(&self, pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-        let sql = format!(
-            "DELETE FROM {}.idempotency WHERE created_at < now() - make_interval(secs => $1)",
-            self.schema
-        );
-        let result = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(retention.as_secs_f64())
-            .execute(pool)
-            .await?;
+        let sql = format!("DELETE FROM {}.idempotency WHERE created_at < now() - make_interval(secs => $1)", self.schema);
+        let result = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(retention.as_secs_f64()).execute(pool).await?;
         Ok(result.rows_affected())
     }
 }

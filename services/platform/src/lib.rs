@@ -4,6 +4,7 @@
 
 pub mod caller;
 pub mod config;
+pub mod convert;
 pub mod db;
 pub mod error;
 pub mod grpc;

@@ -82,10 +82,8 @@ pub async fn ensure_database(url: &str, name: &str) -> anyhow::Result<String> {
     use std::str::FromStr;
     let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
     let mut conn = options.connect().await.context("cannot connect to Postgres")?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)").bind(name).fetch_one(&mut conn).await?;
     if !exists {
         anyhow::ensure!(name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "database names are lowercase identifiers");
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
@@ -94,10 +92,7 @@ pub async fn ensure_database(url: &str, name: &str) -> anyhow::Result<String> {
 }
 
 async fn answers(url: &str) -> bool {
-    matches!(
-        tokio::time::timeout(Duration::from_secs(3), sqlx::PgConnection::connect(url)).await,
-        Ok(Ok(_))
-    )
+    matches!(tokio::time::timeout(Duration::from_secs(3), sqlx::PgConnection::connect(url)).await, Ok(Ok(_)))
 }
 
 /// Initialises (once) and starts a cluster; a file lock keeps concurrent callers from racing.
@@ -120,11 +115,7 @@ fn start_private(data_dir: &Path, port: u16) -> anyhow::Result<PrivateCluster> {
             bail!("initdb failed: {}", String::from_utf8_lossy(&output.stderr));
         }
     }
-    let running = pg_command(&bin_dir, "pg_ctl")
-        .args(["-D", &data_dir.to_string_lossy(), "status"])
-        .output()?
-        .status
-        .success();
+    let running = pg_command(&bin_dir, "pg_ctl").args(["-D", &data_dir.to_string_lossy(), "status"]).output()?.status.success();
     if !running {
         let options = format!("-p {port} -c listen_addresses=127.0.0.1 -k {}", data_dir.display());
         let output = pg_command(&bin_dir, "pg_ctl")
@@ -154,10 +145,8 @@ fn find_bin_dir() -> anyhow::Result<PathBuf> {
         }
     }
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
-        let mut versions: Vec<(u32, PathBuf)> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
-            .collect();
+        let mut versions: Vec<(u32, PathBuf)> =
+            entries.filter_map(Result::ok).filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin")))).collect();
         versions.sort();
         candidates.extend(versions.into_iter().rev().map(|(_, path)| path));
     }

@@ -122,12 +122,8 @@ impl Outbox {
              ORDER BY txid, id LIMIT $3",
             self.schema
         );
-        let rows: Vec<OutboxRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(after.txid.to_string())
-            .bind(after.id)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
+        let rows: Vec<OutboxRow> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(after.txid.to_string()).bind(after.id).bind(limit).fetch_all(pool).await?;
         rows.into_iter().map(OutboxRow::into_event).collect()
     }
 

@@ -11,11 +11,9 @@ use crate::error::ApiError;
 pub fn page_size(requested: i32, default: i64, max: i64) -> Result<i64, ApiError> {
     match requested {
         0 => Ok(default),
-        n if n < 0 || i64::from(n) > max => Err(ApiError::invalid_field(
-            "page_size",
-            "PAGE_SIZE_INVALID",
-            format!("must be between 1 and {max} (0 means {default})"),
-        )),
+        n if n < 0 || i64::from(n) > max => {
+            Err(ApiError::invalid_field("page_size", "PAGE_SIZE_INVALID", format!("must be between 1 and {max} (0 means {default})")))
+        }
         n => Ok(i64::from(n)),
     }
 }
@@ -42,13 +40,37 @@ pub fn decode(token: &str, query: [u8; 8]) -> Result<i64, ApiError> {
     if token.is_empty() {
         return Ok(0);
     }
-    let invalid = || ApiError::invalid_field("page_token", "PAGE_TOKEN_INVALID", "is not a token from a previous page of this query");
+    let invalid = invalid_token;
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     if bytes.len() != 16 || bytes[..8] != query {
         return Err(invalid());
     }
     let offset = i64::from_be_bytes(bytes[8..].try_into().expect("8 bytes"));
     if offset < 0 { Err(invalid()) } else { Ok(offset) }
+}
+
+/// The error for a token that is not from this query.
+pub fn invalid_token() -> ApiError {
+    ApiError::invalid_field("page_token", "PAGE_TOKEN_INVALID", "is not a token from a previous page of this query")
+}
+
+/// A token for the page after `key` (keyset paging: the sort key of the last item returned).
+pub fn encode_key(key: &[u8], query: [u8; 8]) -> String {
+    let mut bytes = query.to_vec();
+    bytes.extend_from_slice(key);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The key in a keyset token; `None` for an empty token.
+pub fn decode_key(token: &str, query: [u8; 8]) -> Result<Option<Vec<u8>>, ApiError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid_token())?;
+    if bytes.len() <= 8 || bytes[..8] != query {
+        return Err(invalid_token());
+    }
+    Ok(Some(bytes[8..].to_vec()))
 }
 
 #[cfg(test)]
@@ -63,6 +85,15 @@ mod tests {
         assert!(decode(&token, fingerprint(&["jones"])).is_err());
         assert!(decode("not-a-token", query).is_err());
         assert_eq!(decode("", query).unwrap(), 0);
+    }
+
+    #[test]
+    fn keyset_tokens_round_trip() {
+        let query = fingerprint(&["clinic"]);
+        let token = encode_key(b"0123456789abcdef", query);
+        assert_eq!(decode_key(&token, query).unwrap().unwrap(), b"0123456789abcdef");
+        assert!(decode_key(&token, fingerprint(&["other"])).is_err());
+        assert_eq!(decode_key("", query).unwrap(), None);
     }
 
     #[test]

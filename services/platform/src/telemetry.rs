@@ -49,12 +49,7 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<Tele
 }
 
 /// Installs the process-wide subscriber with a given log writer and span exporter (tests capture both).
-pub fn init_with<W, E>(
-    service_name: &str,
-    config: &TelemetryConfig,
-    writer: W,
-    exporter: Option<E>,
-) -> anyhow::Result<TelemetryGuard>
+pub fn init_with<W, E>(service_name: &str, config: &TelemetryConfig, writer: W, exporter: Option<E>) -> anyhow::Result<TelemetryGuard>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
     E: SpanExporter + 'static,
@@ -74,20 +69,11 @@ where
 
     let filter = EnvFilter::try_new(&config.log_filter)?;
     let logs = if config.log_json {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_writer(writer)
-            .boxed()
+        tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false).with_writer(writer).boxed()
     } else {
         tracing_subscriber::fmt::layer().with_writer(writer).boxed()
     };
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(logs)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
-        .try_init()?;
+    tracing_subscriber::registry().with(filter).with(logs).with(tracing_opentelemetry::layer().with_tracer(tracer)).try_init()?;
     Ok(TelemetryGuard { provider })
 }
 
@@ -102,4 +88,21 @@ pub fn current_trace_id_of(span: &tracing::Span) -> Option<String> {
     let span = context.span();
     let span_context = span.span_context();
     span_context.is_valid().then(|| span_context.trace_id().to_string())
+}
+
+/// Adds the current span's W3C trace context to an outgoing gRPC request, so a call to another
+/// component continues this trace.
+pub fn inject_context(metadata: &mut tonic::metadata::MetadataMap) {
+    struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+    impl opentelemetry::propagation::Injector for MetadataInjector<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(key), Ok(value)) =
+                (tonic::metadata::MetadataKey::from_bytes(key.as_bytes()), tonic::metadata::MetadataValue::try_from(value))
+            {
+                self.0.insert(key, value);
+            }
+        }
+    }
+    let context = tracing::Span::current().context();
+    global::get_text_map_propagator(|propagator| propagator.inject_context(&context, &mut MetadataInjector(metadata)));
 }

@@ -43,10 +43,7 @@ impl TestDatabase {
         let server_url = server_url().await;
         let name = format!("pac_test_{}", Uuid::now_v7().simple());
         let mut conn = PgConnectOptions::from_str(&server_url).unwrap().connect().await.expect("connect to test server");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .expect("create test database");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create test database");
         let admin_url = PgConnectOptions::from_str(&server_url).unwrap().database(&name).to_url_lossy().to_string();
         Self { name, admin_url, server_url }
     }
@@ -65,9 +62,8 @@ impl Drop for TestDatabase {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async {
                 if let Ok(mut conn) = PgConnectOptions::from_str(&server_url).unwrap().connect().await {
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                        .execute(&mut conn)
-                        .await;
+                    let _ =
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut conn).await;
                 }
             });
         })

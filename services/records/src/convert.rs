@@ -2,14 +2,14 @@
 //! or becomes a field violation naming it; every record becomes a message with restricted contact
 //! details withheld from callers who may not see them.
 
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::NaiveDate;
+pub use pac_platform::convert::{actor, date, parse_id, parse_text, timestamp};
 use pac_platform::error::FieldViolation;
 use pac_proto::common::{Address as AddressMessage, ContactMethod, Date};
 use pac_proto::records as pb;
-use uuid::Uuid;
 
 use crate::domain::demographics::{
-    Email, OdsCode, PersonName, Phone, Postcode, PostcodeFilter, name_key, parse_birth_date, parse_language, parse_text,
+    Email, OdsCode, PersonName, Phone, Postcode, PostcodeFilter, name_key, parse_birth_date, parse_language,
 };
 use crate::domain::matching::MatchProfile;
 use crate::domain::nhs_number::{NhsNumber, NhsNumberError};
@@ -49,13 +49,6 @@ pub struct Rules {
     pub today: NaiveDate,
 }
 
-pub fn parse_id(field: &str, value: &str) -> Result<Uuid, FieldViolation> {
-    if value.is_empty() {
-        return Err(FieldViolation::new(field, "ID_REQUIRED", "is required"));
-    }
-    Uuid::parse_str(value).map_err(|_| FieldViolation::new(field, "ID_INVALID", "is not a patient id (UUID)"))
-}
-
 pub fn nhs_number_violation(field: &str, error: NhsNumberError) -> FieldViolation {
     let reason = match error {
         NhsNumberError::TestNumber => "NHS_NUMBER_TEST_RANGE",
@@ -85,9 +78,8 @@ pub fn search_criteria(request: &pb::SearchPatientsRequest, today: NaiveDate) ->
         None => {}
     }
     let phone = optional(&request.phone, Phone::parse, "phone", "PHONE_INVALID", &mut violations).map(|p| p.as_str().to_string());
-    let limit = pac_platform::paging::page_size(request.page_size, 20, 100)
-        .map_err(|e| violations.extend(e.field_violations))
-        .unwrap_or(20);
+    let limit =
+        pac_platform::paging::page_size(request.page_size, 20, 100).map_err(|e| violations.extend(e.field_violations)).unwrap_or(20);
     let criteria = SearchCriteria { name_key, birth_date, postcode, postcode_outward, phone, limit, offset: 0 };
     let no_criteria = criteria.name_key.is_none()
         && criteria.birth_date.is_none()
@@ -115,9 +107,10 @@ pub fn match_profile(input: &pb::Patient, today: NaiveDate) -> Result<MatchProfi
             .ok(),
     };
     let phone = optional(&input.phone, Phone::parse, "patient.phone", "PHONE_INVALID", &mut violations);
-    let postcode = input.address.as_ref().and_then(|address| {
-        optional(&address.postcode, Postcode::parse, "patient.address.postcode", "POSTCODE_INVALID", &mut violations)
-    });
+    let postcode = input
+        .address
+        .as_ref()
+        .and_then(|address| optional(&address.postcode, Postcode::parse, "patient.address.postcode", "POSTCODE_INVALID", &mut violations));
     if !violations.is_empty() {
         return Err(violations);
     }
@@ -183,7 +176,11 @@ pub fn apply_update(
     let mut updated = current.clone();
     for path in paths {
         if OUTPUT_ONLY_FIELDS.contains(&path.as_str()) {
-            violations.push(FieldViolation::new("update_mask", "FIELD_OUTPUT_ONLY", format!("{path} is set by the service, not by callers")));
+            violations.push(FieldViolation::new(
+                "update_mask",
+                "FIELD_OUTPUT_ONLY",
+                format!("{path} is set by the service, not by callers"),
+            ));
         } else if !SETTABLE_FIELDS.contains(&path.as_str()) {
             violations.push(FieldViolation::new(
                 "update_mask",
@@ -259,9 +256,7 @@ fn set_field(target: &mut Demographics, input: &pb::Patient, field: &str, rules:
         "nhs_number" => {
             target.nhs_number = match input.nhs_number.trim() {
                 "" => None,
-                value => Some(
-                    NhsNumber::parse(value, rules.accept_test_nhs_numbers).map_err(|e| nhs_number_violation(&path, e))?,
-                ),
+                value => Some(NhsNumber::parse(value, rules.accept_test_nhs_numbers).map_err(|e| nhs_number_violation(&path, e))?),
             };
         }
         "nhs_number_status" => {
@@ -299,8 +294,7 @@ fn set_field(target: &mut Demographics, input: &pb::Patient, field: &str, rules:
                 parse_birth_date(date.year, date.month, date.day, rules.today).map_err(|d| invalid("BIRTH_DATE_INVALID", d))?;
         }
         "sex" => {
-            target.sex = Sex::from_code(input.sex)
-                .ok_or_else(|| invalid("SEX_REQUIRED", "is required (SEX_UNKNOWN when not known)"))?;
+            target.sex = Sex::from_code(input.sex).ok_or_else(|| invalid("SEX_REQUIRED", "is required (SEX_UNKNOWN when not known)"))?;
         }
         "address" => target.address = parse_address(input.address.as_ref(), &path)?,
         "phone" => {
@@ -389,7 +383,11 @@ fn parse_contact_preferences(input: Option<&pb::ContactPreferences>, path: &str)
     let mut consented = Vec::new();
     for method in &input.consented_methods {
         if !known(*method) {
-            return Err(FieldViolation::new(format!("{path}.consented_methods"), "CONTACT_METHOD_INVALID", "lists an unknown contact method"));
+            return Err(FieldViolation::new(
+                format!("{path}.consented_methods"),
+                "CONTACT_METHOD_INVALID",
+                "lists an unknown contact method",
+            ));
         }
         if !consented.contains(method) {
             consented.push(*method);
@@ -425,14 +423,6 @@ fn field_differs(a: &Demographics, b: &Demographics, field: &str) -> bool {
         "restricted" => a.restricted != b.restricted,
         _ => false,
     }
-}
-
-pub fn date(date: NaiveDate) -> Date {
-    Date { year: date.year(), month: date.month() as i32, day: date.day() as i32 }
-}
-
-pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
 }
 
 /// The record as a message. `reveal_contact` is false for a caller without the permission to see
@@ -492,14 +482,6 @@ pub fn withhold_contact(patient: &mut pb::Patient) {
     }
 }
 
-pub fn actor(actor: &pac_platform::Actor) -> pac_proto::common::Actor {
-    pac_proto::common::Actor {
-        subject: actor.subject.clone(),
-        role: actor.role.clone(),
-        organisation: actor.organisation.clone(),
-    }
-}
-
 pub fn merge(merge: &MergeRecord) -> pb::Merge {
     pb::Merge {
         id: merge.id.to_string(),
@@ -516,6 +498,8 @@ pub fn merge(merge: &MergeRecord) -> pb::Merge {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Utc;
+    use uuid::Uuid;
 
     fn rules() -> Rules {
         Rules { accept_test_nhs_numbers: true, today: NaiveDate::from_ymd_opt(2026, 11, 25).unwrap() }

@@ -13,13 +13,26 @@ pub enum RecordsError {
     Invalid(Vec<FieldViolation>),
     NotFound(Uuid),
     IdentifierNotFound,
-    NhsNumberExists { existing: Uuid },
-    LocalIdentifierExists { issuer: String, existing: Uuid },
+    NhsNumberExists {
+        existing: Uuid,
+    },
+    LocalIdentifierExists {
+        issuer: String,
+        existing: Uuid,
+    },
     PossibleDuplicate(Vec<(Uuid, f64, Grade)>),
     /// The record was merged away; changes go to the survivor.
-    Merged { id: Uuid, survivor: Uuid },
-    VersionMismatch { current_etag: String },
-    AlreadyMerged { id: Uuid, survivor: Uuid },
+    Merged {
+        id: Uuid,
+        survivor: Uuid,
+    },
+    VersionMismatch {
+        current_etag: String,
+    },
+    AlreadyMerged {
+        id: Uuid,
+        survivor: Uuid,
+    },
     NotMerged(Uuid),
     SameRecord,
     /// The caller may not see (so may not change) a restricted record's contact details.
@@ -87,19 +100,20 @@ impl From<RecordsError> for ApiError {
             )
             .with_precondition("PATIENT_MERGED", id.to_string(), format!("merged into {survivor}"))
             .with_metadata("survivor_id", survivor.to_string()),
-            VersionMismatch { current_etag } => ApiError::aborted(
-                "VERSION_MISMATCH",
-                "the patient changed since it was read; read it again and reapply the change",
-            )
-            .with_metadata("current_etag", current_etag),
-            AlreadyMerged { id, survivor } => ApiError::failed_precondition(
-                "ALREADY_MERGED",
-                format!("patient {id} is already merged into {survivor}"),
-            )
-            .with_precondition("ALREADY_MERGED", id.to_string(), format!("merged into {survivor}"))
-            .with_metadata("survivor_id", survivor.to_string()),
-            NotMerged(id) => ApiError::failed_precondition("NOT_MERGED", format!("patient {id} is not merged"))
-                .with_precondition("NOT_MERGED", id.to_string(), "only a merged-away record can be unmerged"),
+            VersionMismatch { current_etag } => {
+                ApiError::aborted("VERSION_MISMATCH", "the patient changed since it was read; read it again and reapply the change")
+                    .with_metadata("current_etag", current_etag)
+            }
+            AlreadyMerged { id, survivor } => {
+                ApiError::failed_precondition("ALREADY_MERGED", format!("patient {id} is already merged into {survivor}"))
+                    .with_precondition("ALREADY_MERGED", id.to_string(), format!("merged into {survivor}"))
+                    .with_metadata("survivor_id", survivor.to_string())
+            }
+            NotMerged(id) => ApiError::failed_precondition("NOT_MERGED", format!("patient {id} is not merged")).with_precondition(
+                "NOT_MERGED",
+                id.to_string(),
+                "only a merged-away record can be unmerged",
+            ),
             SameRecord => ApiError::invalid_field("merged_id", "SAME_RECORD", "must differ from survivor_id"),
             RestrictedContact => ApiError::permission_denied(
                 "RESTRICTED_RECORD",

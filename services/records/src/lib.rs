@@ -103,13 +103,8 @@ pub async fn serve(
     let pool = connect(&platform, &config).await?;
     let records = records::Records::new(pool.clone(), Outbox::new(SCHEMA), config.thresholds);
     let verifier = CallerVerifier::new(&platform.internal_key, platform.require_caller_context);
-    let service = service::RecordsService::new(
-        records,
-        verifier,
-        config.accept_test_nhs_numbers,
-        platform.outbox_poll_interval,
-        shutdown.clone(),
-    );
+    let service =
+        service::RecordsService::new(records, verifier, config.accept_test_nhs_numbers, platform.outbox_poll_interval, shutdown.clone());
 
     let prune_pool = pool.clone();
     let retention = platform.idempotency_retention;
@@ -125,10 +120,6 @@ pub async fn serve(
     let max = platform.grpc.max_message_bytes;
     let routes = Routes::new(PatientRecordsServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max));
     tracing::info!(address = %listener.local_addr()?, "records service listening");
-    let serving = Serving {
-        service_names: vec![SERVICE_NAME],
-        descriptor_sets: vec![pac_proto::FILE_DESCRIPTOR_SET],
-        database: pool,
-    };
+    let serving = Serving { service_names: vec![SERVICE_NAME], descriptor_sets: vec![pac_proto::FILE_DESCRIPTOR_SET], database: pool };
     grpc::serve(&platform.grpc, listener, routes, serving, shutdown).await
 }

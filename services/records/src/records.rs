@@ -98,9 +98,7 @@ impl Records {
             return Err(RecordsError::NhsNumberExists { existing: same.record.id });
         }
         if !candidates.is_empty() && !r.allow_possible_duplicate {
-            return Err(RecordsError::PossibleDuplicate(
-                candidates.iter().take(10).map(|c| (c.record.id, c.score, c.grade)).collect(),
-            ));
+            return Err(RecordsError::PossibleDuplicate(candidates.iter().take(10).map(|c| (c.record.id, c.score, c.grade)).collect()));
         }
         let now = pac_platform::now();
         let record = PatientRecord {
@@ -140,14 +138,18 @@ impl Records {
                 tracing::info!(patient_id = %record.id, overridden_candidates = candidates.len(), "patient registered");
                 Ok(response)
             }
-            Registered::RequestIdTaken => self
-                .replay("RegisterPatient", r.request_id.as_deref(), &r.request_hash)
-                .await?
-                .ok_or(RecordsError::Conflict),
+            Registered::RequestIdTaken => {
+                self.replay("RegisterPatient", r.request_id.as_deref(), &r.request_hash).await?.ok_or(RecordsError::Conflict)
+            }
         }
     }
 
-    async fn replay<R: Message + Default>(&self, operation: &str, request_id: Option<&str>, hash: &[u8]) -> Result<Option<R>, RecordsError> {
+    async fn replay<R: Message + Default>(
+        &self,
+        operation: &str,
+        request_id: Option<&str>,
+        hash: &[u8],
+    ) -> Result<Option<R>, RecordsError> {
         let Some(request_id) = request_id else { return Ok(None) };
         match self.idempotency.find(&self.pool, operation, request_id).await? {
             Some(recorded) => Ok(Some(recorded.replay(hash)?)),
@@ -233,10 +235,8 @@ impl Records {
         }
         let updated = PatientRecord { version: current.version + 1, updated_at: pac_platform::now(), demographics, ..current };
         store::update(&mut tx, &self.pool, &updated, changed.iter().any(|f| f == "local_identifiers")).await?;
-        let event = Event::PatientUpdated(pb::PatientUpdated {
-            patient: Some(convert::patient(&updated, true)),
-            changed_fields: changed.clone(),
-        });
+        let event =
+            Event::PatientUpdated(pb::PatientUpdated { patient: Some(convert::patient(&updated, true)), changed_fields: changed.clone() });
         self.append(&mut tx, "PatientUpdated", updated.id, event, &u.caller, None).await?;
         tx.commit().await?;
         self.outbox.committed();
@@ -305,9 +305,8 @@ impl Records {
             return Err(RecordsError::NotMerged(u.merged_id));
         }
         let now = pac_platform::now();
-        let merge = store::close_merge(&mut tx, u.merged_id, &u.reason, &u.caller.actor, now)
-            .await?
-            .ok_or(RecordsError::NotMerged(u.merged_id))?;
+        let merge =
+            store::close_merge(&mut tx, u.merged_id, &u.reason, &u.caller.actor, now).await?.ok_or(RecordsError::NotMerged(u.merged_id))?;
         store::set_merged_into(&mut tx, u.merged_id, None, now).await?;
         let restored = store::find(&mut *tx, u.merged_id).await?.ok_or(RecordsError::NotFound(u.merged_id))?;
         let event = Event::PatientUnmerged(pb::PatientUnmerged { merge: Some(convert::merge(&merge)) });
@@ -348,9 +347,7 @@ impl Records {
         request_id: Option<&str>,
     ) -> Result<(), RecordsError> {
         let payload = event_payload(event);
-        self.outbox
-            .append(conn, NewEvent { event_type, aggregate_id, payload, actor: &caller.actor, request_id })
-            .await?;
+        self.outbox.append(conn, NewEvent { event_type, aggregate_id, payload, actor: &caller.actor, request_id }).await?;
         Ok(())
     }
 }

@@ -11,7 +11,6 @@ use pac_platform::error::{ApiError, FieldViolation};
 use pac_platform::idempotency::{parse_request_id, request_hash};
 use pac_platform::outbox::{Cursor, StoredEvent};
 use pac_platform::{Caller, CallerVerifier, paging};
-use pac_proto::common::EventEnvelope;
 use pac_proto::records as pb;
 use pac_proto::records::patient_records_server::PatientRecords;
 use pac_proto::records::watch_events_response::Event;
@@ -123,11 +122,7 @@ impl PatientRecords for RecordsService {
                 run(async move { records.lookup_local_identifier(&issuer, &value).await }).await?
             }
             None => {
-                return Err(invalid(FieldViolation::new(
-                    "identifier",
-                    "IDENTIFIER_REQUIRED",
-                    "set nhs_number or local_identifier",
-                )));
+                return Err(invalid(FieldViolation::new("identifier", "IDENTIFIER_REQUIRED", "set nhs_number or local_identifier")));
             }
         };
         let (record, merged_from) = found;
@@ -143,7 +138,11 @@ impl PatientRecords for RecordsService {
         let input = request.patient.ok_or_else(|| invalid(FieldViolation::new("patient", "PATIENT_REQUIRED", "is required")))?;
         let id = parse_id("patient.id", &input.id).map_err(invalid)?;
         if input.etag.is_empty() {
-            return Err(invalid(FieldViolation::new("patient.etag", "ETAG_REQUIRED", "is required: send the etag of the version you read")));
+            return Err(invalid(FieldViolation::new(
+                "patient.etag",
+                "ETAG_REQUIRED",
+                "is required: send the etag of the version you read",
+            )));
         }
         let paths = request.update_mask.map(|mask| mask.paths).unwrap_or_default();
         let update = Update { id, etag: input.etag.clone(), input, paths, rules: self.rules(), caller: caller.clone() };
@@ -242,7 +241,7 @@ impl PatientRecords for RecordsService {
 }
 
 fn reason_text(value: &str) -> Result<String, FieldViolation> {
-    match crate::domain::demographics::parse_text(value, 500) {
+    match convert::parse_text(value, 500) {
         Ok(text) if !text.is_empty() => Ok(text),
         Ok(_) => Err(FieldViolation::new("reason", "REASON_REQUIRED", "is required")),
         Err(e) => Err(FieldViolation::new("reason", "REASON_INVALID", e)),
@@ -260,15 +259,6 @@ fn event_message(event: StoredEvent, reveal: bool) -> Result<pb::WatchEventsResp
             _ => {}
         }
     }
-    message.envelope = Some(EventEnvelope {
-        cursor: event.cursor.to_string(),
-        event_id: event.event_id.to_string(),
-        event_type: event.event_type,
-        occur_time: Some(convert::timestamp(event.occurred_at)),
-        aggregate_id: event.aggregate_id.to_string(),
-        actor: Some(convert::actor(&event.actor)),
-        request_id: event.request_id.unwrap_or_default(),
-        trace_id: event.trace_id.unwrap_or_default(),
-    });
+    message.envelope = Some(pac_platform::convert::envelope(&event));
     Ok(message)
 }

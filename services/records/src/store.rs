@@ -107,8 +107,7 @@ impl PatientRow {
             updated_at: self.updated_at,
             demographics: Demographics {
                 nhs_number: self.nhs_number.map(NhsNumber::from_stored),
-                nhs_number_status: NhsNumberStatus::from_code(self.nhs_number_status.into())
-                    .unwrap_or(NhsNumberStatus::TRACE_REQUIRED),
+                nhs_number_status: NhsNumberStatus::from_code(self.nhs_number_status.into()).unwrap_or(NhsNumberStatus::TRACE_REQUIRED),
                 local_identifiers: self
                     .local_issuers
                     .into_iter()
@@ -284,7 +283,11 @@ pub async fn lock(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<PatientRe
 
 /// Records that could be the same person as `profile` (same NHS number, birth date or phone, or the
 /// same family name sound within a year of the birth date), as profiles to score. Active records only.
-pub async fn candidates(executor: impl PgExecutor<'_>, profile: &MatchProfile, limit: i64) -> Result<Vec<(Uuid, MatchProfile)>, sqlx::Error> {
+pub async fn candidates(
+    executor: impl PgExecutor<'_>,
+    profile: &MatchProfile,
+    limit: i64,
+) -> Result<Vec<(Uuid, MatchProfile)>, sqlx::Error> {
     let rows: Vec<CandidateRow> = sqlx::query_as(
         // One arm per index: an OR of the four would, once the statement runs on a generic plan, be
         // answered by scanning every active record.
@@ -340,12 +343,7 @@ pub async fn find_many(executor: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<Ve
 }
 
 /// Writes new demographics over a locked record and bumps its version.
-pub async fn update(
-    conn: &mut PgConnection,
-    pool: &PgPool,
-    record: &PatientRecord,
-    identifiers_changed: bool,
-) -> Result<(), RecordsError> {
+pub async fn update(conn: &mut PgConnection, pool: &PgPool, record: &PatientRecord, identifiers_changed: bool) -> Result<(), RecordsError> {
     let n = DEMOGRAPHIC_COUNT;
     let sql = format!(
         "UPDATE records.patients SET ({DEMOGRAPHIC_COLUMNS}) = ({}), version = ${}, updated_at = ${} WHERE id = $1",
@@ -354,9 +352,8 @@ pub async fn update(
         n + 3
     );
     let demographics = &record.demographics;
-    let query = bind_demographics(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(record.id), demographics)
-        .bind(record.version)
-        .bind(record.updated_at);
+    let query =
+        bind_demographics(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(record.id), demographics).bind(record.version).bind(record.updated_at);
     if let Err(error) = query.execute(&mut *conn).await {
         return Err(identity_conflict(pool, demographics, error).await);
     }
@@ -381,12 +378,7 @@ pub async fn update(
 }
 
 /// Points a record at its survivor (or back at nothing), bumping its version.
-pub async fn set_merged_into(
-    conn: &mut PgConnection,
-    id: Uuid,
-    survivor: Option<Uuid>,
-    at: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+pub async fn set_merged_into(conn: &mut PgConnection, id: Uuid, survivor: Option<Uuid>, at: DateTime<Utc>) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE records.patients SET merged_into = $2, version = version + 1, updated_at = $3 WHERE id = $1")
         .bind(id)
         .bind(survivor)

@@ -40,11 +40,19 @@ async fn events_stream_in_order_resume_after_a_cursor_and_follow() {
     let mut change = a.clone();
     change.family_name = "Renamed".into();
     client
-        .update_patient(pb::UpdatePatientRequest { patient: Some(change), update_mask: Some(FieldMask { paths: vec!["family_name".into()] }) })
+        .update_patient(pb::UpdatePatientRequest {
+            patient: Some(change),
+            update_mask: Some(FieldMask { paths: vec!["family_name".into()] }),
+        })
         .await
         .unwrap();
     client
-        .merge_patients(pb::MergePatientsRequest { survivor_id: a.id.clone(), merged_id: b.id.clone(), reason: "duplicate".into(), request_id: String::new() })
+        .merge_patients(pb::MergePatientsRequest {
+            survivor_id: a.id.clone(),
+            merged_id: b.id.clone(),
+            reason: "duplicate".into(),
+            request_id: String::new(),
+        })
         .await
         .unwrap();
     client
@@ -79,7 +87,8 @@ async fn events_stream_in_order_resume_after_a_cursor_and_follow() {
     for _ in 0..4 {
         rest.push(next(&mut resumed).await.envelope.unwrap().event_id);
     }
-    let expected: Vec<_> = events[2..].iter().map(|e| e.envelope.clone().unwrap().event_id).chain([live.envelope.unwrap().event_id]).collect();
+    let expected: Vec<_> =
+        events[2..].iter().map(|e| e.envelope.clone().unwrap().event_id).chain([live.envelope.unwrap().event_id]).collect();
     assert_eq!(rest, expected);
 
     let status = client.watch_events(pb::WatchEventsRequest { after_cursor: "garbage".into() }).await.unwrap_err();

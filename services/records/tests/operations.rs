@@ -7,9 +7,9 @@ use std::time::Duration;
 use common::*;
 use pac_proto::records as pb;
 use tokio_stream::StreamExt;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 #[tokio::test]
 async fn the_records_role_cannot_reach_other_schemas() {
@@ -56,10 +56,10 @@ async fn health_follows_the_database_and_reflection_serves_both_versions() {
     }
 
     {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
         use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
         use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
         use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-        use tonic_reflection::pb::v1::ServerReflectionRequest;
         let mut client = ServerReflectionClient::new(server.channel.clone());
         let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
         let mut responses = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
@@ -67,10 +67,10 @@ async fn health_follows_the_database_and_reflection_serves_both_versions() {
         assert!(list.service.iter().any(|s| s.name == "pac.records.v1.PatientRecords"));
     }
     {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
         use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
         use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
         use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
         let mut client = ServerReflectionClient::new(server.channel.clone());
         let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
         let mut responses = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();

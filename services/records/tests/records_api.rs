@@ -84,10 +84,7 @@ async fn register_rejects_bad_input_and_writes_nothing() {
         let status = client.register_patient(register(input, "")).await.unwrap_err();
         assert_error(&status, Code::InvalidArgument, reason, Some(field));
     }
-    let status = client
-        .register_patient(pb::RegisterPatientRequest { patient: None, ..Default::default() })
-        .await
-        .unwrap_err();
+    let status = client.register_patient(pb::RegisterPatientRequest { patient: None, ..Default::default() }).await.unwrap_err();
     assert_error(&status, Code::InvalidArgument, "PATIENT_REQUIRED", Some("patient"));
     let status = client.register_patient(register(patient(2), "has spaces")).await.unwrap_err();
     assert_error(&status, Code::InvalidArgument, "REQUEST_ID_INVALID", Some("request_id"));
@@ -197,12 +194,11 @@ async fn likely_duplicates_need_an_override_which_is_recorded() {
     request.allow_possible_duplicate = true;
     let response = client.register_patient(request).await.unwrap().into_inner();
     assert_eq!(response.overridden_candidates[0].patient.as_ref().unwrap().id, original.id);
-    let recorded: serde_json::Value =
-        sqlx::query_scalar("SELECT duplicate_override FROM records.patients WHERE id = $1::uuid")
-            .bind(&response.patient.unwrap().id)
-            .fetch_one(&server.admin().await)
-            .await
-            .unwrap();
+    let recorded: serde_json::Value = sqlx::query_scalar("SELECT duplicate_override FROM records.patients WHERE id = $1::uuid")
+        .bind(&response.patient.unwrap().id)
+        .fetch_one(&server.admin().await)
+        .await
+        .unwrap();
     assert_eq!(recorded["candidates"][0]["id"], original.id);
     server.stop().await;
 }
@@ -215,21 +211,14 @@ async fn match_patients_scores_candidates() {
     client.register_patient(register(patient(11), "")).await.unwrap();
     let mut probe = patient(10);
     probe.family_name = probe.family_name.replace('o', "0").replace('0', "o");
-    let candidates = client
-        .match_patients(pb::MatchPatientsRequest { patient: Some(probe), max_candidates: 5 })
-        .await
-        .unwrap()
-        .into_inner()
-        .candidates;
+    let candidates =
+        client.match_patients(pb::MatchPatientsRequest { patient: Some(probe), max_candidates: 5 }).await.unwrap().into_inner().candidates;
     assert_eq!(candidates.len(), 1);
     assert_eq!(candidates[0].patient.as_ref().unwrap().id, original.id);
     assert_eq!(candidates[0].grade, pb::MatchGrade::Match as i32);
     assert!(candidates[0].matched_on.contains(&"birth_date".to_string()));
 
-    let status = client
-        .match_patients(pb::MatchPatientsRequest { patient: Some(patient(10)), max_candidates: 51 })
-        .await
-        .unwrap_err();
+    let status = client.match_patients(pb::MatchPatientsRequest { patient: Some(patient(10)), max_candidates: 51 }).await.unwrap_err();
     assert_error(&status, Code::InvalidArgument, "MAX_CANDIDATES_INVALID", Some("max_candidates"));
     let status = client.match_patients(pb::MatchPatientsRequest { patient: None, max_candidates: 0 }).await.unwrap_err();
     assert_error(&status, Code::InvalidArgument, "NAME_INVALID", Some("patient.family_name"));
@@ -252,15 +241,11 @@ async fn get_and_lookup_errors() {
     use pb::lookup_patient_request::Identifier;
     let status = client.lookup_patient(pb::LookupPatientRequest { identifier: None }).await.unwrap_err();
     assert_error(&status, Code::InvalidArgument, "IDENTIFIER_REQUIRED", Some("identifier"));
-    let status = client
-        .lookup_patient(pb::LookupPatientRequest { identifier: Some(Identifier::NhsNumber("123".into())) })
-        .await
-        .unwrap_err();
+    let status =
+        client.lookup_patient(pb::LookupPatientRequest { identifier: Some(Identifier::NhsNumber("123".into())) }).await.unwrap_err();
     assert_error(&status, Code::InvalidArgument, "NHS_NUMBER_INVALID", Some("nhs_number"));
-    let status = client
-        .lookup_patient(pb::LookupPatientRequest { identifier: Some(Identifier::NhsNumber("9912003888".into())) })
-        .await
-        .unwrap_err();
+    let status =
+        client.lookup_patient(pb::LookupPatientRequest { identifier: Some(Identifier::NhsNumber("9912003888".into())) }).await.unwrap_err();
     assert_error(&status, Code::NotFound, "NOT_FOUND", None);
     server.stop().await;
 }
@@ -321,10 +306,8 @@ async fn update_with_mask_and_etag() {
     assert_error(&status, Code::InvalidArgument, "ETAG_REQUIRED", Some("patient.etag"));
     current.id = uuid::Uuid::now_v7().to_string();
     current.etag = "1".into();
-    let status = client
-        .update_patient(pb::UpdatePatientRequest { patient: Some(current), update_mask: mask(&["family_name"]) })
-        .await
-        .unwrap_err();
+    let status =
+        client.update_patient(pb::UpdatePatientRequest { patient: Some(current), update_mask: mask(&["family_name"]) }).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 
     let stored = client.get_patient(pb::GetPatientRequest { id: created.id.clone() }).await.unwrap().into_inner().patient.unwrap();
@@ -427,7 +410,12 @@ async fn search_ranks_by_name_and_filters() {
     let mut token = String::new();
     loop {
         let page = client
-            .search_patients(pb::SearchPatientsRequest { postcode: "LS1 3EX".into(), page_size: 5, page_token: token, ..Default::default() })
+            .search_patients(pb::SearchPatientsRequest {
+                postcode: "LS1 3EX".into(),
+                page_size: 5,
+                page_token: token,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -445,8 +433,16 @@ async fn search_ranks_by_name_and_filters() {
         (pb::SearchPatientsRequest { name: "j".into(), ..Default::default() }, "NAME_TOO_SHORT", "name"),
         (pb::SearchPatientsRequest { postcode: "nowhere".into(), ..Default::default() }, "POSTCODE_INVALID", "postcode"),
         (pb::SearchPatientsRequest { name: "smith".into(), page_size: 1000, ..Default::default() }, "PAGE_SIZE_INVALID", "page_size"),
-        (pb::SearchPatientsRequest { name: "smith".into(), page_token: "forged".into(), ..Default::default() }, "PAGE_TOKEN_INVALID", "page_token"),
-        (pb::SearchPatientsRequest { name: "smith".into(), birth_date: date(1990, 2, 30), ..Default::default() }, "BIRTH_DATE_INVALID", "birth_date"),
+        (
+            pb::SearchPatientsRequest { name: "smith".into(), page_token: "forged".into(), ..Default::default() },
+            "PAGE_TOKEN_INVALID",
+            "page_token",
+        ),
+        (
+            pb::SearchPatientsRequest { name: "smith".into(), birth_date: date(1990, 2, 30), ..Default::default() },
+            "BIRTH_DATE_INVALID",
+            "birth_date",
+        ),
     ] {
         let status = client.search_patients(request).await.unwrap_err();
         assert_error(&status, Code::InvalidArgument, reason, Some(field));
@@ -461,13 +457,7 @@ async fn restricted_records_are_redacted_and_never_found_by_postcode() {
     let mut input = patient(30);
     input.restricted = true;
     input.address.as_mut().unwrap().postcode = "B33 8TH".into();
-    let created = client
-        .register_patient(server.privileged(register(input, "")))
-        .await
-        .unwrap()
-        .into_inner()
-        .patient
-        .unwrap();
+    let created = client.register_patient(server.privileged(register(input, ""))).await.unwrap().into_inner().patient.unwrap();
     assert!(created.address.is_some());
 
     let anonymous = client.get_patient(pb::GetPatientRequest { id: created.id.clone() }).await.unwrap().into_inner().patient.unwrap();
@@ -514,7 +504,10 @@ async fn restricted_records_are_redacted_and_never_found_by_postcode() {
     let mut change = created.clone();
     change.phone = "07700 900999".into();
     let status = client
-        .update_patient(pb::UpdatePatientRequest { patient: Some(change.clone()), update_mask: Some(FieldMask { paths: vec!["phone".into()] }) })
+        .update_patient(pb::UpdatePatientRequest {
+            patient: Some(change.clone()),
+            update_mask: Some(FieldMask { paths: vec!["phone".into()] }),
+        })
         .await
         .unwrap_err();
     assert_error(&status, Code::PermissionDenied, "RESTRICTED_RECORD", None);
@@ -574,19 +567,48 @@ async fn merge_resolves_the_loser_and_unmerge_restores_it() {
         .await
         .unwrap_err();
     assert_error(&status, Code::FailedPrecondition, "PATIENT_MERGED", None);
-    let again = pb::MergePatientsRequest { survivor_id: survivor.id.clone(), merged_id: loser.id.clone(), reason: "again".into(), request_id: String::new() };
+    let again = pb::MergePatientsRequest {
+        survivor_id: survivor.id.clone(),
+        merged_id: loser.id.clone(),
+        reason: "again".into(),
+        request_id: String::new(),
+    };
     assert_error(&client.merge_patients(again).await.unwrap_err(), Code::FailedPrecondition, "ALREADY_MERGED", None);
-    let into_loser = pb::MergePatientsRequest { survivor_id: loser.id.clone(), merged_id: survivor.id.clone(), reason: "x".into(), request_id: String::new() };
+    let into_loser = pb::MergePatientsRequest {
+        survivor_id: loser.id.clone(),
+        merged_id: survivor.id.clone(),
+        reason: "x".into(),
+        request_id: String::new(),
+    };
     assert_error(&client.merge_patients(into_loser).await.unwrap_err(), Code::FailedPrecondition, "PATIENT_MERGED", None);
-    let itself = pb::MergePatientsRequest { survivor_id: survivor.id.clone(), merged_id: survivor.id.clone(), reason: "x".into(), request_id: String::new() };
+    let itself = pb::MergePatientsRequest {
+        survivor_id: survivor.id.clone(),
+        merged_id: survivor.id.clone(),
+        reason: "x".into(),
+        request_id: String::new(),
+    };
     assert_error(&client.merge_patients(itself).await.unwrap_err(), Code::InvalidArgument, "SAME_RECORD", Some("merged_id"));
-    let no_reason = pb::MergePatientsRequest { survivor_id: survivor.id.clone(), merged_id: loser.id.clone(), reason: " ".into(), request_id: String::new() };
+    let no_reason = pb::MergePatientsRequest {
+        survivor_id: survivor.id.clone(),
+        merged_id: loser.id.clone(),
+        reason: " ".into(),
+        request_id: String::new(),
+    };
     assert_error(&client.merge_patients(no_reason).await.unwrap_err(), Code::InvalidArgument, "REASON_REQUIRED", Some("reason"));
-    let missing = pb::MergePatientsRequest { survivor_id: survivor.id.clone(), merged_id: uuid::Uuid::now_v7().to_string(), reason: "x".into(), request_id: String::new() };
+    let missing = pb::MergePatientsRequest {
+        survivor_id: survivor.id.clone(),
+        merged_id: uuid::Uuid::now_v7().to_string(),
+        reason: "x".into(),
+        request_id: String::new(),
+    };
     assert_eq!(client.merge_patients(missing).await.unwrap_err().code(), Code::NotFound);
 
     let restored = client
-        .unmerge_patient(pb::UnmergePatientRequest { merged_id: loser.id.clone(), reason: "different people".into(), request_id: "unmerge-1".into() })
+        .unmerge_patient(pb::UnmergePatientRequest {
+            merged_id: loser.id.clone(),
+            reason: "different people".into(),
+            request_id: "unmerge-1".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -602,11 +624,8 @@ async fn merge_resolves_the_loser_and_unmerge_restores_it() {
     assert_error(&status, Code::FailedPrecondition, "NOT_MERGED", None);
 
     // Merge and unmerge are both on record.
-    let (merges, reversed): (i64, i64) = sqlx::query_as("SELECT count(*), count(unmerged_at) FROM records.merges")
-        .fetch_one(&server.admin().await)
-        .await
-        .unwrap();
+    let (merges, reversed): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(unmerged_at) FROM records.merges").fetch_one(&server.admin().await).await.unwrap();
     assert_eq!((merges, reversed), (1, 1));
     server.stop().await;
 }
-

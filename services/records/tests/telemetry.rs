@@ -52,7 +52,12 @@ async fn no_patient_data_in_logs_or_spans() {
         family_name: "Quartermaine".into(),
         birth_date: Some(Date { year: 1977, month: 8, day: 23 }),
         sex: 2,
-        address: Some(Address { lines: vec!["17 Lindisfarne Crescent".into()], locality: "Harrogate".into(), postcode: "HG1 2RQ".into(), ..Default::default() }),
+        address: Some(Address {
+            lines: vec!["17 Lindisfarne Crescent".into()],
+            locality: "Harrogate".into(),
+            postcode: "HG1 2RQ".into(),
+            ..Default::default()
+        }),
         phone: "07700 900461".into(),
         email: "zephyrine.q@example.org".into(),
         local_identifiers: vec![pb::LocalIdentifier { issuer: "RCD".into(), value: "HX77123".into() }],
@@ -65,12 +70,18 @@ async fn no_patient_data_in_logs_or_spans() {
     let created = client.register_patient(request).await.unwrap().into_inner().patient.unwrap();
 
     client.search_patients(pb::SearchPatientsRequest { name: "zephyrine quartermaine".into(), ..Default::default() }).await.unwrap();
-    client.search_patients(pb::SearchPatientsRequest { postcode: "HG1 2RQ".into(), phone: "07700 900461".into(), ..Default::default() }).await.unwrap();
+    client
+        .search_patients(pb::SearchPatientsRequest { postcode: "HG1 2RQ".into(), phone: "07700 900461".into(), ..Default::default() })
+        .await
+        .unwrap();
     client.match_patients(pb::MatchPatientsRequest { patient: Some(patient.clone()), max_candidates: 5 }).await.unwrap();
     let mut change = created.clone();
     change.family_name = "Quartermaine-Oakes".into();
     client
-        .update_patient(pb::UpdatePatientRequest { patient: Some(change), update_mask: Some(FieldMask { paths: vec!["family_name".into()] }) })
+        .update_patient(pb::UpdatePatientRequest {
+            patient: Some(change),
+            update_mask: Some(FieldMask { paths: vec!["family_name".into()] }),
+        })
         .await
         .unwrap();
     use pb::lookup_patient_request::Identifier;
@@ -113,9 +124,24 @@ async fn no_patient_data_in_logs_or_spans() {
     assert_eq!(register_span.span_context.trace_id().to_string(), TRACE_ID, "caller's trace continued");
 
     let forbidden = [
-        "Zephyrine", "zephyrine", "Quartermaine", "quartermaine", "9434765919", "943 476 5919", "1977-08-23", "23/08/1977",
-        "HG1 2RQ", "HG12RQ", "07700 900461", "07700900461", "+447700900461", "zephyrine.q@example.org", "Lindisfarne",
-        "Harrogate", "HX77123", "BSL interpreter",
+        "Zephyrine",
+        "zephyrine",
+        "Quartermaine",
+        "quartermaine",
+        "9434765919",
+        "943 476 5919",
+        "1977-08-23",
+        "23/08/1977",
+        "HG1 2RQ",
+        "HG12RQ",
+        "07700 900461",
+        "07700900461",
+        "+447700900461",
+        "zephyrine.q@example.org",
+        "Lindisfarne",
+        "Harrogate",
+        "HX77123",
+        "BSL interpreter",
     ];
     for value in forbidden {
         assert!(!log_text.contains(value), "log output contains patient data {value:?}");

@@ -1,34 +1,183 @@
-//! The scheduling service (`pac.scheduling.v1.Scheduling`). So far: its domain rules (the appointment
-//! state machine, clinic wall-clock time, session slots) and its schema, whose constraints keep a
-//! slot within capacity and a patient out of two places at once. The store, gRPC service and events
-//! follow.
+//! The scheduling service (`pac.scheduling.v1.Scheduling`): clinics and their sessions, slots
+//! generated ahead for a horizon, holds that lapse on their own, bookings that never overfill a slot,
+//! reschedules, cancellations, attendance, a waitlist that offers freed slots, and a resumable event
+//! stream. Patients are checked with the records service over gRPC, and its merges are followed.
+//!
+//! A library first: [`serve`] runs it on a listener until a shutdown token fires, so `pac dev`, the
+//! tests and the container all start the same thing.
 
+pub mod convert;
 pub mod domain;
+pub mod error;
+pub mod follow;
+pub mod model;
+pub mod patients;
+pub mod scheduling;
+pub mod service;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
-use pac_platform::PlatformConfig;
+use pac_platform::config::{Secret, var};
 use pac_platform::db::{self, ServiceSchema};
+use pac_platform::grpc::{self, Serving};
+use pac_platform::idempotency::IdempotencyStore;
+use pac_platform::outbox::Outbox;
+use pac_platform::{CallerVerifier, PlatformConfig};
+use pac_proto::scheduling::scheduling_server::SchedulingServer;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+use crate::patients::Patients;
+use crate::scheduling::{Policy, Scheduling};
 
 pub const SCHEMA: &str = "scheduling";
 pub const DATABASE: ServiceSchema = ServiceSchema::new(SCHEMA, "pac_scheduling");
+pub const SERVICE_NAME: &str = "pac.scheduling.v1.Scheduling";
+pub const DEFAULT_ADDR: &str = "127.0.0.1:50052";
+/// The records service's event stream, as named in `consumed_streams`.
+pub const RECORDS_STREAM: &str = "records";
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
-/// Opens the service's pool as its own role (URL derived from the administrator's).
-pub async fn connect(platform: &PlatformConfig) -> anyhow::Result<PgPool> {
-    let options = db::service_connect_options(&platform.db, DATABASE, None)?;
+/// Settings of the scheduling service (environment variables in the README's table).
+#[derive(Debug, Clone)]
+pub struct SchedulingConfig {
+    /// `PAC_SCHEDULING_ADDR`.
+    pub listen: SocketAddr,
+    /// `PAC_SCHEDULING_DATABASE_URL`: the service role's own connection; derived from `DATABASE_URL` when unset.
+    pub database_url: Option<Secret>,
+    /// `PAC_RECORDS_URL`: where the records service answers.
+    pub records_url: String,
+    /// `PAC_RECORDS_TIMEOUT_MS`: deadline of a patient check.
+    pub records_timeout: Duration,
+    /// `PAC_SLOT_HORIZON_DAYS`, `PAC_LATE_CANCELLATION_HOURS`, `PAC_OFFER_HOLD_SECONDS`, `PAC_OFFER_MIN_NOTICE_MINUTES`.
+    pub policy: Policy,
+    /// `PAC_HOLD_SWEEP_MS`: how often lapsed holds are released.
+    pub hold_sweep_interval: Duration,
+    /// `PAC_FOLLOW_RECORDS`: follow the records service's merges (default true).
+    pub follow_records: bool,
+}
+
+impl SchedulingConfig {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let defaults = Policy::default();
+        let policy = Policy {
+            horizon_days: var("PAC_SLOT_HORIZON_DAYS", defaults.horizon_days)?,
+            late_notice: chrono::Duration::hours(var("PAC_LATE_CANCELLATION_HOURS", 24)?),
+            offer_hold: chrono::Duration::seconds(var("PAC_OFFER_HOLD_SECONDS", 24 * 3600)?),
+            offer_min_notice: chrono::Duration::minutes(var("PAC_OFFER_MIN_NOTICE_MINUTES", 120)?),
+        };
+        anyhow::ensure!((1..=730).contains(&policy.horizon_days), "PAC_SLOT_HORIZON_DAYS must be 1 to 730");
+        anyhow::ensure!(policy.offer_hold > chrono::Duration::zero(), "PAC_OFFER_HOLD_SECONDS must be positive");
+        Ok(Self {
+            listen: var("PAC_SCHEDULING_ADDR", DEFAULT_ADDR.parse()?)?,
+            database_url: std::env::var("PAC_SCHEDULING_DATABASE_URL").ok().filter(|u| !u.is_empty()).map(Secret::new),
+            records_url: var("PAC_RECORDS_URL", format!("http://{}", pac_records_default_addr()))?,
+            records_timeout: Duration::from_millis(var("PAC_RECORDS_TIMEOUT_MS", 2_000)?),
+            policy,
+            hold_sweep_interval: Duration::from_millis(var("PAC_HOLD_SWEEP_MS", 1_000)?),
+            follow_records: var("PAC_FOLLOW_RECORDS", true)?,
+        })
+    }
+
+    /// Development defaults on the given address, calling records at `records_url` (tests, `pac dev`).
+    pub fn development(listen: SocketAddr, records_url: String) -> Self {
+        Self {
+            listen,
+            database_url: None,
+            records_url,
+            records_timeout: Duration::from_secs(2),
+            policy: Policy::default(),
+            hold_sweep_interval: Duration::from_millis(500),
+            follow_records: true,
+        }
+    }
+}
+
+/// Where `pac dev` runs the records service.
+fn pac_records_default_addr() -> &'static str {
+    "127.0.0.1:50051"
+}
+
+/// Opens the service's pool as its own role.
+pub async fn connect(platform: &PlatformConfig, config: &SchedulingConfig) -> anyhow::Result<PgPool> {
+    let options = db::service_connect_options(&platform.db, DATABASE, config.database_url.as_ref())?;
     db::connect(&platform.db, DATABASE, options).await
 }
 
 /// Creates the role and schema (administrator connection), then migrates as the service role.
-pub async fn migrate(platform: &PlatformConfig) -> anyhow::Result<()> {
+pub async fn migrate(platform: &PlatformConfig, config: &SchedulingConfig) -> anyhow::Result<()> {
     let admin = db::admin_pool(&platform.db.admin_url).await?;
     db::provision(&admin, DATABASE, &platform.db.role_password).await?;
     admin.close().await;
-    let pool = connect(platform).await?;
+    let pool = connect(platform, config).await?;
     db::migrate(&pool, &MIGRATIONS).await.context("scheduling migrations failed")?;
     pool.close().await;
     Ok(())
+}
+
+/// Serves the scheduling service on `listener` until `shutdown` fires, with its background work:
+/// releasing lapsed holds, keeping slots generated to the horizon, pruning idempotency records and
+/// following the records service's merges.
+pub async fn serve(
+    platform: PlatformConfig,
+    config: SchedulingConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let pool = connect(&platform, &config).await?;
+    let patients = Patients::new(&config.records_url, &platform.internal_key, config.records_timeout)?;
+    let scheduling = Scheduling::new(pool.clone(), Outbox::new(SCHEMA), patients, config.policy.clone());
+    let verifier = CallerVerifier::new(&platform.internal_key, platform.require_caller_context);
+    let service = service::SchedulingService::new(scheduling.clone(), verifier, platform.outbox_poll_interval, shutdown.clone());
+
+    let sweeper = scheduling.clone();
+    grpc::every(config.hold_sweep_interval, shutdown.clone(), move || {
+        let scheduling = sweeper.clone();
+        async move {
+            if let Err(error) = scheduling.expire_lapsed_holds(None).await {
+                tracing::warn!(error = ?pac_platform::ApiError::from(error).reason, "releasing lapsed holds failed");
+            }
+        }
+    });
+    let horizon = scheduling.clone();
+    tokio::spawn(async move { extend_horizon(&horizon).await });
+    let horizon = scheduling.clone();
+    grpc::every(Duration::from_secs(3600), shutdown.clone(), move || {
+        let scheduling = horizon.clone();
+        async move { extend_horizon(&scheduling).await }
+    });
+    let prune_pool = pool.clone();
+    let retention = platform.idempotency_retention;
+    grpc::every(Duration::from_secs(3600), shutdown.clone(), move || {
+        let pool = prune_pool.clone();
+        async move {
+            if let Err(error) = IdempotencyStore::new(SCHEMA).prune(&pool, retention).await {
+                tracing::warn!(error = pac_platform::error::safe_description(&error), "pruning idempotency records failed");
+            }
+        }
+    });
+    if config.follow_records {
+        tokio::spawn(follow::records_merges(scheduling.clone(), shutdown.clone()));
+    }
+
+    let max = platform.grpc.max_message_bytes;
+    let routes = Routes::new(SchedulingServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max));
+    tracing::info!(address = %listener.local_addr()?, "scheduling service listening");
+    let serving = Serving { service_names: vec![SERVICE_NAME], descriptor_sets: vec![pac_proto::FILE_DESCRIPTOR_SET], database: pool };
+    grpc::serve(&platform.grpc, listener, routes, serving, shutdown).await
+}
+
+async fn extend_horizon(scheduling: &Scheduling) {
+    match scheduling.extend_horizon().await {
+        Ok(0) => {}
+        Ok(created) => tracing::info!(slots_created = created, "slots generated to the horizon"),
+        Err(error) => tracing::warn!(reason = pac_platform::ApiError::from(error).reason, "extending the slot horizon failed"),
+    }
 }

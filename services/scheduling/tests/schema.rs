@@ -9,8 +9,9 @@ use uuid::Uuid;
 async fn database() -> (TestDatabase, PgPool) {
     let db = TestDatabase::create().await;
     let platform = db.platform_config();
-    pac_scheduling::migrate(&platform).await.unwrap();
-    let pool = pac_scheduling::connect(&platform).await.unwrap();
+    let config = pac_scheduling::SchedulingConfig::development("127.0.0.1:0".parse().unwrap(), "http://127.0.0.1:1".into());
+    pac_scheduling::migrate(&platform, &config).await.unwrap();
+    let pool = pac_scheduling::connect(&platform, &config).await.unwrap();
     (db, pool)
 }
 
@@ -64,7 +65,8 @@ async fn a_slot_never_takes_more_than_its_capacity() {
         let taken = attempts.iter().filter(|a| a.is_ok()).count();
         assert_eq!(taken, capacity as usize);
         assert!(attempts.iter().filter_map(|a| a.as_ref().err()).all(|c| c == "slots_within_capacity"));
-        let occupied: i32 = sqlx::query_scalar("SELECT occupied FROM scheduling.slots WHERE id = $1").bind(slot).fetch_one(&pool).await.unwrap();
+        let occupied: i32 =
+            sqlx::query_scalar("SELECT occupied FROM scheduling.slots WHERE id = $1").bind(slot).fetch_one(&pool).await.unwrap();
         assert_eq!(occupied, capacity);
     }
 }

@@ -248,18 +248,6 @@ pub fn parse_birth_date(year: i32, month: i32, day: i32, today: NaiveDate) -> Re
     Ok(date)
 }
 
-/// Free text of a bounded length with no control characters (address lines, accessibility needs).
-pub fn parse_text(input: &str, max_chars: usize) -> Result<String, &'static str> {
-    let value = input.trim();
-    if value.chars().any(char::is_control) {
-        return Err("must not contain control characters");
-    }
-    if value.chars().count() > max_chars {
-        return Err("is too long");
-    }
-    Ok(value.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,7 +342,5 @@ mod tests {
         assert_eq!(parse_birth_date(1870, 1, 1, today), Err("is before 1880"));
         assert_eq!(parse_birth_date(2000, 13, 1, today), Err("is not a calendar date"));
         assert_eq!(parse_birth_date(2000, -1, 1, today), Err("is not a calendar date"));
-        assert!(parse_text("line\u{0}", 10).is_err());
-        assert!(parse_text("12345678901", 10).is_err());
     }
 }

@@ -97,11 +97,7 @@ pub struct Score {
 /// Scores `candidate` against `probe`.
 pub fn score(probe: &MatchProfile, candidate: &MatchProfile) -> Score {
     if let (Some(a), Some(b)) = (&probe.nhs_number, &candidate.nhs_number) {
-        return if a == b {
-            Score { value: 1.0, matched_on: vec!["nhs_number"] }
-        } else {
-            Score { value: 0.0, matched_on: vec![] }
-        };
+        return if a == b { Score { value: 1.0, matched_on: vec!["nhs_number"] } } else { Score { value: 0.0, matched_on: vec![] } };
     }
     let mut value = 0.0;
     let mut matched_on = Vec::new();

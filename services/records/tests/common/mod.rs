@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use pac_platform::caller::{Actor, Caller, CallerVerifier, CALLER_HEADER, PERMISSION_RESTRICTED_READ};
-use pac_platform::testkit::TestDatabase;
 use pac_platform::PlatformConfig;
+use pac_platform::caller::{Actor, CALLER_HEADER, Caller, CallerVerifier, PERMISSION_RESTRICTED_READ};
+use pac_platform::testkit::TestDatabase;
 use pac_proto::common::{Address, Date};
 use pac_proto::records as pb;
 use pac_proto::records::patient_records_client::PatientRecordsClient;

@@ -85,8 +85,8 @@ pub fn check(from: Status, to: Status, at: Moment, correction_reason: Option<&st
     if from.is_terminal() {
         // People mis-mark no-shows and attendances: those corrections are allowed, with a reason, and
         // so is marking a record entered-in-error. Nothing leaves entered-in-error.
-        let correctable = matches!((from, to), (Noshow, Fulfilled) | (Fulfilled, Noshow))
-            || (to == EnteredInError && from != EnteredInError);
+        let correctable =
+            matches!((from, to), (Noshow, Fulfilled) | (Fulfilled, Noshow)) || (to == EnteredInError && from != EnteredInError);
         if !correctable {
             return not_allowed;
         }
@@ -125,13 +125,30 @@ mod tests {
 
     /// The table in DOMAIN.md, as (from, to) pairs allowed without a correction.
     const TABLE: &[(Status, Status)] = &[
-        (Proposed, Pending), (Proposed, Booked), (Proposed, Cancelled),
-        (Pending, Booked), (Pending, Cancelled), (Pending, EnteredInError),
-        (Booked, Booked), (Booked, Arrived), (Booked, CheckedIn), (Booked, Fulfilled), (Booked, Cancelled),
-        (Booked, Noshow), (Booked, EnteredInError),
-        (Arrived, CheckedIn), (Arrived, Fulfilled), (Arrived, Cancelled), (Arrived, EnteredInError),
-        (CheckedIn, CheckedIn), (CheckedIn, Fulfilled), (CheckedIn, Cancelled), (CheckedIn, EnteredInError),
-        (Waitlist, Pending), (Waitlist, Booked), (Waitlist, Cancelled),
+        (Proposed, Pending),
+        (Proposed, Booked),
+        (Proposed, Cancelled),
+        (Pending, Booked),
+        (Pending, Cancelled),
+        (Pending, EnteredInError),
+        (Booked, Booked),
+        (Booked, Arrived),
+        (Booked, CheckedIn),
+        (Booked, Fulfilled),
+        (Booked, Cancelled),
+        (Booked, Noshow),
+        (Booked, EnteredInError),
+        (Arrived, CheckedIn),
+        (Arrived, Fulfilled),
+        (Arrived, Cancelled),
+        (Arrived, EnteredInError),
+        (CheckedIn, CheckedIn),
+        (CheckedIn, Fulfilled),
+        (CheckedIn, Cancelled),
+        (CheckedIn, EnteredInError),
+        (Waitlist, Pending),
+        (Waitlist, Booked),
+        (Waitlist, Cancelled),
     ];
 
     #[test]

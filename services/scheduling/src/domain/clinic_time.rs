@@ -34,10 +34,8 @@ pub fn instant(zone: Tz, date: NaiveDate, time: NaiveTime) -> (DateTime<Utc>, Pl
 /// Reads the skipped local time with the offset in force just before the gap, which lands it as far
 /// past the gap's end as it was past the gap's start.
 fn moved_forward(zone: Tz, local: NaiveDateTime) -> DateTime<Utc> {
-    let before_gap = zone
-        .from_local_datetime(&(local - Duration::hours(12)))
-        .earliest()
-        .expect("twelve hours before a gap is a real local time");
+    let before_gap =
+        zone.from_local_datetime(&(local - Duration::hours(12))).earliest().expect("twelve hours before a gap is a real local time");
     let offset = before_gap.offset().fix();
     (local - Duration::seconds(i64::from(offset.local_minus_utc()))).and_utc()
 }

@@ -114,7 +114,15 @@ mod tests {
     }
 
     fn sunday_template(start: NaiveTime, end: NaiveTime, minutes: u32) -> SessionTemplate {
-        SessionTemplate { weekday: Weekday::Sun, start, end, slot_minutes: minutes, capacity: 1, valid_from: d(2020, 1, 1), valid_until: None }
+        SessionTemplate {
+            weekday: Weekday::Sun,
+            start,
+            end,
+            slot_minutes: minutes,
+            capacity: 1,
+            valid_from: d(2020, 1, 1),
+            valid_until: None,
+        }
     }
 
     #[test]
@@ -175,10 +183,7 @@ mod tests {
         assert_eq!(SessionTemplate { slot_minutes: 0, ..ok.clone() }.validate(), Err(TemplateError::SlotLength));
         assert_eq!(SessionTemplate { capacity: 0, ..ok.clone() }.validate(), Err(TemplateError::Capacity));
         assert_eq!(SessionTemplate { end: t(9, 20), ..ok.clone() }.validate(), Err(TemplateError::SessionShorterThanOneSlot));
-        assert_eq!(
-            SessionTemplate { valid_until: Some(d(2019, 1, 1)), ..ok }.validate(),
-            Err(TemplateError::ValidUntilBeforeFrom)
-        );
+        assert_eq!(SessionTemplate { valid_until: Some(d(2019, 1, 1)), ..ok }.validate(), Err(TemplateError::ValidUntilBeforeFrom));
     }
 
     proptest! {

@@ -1,0 +1,814 @@
+//! The scheduling service's operations. Each write is one transaction that applies the domain's
+//! rules, lets the schema's constraints settle races (capacity, overlap, one open offer), appends its
+//! events to the outbox, and records its response under the request id.
+
+use chrono::{DateTime, Duration, Utc};
+use pac_platform::Actor;
+use pac_platform::idempotency::IdempotencyStore;
+use pac_platform::outbox::{NewEvent, Outbox};
+use pac_proto::scheduling as pb;
+use pac_proto::scheduling::watch_events_response::Event;
+use prost::Message;
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::convert;
+use crate::domain::appointment::{self, Moment, Status};
+use crate::domain::cancellation::{self, CancelledBy};
+use crate::domain::clinic_time;
+use crate::domain::session::SessionTemplate;
+use crate::domain::waitlist;
+use crate::error::SchedulingError;
+use crate::model::*;
+use crate::patients::{Patients, service_actor};
+use crate::store::{self, Change};
+
+type Result<T> = std::result::Result<T, SchedulingError>;
+type Tx = Transaction<'static, Postgres>;
+
+/// Local policy (configuration).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Slots exist this many days ahead.
+    pub horizon_days: u32,
+    /// A cancellation inside this period before the start is late.
+    pub late_notice: Duration,
+    /// How long a waitlist offer is held for the patient.
+    pub offer_hold: Duration,
+    /// A freed slot is offered from the waitlist only if it starts at least this far ahead.
+    pub offer_min_notice: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self { horizon_days: 90, late_notice: Duration::hours(24), offer_hold: Duration::hours(24), offer_min_notice: Duration::hours(2) }
+    }
+}
+
+#[derive(Clone)]
+pub struct Scheduling {
+    pub pool: PgPool,
+    pub outbox: Outbox,
+    pub patients: Patients,
+    pub policy: Policy,
+    idempotency: IdempotencyStore,
+}
+
+/// Who asked for a write, and its idempotency key.
+pub struct Write {
+    pub actor: Actor,
+    pub request_id: Option<String>,
+    pub request_hash: Vec<u8>,
+}
+
+impl Write {
+    fn system() -> Self {
+        Self { actor: service_actor(), request_id: None, request_hash: Vec::new() }
+    }
+}
+
+/// A write's transaction, or the response recorded for its request id.
+enum Started<R> {
+    Fresh(Tx),
+    Replay(R),
+}
+
+pub enum BookTarget {
+    Slot(Uuid),
+    Hold(Uuid),
+}
+
+pub struct Book {
+    pub target: BookTarget,
+    pub patient_id: Option<Uuid>,
+    pub referral_id: Option<Uuid>,
+    pub write: Write,
+}
+
+pub struct Reschedule {
+    pub appointment_id: Uuid,
+    pub new_slot_id: Uuid,
+    pub etag: String,
+    pub reason: String,
+    pub write: Write,
+}
+
+pub struct Cancel {
+    pub appointment_id: Uuid,
+    pub reason_code: String,
+    pub by: CancelledBy,
+    pub etag: Option<String>,
+    pub write: Write,
+}
+
+pub struct StatusChange {
+    pub appointment_id: Uuid,
+    pub to: Status,
+    pub etag: Option<String>,
+    pub correction_reason: Option<String>,
+    pub actor: Actor,
+}
+
+/// Events are stored as a `WatchEventsResponse` without its envelope; the envelope is added on read.
+fn event_payload(event: Event) -> Vec<u8> {
+    pb::WatchEventsResponse { envelope: None, event: Some(event) }.encode_to_vec()
+}
+
+fn event_type(event: &Event) -> &'static str {
+    match event {
+        Event::AppointmentHeld(_) => "AppointmentHeld",
+        Event::AppointmentBooked(_) => "AppointmentBooked",
+        Event::AppointmentRescheduled(_) => "AppointmentRescheduled",
+        Event::AppointmentCancelled(_) => "AppointmentCancelled",
+        Event::AppointmentStatusChanged(_) => "AppointmentStatusChanged",
+        Event::OfferMade(_) => "OfferMade",
+        Event::AppointmentPatientChanged(_) => "AppointmentPatientChanged",
+    }
+}
+
+fn appointment_event(a: &Appointment, previous_slot: Option<Uuid>, reason: &str) -> pb::AppointmentEvent {
+    pb::AppointmentEvent {
+        appointment: Some(convert::appointment(a)),
+        previous_slot_id: previous_slot.map(|s| s.to_string()).unwrap_or_default(),
+        reason: reason.to_string(),
+    }
+}
+
+fn check_etag(appointment: &Appointment, etag: Option<&str>) -> Result<()> {
+    match etag {
+        Some(etag) if etag != appointment.etag() => Err(SchedulingError::VersionMismatch { current_etag: appointment.etag() }),
+        _ => Ok(()),
+    }
+}
+
+fn not_found(resource: &'static str, id: Uuid) -> SchedulingError {
+    SchedulingError::NotFound { resource, id }
+}
+
+const APPOINTMENT: &str = "pac.scheduling.v1.Appointment";
+
+impl Scheduling {
+    pub fn new(pool: PgPool, outbox: Outbox, patients: Patients, policy: Policy) -> Self {
+        Self { pool, outbox, patients, policy, idempotency: IdempotencyStore::new(crate::SCHEMA) }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Transactions, idempotency and events
+
+    async fn start<R: Message + Default>(&self, operation: &str, write: &Write) -> Result<Started<R>> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(request_id) = &write.request_id {
+            if let Some(recorded) = self.idempotency.claim(&mut tx, operation, request_id).await? {
+                return Ok(Started::Replay(recorded.replay(&write.request_hash)?));
+            }
+        }
+        Ok(Started::Fresh(tx))
+    }
+
+    /// Records the response under the request id (if any), commits, and wakes the event streams.
+    async fn finish<R: Message>(&self, mut tx: Tx, operation: &str, write: &Write, response: &R) -> Result<()> {
+        if let Some(request_id) = &write.request_id {
+            self.idempotency.record(&mut tx, operation, request_id, &write.request_hash, response).await?;
+        }
+        tx.commit().await?;
+        self.outbox.committed();
+        Ok(())
+    }
+
+    async fn emit(&self, conn: &mut PgConnection, aggregate_id: Uuid, event: Event, write: &Write) -> Result<()> {
+        let event_type = event_type(&event);
+        let new = NewEvent {
+            event_type,
+            aggregate_id,
+            payload: event_payload(event),
+            actor: &write.actor,
+            request_id: write.request_id.as_deref(),
+        };
+        self.outbox.append(conn, new).await?;
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Directory
+
+    pub async fn create_location(&self, location: Location, write: Write) -> Result<pb::CreateLocationResponse> {
+        let mut tx = match self.start("CreateLocation", &write).await? {
+            Started::Replay(r) => return Ok(r),
+            Started::Fresh(tx) => tx,
+        };
+        store::insert_location(&mut tx, &location).await?;
+        let response = pb::CreateLocationResponse { location: Some(convert::location(&location)) };
+        self.finish(tx, "CreateLocation", &write, &response).await?;
+        Ok(response)
+    }
+
+    pub async fn create_clinic(&self, clinic: Clinic, write: Write) -> Result<pb::CreateClinicResponse> {
+        let mut tx = match self.start("CreateClinic", &write).await? {
+            Started::Replay(r) => return Ok(r),
+            Started::Fresh(tx) => tx,
+        };
+        store::insert_clinic(&mut tx, &clinic).await?;
+        let response = pb::CreateClinicResponse { clinic: Some(convert::clinic(&clinic)) };
+        self.finish(tx, "CreateClinic", &write, &response).await?;
+        Ok(response)
+    }
+
+    pub async fn clinic(&self, id: Uuid) -> Result<Clinic> {
+        store::find_clinic(&self.pool, id).await?.ok_or(not_found("pac.scheduling.v1.Clinic", id))
+    }
+
+    pub async fn get_clinic(&self, id: Uuid) -> Result<pb::GetClinicResponse> {
+        let clinic = self.clinic(id).await?;
+        let location = store::find_location(&self.pool, clinic.location_id).await?;
+        let templates = store::templates_of(&self.pool, id).await?;
+        Ok(pb::GetClinicResponse {
+            clinic: Some(convert::clinic(&clinic)),
+            location: location.as_ref().map(convert::location),
+            session_templates: templates.iter().map(convert::template).collect(),
+        })
+    }
+
+    /// Creates a session and its slots for the horizon, then offers them to anyone waiting.
+    pub async fn create_template(&self, template: Template, write: Write) -> Result<pb::CreateSessionTemplateResponse> {
+        let mut tx = match self.start("CreateSessionTemplate", &write).await? {
+            Started::Replay(r) => return Ok(r),
+            Started::Fresh(tx) => tx,
+        };
+        let clinic = store::find_clinic(&mut *tx, template.clinic_id)
+            .await?
+            .ok_or_else(|| SchedulingError::invalid("session_template.clinic_id", "CLINIC_NOT_FOUND", "no clinic has this id"))?;
+        let (template, created) = self.generate(&mut tx, &clinic, template).await?;
+        self.offer_new_slots(&mut tx, &clinic, template.id).await?;
+        let response =
+            pb::CreateSessionTemplateResponse { session_template: Some(convert::template(&template)), slots_created: created as i32 };
+        self.finish(tx, "CreateSessionTemplate", &write, &response).await?;
+        tracing::info!(template_id = %template.id, clinic_id = %clinic.id, slots_created = created, "session created");
+        Ok(response)
+    }
+
+    /// Changes a session: its future free slots are withdrawn and the new pattern generated; slots
+    /// holding live appointments stay as they are.
+    pub async fn update_template(&self, changed: Template, write: Write) -> Result<pb::UpdateSessionTemplateResponse> {
+        let mut tx = match self.start("UpdateSessionTemplate", &write).await? {
+            Started::Replay(r) => return Ok(r),
+            Started::Fresh(tx) => tx,
+        };
+        let current = store::lock_template(&mut tx, changed.id).await?.ok_or(not_found("pac.scheduling.v1.SessionTemplate", changed.id))?;
+        if current.clinic_id != changed.clinic_id {
+            return Err(SchedulingError::invalid(
+                "session_template.clinic_id",
+                "CLINIC_IMMUTABLE",
+                "a session cannot move to another clinic",
+            ));
+        }
+        let clinic =
+            store::find_clinic(&mut *tx, current.clinic_id).await?.ok_or(not_found("pac.scheduling.v1.Clinic", current.clinic_id))?;
+        let now = pac_platform::now();
+        let withdrawn = store::withdraw_free_slots(&mut tx, current.id, now).await?;
+        let (template, created) = self.generate(&mut tx, &clinic, changed).await?;
+        let kept = store::count_occupied_slots(&mut tx, template.id, now).await?;
+        self.offer_new_slots(&mut tx, &clinic, template.id).await?;
+        let response = pb::UpdateSessionTemplateResponse {
+            session_template: Some(convert::template(&template)),
+            slots_withdrawn: withdrawn as i32,
+            slots_created: created as i32,
+            slots_kept: kept as i32,
+        };
+        self.finish(tx, "UpdateSessionTemplate", &write, &response).await?;
+        tracing::info!(template_id = %template.id, withdrawn, created, kept, "session changed");
+        Ok(response)
+    }
+
+    /// Saves a template and generates its future slots from today (clinic-local) to the horizon.
+    async fn generate(&self, conn: &mut PgConnection, clinic: &Clinic, mut template: Template) -> Result<(Template, u64)> {
+        let today = clinic_time::local(clinic.zone(), Utc::now()).date();
+        let through = today + Duration::days(i64::from(self.policy.horizon_days));
+        template.generated_until = Some(through);
+        store::save_template(conn, &template).await?;
+        let created = self.generate_between(conn, clinic, &template, today, through).await?;
+        Ok((template, created))
+    }
+
+    async fn generate_between(
+        &self,
+        conn: &mut PgConnection,
+        clinic: &Clinic,
+        template: &Template,
+        from: chrono::NaiveDate,
+        through: chrono::NaiveDate,
+    ) -> Result<u64> {
+        let session = session_of(template);
+        let now = Utc::now();
+        let slots: Vec<_> = session.slots(clinic.zone(), from, through).into_iter().filter(|s| s.start > now).collect();
+        let mut created = 0;
+        for chunk in slots.chunks(2000) {
+            created += store::insert_slots(conn, clinic, template, chunk).await?;
+        }
+        Ok(created)
+    }
+
+    /// Keeps every session's slots generated to the horizon; returns the slots created.
+    pub async fn extend_horizon(&self) -> Result<u64> {
+        let through = Utc::now().date_naive() + Duration::days(i64::from(self.policy.horizon_days));
+        let mut created = 0;
+        for stale in store::templates_to_extend(&self.pool, through).await? {
+            let mut tx = self.pool.begin().await?;
+            let Some(template) = store::lock_template(&mut tx, stale.id).await? else { continue };
+            let Some(clinic) = store::find_clinic(&mut *tx, template.clinic_id).await? else { continue };
+            let from = template.generated_until.map_or(template.valid_from, |d| d + Duration::days(1));
+            created += self.generate_between(&mut tx, &clinic, &template, from, through).await?;
+            store::save_template(&mut tx, &Template { generated_until: Some(through), ..template.clone() }).await?;
+            self.offer_new_slots(&mut tx, &clinic, template.id).await?;
+            tx.commit().await?;
+            self.outbox.committed();
+        }
+        Ok(created)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Holds and bookings
+
+    pub async fn hold(&self, slot_id: Uuid, patient_id: Uuid, ttl: Duration, write: Write) -> Result<pb::HoldSlotResponse> {
+        let patient_id = self.patients.resolve(patient_id).await?;
+        let attempt = || async {
+            let mut tx = match self.start("HoldSlot", &write).await? {
+                Started::Replay(r) => return Ok(r),
+                Started::Fresh(tx) => tx,
+            };
+            let (appointment, _) = self.place(&mut tx, slot_id, patient_id, None, Some(ttl)).await?;
+            self.emit(&mut tx, appointment.id, Event::AppointmentHeld(appointment_event(&appointment, None, "")), &write).await?;
+            let response = pb::HoldSlotResponse { appointment: Some(convert::appointment(&appointment)) };
+            self.finish(tx, "HoldSlot", &write, &response).await?;
+            tracing::info!(appointment_id = %appointment.id, slot_id = %slot_id, "slot held");
+            Ok(response)
+        };
+        match attempt().await {
+            Err(SchedulingError::SlotUnavailable { .. }) if self.expire_lapsed_holds(Some(slot_id)).await? > 0 => attempt().await,
+            result => result,
+        }
+    }
+
+    pub async fn book(&self, book: Book) -> Result<pb::BookAppointmentResponse> {
+        let patient_id = match book.patient_id {
+            Some(id) => Some(self.patients.resolve(id).await?),
+            None => None,
+        };
+        match book.target {
+            BookTarget::Slot(slot_id) => {
+                let patient_id = patient_id.ok_or_else(|| SchedulingError::invalid("patient_id", "ID_REQUIRED", "is required"))?;
+                match self.book_slot(slot_id, patient_id, &book).await {
+                    Err(SchedulingError::SlotUnavailable { .. }) if self.expire_lapsed_holds(Some(slot_id)).await? > 0 => {
+                        self.book_slot(slot_id, patient_id, &book).await
+                    }
+                    result => result,
+                }
+            }
+            BookTarget::Hold(appointment_id) => self.confirm_hold(appointment_id, patient_id, &book).await,
+        }
+    }
+
+    async fn book_slot(&self, slot_id: Uuid, patient_id: Uuid, book: &Book) -> Result<pb::BookAppointmentResponse> {
+        let mut tx = match self.start("BookAppointment", &book.write).await? {
+            Started::Replay(r) => return Ok(r),
+            Started::Fresh(tx) => tx,
+        };
+        let (appointment, slot) = self.place(&mut tx, slot_id, patient_id, book.referral_id, None).await?;
+        store::close_entries_for(&mut tx, patient_id, &slot, "booked").await?;
+        self.emit(&mut tx, appointment.id, Event::AppointmentBooked(appointment_event(&appointment, None, "")), &book.write).await?;
+        let response = pb::BookAppointmentResponse { appointment: Some(convert::appointment(&appointment)) };
+        self.finish(tx, "BookAppointment", &book.write, &response).await?;
+        tracing::info!(appointment_id = %appointment.id, slot_id = %slot_id, "appointment booked");
+        Ok(response)
+    }
+
+    /// Takes a place in a future slot and writes the appointment (booked, or pending for `hold`).
+    async fn place(
+        &self,
+        conn: &mut PgConnection,
+        slot_id: Uuid,
+        patient_id: Uuid,
+        referral_id: Option<Uuid>,
+        hold: Option<Duration>,
+    ) -> Result<(Appointment, Slot)> {
+        let slot = store::take_place(conn, slot_id).await?;
+        let now = pac_platform::now();
+        if slot.start_time <= now {
+            return Err(SchedulingError::SlotUnavailable { slot_id, why: "has already started" });
+        }
+        let (status, hold_expires_at) = match hold {
+            Some(ttl) => (Status::Pending, Some((now + ttl).min(slot.start_time))),
+            None => (Status::Booked, None),
+        };
+        let appointment = Appointment::new(&slot, patient_id, referral_id, status, hold_expires_at);
+        store::insert_appointment(conn, &appointment).await?;
+        Ok((appointment, slot))
+    }
+
+    async fn confirm_hold(&self, id: Uuid, patient_id: Option<Uuid>, book: &Book) -> Result<pb::BookAppointmentResponse> {
+        let mut tx = match self.start("BookAppointment", &book.write).await? {
+            Started::Replay(r) => return Ok(r),
+            Started::Fresh(tx) => tx,
+        };
+        let mut appointment = store::lock_appointment(&mut tx, id).await?.ok_or(not_found(APPOINTMENT, id))?;
+        if patient_id.is_some_and(|p| p != appointment.patient_id) {
+            return Err(SchedulingError::invalid("patient_id", "PATIENT_MISMATCH", "the hold is for another patient"));
+        }
+        if appointment.status != Status::Pending {
+            return Err(SchedulingError::InvalidTransition(appointment::TransitionError::NotAllowed {
+                from: appointment.status,
+                to: Status::Booked,
+            }));
+        }
+        if appointment.hold_expires_at.is_some_and(|at| at <= Utc::now()) {
+            return Err(SchedulingError::HoldExpired(id));
+        }
+        let now = pac_platform::now();
+        appointment.status = Status::Booked;
+        appointment.hold_expires_at = None;
+        appointment.referral_id = book.referral_id.or(appointment.referral_id);
+        appointment.version += 1;
+        appointment.updated_at = now;
+        store::update_appointment(&mut tx, &appointment).await?;
+        if let Some(offer) = store::close_offer_of(&mut tx, id, OfferOutcome::Accepted).await? {
+            store::close_entry(&mut tx, offer.entry_id, "booked").await?;
+        }
+        if let Some(slot) = store::find_slot(&mut *tx, appointment.slot_id).await? {
+            store::close_entries_for(&mut tx, appointment.patient_id, &slot, "booked").await?;
+        }
+        self.record_change(&mut tx, &appointment, Status::Pending, None, None, &book.write.actor).await?;
+        self.emit(&mut tx, id, Event::AppointmentBooked(appointment_event(&appointment, None, "")), &book.write).await?;
+        let response = pb::BookAppointmentResponse { appointment: Some(convert::appointment(&appointment)) };
+        self.finish(tx, "BookAppointment", &book.write, &response).await?;
+        tracing::info!(appointment_id = %id, "hold confirmed");
+        Ok(response)
+    }
+
+    /// Book the new slot, then release the old, in one transaction: if the new slot is taken nothing
+    /// changes.
+    pub async fn reschedule(&self, r: Reschedule) -> Result<pb::RescheduleAppointmentResponse> {
+        let mut tx = match self.start("RescheduleAppointment", &r.write).await? {
+            Started::Replay(response) => return Ok(response),
+            Started::Fresh(tx) => tx,
+        };
+        let mut appointment = store::lock_appointment(&mut tx, r.appointment_id).await?.ok_or(not_found(APPOINTMENT, r.appointment_id))?;
+        check_etag(&appointment, Some(&r.etag))?;
+        if appointment.status != Status::Booked {
+            return Err(SchedulingError::InvalidTransition(appointment::TransitionError::NotAllowed {
+                from: appointment.status,
+                to: Status::Booked,
+            }));
+        }
+        if appointment.slot_id == r.new_slot_id {
+            return Err(SchedulingError::invalid("new_slot_id", "SAME_SLOT", "is the appointment's current slot"));
+        }
+        let new_slot = store::take_place(&mut tx, r.new_slot_id).await?;
+        if new_slot.start_time <= Utc::now() {
+            return Err(SchedulingError::SlotUnavailable { slot_id: new_slot.id, why: "has already started" });
+        }
+        let previous_slot = appointment.slot_id;
+        store::release_place(&mut tx, previous_slot).await?;
+        appointment.slot_id = new_slot.id;
+        appointment.clinic_id = new_slot.clinic_id;
+        appointment.start_time = new_slot.start_time;
+        appointment.end_time = new_slot.end_time;
+        appointment.version += 1;
+        appointment.updated_at = pac_platform::now();
+        store::update_appointment(&mut tx, &appointment).await?;
+        let reason = (!r.reason.is_empty()).then_some(r.reason.as_str());
+        self.record_change(&mut tx, &appointment, Status::Booked, Some(previous_slot), reason, &r.write.actor).await?;
+        let event = Event::AppointmentRescheduled(appointment_event(&appointment, Some(previous_slot), &r.reason));
+        self.emit(&mut tx, appointment.id, event, &r.write).await?;
+        self.offer_slot(&mut tx, previous_slot).await?;
+        let response = pb::RescheduleAppointmentResponse { appointment: Some(convert::appointment(&appointment)) };
+        self.finish(tx, "RescheduleAppointment", &r.write, &response).await?;
+        tracing::info!(appointment_id = %appointment.id, from_slot = %previous_slot, to_slot = %new_slot.id, "appointment rescheduled");
+        Ok(response)
+    }
+
+    pub async fn cancel(&self, c: Cancel) -> Result<pb::CancelAppointmentResponse> {
+        let mut tx = match self.start("CancelAppointment", &c.write).await? {
+            Started::Replay(response) => return Ok(response),
+            Started::Fresh(tx) => tx,
+        };
+        let appointment = store::lock_appointment(&mut tx, c.appointment_id).await?.ok_or(not_found(APPOINTMENT, c.appointment_id))?;
+        check_etag(&appointment, c.etag.as_deref())?;
+        let outcome = if c.by == CancelledBy::Patient { OfferOutcome::Declined } else { OfferOutcome::Withdrawn };
+        let cancelled = self.cancel_in(&mut tx, appointment, &c.reason_code, c.by, outcome, &c.write).await?;
+        let response = pb::CancelAppointmentResponse { appointment: Some(convert::appointment(&cancelled)) };
+        self.finish(tx, "CancelAppointment", &c.write, &response).await?;
+        let late = cancelled.cancellation.as_ref().is_some_and(|x| x.late);
+        tracing::info!(appointment_id = %cancelled.id, reason_code = %c.reason_code, late, "appointment cancelled");
+        Ok(response)
+    }
+
+    /// Cancels inside a transaction: frees the place, closes an offer held by it, records and
+    /// announces the change, and offers the freed slot to the waitlist.
+    async fn cancel_in(
+        &self,
+        tx: &mut PgConnection,
+        mut appointment: Appointment,
+        reason_code: &str,
+        by: CancelledBy,
+        offer_outcome: OfferOutcome,
+        write: &Write,
+    ) -> Result<Appointment> {
+        let now = pac_platform::now();
+        let from = appointment.status;
+        appointment::check(from, Status::Cancelled, Moment { now, slot_start: appointment.start_time }, None)
+            .map_err(SchedulingError::InvalidTransition)?;
+        appointment.status = Status::Cancelled;
+        appointment.hold_expires_at = None;
+        appointment.cancellation = Some(Cancellation {
+            reason_code: reason_code.to_string(),
+            by,
+            late: cancellation::is_late(now, appointment.start_time, self.policy.late_notice),
+            at: now,
+        });
+        appointment.version += 1;
+        appointment.updated_at = now;
+        store::update_appointment(tx, &appointment).await?;
+        if from.is_live() {
+            store::release_place(tx, appointment.slot_id).await?;
+        }
+        store::close_offer_of(tx, appointment.id, offer_outcome).await?;
+        self.record_change(tx, &appointment, from, None, Some(reason_code), &write.actor).await?;
+        self.emit(tx, appointment.id, Event::AppointmentCancelled(appointment_event(&appointment, None, reason_code)), write).await?;
+        if from.is_live() {
+            self.offer_slot(tx, appointment.slot_id).await?;
+        }
+        Ok(appointment)
+    }
+
+    pub async fn change_status(&self, s: StatusChange) -> Result<Appointment> {
+        let mut tx = self.pool.begin().await?;
+        let mut appointment = store::lock_appointment(&mut tx, s.appointment_id).await?.ok_or(not_found(APPOINTMENT, s.appointment_id))?;
+        check_etag(&appointment, s.etag.as_deref())?;
+        let from = appointment.status;
+        let now = pac_platform::now();
+        appointment::check(from, s.to, Moment { now, slot_start: appointment.start_time }, s.correction_reason.as_deref())
+            .map_err(SchedulingError::InvalidTransition)?;
+        appointment.status = s.to;
+        appointment.version += 1;
+        appointment.updated_at = now;
+        store::update_appointment(&mut tx, &appointment).await?;
+        if from.is_live() && !s.to.is_live() {
+            store::release_place(&mut tx, appointment.slot_id).await?;
+        }
+        let write = Write { actor: s.actor, request_id: None, request_hash: Vec::new() };
+        let reason = s.correction_reason.as_deref();
+        self.record_change(&mut tx, &appointment, from, None, reason, &write.actor).await?;
+        let event = Event::AppointmentStatusChanged(appointment_event(&appointment, None, reason.unwrap_or_default()));
+        self.emit(&mut tx, appointment.id, event, &write).await?;
+        tx.commit().await?;
+        self.outbox.committed();
+        tracing::info!(appointment_id = %appointment.id, from = from.code(), to = s.to.code(), "appointment status changed");
+        Ok(appointment)
+    }
+
+    async fn record_change(
+        &self,
+        conn: &mut PgConnection,
+        a: &Appointment,
+        from: Status,
+        from_slot: Option<Uuid>,
+        reason: Option<&str>,
+        actor: &Actor,
+    ) -> Result<()> {
+        let change = Change {
+            appointment_id: a.id,
+            from,
+            to: a.status,
+            from_slot,
+            to_slot: from_slot.map(|_| a.slot_id),
+            reason,
+            actor: &actor.subject,
+            at: a.updated_at,
+        };
+        store::insert_change(conn, change).await
+    }
+
+    pub async fn appointment(&self, id: Uuid) -> Result<Appointment> {
+        store::find_appointment(&self.pool, id).await?.ok_or(not_found(APPOINTMENT, id))
+    }
+
+    /// Cancels lapsed holds (of one slot, or any), freeing their places; returns how many.
+    pub async fn expire_lapsed_holds(&self, slot_id: Option<Uuid>) -> Result<usize> {
+        const BATCH: i64 = 100;
+        let mut total = 0;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let lapsed = store::lock_lapsed_holds(&mut tx, slot_id, BATCH).await?;
+            let count = lapsed.len();
+            for hold in lapsed {
+                let id = hold.id;
+                self.cancel_in(&mut tx, hold, "HOLD_EXPIRED", CancelledBy::System, OfferOutcome::Expired, &Write::system()).await?;
+                tracing::info!(appointment_id = %id, "hold expired");
+            }
+            tx.commit().await?;
+            if count > 0 {
+                self.outbox.committed();
+            }
+            total += count;
+            if (count as i64) < BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Waitlist
+
+    pub async fn add_to_waitlist(&self, mut entry: Entry, write: Write) -> Result<pb::AddToWaitlistResponse> {
+        entry.patient_id = self.patients.resolve(entry.patient_id).await?;
+        let mut tx = match self.start("AddToWaitlist", &write).await? {
+            Started::Replay(r) => return Ok(r),
+            Started::Fresh(tx) => tx,
+        };
+        if let Some(existing) = store::insert_entry(&mut tx, &entry).await? {
+            return Err(SchedulingError::WaitlistEntryExists { existing });
+        }
+        let response = pb::AddToWaitlistResponse { entry: Some(convert::entry(&entry, &[])) };
+        self.finish(tx, "AddToWaitlist", &write, &response).await?;
+        tracing::info!(entry_id = %entry.id, "added to waitlist");
+        Ok(response)
+    }
+
+    pub async fn list_waitlist(
+        &self,
+        clinic_id: Option<Uuid>,
+        service_code: Option<String>,
+        include_closed: bool,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<pb::WaitlistEntry>> {
+        let clinic = match clinic_id {
+            Some(id) => Some(self.clinic(id).await?),
+            None => None,
+        };
+        let code = clinic.as_ref().map(|c| c.service_code.clone()).or(service_code).unwrap_or_default();
+        let entries = store::list_entries(&self.pool, clinic.as_ref(), &code, include_closed, limit, offset).await?;
+        let ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
+        let offers = store::offers_of(&self.pool, &ids).await?;
+        Ok(entries.iter().map(|e| convert::entry(e, &offers)).collect())
+    }
+
+    pub async fn respond_to_offer(&self, offer_id: Uuid, accept: bool, write: Write) -> Result<pb::RespondToOfferResponse> {
+        let mut tx = match self.start("RespondToOffer", &write).await? {
+            Started::Replay(r) => return Ok(r),
+            Started::Fresh(tx) => tx,
+        };
+        let offer = store::lock_offer(&mut tx, offer_id).await?.ok_or(not_found("pac.scheduling.v1.Offer", offer_id))?;
+        let mut appointment =
+            store::lock_appointment(&mut tx, offer.appointment_id).await?.ok_or(not_found(APPOINTMENT, offer.appointment_id))?;
+        if offer.outcome != OfferOutcome::Open {
+            return Err(SchedulingError::OfferClosed { offer_id, outcome: offer.outcome.code().into() });
+        }
+        if appointment.hold_expires_at.is_some_and(|at| at <= Utc::now()) {
+            return Err(SchedulingError::OfferClosed { offer_id, outcome: "expired".into() });
+        }
+        let booked = if accept {
+            appointment::check(appointment.status, Status::Booked, Moment { now: Utc::now(), slot_start: appointment.start_time }, None)
+                .map_err(SchedulingError::InvalidTransition)?;
+            appointment.status = Status::Booked;
+            appointment.hold_expires_at = None;
+            appointment.version += 1;
+            appointment.updated_at = pac_platform::now();
+            store::update_appointment(&mut tx, &appointment).await?;
+            store::close_offer_of(&mut tx, appointment.id, OfferOutcome::Accepted).await?;
+            store::close_entry(&mut tx, offer.entry_id, "booked").await?;
+            self.record_change(&mut tx, &appointment, Status::Pending, None, Some("offer accepted"), &write.actor).await?;
+            self.emit(&mut tx, appointment.id, Event::AppointmentBooked(appointment_event(&appointment, None, "offer accepted")), &write)
+                .await?;
+            Some(convert::appointment(&appointment))
+        } else {
+            self.cancel_in(&mut tx, appointment, "OFFER_DECLINED", CancelledBy::Patient, OfferOutcome::Declined, &write).await?;
+            None
+        };
+        let entry =
+            store::find_entry(&mut *tx, offer.entry_id).await?.ok_or(not_found("pac.scheduling.v1.WaitlistEntry", offer.entry_id))?;
+        let offers = store::offers_of(&mut *tx, &[entry.id]).await?;
+        let response = pb::RespondToOfferResponse { entry: Some(convert::entry(&entry, &offers)), appointment: booked };
+        self.finish(tx, "RespondToOffer", &write, &response).await?;
+        tracing::info!(offer_id = %offer_id, accept, "offer answered");
+        Ok(response)
+    }
+
+    /// Offers a slot with a free place to the best waiting entry it fits, as a timed hold. A clash
+    /// found only now (a concurrent booking for the same patient) skips the offer, not the caller's
+    /// change.
+    async fn offer_slot(&self, conn: &mut PgConnection, slot_id: Uuid) -> Result<bool> {
+        let Some(slot) = store::find_slot(&mut *conn, slot_id).await? else { return Ok(false) };
+        let now = pac_platform::now();
+        if slot.occupied >= slot.capacity || slot.start_time < now + self.policy.offer_min_notice {
+            return Ok(false);
+        }
+        let candidates = store::entries_fitting(conn, &slot, 50).await?;
+        let rankings: Vec<waitlist::Entry> = candidates.iter().map(Entry::ranking).collect();
+        let Some(best) = waitlist::best_fit(&rankings, slot.local_date) else { return Ok(false) };
+        let entry = &candidates[rankings.iter().position(|r| std::ptr::eq(r, best)).expect("best is one of them")];
+        let mut savepoint = conn.begin().await?;
+        let held = self.place(&mut savepoint, slot.id, entry.patient_id, entry.referral_id, Some(self.policy.offer_hold)).await;
+        let appointment = match held {
+            Ok((appointment, _)) => appointment,
+            Err(SchedulingError::PatientDoubleBooked | SchedulingError::SlotUnavailable { .. }) => {
+                savepoint.rollback().await?;
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let expires_at = appointment.hold_expires_at.unwrap_or(slot.start_time);
+        let offer = Offer {
+            id: Uuid::now_v7(),
+            entry_id: entry.id,
+            appointment_id: appointment.id,
+            slot_id: slot.id,
+            offered_at: now,
+            notice_hours: ((slot.start_time - now).num_hours()).max(0) as i32,
+            expires_at,
+            outcome: OfferOutcome::Open,
+        };
+        store::insert_offer(&mut savepoint, &offer).await?;
+        let system = Write::system();
+        self.emit(&mut savepoint, appointment.id, Event::AppointmentHeld(appointment_event(&appointment, None, "waitlist offer")), &system)
+            .await?;
+        let made = pb::OfferMade { entry: Some(convert::entry(entry, &[])), offer: Some(convert::offer(&offer)) };
+        self.emit(&mut savepoint, entry.id, Event::OfferMade(made), &system).await?;
+        savepoint.commit().await?;
+        tracing::info!(offer_id = %offer.id, entry_id = %entry.id, slot_id = %slot.id, "waitlist offer made");
+        Ok(true)
+    }
+
+    /// Offers a session's new free slots to the entries waiting for its clinic or service.
+    async fn offer_new_slots(&self, conn: &mut PgConnection, clinic: &Clinic, template_id: Uuid) -> Result<()> {
+        if !store::anyone_waiting(conn, clinic).await? {
+            return Ok(());
+        }
+        let after = pac_platform::now() + self.policy.offer_min_notice;
+        for slot_id in store::free_slots_of_template(conn, template_id, after, 200).await? {
+            if self.offer_slot(conn, slot_id).await? && !store::anyone_waiting(conn, clinic).await? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Merges in the records service
+
+    /// A merge in the records service: the merged-away record's appointments and waitlist entries
+    /// move to the survivor. A live appointment that clashes with one the survivor already has is a
+    /// duplicate booking of the same person and is cancelled. Idempotent.
+    pub async fn apply_merge(&self, merge_id: Uuid, merged: Uuid, survivor: Uuid, cursor: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let system = Write::system();
+        for clash in store::lock_clashing_appointments(&mut tx, merged, survivor).await? {
+            self.cancel_in(&mut tx, clash, "DUPLICATE_PATIENT_RECORD", CancelledBy::System, OfferOutcome::Withdrawn, &system).await?;
+        }
+        let moved = store::repoint_patient(&mut tx, merge_id, merged, survivor).await?;
+        self.announce_patient_change(&mut tx, &moved, "patient records merged").await?;
+        store::save_stream_cursor(&mut *tx, crate::RECORDS_STREAM, cursor).await?;
+        tx.commit().await?;
+        self.outbox.committed();
+        tracing::info!(merge_id = %merge_id, appointments_moved = moved.len(), "followed a patient merge");
+        Ok(())
+    }
+
+    /// A merge reversed: what it moved goes back. Idempotent.
+    pub async fn apply_unmerge(&self, merge_id: Uuid, cursor: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let moved = store::unrepoint_patient(&mut tx, merge_id).await?;
+        self.announce_patient_change(&mut tx, &moved, "patient merge reversed").await?;
+        store::save_stream_cursor(&mut *tx, crate::RECORDS_STREAM, cursor).await?;
+        tx.commit().await?;
+        self.outbox.committed();
+        tracing::info!(merge_id = %merge_id, appointments_moved = moved.len(), "followed a merge reversal");
+        Ok(())
+    }
+
+    async fn announce_patient_change(&self, conn: &mut PgConnection, moved: &[Appointment], reason: &str) -> Result<()> {
+        let system = Write::system();
+        for appointment in moved {
+            let event = Event::AppointmentPatientChanged(appointment_event(appointment, None, reason));
+            self.emit(conn, appointment.id, event, &system).await?;
+        }
+        Ok(())
+    }
+}
+
+pub fn session_of(t: &Template) -> SessionTemplate {
+    SessionTemplate {
+        weekday: convert::weekday(t.weekday),
+        start: t.start_time,
+        end: t.end_time,
+        slot_minutes: t.slot_minutes as u32,
+        capacity: t.capacity as u32,
+        valid_from: t.valid_from,
+        valid_until: t.valid_until,
+    }
+}
+
+/// The UTC window of a clinic-local day.
+pub fn local_day_window(zone: chrono_tz::Tz, day: chrono::NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
+    let midnight = chrono::NaiveTime::MIN;
+    (clinic_time::instant(zone, day, midnight).0, clinic_time::instant(zone, day + Duration::days(1), midnight).0)
+}
