@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use pac_proto::common::{Address, Date};
 use pac_proto::records::patient_records_client::PatientRecordsClient;
 use pac_proto::records::{Patient, RegisterPatientRequest};
+use pac_proto::scheduling as sched;
+use pac_proto::scheduling::scheduling_client::SchedulingClient;
 
 struct DemoPatient {
     nhs_number: &'static str,
@@ -57,7 +59,13 @@ const PATIENTS: &[DemoPatient] = &[
     DemoPatient { nhs_number: "", given: "Joan", family: "Smyth", birth: (1949, 1, 20), sex: 2, postcode: "LS6 2AA", phone: "" },
 ];
 
-pub async fn load(records: SocketAddr) -> anyhow::Result<()> {
+/// Loads the demo patients, then (once) a hospital site with two clinics and their weekly sessions.
+pub async fn load(records: SocketAddr, scheduling: SocketAddr) -> anyhow::Result<()> {
+    load_patients(records).await?;
+    load_clinics(scheduling).await
+}
+
+async fn load_patients(records: SocketAddr) -> anyhow::Result<()> {
     let mut client = PatientRecordsClient::connect(format!("http://{records}")).await?;
     for (n, p) in PATIENTS.iter().enumerate() {
         let patient = Patient {
@@ -75,5 +83,84 @@ pub async fn load(records: SocketAddr) -> anyhow::Result<()> {
         client.register_patient(request).await?;
     }
     tracing::info!(patients = PATIENTS.len(), "demo data loaded");
+    Ok(())
+}
+
+/// (name, specialty, service code, weekdays, start hour, end hour, slot minutes, capacity)
+const CLINICS: &[(&str, &str, &str, &[i32], i32, i32, i32, i32)] = &[
+    ("Fracture clinic", "Trauma and orthopaedics", "TO-FRACTURE", &[1, 3, 5], 9, 12, 20, 1),
+    ("General dermatology", "Dermatology", "DERM-GENERAL", &[2, 4], 13, 17, 30, 2),
+];
+
+async fn load_clinics(scheduling: SocketAddr) -> anyhow::Result<()> {
+    let mut client = SchedulingClient::connect(format!("http://{scheduling}")).await?;
+    let existing = client.list_clinics(sched::ListClinicsRequest { service_code: "TO-FRACTURE".into(), ..Default::default() }).await?;
+    if !existing.into_inner().clinics.is_empty() {
+        return Ok(());
+    }
+    let location = client
+        .create_location(sched::CreateLocationRequest {
+            location: Some(sched::Location {
+                name: "Leeds General Infirmary".into(),
+                address: Some(Address {
+                    lines: vec!["Great George Street".into()],
+                    locality: "Leeds".into(),
+                    postcode: "LS1 3EX".into(),
+                    ..Default::default()
+                }),
+                directions: "Enter by the Jubilee Wing on Calverley Street; outpatients is on the ground floor, follow the yellow signs."
+                    .into(),
+                access_notes: vec!["Step-free access from Calverley Street".into(), "Hearing loop at outpatients reception".into()],
+                parking: "Multi-storey car park on Clarendon Way; blue badge bays by the Jubilee Wing entrance.".into(),
+                ..Default::default()
+            }),
+            request_id: "demo-location-0".into(),
+        })
+        .await?
+        .into_inner()
+        .location
+        .unwrap_or_default();
+    let today = chrono::Utc::now().date_naive();
+    for (n, (name, specialty, code, days, start, end, minutes, capacity)) in CLINICS.iter().enumerate() {
+        let clinic = client
+            .create_clinic(sched::CreateClinicRequest {
+                clinic: Some(sched::Clinic {
+                    location_id: location.id.clone(),
+                    name: name.to_string(),
+                    specialty: specialty.to_string(),
+                    service_code: code.to_string(),
+                    time_zone: "Europe/London".into(),
+                    what_to_bring: vec!["A list of the medicines you take".into(), "Your appointment letter".into()],
+                    ..Default::default()
+                }),
+                request_id: format!("demo-clinic-{n}"),
+            })
+            .await?
+            .into_inner()
+            .clinic
+            .unwrap_or_default();
+        for day in *days {
+            client
+                .create_session_template(sched::CreateSessionTemplateRequest {
+                    session_template: Some(sched::SessionTemplate {
+                        clinic_id: clinic.id.clone(),
+                        weekday: *day,
+                        start: Some(sched::LocalTime { hours: *start, minutes: 0 }),
+                        end: Some(sched::LocalTime { hours: *end, minutes: 0 }),
+                        slot_minutes: *minutes,
+                        capacity: *capacity,
+                        valid_from: Some(Date {
+                            year: chrono::Datelike::year(&today),
+                            month: chrono::Datelike::month(&today) as i32,
+                            day: chrono::Datelike::day(&today) as i32,
+                        }),
+                        ..Default::default()
+                    }),
+                    request_id: format!("demo-session-{n}-{day}"),
+                })
+                .await?;
+        }
+    }
+    tracing::info!(clinics = CLINICS.len(), "demo clinics loaded");
     Ok(())
 }

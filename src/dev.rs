@@ -33,17 +33,27 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         _ => pac_platform::local_postgres::ensure_database(&postgres.url, "pac_dev").await?,
     });
     let records = pac_records::RecordsConfig::from_env(&platform)?;
+    let mut scheduling = pac_scheduling::SchedulingConfig::from_env()?;
     pac_records::migrate(&platform, &records).await?;
+    pac_scheduling::migrate(&platform, &scheduling).await?;
 
     let shutdown = pac_platform::grpc::shutdown_on_signals();
-    let listener = tokio::net::TcpListener::bind(records.listen)
+    let records_listener = tokio::net::TcpListener::bind(records.listen)
         .await
         .with_context(|| format!("cannot listen on {} (set PAC_RECORDS_ADDR to use another address)", records.listen))?;
-    let records_addr = listener.local_addr()?;
-    let server = tokio::spawn(pac_records::serve(platform.clone(), records, listener, shutdown.clone()));
+    let records_addr = records_listener.local_addr()?;
+    let scheduling_listener = tokio::net::TcpListener::bind(scheduling.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (set PAC_SCHEDULING_ADDR to use another address)", scheduling.listen))?;
+    let scheduling_addr = scheduling_listener.local_addr()?;
+    if std::env::var("PAC_RECORDS_URL").is_err() {
+        scheduling.records_url = format!("http://{records_addr}");
+    }
+    let records_server = tokio::spawn(pac_records::serve(platform.clone(), records, records_listener, shutdown.clone()));
+    let scheduling_server = tokio::spawn(pac_scheduling::serve(platform.clone(), scheduling, scheduling_listener, shutdown.clone()));
 
     if !args.no_demo {
-        crate::demo::load(records_addr).await.context("loading demo data failed")?;
+        crate::demo::load(records_addr, scheduling_addr).await.context("loading demo data failed")?;
     }
     let database = match &postgres.origin {
         Origin::DatabaseUrl => "DATABASE_URL".to_string(),
@@ -54,11 +64,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     println!(
         "\nPatient Access Platform is running (development).\n\
-         \n  database   {database}\
-         \n  records    {records_addr}   pac.records.v1.PatientRecords\
-         \n\nTry:\n  buf curl --protocol grpc --http2-prior-knowledge -d '{{\"name\":\"smith\"}}' \\\n    http://{records_addr}/pac.records.v1.PatientRecords/SearchPatients\n\nCtrl-C stops everything.\n"
+         \n  database    {database}\
+         \n  records     {records_addr}   pac.records.v1.PatientRecords\
+         \n  scheduling  {scheduling_addr}   pac.scheduling.v1.Scheduling\
+         \n\nTry:\n  buf curl --protocol grpc --http2-prior-knowledge -d '{{\"name\":\"smith\"}}' \\\n    http://{records_addr}/pac.records.v1.PatientRecords/SearchPatients\
+         \n  buf curl --protocol grpc --http2-prior-knowledge -d '{{\"service_code\":\"TO-FRACTURE\",\"page_size\":3}}' \\\n    http://{scheduling_addr}/pac.scheduling.v1.Scheduling/SearchSlots\n\nCtrl-C stops everything.\n"
     );
-    let result = server.await.context("records service task failed")?;
+    let (records_result, scheduling_result) = tokio::join!(records_server, scheduling_server);
+    let result = records_result.context("records service task failed")?.and(scheduling_result.context("scheduling service task failed")?);
     drop(postgres);
     result
 }

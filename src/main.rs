@@ -45,6 +45,7 @@ enum Command {
 #[derive(Clone, Copy, ValueEnum)]
 enum Component {
     Records,
+    Scheduling,
     /// Every component in one process.
     All,
 }
@@ -75,12 +76,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn migrate(platform: &PlatformConfig, component: Component) -> anyhow::Result<()> {
-    match component {
-        Component::Records | Component::All => {
-            let config = pac_records::RecordsConfig::from_env(platform)?;
-            pac_records::migrate(platform, &config).await?;
-            tracing::info!(component = "records", "migrated");
-        }
+    if matches!(component, Component::Records | Component::All) {
+        let config = pac_records::RecordsConfig::from_env(platform)?;
+        pac_records::migrate(platform, &config).await?;
+        tracing::info!(component = "records", "migrated");
+    }
+    if matches!(component, Component::Scheduling | Component::All) {
+        let config = pac_scheduling::SchedulingConfig::from_env()?;
+        pac_scheduling::migrate(platform, &config).await?;
+        tracing::info!(component = "scheduling", "migrated");
     }
     Ok(())
 }
@@ -89,17 +93,32 @@ async fn serve(component: Component) -> anyhow::Result<()> {
     let platform = PlatformConfig::from_env(Environment::Production)?;
     let service_name = match component {
         Component::Records => "pac-records",
+        Component::Scheduling => "pac-scheduling",
         Component::All => "pac",
     };
     let _telemetry = pac_platform::telemetry::init(service_name, &platform.telemetry)?;
     let shutdown = pac_platform::grpc::shutdown_on_signals();
-    match component {
-        Component::Records | Component::All => {
-            let config = pac_records::RecordsConfig::from_env(&platform)?;
-            let listener = tokio::net::TcpListener::bind(config.listen)
-                .await
-                .with_context(|| format!("cannot listen on {} (PAC_RECORDS_ADDR)", config.listen))?;
-            pac_records::serve(platform, config, listener, shutdown).await
+    let mut servers = tokio::task::JoinSet::new();
+    if matches!(component, Component::Records | Component::All) {
+        let config = pac_records::RecordsConfig::from_env(&platform)?;
+        let listener = bind(config.listen, "PAC_RECORDS_ADDR").await?;
+        servers.spawn(pac_records::serve(platform.clone(), config, listener, shutdown.clone()));
+    }
+    if matches!(component, Component::Scheduling | Component::All) {
+        let config = pac_scheduling::SchedulingConfig::from_env()?;
+        let listener = bind(config.listen, "PAC_SCHEDULING_ADDR").await?;
+        servers.spawn(pac_scheduling::serve(platform.clone(), config, listener, shutdown.clone()));
+    }
+    while let Some(result) = servers.join_next().await {
+        // One component failing stops the others.
+        if let Err(error) = result.context("component task failed")? {
+            shutdown.cancel();
+            return Err(error);
         }
     }
+    Ok(())
+}
+
+async fn bind(address: std::net::SocketAddr, variable: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address} ({variable})"))
 }

@@ -2,7 +2,10 @@
 health, reflection (v1alpha, the only version grpcio's client speaks), then register, find and update
 a patient, and check the error details of a bad request.
 
-    python3 tests/smoke/grpcio_smoke.py [records-address]     # default 127.0.0.1:50051
+then set up a clinic and book that patient into a slot (hold, then confirm) with the scheduling service.
+
+    python3 tests/smoke/grpcio_smoke.py [records-address] [scheduling-address]
+    # defaults 127.0.0.1:50051 127.0.0.1:50052
 """
 
 import pathlib
@@ -106,6 +109,45 @@ def main() -> None:
         assert violations.field_violations[0].field == "patient.nhs_number", violations
 
     print(f"smoke: grpcio client registered, found and updated {created.id}")
+    book(sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1:50052", created.id, suffix)
+
+
+def book(address: str, patient_id: str, suffix: str) -> None:
+    import datetime
+    from pac.common.v1 import common_pb2
+    from pac.scheduling.v1 import scheduling_pb2 as s, scheduling_pb2_grpc
+
+    channel = grpc.insecure_channel(address)
+    grpc.channel_ready_future(channel).result(timeout=10)
+    health = health_pb2_grpc.HealthStub(channel)
+    status = health.Check(health_pb2.HealthCheckRequest(service="pac.scheduling.v1.Scheduling"), timeout=5)
+    assert status.status == health_pb2.HealthCheckResponse.SERVING, status
+    scheduling = scheduling_pb2_grpc.SchedulingStub(channel)
+    location = scheduling.CreateLocation(s.CreateLocationRequest(location=s.Location(
+        name="Smoke Test Hospital", directions="Main entrance, first left", access_notes=["step-free access"])), timeout=5).location
+    code = "SMOKE-" + suffix.upper()
+    clinic = scheduling.CreateClinic(s.CreateClinicRequest(clinic=s.Clinic(
+        location_id=location.id, name="Smoke clinic", service_code=code, time_zone="Europe/London")), timeout=5).clinic
+    tomorrow = datetime.date.today() + datetime.timedelta(days=1)
+    created = scheduling.CreateSessionTemplate(s.CreateSessionTemplateRequest(session_template=s.SessionTemplate(
+        clinic_id=clinic.id, weekday=tomorrow.isoweekday(), start=s.LocalTime(hours=9), end=s.LocalTime(hours=10),
+        slot_minutes=20, capacity=1, valid_from=common_pb2.Date(year=tomorrow.year, month=tomorrow.month, day=tomorrow.day))),
+        timeout=10)
+    assert created.slots_created > 0, created
+    slots = scheduling.SearchSlots(s.SearchSlotsRequest(service_code=code, page_size=2), timeout=5).slots
+    assert len(slots) == 2 and slots[0].local_start.hours == 9, slots
+    hold = scheduling.HoldSlot(s.HoldSlotRequest(slot_id=slots[0].id, patient_id=patient_id, ttl_seconds=120,
+                                                 request_id=str(uuid.uuid4())), timeout=5).appointment
+    assert hold.status == s.APPOINTMENT_STATUS_PENDING, hold
+    booked = scheduling.BookAppointment(s.BookAppointmentRequest(held_appointment_id=hold.id,
+                                                                 request_id=str(uuid.uuid4())), timeout=5).appointment
+    assert booked.id == hold.id and booked.status == s.APPOINTMENT_STATUS_BOOKED, booked
+    try:
+        scheduling.BookAppointment(s.BookAppointmentRequest(slot_id=slots[0].id, patient_id=patient_id), timeout=5)
+        sys.exit("a full slot was booked twice")
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error
+    print(f"smoke: grpcio client booked appointment {booked.id} in slot {slots[0].id}")
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ impl SchedulingConfig {
         Ok(Self {
             listen: var("PAC_SCHEDULING_ADDR", DEFAULT_ADDR.parse()?)?,
             database_url: std::env::var("PAC_SCHEDULING_DATABASE_URL").ok().filter(|u| !u.is_empty()).map(Secret::new),
-            records_url: var("PAC_RECORDS_URL", format!("http://{}", pac_records_default_addr()))?,
+            records_url: var("PAC_RECORDS_URL", "http://127.0.0.1:50051".to_string())?,
             records_timeout: Duration::from_millis(var("PAC_RECORDS_TIMEOUT_MS", 2_000)?),
             policy,
             hold_sweep_interval: Duration::from_millis(var("PAC_HOLD_SWEEP_MS", 1_000)?),
@@ -98,11 +98,6 @@ impl SchedulingConfig {
             follow_records: true,
         }
     }
-}
-
-/// Where `pac dev` runs the records service.
-fn pac_records_default_addr() -> &'static str {
-    "127.0.0.1:50051"
 }
 
 /// Opens the service's pool as its own role.

@@ -92,7 +92,7 @@ pub struct Appointment {
 
 impl Appointment {
     pub fn etag(&self) -> String {
-        format!("W/\"{}\"", self.version)
+        self.version.to_string()
     }
 
     /// A new appointment in `slot`, created now.
