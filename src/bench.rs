@@ -3,6 +3,7 @@
 //!
 //! - `search`: SearchPatients latency with 10,000 and then 1,000,000 patients in the table.
 //! - `register`: RegisterPatient throughput against pgbench running the patient INSERT, alternating.
+//! - `book`, `slots`: the scheduling service (see `bench_scheduling`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,25 +54,49 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// BookAppointment throughput on distinct slots against pgbench running the booking's SQL, then
+    /// a stampede of clients on few slots.
+    Book {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// SearchSlots latency at a small and a large number of slots, in one run.
+    Slots {
+        #[arg(long, default_value_t = 50_000)]
+        small: i64,
+        #[arg(long, default_value_t = 5_000_000)]
+        large: i64,
+        #[arg(long, default_value_t = 3_000)]
+        queries: usize,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.scenario {
         Scenario::Search { small, large, queries, concurrency } => search(small, large, queries, concurrency).await,
         Scenario::Register { seconds, concurrency, runs } => register(seconds, concurrency, runs).await,
+        Scenario::Book { seconds, concurrency, runs } => crate::bench_scheduling::book(seconds, concurrency, runs).await,
+        Scenario::Slots { small, large, queries, concurrency } => crate::bench_scheduling::slots(small, large, queries, concurrency).await,
     }
 }
 
-/// A records service on a fresh database of its own.
-struct Bench {
+/// The records and scheduling services on a fresh database of their own.
+pub(crate) struct Bench {
     _postgres: LocalPostgres,
-    admin_url: String,
+    pub admin_url: String,
     records: SocketAddr,
+    pub scheduling: SocketAddr,
     shutdown: CancellationToken,
 }
 
 impl Bench {
-    async fn start(database: &str) -> anyhow::Result<Self> {
+    pub async fn start(database: &str) -> anyhow::Result<Self> {
         let postgres = LocalPostgres::find_or_start(&std::env::temp_dir().join("pac-bench-postgres"), 54321, true).await?;
         let server = PgConnectOptions::from_str(&postgres.url)?;
         let mut conn = server.connect().await.context("connect to Postgres")?;
@@ -85,8 +110,13 @@ impl Bench {
         let config = pac_records::RecordsConfig::development(records);
         pac_records::migrate(&platform, &config).await?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(pac_records::serve(platform, config, listener, shutdown.clone()));
-        Ok(Self { _postgres: postgres, admin_url, records, shutdown })
+        tokio::spawn(pac_records::serve(platform.clone(), config, listener, shutdown.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let scheduling = listener.local_addr()?;
+        let config = pac_scheduling::SchedulingConfig::development(scheduling, format!("http://{records}"));
+        pac_scheduling::migrate(&platform, &config).await?;
+        tokio::spawn(pac_scheduling::serve(platform, config, listener, shutdown.clone()));
+        Ok(Self { _postgres: postgres, admin_url, records, scheduling, shutdown })
     }
 
     /// Separate HTTP/2 connections, as separate clients would have.
@@ -99,7 +129,7 @@ impl Bench {
         Ok(clients)
     }
 
-    async fn admin(&self) -> anyhow::Result<sqlx::PgPool> {
+    pub async fn admin(&self) -> anyhow::Result<sqlx::PgPool> {
         Ok(sqlx::PgPool::connect(&self.admin_url).await?)
     }
 }
@@ -111,16 +141,16 @@ impl Drop for Bench {
 }
 
 /// A small deterministic generator (xorshift64*): the same run twice asks the same questions.
-struct Rng(u64);
+pub(crate) struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn below(&mut self, n: usize) -> usize {
+    pub fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
     /// Skewed towards 0, as name frequencies are.
@@ -226,17 +256,17 @@ fn search_queries(count: usize, patients: i64, rng: &mut Rng) -> Vec<(&'static s
         .collect()
 }
 
-struct Latencies(Vec<Duration>);
+pub(crate) struct Latencies(pub Vec<Duration>);
 
 impl Latencies {
-    fn percentile(&self, p: f64) -> Duration {
+    pub fn percentile(&self, p: f64) -> Duration {
         let mut sorted = self.0.clone();
         sorted.sort();
         sorted[((sorted.len() - 1) as f64 * p).round() as usize]
     }
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
@@ -317,7 +347,7 @@ async fn search(small: i64, large: i64, queries: usize, concurrency: usize) -> a
     Ok(())
 }
 
-fn verdict(pass: bool) -> &'static str {
+pub(crate) fn verdict(pass: bool) -> &'static str {
     if pass { "PASS" } else { "FAIL" }
 }
 
@@ -326,7 +356,7 @@ const PGBENCH_INSERT: &str = r#"\set n random(1, 1000000000)
 INSERT INTO records.patients (id, nhs_number, nhs_number_status, given_name, family_name, birth_date, sex, address_lines, locality, district, postcode, postcode_outward, country, phone, email, gp_practice_code, preferred_language, interpreter_needed, accessibility_needs, preferred_contact_method, consented_contact_methods, restricted, search_name, family_phonetic, duplicate_override, created_at, updated_at) VALUES (gen_random_uuid(), NULL, 3, 'Bench', 'Family' || :n, date '1930-01-01' + (:n % 33000), 1 + (:n % 2), '{"1 Infirmary Street"}', 'Leeds', '', 'LS1 3EX', 'LS1', '', NULL, NULL, NULL, NULL, false, '{}', 0, '{}', false, 'bench family' || :n, 'FML', NULL, now(), now());
 "#;
 
-fn pgbench_path() -> anyhow::Result<PathBuf> {
+pub(crate) fn pgbench_path() -> anyhow::Result<PathBuf> {
     if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {
         let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
         if dir.join("pgbench").is_file() {
@@ -340,9 +370,10 @@ fn pgbench_path() -> anyhow::Result<PathBuf> {
     versions.pop().map(Ok).unwrap_or_else(|| Ok(PathBuf::from("pgbench")))
 }
 
-fn pgbench(admin_url: &str, seconds: u64, clients: usize) -> anyhow::Result<f64> {
-    let script = std::env::temp_dir().join("pac-bench-register.sql");
-    std::fs::write(&script, PGBENCH_INSERT)?;
+/// Runs a pgbench script (prepared statements) for `seconds` with `clients`; transactions per second.
+pub(crate) fn pgbench(admin_url: &str, name: &str, sql: &str, seconds: u64, clients: usize) -> anyhow::Result<f64> {
+    let script = std::env::temp_dir().join(format!("pac-bench-{name}.sql"));
+    std::fs::write(&script, sql)?;
     let output = Command::new(pgbench_path()?)
         .args(["-n", "-M", "prepared", "-c", &clients.to_string(), "-j", "2", "-T", &seconds.to_string()])
         .arg("-f")
@@ -358,7 +389,7 @@ fn pgbench(admin_url: &str, seconds: u64, clients: usize) -> anyhow::Result<f64>
 }
 
 /// Host, port, user and database as libpq command-line arguments.
-fn libpq_args(url: &str) -> anyhow::Result<Vec<String>> {
+pub(crate) fn libpq_args(url: &str) -> anyhow::Result<Vec<String>> {
     let options = PgConnectOptions::from_str(url)?;
     Ok(vec![
         "-h".into(),
@@ -431,7 +462,7 @@ fn distinct_patient(seq: u64) -> pb::RegisterPatientRequest {
     pb::RegisterPatientRequest { patient: Some(patient), request_id: format!("bench-{seq:x}"), allow_possible_duplicate: false }
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted[sorted.len() / 2]
@@ -446,7 +477,7 @@ async fn register(seconds: u64, concurrency: usize, runs: usize) -> anyhow::Resu
     let (mut baseline, mut platform) = (Vec::new(), Vec::new());
     for round in 0..runs {
         let url = bench.admin_url.clone();
-        let tps = tokio::task::spawn_blocking(move || pgbench(&url, seconds, 16)).await??;
+        let tps = tokio::task::spawn_blocking(move || pgbench(&url, "register", PGBENCH_INSERT, seconds, 16)).await??;
         let rps = register_load(&clients, seconds, concurrency, round as u64).await?;
         eprintln!("round {}: pgbench {tps:.0} inserts/s, gRPC {rps:.0} registrations/s", round + 1);
         baseline.push(tps);

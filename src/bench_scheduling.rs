@@ -1,0 +1,385 @@
+//! `pac bench book` and `pac bench slots`: the scheduling service's measurements, over real gRPC on
+//! loopback against a real Postgres, each with its baseline in the same run.
+//!
+//! - `book`: BookAppointment on distinct slots (the records check included) against pgbench running
+//!   the same statements (the records lookup, the idempotency claim, the place, the appointment, the
+//!   waitlist close, the event and the idempotency record) in one transaction; then a stampede of
+//!   clients on a few slots, counted.
+//! - `slots`: SearchSlots latency with a small and then a large number of slots in the table.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::future::join_all;
+use pac_proto::scheduling as pb;
+use pac_proto::scheduling::scheduling_client::SchedulingClient;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use uuid::Uuid;
+
+use crate::bench::{Bench, Latencies, Rng, median, ms, pgbench, verdict};
+
+/// Ids the seed gives patients, clinics and slots, so pgbench can name them from a number.
+fn patient_id(n: u64) -> Uuid {
+    Uuid::from_u128(0x0000_0000_0000_4000_9000_0000_0000_0000 | u128::from(n))
+}
+fn slot_id(n: u64) -> Uuid {
+    Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0000 | u128::from(n))
+}
+const SLOT_ID_SQL: &str = "('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid";
+const PATIENTS: u64 = 1_000;
+/// Slots booked over gRPC are 1..GRPC_SLOTS; pgbench books PGBENCH_BASE+1.. (capacity 100, so its
+/// random picks never fill one).
+const GRPC_SLOTS: u64 = 300_000;
+const PGBENCH_BASE: u64 = 1 << 32;
+const PGBENCH_SLOTS: u64 = 300_000;
+
+async fn clients(bench: &Bench, count: usize) -> anyhow::Result<Vec<SchedulingClient<Channel>>> {
+    let mut clients = Vec::new();
+    for _ in 0..count {
+        let channel = Endpoint::from_shared(format!("http://{}", bench.scheduling))?.connect().await?;
+        clients.push(SchedulingClient::new(channel));
+    }
+    Ok(clients)
+}
+
+/// Locations and clinics straight into the tables: clinic i offers service SVC-(i % codes) at
+/// location 1 + (i / codes) % locations, so every service is at every location.
+async fn seed_clinic(pool: &sqlx::PgPool, clinics: i64, service_codes: i64, locations: i64) -> anyhow::Result<()> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO scheduling.locations (id, name, created_at) \
+           SELECT ('00000000-0000-4000-a000-' || lpad(to_hex(i), 12, '0'))::uuid, 'Site ' || i, now() FROM generate_series(1, {locations}) i; \
+         INSERT INTO scheduling.clinics (id, location_id, name, service_code, time_zone, created_at) \
+           SELECT ('00000000-0000-4000-b000-' || lpad(to_hex(i), 12, '0'))::uuid, \
+                  ('00000000-0000-4000-a000-' || lpad(to_hex(1 + (i / {service_codes}) % {locations}), 12, '0'))::uuid, \
+                  'Clinic ' || i, 'SVC-' || (i % {service_codes}), 'Europe/London', now() \
+           FROM generate_series(0, {clinics} - 1) i;"
+    )))
+    .execute(pool)
+    .await
+    .context("seeding clinics")?;
+    Ok(())
+}
+
+/// Slots `from..to` (by number): slot i belongs to clinic i % clinics and starts a day ahead plus
+/// i/clinics quarter-hours, so no two slots of a clinic overlap. `full_percent` of them are full.
+async fn seed_slots(pool: &sqlx::PgPool, from: u64, to: u64, clinics: i64, capacity: i32, full_percent: i32) -> anyhow::Result<()> {
+    const BATCH: u64 = 250_000;
+    let mut start = from;
+    while start < to {
+        let end = (start + BATCH).min(to);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO scheduling.slots (id, clinic_id, service_code, location_id, start_time, end_time, local_date, local_start, capacity, occupied) \
+             SELECT {SLOT_ID_SQL}, c.id, c.service_code, c.location_id, t, t + interval '10 minutes', (t AT TIME ZONE 'Europe/London')::date, \
+                    (t AT TIME ZONE 'Europe/London')::time, {capacity}, CASE WHEN random() * 100 < {full_percent} THEN {capacity} ELSE 0 END \
+             FROM generate_series({start}::bigint, {end}::bigint - 1) i \
+             CROSS JOIN LATERAL (SELECT date_trunc('hour', now()) + interval '1 day' + ((i % {PGBENCH_BASE}) / {clinics}) * interval '15 minutes' AS t) AS times \
+             JOIN scheduling.clinics c ON c.id = ('00000000-0000-4000-b000-' || lpad(to_hex((i % {PGBENCH_BASE}) % {clinics}), 12, '0'))::uuid"
+        )))
+        .execute(pool)
+        .await
+        .context("seeding slots")?;
+        start = end;
+    }
+    Ok(())
+}
+
+async fn seed_patients(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO records.patients (id, nhs_number_status, given_name, family_name, birth_date, sex, postcode, postcode_outward, \
+                                      search_name, family_phonetic, created_at, updated_at) \
+         SELECT ('00000000-0000-4000-9000-' || lpad(to_hex(i), 12, '0'))::uuid, 3, 'Bench', 'Patient', date '1960-01-01' + i, 1, \
+                'LS1 3EX', 'LS1', 'bench patient', 'PTNT', now(), now() \
+         FROM generate_series(1, {PATIENTS}) i; ANALYZE records.patients"
+    )))
+    .execute(pool)
+    .await
+    .context("seeding patients")?;
+    Ok(())
+}
+
+/// The statements BookAppointment runs for a direct booking with a request id, the records
+/// service's patient lookup first, as one pgbench transaction.
+fn pgbench_booking_script() -> String {
+    format!(
+        r#"\set s random({first}, {last})
+\set p random(1, {PATIENTS})
+\set r random(1, 1000000000)
+SELECT p.id, p.version, p.nhs_number, p.nhs_number_status, p.given_name, p.family_name, p.birth_date, p.sex, p.address_lines, p.locality, p.district, p.postcode, p.country, p.phone, p.email, p.gp_practice_code, p.preferred_language, p.interpreter_needed, p.accessibility_needs, p.preferred_contact_method, p.consented_contact_methods, p.restricted, p.merged_into, p.created_at, p.updated_at, ARRAY(SELECT l.issuer FROM records.local_identifiers l WHERE l.patient_id = p.id ORDER BY l.issuer, l.value) AS local_issuers, ARRAY(SELECT l.value FROM records.local_identifiers l WHERE l.patient_id = p.id ORDER BY l.issuer, l.value) AS local_values FROM records.patients p WHERE p.id = ('00000000-0000-4000-9000-' || lpad(to_hex(:p::bigint), 12, '0'))::uuid;
+BEGIN;
+SELECT pg_advisory_xact_lock(hashtextextended('scheduling' || chr(58) || 'BookAppointment' || chr(58) || 'pgb-' || CAST(:s AS text) || '-' || CAST(:r AS text), 0));
+SELECT request_hash, response FROM scheduling.idempotency WHERE operation = 'BookAppointment' AND request_id = 'pgb-' || CAST(:s AS text) || '-' || CAST(:r AS text);
+UPDATE scheduling.slots SET occupied = occupied + 1 WHERE id = ('00000000-0000-4000-8000-' || lpad(to_hex(:s::bigint), 12, '0'))::uuid AND withdrawn_at IS NULL RETURNING id, clinic_id, service_code, location_id, start_time, end_time, local_date, local_start, capacity, occupied \gset slot_
+INSERT INTO scheduling.appointments (id, version, slot_id, clinic_id, patient_id, referral_id, status, start_time, end_time, hold_expires_at, created_at, updated_at) VALUES (gen_random_uuid(), 1, :slot_id::uuid, :slot_clinic_id::uuid, gen_random_uuid(), NULL, 'booked', :slot_start_time::timestamptz, :slot_end_time::timestamptz, NULL, now(), now());
+UPDATE scheduling.waitlist_entries SET closed_at = now(), close_reason = 'booked' WHERE patient_id = gen_random_uuid() AND closed_at IS NULL AND (clinic_id = :slot_clinic_id::uuid OR service_code = :slot_service_code);
+INSERT INTO scheduling.outbox (event_id, event_type, aggregate_id, payload, actor_subject, actor_role, actor_organisation, request_id, trace_id) VALUES (gen_random_uuid(), 'AppointmentBooked', gen_random_uuid(), decode(repeat('0a', 260), 'hex'), 'anonymous', 'anonymous', '', 'pgb-' || CAST(:s AS text) || '-' || CAST(:r AS text), NULL);
+INSERT INTO scheduling.idempotency (operation, request_id, request_hash, response) VALUES ('BookAppointment', 'pgb-' || CAST(:s AS text) || '-' || CAST(:r AS text), decode(repeat('ab', 32), 'hex'), decode(repeat('0a', 250), 'hex')) ON CONFLICT DO NOTHING;
+END;
+"#,
+        first = PGBENCH_BASE + 1,
+        last = PGBENCH_BASE + PGBENCH_SLOTS,
+    )
+}
+
+/// Books distinct slots for `seconds` with `concurrency` requests in flight; bookings per second.
+async fn booking_load(
+    clients: &[SchedulingClient<Channel>],
+    next_slot: Arc<AtomicU64>,
+    seconds: u64,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let mut client = clients[worker % clients.len()].clone();
+        let next_slot = next_slot.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0u64;
+            let mut rng = Rng(0xb00c_0000 + worker as u64);
+            while Instant::now() < deadline {
+                let n = next_slot.fetch_add(1, Ordering::Relaxed);
+                if n > GRPC_SLOTS {
+                    return Err(tonic::Status::resource_exhausted("the benchmark ran out of seeded slots"));
+                }
+                let request = pb::BookAppointmentRequest {
+                    target: Some(pb::book_appointment_request::Target::SlotId(slot_id(n).to_string())),
+                    patient_id: patient_id(1 + rng.below(PATIENTS as usize) as u64).to_string(),
+                    referral_id: String::new(),
+                    request_id: format!("bench-{n}"),
+                };
+                client.book_appointment(request).await?;
+                ok += 1;
+            }
+            Ok::<_, tonic::Status>(ok)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await?.map_err(|status| anyhow::anyhow!("booking failed: {status:?}"))?;
+    }
+    Ok(total as f64 / seconds as f64)
+}
+
+/// `clients` clients each try every one of `slots` single-place slots at once; returns (booked,
+/// refused as unavailable, other errors) over all slots, and whether each slot got exactly one.
+async fn stampede(
+    bench_clients: &[SchedulingClient<Channel>],
+    first_slot: u64,
+    slots: u64,
+    clients: usize,
+) -> (usize, usize, Vec<Code>, bool) {
+    let (mut booked, mut refused, mut other, mut exactly_one) = (0, 0, Vec::new(), true);
+    for s in 0..slots {
+        let attempts = (0..clients).map(|c| {
+            let mut client = bench_clients[c % bench_clients.len()].clone();
+            async move {
+                client
+                    .book_appointment(pb::BookAppointmentRequest {
+                        target: Some(pb::book_appointment_request::Target::SlotId(slot_id(first_slot + s).to_string())),
+                        patient_id: patient_id(1 + c as u64).to_string(),
+                        ..Default::default()
+                    })
+                    .await
+            }
+        });
+        let results = join_all(attempts).await;
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        exactly_one &= ok == 1;
+        booked += ok;
+        for error in results.iter().filter_map(|r| r.as_ref().err()) {
+            match error.code() {
+                Code::FailedPrecondition => refused += 1,
+                code => other.push(code),
+            }
+        }
+    }
+    (booked, refused, other, exactly_one)
+}
+
+pub async fn book(seconds: u64, concurrency: usize, runs: usize) -> anyhow::Result<()> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let bench = Bench::start("pac_bench_book").await?;
+    let admin = bench.admin().await?;
+    seed_patients(&admin).await?;
+    seed_clinic(&admin, 1, 1, 1).await?;
+    seed_slots(&admin, 1, GRPC_SLOTS + 1, 1, 1, 0).await?;
+    seed_slots(&admin, PGBENCH_BASE + 1, PGBENCH_BASE + PGBENCH_SLOTS + 1, 1, 100, 0).await?;
+    sqlx::raw_sql("ANALYZE scheduling.slots").execute(&admin).await?;
+    let clients = clients(&bench, 4).await?;
+    let next_slot = Arc::new(AtomicU64::new(1));
+    booking_load(&clients, next_slot.clone(), 2, concurrency).await?; // warm-up
+    let script = pgbench_booking_script();
+    let (mut baseline, mut platform) = (Vec::new(), Vec::new());
+    for round in 0..runs {
+        let (url, sql) = (bench.admin_url.clone(), script.clone());
+        let tps = tokio::task::spawn_blocking(move || pgbench(&url, "book", &sql, seconds, 16)).await??;
+        let rps = booking_load(&clients, next_slot.clone(), seconds, concurrency).await?;
+        eprintln!("round {}: pgbench {tps:.0} bookings/s, gRPC {rps:.0} bookings/s", round + 1);
+        baseline.push(tps);
+        platform.push(rps);
+    }
+    let ratio = median(&platform) / median(&baseline);
+    println!(
+        "\nBookAppointment over gRPC ({concurrency} in flight, 4 connections, distinct slots, patient checked with records over gRPC) \
+         vs pgbench (16 clients) running the same statements, {seconds} s each, alternating\n"
+    );
+    println!("| round | pgbench bookings/s | BookAppointment/s |");
+    println!("|---:|---:|---:|");
+    for (round, (tps, rps)) in baseline.iter().zip(&platform).enumerate() {
+        println!("| {} | {tps:.0} | {rps:.0} |", round + 1);
+    }
+    println!("| median | {:.0} | {:.0} |", median(&baseline), median(&platform));
+    println!("\nratio median(gRPC)/median(pgbench): {ratio:.2} (bar: >= 0.50) {}", verdict(ratio >= 0.5));
+
+    // Stampede: 64 clients on each of 20 single-place slots not yet booked.
+    let first = next_slot.fetch_add(100, Ordering::Relaxed);
+    let (slots, stampeders) = (20, 64);
+    let (booked, refused, other, exactly_one) = stampede(&clients, first, slots, stampeders).await;
+    println!(
+        "\nStampede: {stampeders} clients at once on each of {slots} single-place slots: {booked} booked, {refused} SLOT_UNAVAILABLE, \
+         {} other errors {:?}; exactly one per slot: {} {}",
+        other.len(),
+        other,
+        exactly_one,
+        verdict(exactly_one && other.is_empty())
+    );
+    Ok(())
+}
+
+/// The SearchSlots query mix: by clinic, by service code, by service code at a location, and by
+/// service code from a later start (a page deep into the horizon).
+fn slot_queries(
+    count: usize,
+    clinics: i64,
+    codes: i64,
+    locations: i64,
+    span_days: i64,
+    rng: &mut Rng,
+) -> Vec<(&'static str, pb::SearchSlotsRequest)> {
+    use pb::search_slots_request::Target;
+    let clinic = |i: usize| format!("00000000-0000-4000-b000-{:012x}", i);
+    let location = |i: usize| format!("00000000-0000-4000-a000-{:012x}", i);
+    (0..count)
+        .map(|n| {
+            let code = format!("SVC-{}", rng.below(codes as usize));
+            match n % 4 {
+                0 => (
+                    "clinic",
+                    pb::SearchSlotsRequest { target: Some(Target::ClinicId(clinic(rng.below(clinics as usize)))), ..Default::default() },
+                ),
+                1 => ("service", pb::SearchSlotsRequest { target: Some(Target::ServiceCode(code)), ..Default::default() }),
+                2 => (
+                    "service at location",
+                    pb::SearchSlotsRequest {
+                        target: Some(Target::ServiceCode(code)),
+                        location_id: location(1 + rng.below(locations as usize)),
+                        ..Default::default()
+                    },
+                ),
+                _ => {
+                    let start = chrono::Utc::now() + chrono::Duration::days(1 + rng.below((span_days * 4 / 5).max(1) as usize) as i64);
+                    (
+                        "service, later window",
+                        pb::SearchSlotsRequest {
+                            target: Some(Target::ServiceCode(code)),
+                            start_time: Some(pac_platform::convert::timestamp(start)),
+                            end_time: Some(pac_platform::convert::timestamp(start + chrono::Duration::days(14))),
+                            ..Default::default()
+                        },
+                    )
+                }
+            }
+        })
+        .collect()
+}
+
+async fn measure_slots(
+    clients: &[SchedulingClient<Channel>],
+    queries: Vec<(&'static str, pb::SearchSlotsRequest)>,
+) -> anyhow::Result<Vec<(&'static str, Duration, usize)>> {
+    let per_client = queries.len().div_ceil(clients.len());
+    let mut tasks = Vec::new();
+    for (client, chunk) in clients.iter().zip(queries.chunks(per_client)) {
+        let (mut client, chunk) = (client.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let mut timings = Vec::with_capacity(chunk.len());
+            for (kind, request) in chunk {
+                let started = Instant::now();
+                let found = client.search_slots(request).await?.into_inner().slots.len();
+                timings.push((kind, started.elapsed(), found));
+            }
+            Ok::<_, tonic::Status>(timings)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok(all)
+}
+
+pub async fn slots(small: i64, large: i64, queries: usize, concurrency: usize) -> anyhow::Result<()> {
+    let (clinics, codes, locations) = (200, 20, 10);
+    let bench = Bench::start("pac_bench_slots").await?;
+    let admin = bench.admin().await?;
+    seed_clinic(&admin, clinics, codes, locations).await?;
+    let clients = clients(&bench, concurrency).await?;
+    let mut results = Vec::new();
+    let mut seeded = 0;
+    for size in [small, large] {
+        let started = Instant::now();
+        // Two slots in three are already full: search must skip them.
+        seed_slots(&admin, seeded as u64, size as u64, clinics, 1, 67).await?;
+        sqlx::raw_sql("VACUUM ANALYZE scheduling.slots").execute(&admin).await?;
+        seeded = size;
+        eprintln!("seeded {size} slots in {:.0} s", started.elapsed().as_secs_f64());
+        let mut rng = Rng(0x5107_0000u64.wrapping_add(size as u64));
+        // Each clinic has size / clinics quarter-hour slots.
+        let span_days = size / clinics / 96;
+        measure_slots(&clients, slot_queries(queries / 5, clinics, codes, locations, span_days, &mut rng)).await?; // warm-up
+        let timings = measure_slots(&clients, slot_queries(queries, clinics, codes, locations, span_days, &mut rng)).await?;
+        let empty = timings.iter().filter(|(_, _, found)| *found == 0).count();
+        if empty > queries / 10 {
+            bail!("{empty} of {queries} searches found nothing: the seed does not match the queries");
+        }
+        results.push((size, timings));
+    }
+    println!("\nSearchSlots over gRPC, {concurrency} concurrent clients, {queries} queries per size, 20 slots a page\n");
+    println!("| slots | p50 | p95 | p99 | max |");
+    println!("|---:|---:|---:|---:|---:|");
+    let all = |timings: &Vec<(&str, Duration, usize)>| Latencies(timings.iter().map(|(_, d, _)| *d).collect());
+    for (size, timings) in &results {
+        let l = all(timings);
+        println!(
+            "| {size} | {} | {} | {} | {} |",
+            ms(l.percentile(0.5)),
+            ms(l.percentile(0.95)),
+            ms(l.percentile(0.99)),
+            ms(l.percentile(1.0))
+        );
+    }
+    println!("\nBy query kind (p50 / p99):\n");
+    println!("| kind | {} | {} |", results[0].0, results[1].0);
+    println!("|---|---:|---:|");
+    for kind in ["clinic", "service", "service at location", "service, later window"] {
+        let of =
+            |timings: &Vec<(&str, Duration, usize)>| Latencies(timings.iter().filter(|(k, _, _)| *k == kind).map(|(_, d, _)| *d).collect());
+        let (a, b) = (of(&results[0].1), of(&results[1].1));
+        println!(
+            "| {kind} | {} / {} | {} / {} |",
+            ms(a.percentile(0.5)),
+            ms(a.percentile(0.99)),
+            ms(b.percentile(0.5)),
+            ms(b.percentile(0.99))
+        );
+    }
+    let p99 = all(&results[1].1).percentile(0.99);
+    let ratio = all(&results[1].1).percentile(0.5).as_secs_f64() / all(&results[0].1).percentile(0.5).as_secs_f64();
+    println!("\np50 ratio {large}/{small}: {ratio:.2}");
+    println!("p99 at {large} slots: {} (bar: < 25 ms) {}", ms(p99), verdict(p99 < Duration::from_millis(25)));
+    Ok(())
+}
