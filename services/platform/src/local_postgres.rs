@@ -39,10 +39,10 @@ impl LocalPostgres {
     /// `DATABASE_URL`, else 127.0.0.1:5432, else a private cluster in `data_dir` on `port`.
     /// With `stop_on_drop`, a cluster started here is stopped when this value is dropped.
     pub async fn find_or_start(data_dir: &Path, port: u16, stop_on_drop: bool) -> anyhow::Result<Self> {
-        if let Ok(url) = std::env::var("DATABASE_URL") {
-            if !url.is_empty() {
-                return Ok(Self { url, origin: Origin::DatabaseUrl, private: None });
-            }
+        if let Ok(url) = std::env::var("DATABASE_URL")
+            && !url.is_empty()
+        {
+            return Ok(Self { url, origin: Origin::DatabaseUrl, private: None });
         }
         if answers(DEFAULT_URL).await {
             return Ok(Self { url: DEFAULT_URL.into(), origin: Origin::DefaultPort, private: None });
@@ -66,12 +66,12 @@ impl LocalPostgres {
 
 impl Drop for LocalPostgres {
     fn drop(&mut self) {
-        if let Some(cluster) = &self.private {
-            if cluster.stop_on_drop {
-                let _ = pg_command(&cluster.bin_dir, "pg_ctl")
-                    .args(["-D", &cluster.data_dir.to_string_lossy(), "-m", "fast", "-w", "stop"])
-                    .output();
-            }
+        if let Some(cluster) = &self.private
+            && cluster.stop_on_drop
+        {
+            let _ = pg_command(&cluster.bin_dir, "pg_ctl")
+                .args(["-D", &cluster.data_dir.to_string_lossy(), "-m", "fast", "-w", "stop"])
+                .output();
         }
     }
 }
@@ -139,10 +139,10 @@ fn find_bin_dir() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(dir));
     }
     let mut candidates = Vec::new();
-    if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {
-        if output.status.success() {
-            candidates.push(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()));
-        }
+    if let Ok(output) = Command::new("pg_config").arg("--bindir").output()
+        && output.status.success()
+    {
+        candidates.push(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()));
     }
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
         let mut versions: Vec<(u32, PathBuf)> =

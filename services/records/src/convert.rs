@@ -204,10 +204,10 @@ pub fn apply_update(
 }
 
 fn finish(demographics: Demographics, mut violations: Vec<FieldViolation>) -> Result<Demographics, Vec<FieldViolation>> {
-    if violations.is_empty() {
-        if let Err(description) = demographics.nhs_number_status.consistent_with(demographics.nhs_number.is_some()) {
-            violations.push(FieldViolation::new("patient.nhs_number_status", "NHS_NUMBER_STATUS_INCONSISTENT", description));
-        }
+    if violations.is_empty()
+        && let Err(description) = demographics.nhs_number_status.consistent_with(demographics.nhs_number.is_some())
+    {
+        violations.push(FieldViolation::new("patient.nhs_number_status", "NHS_NUMBER_STATUS_INCONSISTENT", description));
     }
     if violations.is_empty() { Ok(demographics) } else { Err(violations) }
 }

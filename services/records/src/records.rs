@@ -84,10 +84,10 @@ impl Records {
         // No look-up of the request id first: a retry either finds its own first attempt as a
         // duplicate (answered below) or meets the recorded id when it writes (`RequestIdTaken`).
         let result = self.register_new(&r).await;
-        if let Err(RecordsError::NhsNumberExists { .. } | RecordsError::PossibleDuplicate(_)) = &result {
-            if let Some(response) = self.replay("RegisterPatient", r.request_id.as_deref(), &r.request_hash).await? {
-                return Ok(response);
-            }
+        if let Err(RecordsError::NhsNumberExists { .. } | RecordsError::PossibleDuplicate(_)) = &result
+            && let Some(response) = self.replay("RegisterPatient", r.request_id.as_deref(), &r.request_hash).await?
+        {
+            return Ok(response);
         }
         result
     }
@@ -253,10 +253,10 @@ impl Records {
             return Err(RecordsError::SameRecord);
         }
         let mut tx = self.pool.begin().await?;
-        if let Some(request_id) = &m.request_id {
-            if let Some(recorded) = self.idempotency.claim(&mut tx, "MergePatients", request_id).await? {
-                return Ok(recorded.replay(&m.request_hash)?);
-            }
+        if let Some(request_id) = &m.request_id
+            && let Some(recorded) = self.idempotency.claim(&mut tx, "MergePatients", request_id).await?
+        {
+            return Ok(recorded.replay(&m.request_hash)?);
         }
         let locked = store::lock(&mut tx, &[m.survivor_id, m.merged_id]).await?;
         let find = |id: Uuid| locked.iter().find(|r| r.id == id).cloned().ok_or(RecordsError::NotFound(id));
@@ -295,10 +295,10 @@ impl Records {
 
     pub async fn unmerge(&self, u: Unmerge) -> Result<pb::UnmergePatientResponse, RecordsError> {
         let mut tx = self.pool.begin().await?;
-        if let Some(request_id) = &u.request_id {
-            if let Some(recorded) = self.idempotency.claim(&mut tx, "UnmergePatient", request_id).await? {
-                return Ok(recorded.replay(&u.request_hash)?);
-            }
+        if let Some(request_id) = &u.request_id
+            && let Some(recorded) = self.idempotency.claim(&mut tx, "UnmergePatient", request_id).await?
+        {
+            return Ok(recorded.replay(&u.request_hash)?);
         }
         let merged = store::lock(&mut tx, &[u.merged_id]).await?.pop().ok_or(RecordsError::NotFound(u.merged_id))?;
         if merged.merged_into.is_none() {

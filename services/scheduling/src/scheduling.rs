@@ -157,10 +157,10 @@ impl Scheduling {
 
     async fn start<R: Message + Default>(&self, operation: &str, write: &Write) -> Result<Started<R>> {
         let mut tx = self.pool.begin().await?;
-        if let Some(request_id) = &write.request_id {
-            if let Some(recorded) = self.idempotency.claim(&mut tx, operation, request_id).await? {
-                return Ok(Started::Replay(recorded.replay(&write.request_hash)?));
-            }
+        if let Some(request_id) = &write.request_id
+            && let Some(recorded) = self.idempotency.claim(&mut tx, operation, request_id).await?
+        {
+            return Ok(Started::Replay(recorded.replay(&write.request_hash)?));
         }
         Ok(Started::Fresh(tx))
     }

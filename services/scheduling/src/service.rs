@@ -518,10 +518,10 @@ impl SchedulingApi for SchedulingService {
         });
         let earliest = checks.check(input.earliest_date.as_ref().map(|d| parse_date("entry.earliest_date", d)).transpose());
         let latest = checks.check(input.latest_date.as_ref().map(|d| parse_date("entry.latest_date", d)).transpose());
-        if let (Some(Some(e)), Some(Some(l))) = (earliest, latest) {
-            if l < e {
-                checks.0.push(FieldViolation::new("entry.latest_date", "WINDOW_INVALID", "must not be before earliest_date"));
-            }
+        if let (Some(Some(e)), Some(Some(l))) = (earliest, latest)
+            && l < e
+        {
+            checks.0.push(FieldViolation::new("entry.latest_date", "WINDOW_INVALID", "must not be before earliest_date"));
         }
         let priority = checks.check(convert::parse_priority("entry.priority", input.priority));
         let breach_date = checks.check(input.breach_date.as_ref().map(|d| parse_date("entry.breach_date", d)).transpose());

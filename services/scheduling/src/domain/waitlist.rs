@@ -45,7 +45,7 @@ pub fn fits(entry: &Entry, day: NaiveDate) -> bool {
 }
 
 /// The entry to offer a slot on `day` to, if any fits.
-pub fn best_fit<'a>(entries: &'a [Entry], day: NaiveDate) -> Option<&'a Entry> {
+pub fn best_fit(entries: &[Entry], day: NaiveDate) -> Option<&Entry> {
     entries.iter().filter(|e| fits(e, day)).min_by(|a, b| offer_order(a, b))
 }
 
