@@ -21,7 +21,6 @@ use uuid::Uuid;
 use crate::convert::{self, parse_date, parse_id, parse_optional_id, parse_timestamp};
 use crate::domain::appointment::Status as AppointmentStatus;
 use crate::domain::cancellation::{CancelledBy, parse_reason_code};
-use crate::domain::session::SessionTemplate;
 use crate::error::SchedulingError;
 use crate::model::{Clinic, Entry, Location, Target, Template};
 use crate::scheduling::{Book, BookTarget, Cancel, Reschedule, Scheduling, StatusChange, Write, local_day_window, session_of};
@@ -131,9 +130,7 @@ fn parse_template(input: &pb::SessionTemplate, checks: &mut Checks, id: Uuid) ->
         valid_until: valid_until?,
         generated_until: None,
     };
-    let session: SessionTemplate = session_of(&template);
-    let session = SessionTemplate { slot_minutes: input.slot_minutes.max(0) as u32, capacity: input.capacity.max(0) as u32, ..session };
-    if let Err(e) = session.validate() {
+    if let Err(e) = session_of(&template).validate() {
         let field = match e {
             crate::domain::session::TemplateError::SlotLength => "session_template.slot_minutes",
             crate::domain::session::TemplateError::Capacity => "session_template.capacity",
@@ -271,7 +268,7 @@ impl SchedulingApi for SchedulingService {
         let limit = checks.check(paging::page_size(request.page_size, 100, 500).map_err(first_violation));
         checks.finish()?;
         let (clinic_id, limit) = (clinic_id.expect("checked"), limit.expect("checked"));
-        let query = paging::fingerprint(&[&clinic_id.to_string(), &from.to_rfc3339(), &until.to_rfc3339()]);
+        let query = paging::fingerprint(&[&clinic_id.to_string(), &requested(&request.start_time), &requested(&request.end_time)]);
         let after = parse_slot_key(&request.page_token, query)?;
         let pool = self.scheduling.pool.clone();
         let slots = run(async move { store::list_slots(&pool, clinic_id, from, until, after, limit).await }).await?;
@@ -302,7 +299,8 @@ impl SchedulingApi for SchedulingService {
             &clinic_id.map(|c| c.to_string()).unwrap_or_default(),
             service_code.as_deref().unwrap_or(""),
             &location_id.map(|l| l.to_string()).unwrap_or_default(),
-            &until.to_rfc3339(),
+            &requested(&request.start_time),
+            &requested(&request.end_time),
         ]);
         let after = parse_slot_key(&request.page_token, query)?;
         let pool = self.scheduling.pool.clone();
@@ -607,6 +605,12 @@ fn first_violation(error: ApiError) -> FieldViolation {
 fn next_page(returned: usize, limit: i64, offset: i64, query: [u8; 8]) -> String {
     let next = offset + limit;
     if returned as i64 == limit && next < MAX_OFFSET { paging::encode(next, query) } else { String::new() }
+}
+
+/// A window bound as the caller sent it (not as defaulted), for binding page tokens to their query:
+/// a defaulted window moves with the clock between pages, and keyset paging makes that harmless.
+fn requested(bound: &Option<prost_types::Timestamp>) -> String {
+    bound.as_ref().map(|t| format!("{}.{}", t.seconds, t.nanos)).unwrap_or_default()
 }
 
 /// A time window from a request: `start` defaults to `default_start`, `end` to start + `default_length`.

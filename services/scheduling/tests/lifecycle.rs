@@ -229,3 +229,94 @@ async fn slots_keep_local_wall_clock_time_across_the_2027_clock_changes() {
     assert_eq!(slot_on(24, 10).await, (utc(10, 24, 8), nine));
     assert_eq!(slot_on(31, 10).await, (utc(10, 31, 9), nine));
 }
+
+#[tokio::test]
+async fn the_directory_and_lists_read_back_what_was_made() {
+    let p = Platform::start().await;
+    let clinic = p.clinic("TO-FRACTURE").await;
+    let template = p.session(&clinic, 9, 10, 15, 1).await;
+    let mut c = p.client();
+    let read = c.get_clinic(pb::GetClinicRequest { id: clinic.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(read.clinic.unwrap(), clinic);
+    let location = read.location.unwrap();
+    assert_eq!(location.access_notes, ["step-free access", "hearing loop at reception"]);
+    assert_eq!(read.session_templates, [template.clone()]);
+    let listed = c.list_clinics(pb::ListClinicsRequest { service_code: "to-fracture".into(), ..Default::default() }).await.unwrap();
+    assert_eq!(listed.into_inner().clinics.len(), 1);
+    assert_error(
+        &c.get_clinic(pb::GetClinicRequest { id: uuid::Uuid::now_v7().to_string() }).await.unwrap_err(),
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+
+    // Slots page by keyset: two pages of 3 cover the first six (two weeks of four), in order, without repeats.
+    let end_time = Some(pac_platform::convert::timestamp(Utc::now() + chrono::Duration::days(30)));
+    let page = |token: String| {
+        let mut c = p.client();
+        let clinic_id = clinic.id.clone();
+        async move {
+            c.list_slots(pb::ListSlotsRequest { clinic_id, page_size: 3, end_time, page_token: token, ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let first = page(String::new()).await;
+    let second = page(first.next_page_token.clone()).await;
+    let starts: Vec<i64> = first.slots.iter().chain(&second.slots).map(|s| s.start_time.unwrap().seconds).collect();
+    assert_eq!(starts.len(), 6);
+    assert!(starts.windows(2).all(|w| w[0] < w[1]), "{starts:?}");
+    let foreign = c
+        .list_slots(pb::ListSlotsRequest {
+            clinic_id: uuid::Uuid::now_v7().to_string(),
+            end_time,
+            page_token: first.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_error(&foreign, Code::InvalidArgument, "PAGE_TOKEN_INVALID");
+    // Search pages the same way, with the default window.
+    let search = |token: String| {
+        let mut c = p.client();
+        let code = clinic.service_code.clone();
+        async move {
+            let target = Some(pb::search_slots_request::Target::ServiceCode(code));
+            c.search_slots(pb::SearchSlotsRequest { target, page_size: 3, page_token: token, ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let page_one = search(String::new()).await;
+    let page_two = search(page_one.next_page_token.clone()).await;
+    let found: Vec<String> = page_one.slots.iter().chain(&page_two.slots).map(|s| s.id.clone()).collect();
+    let listed: Vec<String> = first.slots.iter().chain(&second.slots).map(|s| s.id.clone()).collect();
+    assert_eq!(found, listed);
+
+    let patients = p.patients(2).await;
+    let a = p.book(&first.slots[0].id, &patients[0]).await.unwrap();
+    let b = p.book(&first.slots[1].id, &patients[1]).await.unwrap();
+    let mine = c.list_appointments(pb::ListAppointmentsRequest { patient_id: patients[0].clone(), ..Default::default() }).await.unwrap();
+    assert_eq!(mine.into_inner().appointments, [a.clone()]);
+    let day = first.slots[0].local_date;
+    let that_day = c
+        .list_appointments(pb::ListAppointmentsRequest { clinic_id: clinic.id.clone(), day, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .appointments;
+    assert_eq!(that_day.iter().map(|x| x.id.clone()).collect::<Vec<_>>(), [a.id.clone(), b.id.clone()]);
+    let cancelled_only = c
+        .list_appointments(pb::ListAppointmentsRequest {
+            clinic_id: clinic.id.clone(),
+            day,
+            statuses: vec![S::Cancelled as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(cancelled_only.into_inner().appointments.is_empty());
+    let neither = c.list_appointments(pb::ListAppointmentsRequest::default()).await.unwrap_err();
+    assert_error(&neither, Code::InvalidArgument, "FILTER_REQUIRED");
+}
