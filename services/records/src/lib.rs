@@ -78,7 +78,10 @@ impl RecordsConfig {
 
 /// Opens the service's pool as its own role.
 pub async fn connect(platform: &PlatformConfig, config: &RecordsConfig) -> anyhow::Result<PgPool> {
-    let options = db::service_connect_options(&platform.db, DATABASE, config.database_url.as_ref())?;
+    // The name search's similarity floor is also the trigram index's pruning bound (`%>`).
+    let threshold = store::MIN_NAME_SCORE.to_string();
+    let options = db::service_connect_options(&platform.db, DATABASE, config.database_url.as_ref())?
+        .options([("pg_trgm.word_similarity_threshold", threshold.as_str())]);
     db::connect(&platform.db, DATABASE, options).await
 }
 

@@ -515,8 +515,9 @@ pub const MIN_NAME_SCORE: f64 = 0.3;
 /// Active records that fit every filter: by name similarity when a name is given, else by name.
 /// Restricted records never match a postcode filter.
 ///
-/// A name search takes the nearest `offset + limit` names from the trigram index (an index-ordered
-/// nearest-neighbour scan, which stops early however large the table) and orders ties by id inside
+/// A name search takes the nearest `offset + limit` names at or above the similarity floor from the
+/// trigram index (an index-ordered nearest-neighbour scan, which stops early however large the table,
+/// and prunes what cannot reach the floor) and orders ties by id inside
 /// that window, so pages are stable. A tie-breaker in the scan itself would make Postgres rank every
 /// row instead.
 pub async fn search(executor: impl PgExecutor<'_>, criteria: &SearchCriteria) -> Result<Vec<(PatientRecord, f64)>, sqlx::Error> {
@@ -538,6 +539,11 @@ pub async fn search(executor: impl PgExecutor<'_>, criteria: &SearchCriteria) ->
     }
     if let Some(phone) = &criteria.phone {
         query.push(" AND p.phone = ").push_bind(phone.clone());
+    }
+    if let Some(name) = &criteria.name_key {
+        // Names under the floor are dropped below anyway; saying so lets the index prune them, so a
+        // rare or misspelt name stops the scan once the names above the floor are exhausted.
+        query.push(" AND p.search_name %> ").push_bind(name.clone());
     }
     match &criteria.name_key {
         Some(name) => query

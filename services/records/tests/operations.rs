@@ -42,6 +42,10 @@ async fn the_records_role_cannot_reach_other_schemas() {
     }
     // Its own schema it owns.
     sqlx::raw_sql("SELECT count(*) FROM records.patients").execute(&records).await.unwrap();
+    // Its sessions carry the name search's similarity floor (the trigram index prunes by it).
+    let floor: String =
+        sqlx::query_scalar("SELECT current_setting('pg_trgm.word_similarity_threshold')").fetch_one(&records).await.unwrap();
+    assert_eq!(floor.parse::<f64>().unwrap(), pac_records::store::MIN_NAME_SCORE);
     server.stop().await;
 }
 
