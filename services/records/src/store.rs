@@ -521,6 +521,9 @@ pub const MIN_NAME_SCORE: f64 = 0.3;
 /// that window, so pages are stable. A tie-breaker in the scan itself would make Postgres rank every
 /// row instead.
 pub async fn search(executor: impl PgExecutor<'_>, criteria: &SearchCriteria) -> Result<Vec<(PatientRecord, f64)>, sqlx::Error> {
+    if let Some(words) = vocabulary_words(criteria) {
+        return search_by_vocabulary(executor, criteria, &words).await;
+    }
     let mut query = QueryBuilder::<Postgres>::new("SELECT * FROM (SELECT ");
     query.push(PATIENT_COLUMNS);
     match &criteria.name_key {
@@ -560,6 +563,54 @@ pub async fn search(executor: impl PgExecutor<'_>, criteria: &SearchCriteria) ->
             .push(") hits ORDER BY family_name, given_name, id"),
     };
     query.push(" OFFSET ").push_bind(criteria.offset).push(" LIMIT ").push_bind(criteria.limit);
+    let rows: Vec<SearchRow> = query.build_query_as().fetch_all(executor).await?;
+    Ok(rows.into_iter().map(|row| (row.patient.into_record(), row.score)).collect())
+}
+
+/// Near words looked up per query word.
+const NEAR_WORDS: i64 = 10;
+
+/// The words a name-only search of two or more words looks up in the vocabulary: those of three or
+/// more letters (an initial says too little to look up; it still counts in the ranking).
+fn vocabulary_words(criteria: &SearchCriteria) -> Option<Vec<String>> {
+    let filtered =
+        criteria.birth_date.is_some() || criteria.postcode.is_some() || criteria.postcode_outward.is_some() || criteria.phone.is_some();
+    let name = criteria.name_key.as_deref().filter(|_| !filtered)?;
+    let words: Vec<String> = name.split(' ').filter(|w| w.chars().count() >= 3).map(str::to_string).collect();
+    (words.len() >= 2).then_some(words)
+}
+
+/// A name-only search through the name vocabulary (migration 0003): known full names that contain a
+/// near word for every query word, ranked by the same word similarity as the index scan, then their
+/// active patients by exact name in rank order, ties by id. The work depends on how many distinct
+/// names are near the query, not on how many patients there are.
+async fn search_by_vocabulary(
+    executor: impl PgExecutor<'_>,
+    criteria: &SearchCriteria,
+    words: &[String],
+) -> Result<Vec<(PatientRecord, f64)>, sqlx::Error> {
+    let name = criteria.name_key.clone().unwrap_or_default();
+    let window = criteria.offset + criteria.limit;
+    let mut query = QueryBuilder::<Postgres>::new("SELECT ");
+    query.push(PATIENT_COLUMNS).push(", hits.score FROM (SELECT p.id, r.score FROM (SELECT n.search_name, word_similarity(");
+    query.push_bind(name.clone()).push(", n.search_name)::float8 AS score FROM records.search_names n WHERE word_similarity(");
+    query.push_bind(name).push(", n.search_name) >= ").push_bind(MIN_NAME_SCORE);
+    for word in words {
+        query
+            .push(" AND string_to_array(n.search_name, ' ') && (SELECT array_agg(word) FROM (SELECT word FROM records.name_words ORDER BY word <-> ")
+            .push_bind(word.clone())
+            .push(" LIMIT ")
+            .push_bind(NEAR_WORDS)
+            .push(") near)");
+    }
+    query
+        .push(" ORDER BY score DESC) r CROSS JOIN LATERAL (SELECT id FROM records.patients p WHERE p.search_name = r.search_name AND p.merged_into IS NULL ORDER BY id LIMIT ")
+        .push_bind(window)
+        .push(") p ORDER BY r.score DESC, p.id LIMIT ")
+        .push_bind(criteria.limit)
+        .push(" OFFSET ")
+        .push_bind(criteria.offset)
+        .push(") hits JOIN records.patients p ON p.id = hits.id ORDER BY hits.score DESC, p.id");
     let rows: Vec<SearchRow> = query.build_query_as().fetch_all(executor).await?;
     Ok(rows.into_iter().map(|row| (row.patient.into_record(), row.score)).collect())
 }

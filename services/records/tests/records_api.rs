@@ -629,3 +629,68 @@ async fn merge_resolves_the_loser_and_unmerge_restores_it() {
     assert_eq!((merges, reversed), (1, 1));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn name_search_finds_longer_names_either_order_and_follows_renames_and_merges() {
+    let server = TestServer::start().await;
+    let mut client = server.client();
+    let mut named = |n: u32, given: &str, family: &str| {
+        let mut p = patient(n);
+        p.given_name = given.into();
+        p.family_name = family.into();
+        p
+    };
+    let mary = named(40, "Mary Anne", "Featherstonehaugh");
+    let mary = client.register_patient(register(mary, "")).await.unwrap().into_inner().patient.unwrap();
+    let other = named(41, "Marion", "Fetherston");
+    let other = client.register_patient(register(other, "")).await.unwrap().into_inner().patient.unwrap();
+    let mut search = |name: &str| {
+        let mut client = server.client();
+        let name = name.to_string();
+        async move {
+            client
+                .search_patients(pb::SearchPatientsRequest { name, ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner()
+                .results
+                .into_iter()
+                .map(|r| r.patient.unwrap().id)
+                .collect::<Vec<_>>()
+        }
+    };
+    // Two of three words, misspelt, and in the other order.
+    assert_eq!(search("mary featherstonhaugh").await.first(), Some(&mary.id));
+    assert_eq!(search("featherstonehaugh mary").await.first(), Some(&mary.id));
+    assert!(search("mary featherstonhaugh").await.contains(&other.id), "a near name is still offered");
+    // An initial with a family name (the index-scan path).
+    assert!(search("m featherstonehaugh").await.contains(&mary.id));
+
+    // A renamed patient is found by the new name.
+    let mut change = mary.clone();
+    change.family_name = "Quillfeather".into();
+    let renamed = client
+        .update_patient(pb::UpdatePatientRequest {
+            patient: Some(change),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["family_name".into()] }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .patient
+        .unwrap();
+    assert_eq!(search("mary quillfeather").await.first(), Some(&renamed.id));
+    assert!(!search("mary featherstonehaugh").await.contains(&mary.id), "not under the old name");
+
+    // A merged-away record is not returned.
+    client
+        .merge_patients(pb::MergePatientsRequest {
+            survivor_id: renamed.id.clone(),
+            merged_id: other.id.clone(),
+            reason: "duplicate".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!search("marion fetherston").await.contains(&other.id));
+}
