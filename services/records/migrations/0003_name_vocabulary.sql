@@ -7,7 +7,9 @@ CREATE TABLE name_words (word text PRIMARY KEY);
 CREATE INDEX name_words_trgm ON name_words USING gist (word pac_ext.gist_trgm_ops);
 
 CREATE TABLE search_names (search_name text PRIMARY KEY);
-CREATE INDEX search_names_words ON search_names USING gin (string_to_array(search_name, ' '));
+-- No pending list: searches read this index on every call, and a pending list (the default) is
+-- scanned in full by each of them until it is flushed.
+CREATE INDEX search_names_words ON search_names USING gin (string_to_array(search_name, ' ')) WITH (fastupdate = off);
 
 CREATE INDEX patients_by_search_name ON patients (search_name, id) WHERE merged_into IS NULL;
 

@@ -520,9 +520,9 @@ pub const MIN_NAME_SCORE: f64 = 0.3;
 /// and prunes what cannot reach the floor) and orders ties by id inside
 /// that window, so pages are stable. A tie-breaker in the scan itself would make Postgres rank every
 /// row instead.
-pub async fn search(executor: impl PgExecutor<'_>, criteria: &SearchCriteria) -> Result<Vec<(PatientRecord, f64)>, sqlx::Error> {
+pub async fn search(pool: &PgPool, criteria: &SearchCriteria) -> Result<Vec<(PatientRecord, f64)>, sqlx::Error> {
     if let Some(words) = vocabulary_words(criteria) {
-        return search_by_vocabulary(executor, criteria, &words).await;
+        return search_by_vocabulary(pool, criteria, &words).await;
     }
     let mut query = QueryBuilder::<Postgres>::new("SELECT * FROM (SELECT ");
     query.push(PATIENT_COLUMNS);
@@ -563,7 +563,7 @@ pub async fn search(executor: impl PgExecutor<'_>, criteria: &SearchCriteria) ->
             .push(") hits ORDER BY family_name, given_name, id"),
     };
     query.push(" OFFSET ").push_bind(criteria.offset).push(" LIMIT ").push_bind(criteria.limit);
-    let rows: Vec<SearchRow> = query.build_query_as().fetch_all(executor).await?;
+    let rows: Vec<SearchRow> = query.build_query_as().fetch_all(pool).await?;
     Ok(rows.into_iter().map(|row| (row.patient.into_record(), row.score)).collect())
 }
 
@@ -580,19 +580,20 @@ fn vocabulary_words(criteria: &SearchCriteria) -> Option<Vec<String>> {
     (words.len() >= 2).then_some(words)
 }
 
-/// A name-only search through the name vocabulary (migration 0003): known full names that contain a
-/// near word for every query word, ranked by the same word similarity as the index scan, then their
-/// active patients by exact name in rank order, ties by id. The work depends on how many distinct
-/// names are near the query, not on how many patients there are.
+/// A name-only search through the name vocabulary (migration 0003): the known full names that
+/// contain a near word for every query word, ranked by the same word similarity as the index scan;
+/// then their active patients by exact name, best names first, ties by id. Patients are fetched in
+/// batches of names that grow and always end on a score boundary, so a common name is answered from
+/// its first few names and the work depends on how many names are near, not on how many patients
+/// there are.
 async fn search_by_vocabulary(
-    executor: impl PgExecutor<'_>,
+    pool: &PgPool,
     criteria: &SearchCriteria,
     words: &[String],
 ) -> Result<Vec<(PatientRecord, f64)>, sqlx::Error> {
+    const MAX_NAMES: i64 = 1000;
     let name = criteria.name_key.clone().unwrap_or_default();
-    let window = criteria.offset + criteria.limit;
-    let mut query = QueryBuilder::<Postgres>::new("SELECT ");
-    query.push(PATIENT_COLUMNS).push(", hits.score FROM (SELECT p.id, r.score FROM (SELECT n.search_name, word_similarity(");
+    let mut query = QueryBuilder::<Postgres>::new("SELECT n.search_name, word_similarity(");
     query.push_bind(name.clone()).push(", n.search_name)::float8 AS score FROM records.search_names n WHERE word_similarity(");
     query.push_bind(name).push(", n.search_name) >= ").push_bind(MIN_NAME_SCORE);
     for word in words {
@@ -603,16 +604,43 @@ async fn search_by_vocabulary(
             .push_bind(NEAR_WORDS)
             .push(") near)");
     }
-    query
-        .push(" ORDER BY score DESC) r CROSS JOIN LATERAL (SELECT id FROM records.patients p WHERE p.search_name = r.search_name AND p.merged_into IS NULL ORDER BY id LIMIT ")
-        .push_bind(window)
-        .push(") p ORDER BY r.score DESC, p.id LIMIT ")
-        .push_bind(criteria.limit)
-        .push(" OFFSET ")
-        .push_bind(criteria.offset)
-        .push(") hits JOIN records.patients p ON p.id = hits.id ORDER BY hits.score DESC, p.id");
-    let rows: Vec<SearchRow> = query.build_query_as().fetch_all(executor).await?;
-    Ok(rows.into_iter().map(|row| (row.patient.into_record(), row.score)).collect())
+    query.push(" ORDER BY score DESC, n.search_name LIMIT ").push_bind(MAX_NAMES);
+    let names: Vec<(String, f64)> = query.build_query_as().fetch_all(pool).await?;
+
+    let window = usize::try_from(criteria.offset + criteria.limit).unwrap_or(usize::MAX);
+    let mut hits: Vec<(Uuid, f64)> = Vec::new();
+    let (mut next, mut batch) = (0, 8);
+    while next < names.len() && hits.len() < window {
+        let mut end = (next + batch).min(names.len());
+        while end < names.len() && names[end].1 == names[end - 1].1 {
+            end += 1;
+        }
+        let (batch_names, scores): (Vec<String>, Vec<f64>) = names[next..end].iter().cloned().unzip();
+        let rows: Vec<(Uuid, f64)> = sqlx::query_as(
+            "SELECT p.id, r.score FROM unnest($1::text[], $2::float8[]) AS r (name, score) \
+             CROSS JOIN LATERAL (SELECT id FROM records.patients p WHERE p.search_name = r.name AND p.merged_into IS NULL \
+                                 ORDER BY id LIMIT $3) p \
+             ORDER BY r.score DESC, p.id",
+        )
+        .bind(&batch_names)
+        .bind(&scores)
+        .bind(window as i64)
+        .fetch_all(pool)
+        .await?;
+        hits.extend(rows);
+        (next, batch) = (end, batch * 4);
+    }
+    hits.truncate(window);
+    let page: Vec<(Uuid, f64)> = hits.into_iter().skip(usize::try_from(criteria.offset).unwrap_or(usize::MAX)).collect();
+    let ids: Vec<Uuid> = page.iter().map(|(id, _)| *id).collect();
+    let mut records = find_many(pool, &ids).await?;
+    Ok(page
+        .into_iter()
+        .filter_map(|(id, score)| {
+            let at = records.iter().position(|r| r.id == id)?;
+            Some((records.swap_remove(at), score))
+        })
+        .collect())
 }
 
 #[derive(sqlx::FromRow)]

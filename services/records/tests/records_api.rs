@@ -694,3 +694,40 @@ async fn name_search_finds_longer_names_either_order_and_follows_renames_and_mer
         .unwrap();
     assert!(!search("marion fetherston").await.contains(&other.id));
 }
+
+#[tokio::test]
+async fn name_search_pages_are_ordered_and_complete_across_tied_names() {
+    let server = TestServer::start().await;
+    let mut client = server.client();
+    // 12 of one name, 6 of a near one: pages of 5 walk 18 patients, best name first, ties by id.
+    for n in 0..18u32 {
+        let mut p = patient(100 + n);
+        p.given_name = "Aurelia".into();
+        p.family_name = if n < 12 { "Winterbottom".into() } else { "Winterbotham".into() };
+        let request = pb::RegisterPatientRequest { patient: Some(p), request_id: String::new(), allow_possible_duplicate: true };
+        client.register_patient(request).await.unwrap();
+    }
+    let mut seen: Vec<(String, f64)> = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .search_patients(pb::SearchPatientsRequest {
+                name: "aurelia winterbottom".into(),
+                page_size: 5,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.results.into_iter().map(|r| (r.patient.unwrap().id, r.score)));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 18);
+    assert_eq!(seen.iter().map(|(id, _)| id).collect::<std::collections::HashSet<_>>().len(), 18);
+    assert!(seen.windows(2).all(|w| w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0)), "{seen:?}");
+    assert!(seen[..12].iter().all(|(_, score)| *score == 1.0));
+}
