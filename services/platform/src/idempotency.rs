@@ -105,6 +105,18 @@ impl IdempotencyStore {
         Ok(result.rows_affected() == 1)
     }
 
+    /// Prunes records older than `retention` every hour until `shutdown`.
+    pub fn prune_hourly(self, pool: PgPool, retention: Duration, shutdown: tokio_util::sync::CancellationToken) {
+        crate::grpc::every(Duration::from_secs(3600), shutdown, move || {
+            let pool = pool.clone();
+            async move {
+                if let Err(error) = self.prune(&pool, retention).await {
+                    tracing::warn!(error = crate::error::safe_description(&error), "pruning idempotency records failed");
+                }
+            }
+        });
+    }
+
     /// Forgets records older than `retention`.
     pub async fn prune(&self, pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
         let sql = format!("DELETE FROM {}.idempotency WHERE created_at < now() - make_interval(secs => $1)", self.schema);

@@ -13,7 +13,6 @@ pub mod service;
 pub mod store;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::Context;
 use pac_platform::config::{Environment, Secret, var};
@@ -109,16 +108,7 @@ pub async fn serve(
     let service =
         service::RecordsService::new(records, verifier, config.accept_test_nhs_numbers, platform.outbox_poll_interval, shutdown.clone());
 
-    let prune_pool = pool.clone();
-    let retention = platform.idempotency_retention;
-    grpc::every(Duration::from_secs(3600), shutdown.clone(), move || {
-        let pool = prune_pool.clone();
-        async move {
-            if let Err(error) = IdempotencyStore::new(SCHEMA).prune(&pool, retention).await {
-                tracing::warn!(error = pac_platform::error::safe_description(&error), "pruning idempotency records failed");
-            }
-        }
-    });
+    IdempotencyStore::new(SCHEMA).prune_hourly(pool.clone(), platform.idempotency_retention, shutdown.clone());
 
     let max = platform.grpc.max_message_bytes;
     let routes = Routes::new(PatientRecordsServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max));

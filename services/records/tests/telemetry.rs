@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use common::*;
 use opentelemetry_sdk::trace::InMemorySpanExporter;
 use pac_platform::config::TelemetryConfig;
@@ -15,31 +12,11 @@ use pac_proto::records as pb;
 use prost_types::FieldMask;
 use tokio_stream::StreamExt;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
 #[tokio::test]
 async fn no_patient_data_in_logs_or_spans() {
-    let logs = Captured::default();
+    let logs = pac_platform::testkit::CapturedLogs::default();
     let spans = InMemorySpanExporter::default();
     let config = TelemetryConfig { log_filter: "trace,h2=info,hyper=info,tower=info".into(), log_json: true, otlp_endpoint: None };
     let telemetry = pac_platform::telemetry::init_with("pac-records", &config, logs.clone(), Some(spans.clone())).unwrap();
@@ -101,7 +78,7 @@ async fn no_patient_data_in_logs_or_spans() {
     server.stop().await;
     telemetry.flush();
 
-    let log_text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let log_text = logs.text();
     let finished = spans.get_finished_spans().unwrap();
     let span_text: String = finished
         .iter()

@@ -148,16 +148,7 @@ pub async fn serve(
         let scheduling = horizon.clone();
         async move { extend_horizon(&scheduling).await }
     });
-    let prune_pool = pool.clone();
-    let retention = platform.idempotency_retention;
-    grpc::every(Duration::from_secs(3600), shutdown.clone(), move || {
-        let pool = prune_pool.clone();
-        async move {
-            if let Err(error) = IdempotencyStore::new(SCHEMA).prune(&pool, retention).await {
-                tracing::warn!(error = pac_platform::error::safe_description(&error), "pruning idempotency records failed");
-            }
-        }
-    });
+    IdempotencyStore::new(SCHEMA).prune_hourly(pool.clone(), platform.idempotency_retention, shutdown.clone());
     if config.follow_records {
         tokio::spawn(follow::records_merges(scheduling.clone(), shutdown.clone()));
     }
