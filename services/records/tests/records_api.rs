@@ -634,7 +634,7 @@ async fn merge_resolves_the_loser_and_unmerge_restores_it() {
 async fn name_search_finds_longer_names_either_order_and_follows_renames_and_merges() {
     let server = TestServer::start().await;
     let mut client = server.client();
-    let mut named = |n: u32, given: &str, family: &str| {
+    let named = |n: u32, given: &str, family: &str| {
         let mut p = patient(n);
         p.given_name = given.into();
         p.family_name = family.into();
@@ -644,7 +644,7 @@ async fn name_search_finds_longer_names_either_order_and_follows_renames_and_mer
     let mary = client.register_patient(register(mary, "")).await.unwrap().into_inner().patient.unwrap();
     let other = named(41, "Marion", "Fetherston");
     let other = client.register_patient(register(other, "")).await.unwrap().into_inner().patient.unwrap();
-    let mut search = |name: &str| {
+    let search = |name: &str| {
         let mut client = server.client();
         let name = name.to_string();
         async move {
