@@ -275,16 +275,65 @@ async fn measure_search(
     clients: &[PatientRecordsClient<Channel>],
     queries: Vec<(&'static str, pb::SearchPatientsRequest)>,
 ) -> anyhow::Result<Vec<(&'static str, Duration)>> {
+    let timings = latencies(clients, queries, |mut client: PatientRecordsClient<Channel>, request| async move {
+        client.search_patients(request).await.map(drop)
+    })
+    .await?;
+    Ok(timings.into_iter().map(|(kind, latency, ())| (kind, latency)).collect())
+}
+
+/// Runs `concurrency` workers, each calling `call(client, worker, n)` back to back for `seconds`
+/// (clients shared round-robin); successful calls per second. The first failure ends the run.
+pub(crate) async fn throughput<C, F, Fut>(clients: &[C], seconds: u64, concurrency: usize, what: &str, call: F) -> anyhow::Result<f64>
+where
+    C: Clone + Send + 'static,
+    F: Fn(C, u64, u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), tonic::Status>> + Send,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency as u64 {
+        let (client, call) = (clients[worker as usize % clients.len()].clone(), call.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                n += 1;
+                call(client.clone(), worker, n).await?;
+            }
+            Ok::<_, tonic::Status>(n)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await?.map_err(|status| anyhow::anyhow!("{what} failed: {status:?}"))?;
+    }
+    Ok(total as f64 / seconds as f64)
+}
+
+/// Sends `queries` spread over `clients` (each client's share one after another, clients in
+/// parallel); returns each query's kind, latency and what `call` made of the answer.
+pub(crate) async fn latencies<C, Q, F, Fut, R>(
+    clients: &[C],
+    queries: Vec<(&'static str, Q)>,
+    call: F,
+) -> anyhow::Result<Vec<(&'static str, Duration, R)>>
+where
+    C: Clone + Send + 'static,
+    Q: Clone + Send + 'static,
+    R: Send + 'static,
+    F: Fn(C, Q) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<R, tonic::Status>> + Send,
+{
     let per_client = queries.len().div_ceil(clients.len());
     let mut tasks = Vec::new();
     for (client, chunk) in clients.iter().zip(queries.chunks(per_client)) {
-        let (mut client, chunk) = (client.clone(), chunk.to_vec());
+        let (client, chunk, call) = (client.clone(), chunk.to_vec(), call.clone());
         tasks.push(tokio::spawn(async move {
             let mut timings = Vec::with_capacity(chunk.len());
             for (kind, request) in chunk {
                 let started = Instant::now();
-                client.search_patients(request).await?;
-                timings.push((kind, started.elapsed()));
+                let answer = call(client.clone(), request).await?;
+                timings.push((kind, started.elapsed(), answer));
             }
             Ok::<_, tonic::Status>(timings)
         }));
@@ -404,27 +453,10 @@ pub(crate) fn libpq_args(url: &str) -> anyhow::Result<Vec<String>> {
 
 /// Registers distinct patients for `seconds` with `concurrency` requests in flight; successes per second.
 async fn register_load(clients: &[PatientRecordsClient<Channel>], seconds: u64, concurrency: usize, round: u64) -> anyhow::Result<f64> {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for worker in 0..concurrency as u64 {
-        let mut client = clients[worker as usize % clients.len()].clone();
-        tasks.push(tokio::spawn(async move {
-            let mut ok = 0u64;
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                n += 1;
-                let seq = (round << 40) | (worker << 24) | n;
-                client.register_patient(distinct_patient(seq)).await?;
-                ok += 1;
-            }
-            Ok::<_, tonic::Status>(ok)
-        }));
-    }
-    let mut total = 0;
-    for task in tasks {
-        total += task.await?.map_err(|status| anyhow::anyhow!("registration failed: {status:?}"))?;
-    }
-    Ok(total as f64 / seconds as f64)
+    throughput(clients, seconds, concurrency, "registration", move |mut client: PatientRecordsClient<Channel>, worker, n| async move {
+        client.register_patient(distinct_patient((round << 40) | (worker << 24) | n)).await.map(drop)
+    })
+    .await
 }
 
 /// A patient nobody else in the run resembles: a name spelt from the sequence number.

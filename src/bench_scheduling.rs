@@ -19,7 +19,7 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
-use crate::bench::{Bench, Latencies, Rng, median, ms, pgbench, verdict};
+use crate::bench::{Bench, Latencies, Rng, latencies, median, ms, pgbench, throughput, verdict};
 
 /// Ids the seed gives patients, clinics and slots, so pgbench can name them from a number.
 fn patient_id(n: u64) -> Uuid {
@@ -130,36 +130,23 @@ async fn booking_load(
     seconds: u64,
     concurrency: usize,
 ) -> anyhow::Result<f64> {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for worker in 0..concurrency {
-        let mut client = clients[worker % clients.len()].clone();
+    throughput(clients, seconds, concurrency, "booking", move |mut client: SchedulingClient<Channel>, worker, n| {
         let next_slot = next_slot.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut ok = 0u64;
-            let mut rng = Rng(0xb00c_0000 + worker as u64);
-            while Instant::now() < deadline {
-                let n = next_slot.fetch_add(1, Ordering::Relaxed);
-                if n > GRPC_SLOTS {
-                    return Err(tonic::Status::resource_exhausted("the benchmark ran out of seeded slots"));
-                }
-                let request = pb::BookAppointmentRequest {
-                    target: Some(pb::book_appointment_request::Target::SlotId(slot_id(n).to_string())),
-                    patient_id: patient_id(1 + rng.below(PATIENTS as usize) as u64).to_string(),
-                    referral_id: String::new(),
-                    request_id: format!("bench-{n}"),
-                };
-                client.book_appointment(request).await?;
-                ok += 1;
+        async move {
+            let slot = next_slot.fetch_add(1, Ordering::Relaxed);
+            if slot > GRPC_SLOTS {
+                return Err(tonic::Status::resource_exhausted("the benchmark ran out of seeded slots"));
             }
-            Ok::<_, tonic::Status>(ok)
-        }));
-    }
-    let mut total = 0;
-    for task in tasks {
-        total += task.await?.map_err(|status| anyhow::anyhow!("booking failed: {status:?}"))?;
-    }
-    Ok(total as f64 / seconds as f64)
+            let request = pb::BookAppointmentRequest {
+                target: Some(pb::book_appointment_request::Target::SlotId(slot_id(slot).to_string())),
+                patient_id: patient_id(1 + (Rng(0xb00c_0000 ^ (worker << 32) ^ n).next() % PATIENTS)).to_string(),
+                referral_id: String::new(),
+                request_id: format!("bench-{slot}"),
+            };
+            client.book_appointment(request).await.map(drop)
+        }
+    })
+    .await
 }
 
 /// `clients` clients each try every one of `slots` single-place slots at once; returns (booked,
@@ -301,25 +288,10 @@ async fn measure_slots(
     clients: &[SchedulingClient<Channel>],
     queries: Vec<(&'static str, pb::SearchSlotsRequest)>,
 ) -> anyhow::Result<Vec<(&'static str, Duration, usize)>> {
-    let per_client = queries.len().div_ceil(clients.len());
-    let mut tasks = Vec::new();
-    for (client, chunk) in clients.iter().zip(queries.chunks(per_client)) {
-        let (mut client, chunk) = (client.clone(), chunk.to_vec());
-        tasks.push(tokio::spawn(async move {
-            let mut timings = Vec::with_capacity(chunk.len());
-            for (kind, request) in chunk {
-                let started = Instant::now();
-                let found = client.search_slots(request).await?.into_inner().slots.len();
-                timings.push((kind, started.elapsed(), found));
-            }
-            Ok::<_, tonic::Status>(timings)
-        }));
-    }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await??);
-    }
-    Ok(all)
+    latencies(clients, queries, |mut client: SchedulingClient<Channel>, request| async move {
+        Ok(client.search_slots(request).await?.into_inner().slots.len())
+    })
+    .await
 }
 
 pub async fn slots(small: i64, large: i64, queries: usize, concurrency: usize) -> anyhow::Result<()> {
