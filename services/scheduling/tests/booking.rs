@@ -82,14 +82,7 @@ async fn a_hold_lapses_by_itself_and_frees_the_slot() {
     p.session(&clinic, 9, 10, 20, 1).await;
     let slot = p.free_slots(&clinic).await.remove(0);
     let patients = p.patients(2).await;
-    let hold = p
-        .client()
-        .hold_slot(pb::HoldSlotRequest { slot_id: slot.id.clone(), patient_id: patients[0].clone(), ttl_seconds: 30, ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .appointment
-        .unwrap();
+    let hold = p.hold(&slot.id, &patients[0], 30).await;
     assert_eq!(hold.status, pb::AppointmentStatus::Pending as i32);
     assert!(hold.hold_expire_time.is_some());
     // While held, nobody else gets it.
@@ -124,14 +117,7 @@ async fn a_lapsed_hold_not_yet_swept_does_not_block_a_booking() {
     p.session(&clinic, 9, 10, 20, 1).await;
     let slot = p.free_slots(&clinic).await.remove(0);
     let patients = p.patients(2).await;
-    let hold = p
-        .client()
-        .hold_slot(pb::HoldSlotRequest { slot_id: slot.id.clone(), patient_id: patients[0].clone(), ttl_seconds: 60, ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .appointment
-        .unwrap();
+    let hold = p.hold(&slot.id, &patients[0], 60).await;
     p.lapse_hold(&hold.id).await;
     let booked = p.book(&slot.id, &patients[1]).await.unwrap();
     assert_eq!(booked.status, pb::AppointmentStatus::Booked as i32);
@@ -146,14 +132,7 @@ async fn a_hold_is_confirmed_into_a_booking() {
     p.session(&clinic, 9, 10, 20, 1).await;
     let slot = p.free_slots(&clinic).await.remove(0);
     let patients = p.patients(2).await;
-    let hold = p
-        .client()
-        .hold_slot(pb::HoldSlotRequest { slot_id: slot.id.clone(), patient_id: patients[0].clone(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .appointment
-        .unwrap();
+    let hold = p.hold(&slot.id, &patients[0], 0).await;
     // Someone else's patient cannot confirm it.
     let wrong = pb::BookAppointmentRequest {
         target: Some(Target::HeldAppointmentId(hold.id.clone())),

@@ -23,14 +23,7 @@ async fn set_status(p: &Platform, id: &str, status: S, reason: &str) -> Result<p
 /// An appointment brought to `status` through legal moves (start moved into the past first).
 async fn appointment_in(p: &Platform, slot: &pb::Slot, patient: &str, status: S) -> pb::Appointment {
     if status == S::Pending {
-        return p
-            .client()
-            .hold_slot(pb::HoldSlotRequest { slot_id: slot.id.clone(), patient_id: patient.into(), ..Default::default() })
-            .await
-            .unwrap()
-            .into_inner()
-            .appointment
-            .unwrap();
+        return p.hold(&slot.id, patient, 0).await;
     }
     let booked = p.book(&slot.id, patient).await.unwrap();
     p.make_started(&booked.id).await;

@@ -203,6 +203,12 @@ impl Platform {
             .map(|r| r.into_inner().appointment.unwrap())
     }
 
+    /// Holds a slot for a patient (`ttl_seconds` 0 means the default).
+    pub async fn hold(&self, slot_id: &str, patient_id: &str, ttl_seconds: i32) -> pb::Appointment {
+        let request = pb::HoldSlotRequest { slot_id: slot_id.into(), patient_id: patient_id.into(), ttl_seconds, ..Default::default() };
+        self.client().hold_slot(request).await.expect("hold slot").into_inner().appointment.unwrap()
+    }
+
     pub async fn get(&self, id: &str) -> pb::Appointment {
         self.client().get_appointment(pb::GetAppointmentRequest { id: id.into() }).await.unwrap().into_inner().appointment.unwrap()
     }
