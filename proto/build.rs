@@ -7,7 +7,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = ["pac/common/v1/common.proto", "pac/records/v1/records.proto", "pac/scheduling/v1/scheduling.proto"];
+    let protos = [
+        "pac/common/v1/common.proto",
+        "pac/records/v1/records.proto",
+        "pac/scheduling/v1/scheduling.proto",
+        "pac/referrals/v1/referrals.proto",
+    ];
     tonic_prost_build::configure().file_descriptor_set_path(out_dir.join("pac_descriptor.bin")).compile_protos(&protos, &["."])?;
     println!("cargo:rerun-if-changed=pac");
     Ok(())

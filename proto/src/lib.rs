@@ -19,10 +19,16 @@ pub mod pac {
             tonic::include_proto!("pac.scheduling.v1");
         }
     }
+    pub mod referrals {
+        pub mod v1 {
+            tonic::include_proto!("pac.referrals.v1");
+        }
+    }
 }
 
 pub use pac::common::v1 as common;
 pub use pac::records::v1 as records;
+pub use pac::referrals::v1 as referrals;
 pub use pac::scheduling::v1 as scheduling;
 
 /// Encoded `FileDescriptorSet` of every contract, for gRPC reflection.

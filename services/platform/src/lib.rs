@@ -1,12 +1,15 @@
 //! The shared runtime kit every Patient Access Platform component is built on: configuration,
 //! telemetry, the database (schemas, roles, pools, migrations), errors mapped to gRPC status with
-//! rich details, caller context, the event outbox, idempotency, and serving over gRPC.
+//! rich details, caller context, the event outbox and following other services' streams,
+//! idempotency, calling other services, and serving over gRPC.
 
 pub mod caller;
+pub mod client;
 pub mod config;
 pub mod convert;
 pub mod db;
 pub mod error;
+pub mod follow;
 pub mod grpc;
 pub mod idempotency;
 pub mod local_postgres;

@@ -150,7 +150,7 @@ pub async fn serve(
     });
     IdempotencyStore::new(SCHEMA).prune_hourly(pool.clone(), platform.idempotency_retention, shutdown.clone());
     if config.follow_records {
-        tokio::spawn(follow::records_merges(scheduling.clone(), shutdown.clone()));
+        tokio::spawn(pac_platform::follow::follow(follow::RecordsMerges(scheduling.clone()), shutdown.clone()));
     }
 
     let max = platform.grpc.max_message_bytes;

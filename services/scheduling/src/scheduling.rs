@@ -766,7 +766,7 @@ impl Scheduling {
         }
         let moved = store::repoint_patient(&mut tx, merge_id, merged, survivor).await?;
         self.announce_patient_change(&mut tx, &moved, "patient records merged").await?;
-        store::save_stream_cursor(&mut *tx, crate::RECORDS_STREAM, cursor).await?;
+        pac_platform::follow::save_stream_cursor(&mut *tx, crate::RECORDS_STREAM, cursor).await?;
         tx.commit().await?;
         self.outbox.committed();
         tracing::info!(merge_id = %merge_id, appointments_moved = moved.len(), "followed a patient merge");
@@ -778,7 +778,7 @@ impl Scheduling {
         let mut tx = self.pool.begin().await?;
         let moved = store::unrepoint_patient(&mut tx, merge_id).await?;
         self.announce_patient_change(&mut tx, &moved, "patient merge reversed").await?;
-        store::save_stream_cursor(&mut *tx, crate::RECORDS_STREAM, cursor).await?;
+        pac_platform::follow::save_stream_cursor(&mut *tx, crate::RECORDS_STREAM, cursor).await?;
         tx.commit().await?;
         self.outbox.committed();
         tracing::info!(merge_id = %merge_id, appointments_moved = moved.len(), "followed a merge reversal");

@@ -784,22 +784,6 @@ pub async fn close_entry(conn: &mut PgConnection, id: Uuid, reason: &str) -> Res
 // ---------------------------------------------------------------------------------------------
 // Other services' events
 
-pub async fn stream_cursor(executor: impl PgExecutor<'_>, stream: &str) -> Result<Option<String>> {
-    Ok(sqlx::query_scalar("SELECT cursor FROM consumed_streams WHERE stream = $1").bind(stream).fetch_optional(executor).await?)
-}
-
-pub async fn save_stream_cursor(executor: impl PgExecutor<'_>, stream: &str, cursor: &str) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO consumed_streams (stream, cursor, updated_at) VALUES ($1, $2, now()) \
-         ON CONFLICT (stream) DO UPDATE SET cursor = EXCLUDED.cursor, updated_at = now()",
-    )
-    .bind(stream)
-    .bind(cursor)
-    .execute(executor)
-    .await?;
-    Ok(())
-}
-
 /// The merged-away patient's live appointments that clash with one of the survivor's, locked.
 pub async fn lock_clashing_appointments(conn: &mut PgConnection, merged: Uuid, survivor: Uuid) -> Result<Vec<Appointment>> {
     let sql = format!(

@@ -13,9 +13,38 @@ pub enum Sex {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
-    Routine,
-    Urgent,
-    TwoWeekWait,
+    Routine = 1,
+    Urgent = 2,
+    TwoWeekWait = 3,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::Routine, Priority::Urgent, Priority::TwoWeekWait];
+
+    /// The stored and wire value (1..3).
+    pub fn value(self) -> i16 {
+        self as i16
+    }
+
+    pub fn from_value(value: i32) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| i32::from(p.value()) == value)
+    }
+}
+
+impl Sex {
+    /// The stored and wire value (1..4).
+    pub fn value(self) -> i16 {
+        match self {
+            Self::Male => 1,
+            Self::Female => 2,
+            Self::Other => 3,
+            Self::Unknown => 4,
+        }
+    }
+
+    pub fn from_value(value: i32) -> Option<Self> {
+        [Self::Male, Self::Female, Self::Other, Self::Unknown].into_iter().find(|s| i32::from(s.value()) == value)
+    }
 }
 
 /// A service's entry rules. Empty lists and unset bounds mean "no rule".
@@ -42,9 +71,11 @@ pub struct Applicant {
     pub sex: Sex,
     /// Postcode district of the patient's address, when known.
     pub district: Option<String>,
-    pub source: String,
-    pub priority: Priority,
-    pub information: Vec<String>,
+    /// The referral's source, priority and information: rules about them are checked only when
+    /// they are known (an eligibility check before a referral is written may not know them).
+    pub source: Option<String>,
+    pub priority: Option<Priority>,
+    pub information: Option<Vec<String>>,
 }
 
 /// One reason a referral does not fit, with a stable code and a sentence.
@@ -107,18 +138,23 @@ pub fn check(rules: &Rules, applicant: &Applicant, on: NaiveDate) -> Vec<Reason>
             ),
         });
     }
-    let source = applicant.source.trim().to_uppercase();
-    if !rules.sources.is_empty() && !rules.sources.iter().any(|s| s.eq_ignore_ascii_case(&source)) {
+    if let Some(source) = applicant.source.as_deref().map(str::trim)
+        && !rules.sources.is_empty()
+        && !rules.sources.iter().any(|s| s.eq_ignore_ascii_case(source))
+    {
         reasons.push(Reason {
             code: "SOURCE_NOT_ACCEPTED",
-            message: format!("this service accepts referrals from {}, not from {}", rules.sources.join(", "), applicant.source.trim()),
+            message: format!("this service accepts referrals from {}, not from {source}", rules.sources.join(", ")),
         });
     }
-    if !rules.priorities.is_empty() && !rules.priorities.contains(&applicant.priority) {
+    if let Some(priority) = applicant.priority
+        && !rules.priorities.is_empty()
+        && !rules.priorities.contains(&priority)
+    {
         let accepted: Vec<&str> = rules.priorities.iter().map(|p| priority_name(*p)).collect();
         reasons.push(Reason {
             code: "PRIORITY_NOT_ACCEPTED",
-            message: format!("this service accepts {} referrals, not {}", accepted.join(" or "), priority_name(applicant.priority)),
+            message: format!("this service accepts {} referrals, not {}", accepted.join(" or "), priority_name(priority)),
         });
     }
     if !rules.catchment.is_empty() {
@@ -134,9 +170,11 @@ pub fn check(rules: &Rules, applicant: &Applicant, on: NaiveDate) -> Vec<Reason>
             }),
         }
     }
-    for required in &rules.required_information {
-        if !applicant.information.iter().any(|given| given.trim().eq_ignore_ascii_case(required.trim())) {
-            reasons.push(Reason { code: "INFORMATION_MISSING", message: format!("the referral must include: {required}") });
+    if let Some(given) = &applicant.information {
+        for required in &rules.required_information {
+            if !given.iter().any(|g| g.trim().eq_ignore_ascii_case(required.trim())) {
+                reasons.push(Reason { code: "INFORMATION_MISSING", message: format!("the referral must include: {required}") });
+            }
         }
     }
     reasons
@@ -167,9 +205,9 @@ mod tests {
             birth_date: d(1970, 3, 14),
             sex: Sex::Female,
             district: Some("ls6".into()),
-            source: "gp".into(),
-            priority: Priority::TwoWeekWait,
-            information: vec!["examination findings".into()],
+            source: Some("gp".into()),
+            priority: Some(Priority::TwoWeekWait),
+            information: Some(vec!["examination findings".into()]),
         }
     }
 
@@ -185,16 +223,18 @@ mod tests {
         let codes = |a: Applicant| check(&breast_clinic(), &a, today).into_iter().map(|r| r.code).collect::<Vec<_>>();
         assert_eq!(codes(Applicant { birth_date: d(2011, 1, 1), ..applicant() }), ["AGE_BELOW_MINIMUM"]);
         assert_eq!(codes(Applicant { sex: Sex::Unknown, ..applicant() }), ["SEX_NOT_ACCEPTED"]);
-        assert_eq!(codes(Applicant { source: "Optometrist".into(), ..applicant() }), ["SOURCE_NOT_ACCEPTED"]);
-        assert_eq!(codes(Applicant { priority: Priority::Routine, ..applicant() }), ["PRIORITY_NOT_ACCEPTED"]);
+        assert_eq!(codes(Applicant { source: Some("Optometrist".into()), ..applicant() }), ["SOURCE_NOT_ACCEPTED"]);
+        assert_eq!(codes(Applicant { priority: Some(Priority::Routine), ..applicant() }), ["PRIORITY_NOT_ACCEPTED"]);
         assert_eq!(codes(Applicant { district: Some("M1".into()), ..applicant() }), ["OUTSIDE_CATCHMENT"]);
         assert_eq!(codes(Applicant { district: None, ..applicant() }), ["ADDRESS_UNKNOWN"]);
-        assert_eq!(codes(Applicant { information: vec![], ..applicant() }), ["INFORMATION_MISSING"]);
+        assert_eq!(codes(Applicant { information: Some(vec![]), ..applicant() }), ["INFORMATION_MISSING"]);
         let old = Rules { max_age: Some(18), ..breast_clinic() };
         let reasons = check(&old, &applicant(), today);
         assert_eq!(reasons[0].message, "the patient is 56; this service sees patients aged up to 18");
-        let many = codes(Applicant { district: Some("M1".into()), priority: Priority::Routine, ..applicant() });
+        let many = codes(Applicant { district: Some("M1".into()), priority: Some(Priority::Routine), ..applicant() });
         assert_eq!(many, ["PRIORITY_NOT_ACCEPTED", "OUTSIDE_CATCHMENT"], "every reason, not just the first");
+        let unknown = Applicant { source: None, priority: None, information: None, ..applicant() };
+        assert_eq!(codes(unknown), Vec::<&str>::new(), "rules about unknown referral facts are not checked");
     }
 
     #[test]

@@ -3,3 +3,4 @@
 pub mod eligibility;
 pub mod referral;
 pub mod rtt;
+pub mod worklist;

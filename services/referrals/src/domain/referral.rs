@@ -1,6 +1,8 @@
 //! Referral states (after e-RS) and the moves between them, by people (triage, cancel, discharge)
 //! and by the scheduling service's events (booked, appointment cancelled, did not attend).
 
+use super::rtt::Code;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {
     /// Received, awaiting triage.
@@ -19,9 +21,55 @@ pub enum Status {
     Completed,
 }
 
+const STATUS_CODES: [(Status, &str); 9] = [
+    (Status::AwaitingTriage, "awaiting-triage"),
+    (Status::AwaitingBooking, "awaiting-booking"),
+    (Status::Booked, "booked"),
+    (Status::Rejected, "rejected"),
+    (Status::Returned, "returned"),
+    (Status::Redirected, "redirected"),
+    (Status::AwaitingInformation, "awaiting-information"),
+    (Status::Cancelled, "cancelled"),
+    (Status::Completed, "completed"),
+];
+
+/// The statuses a referral is still open in: the worklists' default.
+pub const OPEN: [Status; 4] = [Status::AwaitingTriage, Status::AwaitingBooking, Status::Booked, Status::AwaitingInformation];
+
 impl Status {
+    /// The stored code.
+    pub fn code(self) -> &'static str {
+        STATUS_CODES.iter().find(|(s, _)| *s == self).map(|(_, c)| *c).unwrap_or_default()
+    }
+
+    pub fn from_code(code: &str) -> Option<Self> {
+        STATUS_CODES.iter().find(|(_, c)| *c == code).map(|(s, _)| *s)
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Rejected | Self::Returned | Self::Redirected | Self::Cancelled | Self::Completed)
+    }
+}
+
+/// Who must act after an appointment was cancelled or missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebookReason {
+    CancelledByProvider,
+    CancelledByPatient,
+    DidNotAttend,
+}
+
+impl RebookReason {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::CancelledByProvider => "cancelled-by-provider",
+            Self::CancelledByPatient => "cancelled-by-patient",
+            Self::DidNotAttend => "did-not-attend",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Self> {
+        [Self::CancelledByProvider, Self::CancelledByPatient, Self::DidNotAttend].into_iter().find(|r| r.code() == code)
     }
 }
 
@@ -36,7 +84,9 @@ pub enum Action {
     /// The information asked for has arrived: back to triage.
     InformationReceived,
     Cancel,
-    Discharge,
+    /// An RTT clock event; a stop by treatment, a decision not to treat, declining or death
+    /// completes the referral (see [`after_clock_stop`]).
+    RecordClockEvent,
 }
 
 pub const ACTIONS: [Action; 8] = [
@@ -47,7 +97,7 @@ pub const ACTIONS: [Action; 8] = [
     Action::RequestInformation,
     Action::InformationReceived,
     Action::Cancel,
-    Action::Discharge,
+    Action::RecordClockEvent,
 ];
 
 impl Action {
@@ -82,10 +132,19 @@ pub fn after(from: Status, action: Action) -> Option<Status> {
         (AwaitingTriage, RequestInformation) => AwaitingInformation,
         (AwaitingInformation, InformationReceived) => AwaitingTriage,
         (AwaitingTriage | AwaitingInformation | AwaitingBooking | Booked, Cancel) => Cancelled,
-        (AwaitingBooking | Booked, Discharge) => Completed,
+        (AwaitingTriage | AwaitingInformation | AwaitingBooking | Booked, RecordClockEvent) => from,
         _ => return None,
     };
     Some(to)
+}
+
+/// The status after a clock stop with `code` on an open referral: the pathway ends, except for
+/// active monitoring, which keeps the referral open for a later new clock.
+pub fn after_clock_stop(from: Status, code: Code) -> Status {
+    match code {
+        Code::FirstTreatment | Code::DecisionNotToTreat | Code::PatientDeclined | Code::DiedBeforeTreatment => Status::Completed,
+        _ => from,
+    }
 }
 
 /// The moves this caller may make now, in a stable order.
@@ -146,9 +205,19 @@ mod tests {
                 assert_eq!(allowed, after(status, action).is_some(), "{status:?} {action:?}");
             }
         }
-        assert_eq!(allowed_actions(AwaitingTriage, false), [Cancel]);
-        assert_eq!(allowed_actions(AwaitingTriage, true), [Accept, Reject, ReturnToReferrer, Redirect, RequestInformation, Cancel]);
-        assert_eq!(allowed_actions(Booked, false), [Cancel, Discharge]);
+        assert_eq!(allowed_actions(AwaitingTriage, false), [Cancel, RecordClockEvent]);
+        assert_eq!(
+            allowed_actions(AwaitingTriage, true),
+            [Accept, Reject, ReturnToReferrer, Redirect, RequestInformation, Cancel, RecordClockEvent]
+        );
+        assert_eq!(allowed_actions(Booked, false), [Cancel, RecordClockEvent]);
+    }
+
+    #[test]
+    fn stopping_the_clock_completes_the_pathway_except_active_monitoring() {
+        assert_eq!(after_clock_stop(Booked, Code::FirstTreatment), Completed);
+        assert_eq!(after_clock_stop(AwaitingBooking, Code::DecisionNotToTreat), Completed);
+        assert_eq!(after_clock_stop(Booked, Code::ActiveMonitoringClinician), Booked);
     }
 
     #[test]

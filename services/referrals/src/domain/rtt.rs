@@ -38,9 +38,28 @@ pub enum Code {
     DiedBeforeTreatment = 36,
 }
 
+const CODES: [Code; 12] = [
+    Code::Start,
+    Code::StartAfterActiveMonitoring,
+    Code::StartNewCondition,
+    Code::Continue,
+    Code::Transfer,
+    Code::FirstTreatment,
+    Code::ActiveMonitoringPatient,
+    Code::ActiveMonitoringClinician,
+    Code::FirstAppointmentDna,
+    Code::DecisionNotToTreat,
+    Code::PatientDeclined,
+    Code::DiedBeforeTreatment,
+];
+
 impl Code {
     pub fn value(self) -> i32 {
         self as i32
+    }
+
+    pub fn from_value(value: i32) -> Option<Self> {
+        CODES.into_iter().find(|c| c.value() == value)
     }
 
     fn stops(self) -> bool {
@@ -86,6 +105,20 @@ pub enum State {
     Stopped,
     /// Nullified by a first-appointment DNA: the period is not measured.
     Nullified,
+}
+
+impl State {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+            Self::Nullified => "nullified",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Self> {
+        [Self::Running, Self::Stopped, Self::Nullified].into_iter().find(|s| s.code() == code)
+    }
 }
 
 /// A referral's clock.
@@ -174,6 +207,14 @@ mod tests {
 
     fn d(y: i32, m: u32, day: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(y, m, day).unwrap()
+    }
+
+    #[test]
+    fn codes_round_trip() {
+        for code in CODES {
+            assert_eq!(Code::from_value(code.value()), Some(code));
+        }
+        assert_eq!(Code::from_value(13), None);
     }
 
     #[test]

@@ -1,0 +1,118 @@
+//! The other services, as referrals sees them: records ("who is this patient, as eligibility needs
+//! them?", and the merges to follow) and scheduling (cancelling a cancelled referral's appointment,
+//! and the appointment events to follow).
+
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use pac_platform::caller::PERMISSION_RESTRICTED_READ;
+use pac_platform::client::{ServiceIdentity, lazy_channel};
+use pac_platform::config::Secret;
+use pac_proto::records::patient_records_client::PatientRecordsClient;
+use pac_proto::scheduling::scheduling_client::SchedulingClient;
+use pac_proto::{records as records_pb, scheduling as scheduling_pb};
+use tonic::Code;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use crate::domain::eligibility::Sex;
+use crate::error::ReferralsError;
+
+pub const SUBJECT: &str = "pac-referrals";
+
+/// What eligibility needs to know of a patient.
+#[derive(Debug, Clone)]
+pub struct PatientFacts {
+    /// The current record (the survivor, if the id asked for was merged away).
+    pub id: Uuid,
+    pub birth_date: NaiveDate,
+    pub sex: Sex,
+    /// Postcode district (outward code), when an address is recorded.
+    pub district: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Clients {
+    records: PatientRecordsClient<Channel>,
+    scheduling: SchedulingClient<Channel>,
+    identity: ServiceIdentity,
+    timeout: Duration,
+}
+
+impl Clients {
+    /// Clients for the records and scheduling services (connected on first use). Referrals reads
+    /// restricted records' postcodes for catchment checks; it never returns them.
+    pub fn new(records_url: &str, scheduling_url: &str, internal_key: &Secret, timeout: Duration) -> anyhow::Result<Self> {
+        Ok(Self {
+            records: PatientRecordsClient::new(lazy_channel(records_url)?),
+            scheduling: SchedulingClient::new(lazy_channel(scheduling_url)?),
+            identity: ServiceIdentity::new(internal_key, SUBJECT, &[PERMISSION_RESTRICTED_READ]),
+            timeout,
+        })
+    }
+
+    pub fn actor(&self) -> &pac_platform::Actor {
+        self.identity.actor()
+    }
+
+    pub async fn patient(&self, id: Uuid) -> Result<PatientFacts, ReferralsError> {
+        let request = self.identity.request(records_pb::GetPatientRequest { id: id.to_string() }, Some(self.timeout));
+        let patient = match self.records.clone().get_patient(request).await {
+            Ok(response) => response.into_inner().patient.ok_or(ReferralsError::RecordsUnavailable)?,
+            Err(status) if status.code() == Code::NotFound => return Err(ReferralsError::PatientNotFound(id)),
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), "patient look-up with the records service failed");
+                return Err(ReferralsError::RecordsUnavailable);
+            }
+        };
+        let birth = patient.birth_date.unwrap_or_default();
+        let birth_date =
+            NaiveDate::from_ymd_opt(birth.year, birth.month as u32, birth.day as u32).ok_or(ReferralsError::RecordsUnavailable)?;
+        let district = patient.address.and_then(|a| a.postcode.split_whitespace().next().map(str::to_uppercase)).filter(|d| !d.is_empty());
+        Ok(PatientFacts {
+            id: Uuid::parse_str(&patient.id).map_err(|_| ReferralsError::RecordsUnavailable)?,
+            birth_date,
+            sex: Sex::from_value(patient.sex).unwrap_or(Sex::Unknown),
+            district,
+        })
+    }
+
+    pub async fn watch_records(&self, cursor: String) -> Result<tonic::Streaming<records_pb::WatchEventsResponse>, tonic::Status> {
+        let request = self.identity.request(records_pb::WatchEventsRequest { after_cursor: cursor }, None);
+        Ok(self.records.clone().watch_events(request).await?.into_inner())
+    }
+
+    pub async fn watch_scheduling(&self, cursor: String) -> Result<tonic::Streaming<scheduling_pb::WatchEventsResponse>, tonic::Status> {
+        let request = self.identity.request(scheduling_pb::WatchEventsRequest { after_cursor: cursor }, None);
+        Ok(self.scheduling.clone().watch_events(request).await?.into_inner())
+    }
+
+    /// Cancels an appointment because its referral was cancelled; idempotent on `request_id`.
+    /// An appointment already over or cancelled is left as it is.
+    pub async fn cancel_appointment(&self, appointment_id: Uuid, request_id: String) -> Result<(), ReferralsError> {
+        let request = self.identity.request(
+            scheduling_pb::CancelAppointmentRequest {
+                appointment_id: appointment_id.to_string(),
+                reason_code: REFERRAL_CANCELLED.into(),
+                cancelled_by: scheduling_pb::CancelledBy::Provider as i32,
+                etag: String::new(),
+                request_id,
+            },
+            Some(self.timeout),
+        );
+        match self.scheduling.clone().cancel_appointment(request).await {
+            Ok(_) => Ok(()),
+            Err(status) if matches!(status.code(), Code::FailedPrecondition | Code::NotFound) => {
+                tracing::info!(appointment_id = %appointment_id, code = ?status.code(), "appointment not cancelled with its referral");
+                Ok(())
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), "cancelling an appointment with the scheduling service failed");
+                Err(ReferralsError::SchedulingUnavailable)
+            }
+        }
+    }
+}
+
+/// The cancellation reason of an appointment cancelled with its referral.
+pub const REFERRAL_CANCELLED: &str = "REFERRAL_CANCELLED";
