@@ -59,13 +59,17 @@ const PATIENTS: &[DemoPatient] = &[
     DemoPatient { nhs_number: "", given: "Joan", family: "Smyth", birth: (1949, 1, 20), sex: 2, postcode: "LS6 2AA", phone: "" },
 ];
 
-/// Loads the demo patients, then (once) a hospital site with two clinics and their weekly sessions.
-pub async fn load(records: SocketAddr, scheduling: SocketAddr) -> anyhow::Result<()> {
-    load_patients(records).await?;
-    load_clinics(scheduling).await
+/// Loads the demo patients, then (once) a hospital site with two clinics and their weekly sessions,
+/// then the referral services and a referral for each of two patients.
+pub async fn load(records: SocketAddr, scheduling: SocketAddr, referrals: SocketAddr) -> anyhow::Result<()> {
+    let patients = load_patients(records).await?;
+    load_clinics(scheduling).await?;
+    load_referrals(referrals, &patients).await
 }
 
-async fn load_patients(records: SocketAddr) -> anyhow::Result<()> {
+/// Registers the demo patients; their ids, in order.
+async fn load_patients(records: SocketAddr) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::new();
     let mut client = PatientRecordsClient::connect(format!("http://{records}")).await?;
     for (n, p) in PATIENTS.iter().enumerate() {
         let patient = Patient {
@@ -80,10 +84,10 @@ async fn load_patients(records: SocketAddr) -> anyhow::Result<()> {
         };
         let request =
             RegisterPatientRequest { patient: Some(patient), request_id: format!("demo-patient-{n}"), allow_possible_duplicate: true };
-        client.register_patient(request).await?;
+        ids.push(client.register_patient(request).await?.into_inner().patient.unwrap_or_default().id);
     }
     tracing::info!(patients = PATIENTS.len(), "demo data loaded");
-    Ok(())
+    Ok(ids)
 }
 
 /// (name, specialty, service code, weekdays, start hour, end hour, slot minutes, capacity)
@@ -162,5 +166,76 @@ async fn load_clinics(scheduling: SocketAddr) -> anyhow::Result<()> {
         }
     }
     tracing::info!(clinics = CLINICS.len(), "demo clinics loaded");
+    Ok(())
+}
+
+async fn load_referrals(referrals: SocketAddr, patients: &[String]) -> anyhow::Result<()> {
+    use pac_proto::referrals as refs;
+    let mut client = refs::referrals_client::ReferralsClient::connect(format!("http://{referrals}")).await?;
+    let any_triage = |status: refs::ReferralStatus, days| refs::StuckThreshold { status: status as i32, priority: 0, working_days: days };
+    let services = [
+        refs::Service {
+            code: "TO-FRACTURE".into(),
+            name: "Fracture clinic".into(),
+            specialty: "Trauma and orthopaedics".into(),
+            rules: Some(refs::EligibilityRules {
+                min_age: Some(16),
+                sources: vec!["GP".into(), "A&E".into(), "MIU".into()],
+                required_information: vec!["X-ray report".into()],
+                ..Default::default()
+            }),
+            accepted_priorities: vec![refs::Priority::Routine as i32, refs::Priority::Urgent as i32],
+            target_wait_days: 14,
+            stuck_thresholds: vec![any_triage(refs::ReferralStatus::AwaitingTriage, 2), any_triage(refs::ReferralStatus::AwaitingBooking, 5)],
+            later_dna_policy: refs::LaterDnaPolicy::Discharge as i32,
+            ..Default::default()
+        },
+        refs::Service {
+            code: "DERM-GENERAL".into(),
+            name: "General dermatology".into(),
+            specialty: "Dermatology".into(),
+            rules: Some(refs::EligibilityRules { sources: vec!["GP".into()], ..Default::default() }),
+            target_wait_days: 84,
+            stuck_thresholds: vec![
+                refs::StuckThreshold {
+                    status: refs::ReferralStatus::AwaitingTriage as i32,
+                    priority: refs::Priority::TwoWeekWait as i32,
+                    working_days: 2,
+                },
+                any_triage(refs::ReferralStatus::AwaitingTriage, 10),
+            ],
+            later_dna_policy: refs::LaterDnaPolicy::Rebook as i32,
+            ..Default::default()
+        },
+    ];
+    for (n, service) in services.into_iter().enumerate() {
+        match client.create_service(refs::CreateServiceRequest { service: Some(service), request_id: format!("demo-service-{n}") }).await {
+            Ok(_) => {}
+            Err(status) if status.code() == tonic::Code::AlreadyExists => {}
+            Err(status) => return Err(status.into()),
+        }
+    }
+    let referrer = refs::Referrer { organisation: "B86001".into(), clinician: "Dr A Jones".into() };
+    let demo = [
+        (0, "TO-FRACTURE", refs::Priority::Urgent, "A&E", "Suspected scaphoid fracture after a fall", vec!["X-ray report".to_string()]),
+        (3, "DERM-GENERAL", refs::Priority::TwoWeekWait, "GP", "Changing pigmented lesion on the left forearm", vec![]),
+    ];
+    for (n, (patient, service, priority, source, reason, information)) in demo.into_iter().enumerate() {
+        let Some(patient_id) = patients.get(patient) else { continue };
+        client
+            .create_referral(refs::CreateReferralRequest {
+                patient_id: patient_id.clone(),
+                service_code: service.into(),
+                priority: priority as i32,
+                referrer: Some(referrer.clone()),
+                source: source.into(),
+                reason: reason.into(),
+                information,
+                request_id: format!("demo-referral-{n}"),
+                ..Default::default()
+            })
+            .await?;
+    }
+    tracing::info!("demo referral services and referrals loaded");
     Ok(())
 }

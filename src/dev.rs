@@ -34,26 +34,31 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     });
     let records = pac_records::RecordsConfig::from_env(&platform)?;
     let mut scheduling = pac_scheduling::SchedulingConfig::from_env()?;
+    let mut referrals = pac_referrals::ReferralsConfig::from_env()?;
     pac_records::migrate(&platform, &records).await?;
     pac_scheduling::migrate(&platform, &scheduling).await?;
+    pac_referrals::migrate(&platform, &referrals).await?;
 
     let shutdown = pac_platform::grpc::shutdown_on_signals();
-    let records_listener = tokio::net::TcpListener::bind(records.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (set PAC_RECORDS_ADDR to use another address)", records.listen))?;
-    let records_addr = records_listener.local_addr()?;
-    let scheduling_listener = tokio::net::TcpListener::bind(scheduling.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (set PAC_SCHEDULING_ADDR to use another address)", scheduling.listen))?;
-    let scheduling_addr = scheduling_listener.local_addr()?;
+    let records_listener = bind(records.listen, "PAC_RECORDS_ADDR").await?;
+    let scheduling_listener = bind(scheduling.listen, "PAC_SCHEDULING_ADDR").await?;
+    let referrals_listener = bind(referrals.listen, "PAC_REFERRALS_ADDR").await?;
+    let (records_addr, scheduling_addr, referrals_addr) =
+        (records_listener.local_addr()?, scheduling_listener.local_addr()?, referrals_listener.local_addr()?);
     if std::env::var("PAC_RECORDS_URL").is_err() {
         scheduling.records_url = format!("http://{records_addr}");
+        referrals.records_url = format!("http://{records_addr}");
     }
-    let records_server = tokio::spawn(pac_records::serve(platform.clone(), records, records_listener, shutdown.clone()));
-    let scheduling_server = tokio::spawn(pac_scheduling::serve(platform.clone(), scheduling, scheduling_listener, shutdown.clone()));
+    if std::env::var("PAC_SCHEDULING_URL").is_err() {
+        referrals.scheduling_url = format!("http://{scheduling_addr}");
+    }
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(pac_records::serve(platform.clone(), records, records_listener, shutdown.clone()));
+    servers.spawn(pac_scheduling::serve(platform.clone(), scheduling, scheduling_listener, shutdown.clone()));
+    servers.spawn(pac_referrals::serve(platform.clone(), referrals, referrals_listener, shutdown.clone()));
 
     if !args.no_demo {
-        crate::demo::load(records_addr, scheduling_addr).await.context("loading demo data failed")?;
+        crate::demo::load(records_addr, scheduling_addr, referrals_addr).await.context("loading demo data failed")?;
     }
     let database = match &postgres.origin {
         Origin::DatabaseUrl => "DATABASE_URL".to_string(),
@@ -67,11 +72,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          \n  database    {database}\
          \n  records     {records_addr}   pac.records.v1.PatientRecords\
          \n  scheduling  {scheduling_addr}   pac.scheduling.v1.Scheduling\
+         \n  referrals   {referrals_addr}   pac.referrals.v1.Referrals\
          \n\nTry:\n  buf curl --protocol grpc --http2-prior-knowledge -d '{{\"name\":\"smith\"}}' \\\n    http://{records_addr}/pac.records.v1.PatientRecords/SearchPatients\
-         \n  buf curl --protocol grpc --http2-prior-knowledge -d '{{\"service_code\":\"TO-FRACTURE\",\"page_size\":3}}' \\\n    http://{scheduling_addr}/pac.scheduling.v1.Scheduling/SearchSlots\n\nCtrl-C stops everything.\n"
+         \n  buf curl --protocol grpc --http2-prior-knowledge -d '{{\"service_code\":\"TO-FRACTURE\",\"page_size\":3}}' \\\n    http://{scheduling_addr}/pac.scheduling.v1.Scheduling/SearchSlots\
+         \n  buf curl --protocol grpc --http2-prior-knowledge -d '{{\"breaching_within_days\":126}}' \\\n    http://{referrals_addr}/pac.referrals.v1.Referrals/ListReferrals\n\nCtrl-C stops everything.\n"
     );
-    let (records_result, scheduling_result) = tokio::join!(records_server, scheduling_server);
-    let result = records_result.context("records service task failed")?.and(scheduling_result.context("scheduling service task failed")?);
+    let mut result = Ok(());
+    while let Some(finished) = servers.join_next().await {
+        if let Err(error) = finished.context("service task failed").and_then(|r| r) {
+            // One service failing stops the others.
+            shutdown.cancel();
+            result = result.and(Err(error));
+        }
+    }
     drop(postgres);
     result
+}
+
+async fn bind(address: std::net::SocketAddr, variable: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address} (set {variable} to use another address)"))
 }

@@ -47,6 +47,7 @@ enum Command {
 enum Component {
     Records,
     Scheduling,
+    Referrals,
     /// Every component in one process.
     All,
 }
@@ -87,6 +88,11 @@ async fn migrate(platform: &PlatformConfig, component: Component) -> anyhow::Res
         pac_scheduling::migrate(platform, &config).await?;
         tracing::info!(component = "scheduling", "migrated");
     }
+    if matches!(component, Component::Referrals | Component::All) {
+        let config = pac_referrals::ReferralsConfig::from_env()?;
+        pac_referrals::migrate(platform, &config).await?;
+        tracing::info!(component = "referrals", "migrated");
+    }
     Ok(())
 }
 
@@ -95,6 +101,7 @@ async fn serve(component: Component) -> anyhow::Result<()> {
     let service_name = match component {
         Component::Records => "pac-records",
         Component::Scheduling => "pac-scheduling",
+        Component::Referrals => "pac-referrals",
         Component::All => "pac",
     };
     let _telemetry = pac_platform::telemetry::init(service_name, &platform.telemetry)?;
@@ -109,6 +116,11 @@ async fn serve(component: Component) -> anyhow::Result<()> {
         let config = pac_scheduling::SchedulingConfig::from_env()?;
         let listener = bind(config.listen, "PAC_SCHEDULING_ADDR").await?;
         servers.spawn(pac_scheduling::serve(platform.clone(), config, listener, shutdown.clone()));
+    }
+    if matches!(component, Component::Referrals | Component::All) {
+        let config = pac_referrals::ReferralsConfig::from_env()?;
+        let listener = bind(config.listen, "PAC_REFERRALS_ADDR").await?;
+        servers.spawn(pac_referrals::serve(platform.clone(), config, listener, shutdown.clone()));
     }
     while let Some(result) = servers.join_next().await {
         // One component failing stops the others.
