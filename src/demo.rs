@@ -186,7 +186,10 @@ async fn load_referrals(referrals: SocketAddr, patients: &[String]) -> anyhow::R
             }),
             accepted_priorities: vec![refs::Priority::Routine as i32, refs::Priority::Urgent as i32],
             target_wait_days: 14,
-            stuck_thresholds: vec![any_triage(refs::ReferralStatus::AwaitingTriage, 2), any_triage(refs::ReferralStatus::AwaitingBooking, 5)],
+            stuck_thresholds: vec![
+                any_triage(refs::ReferralStatus::AwaitingTriage, 2),
+                any_triage(refs::ReferralStatus::AwaitingBooking, 5),
+            ],
             later_dna_policy: refs::LaterDnaPolicy::Discharge as i32,
             ..Default::default()
         },

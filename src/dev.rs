@@ -90,5 +90,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 }
 
 async fn bind(address: std::net::SocketAddr, variable: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address} (set {variable} to use another address)"))
+    tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} (set {variable} to use another address)"))
 }

@@ -142,8 +142,15 @@ impl From<ApiError> for Status {
         }
         let mut details = ErrorDetails::new();
         details.set_error_info(error.reason, ERROR_DOMAIN, error.metadata);
-        for violation in &error.field_violations {
-            details.add_bad_request_violation(violation.field.clone(), violation.description.clone());
+        if !error.field_violations.is_empty() {
+            // Each violation carries its own stable reason, as well as the words.
+            let violations = error.field_violations.iter().map(|v| tonic_types::FieldViolation {
+                field: v.field.clone(),
+                description: v.description.clone(),
+                reason: v.reason.to_string(),
+                localized_message: None,
+            });
+            details.set_bad_request(violations.collect::<Vec<_>>());
         }
         for (kind, subject, description) in error.precondition_violations {
             details.add_precondition_failure_violation(kind, subject, description);

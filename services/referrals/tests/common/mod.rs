@@ -1,0 +1,345 @@
+//! Starts records, scheduling and referrals in-process on loopback ports against one database of
+//! their own. The referrals service can be stopped and started again on the same address.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono::{Datelike, Utc};
+use pac_platform::testkit::TestDatabase;
+use pac_platform::{Actor, Caller, CallerVerifier, PlatformConfig};
+use pac_proto::common::{Address, Date};
+use pac_proto::records as records_pb;
+use pac_proto::records::patient_records_client::PatientRecordsClient;
+use pac_proto::referrals as pb;
+use pac_proto::referrals::referrals_client::ReferralsClient;
+use pac_proto::scheduling as sched;
+use pac_proto::scheduling::scheduling_client::SchedulingClient;
+use pac_referrals::ReferralsConfig;
+use pac_scheduling::SchedulingConfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+pub struct Platform {
+    pub db: TestDatabase,
+    pub platform: PlatformConfig,
+    pub records: Channel,
+    pub scheduling: Channel,
+    pub referrals: Channel,
+    referrals_config: ReferralsConfig,
+    referrals_shutdown: Option<CancellationToken>,
+    pub shutdown: CancellationToken,
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_timeout(Duration::from_secs(5)).connect_lazy()
+}
+
+impl Platform {
+    pub async fn start() -> Self {
+        let db = TestDatabase::create().await;
+        let platform = db.platform_config();
+        let shutdown = CancellationToken::new();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let records_addr = listener.local_addr().unwrap();
+        let config = pac_records::RecordsConfig::development(records_addr);
+        pac_records::migrate(&platform, &config).await.expect("migrate records");
+        tokio::spawn(pac_records::serve(platform.clone(), config, listener, shutdown.clone()));
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let scheduling_addr = listener.local_addr().unwrap();
+        let config = SchedulingConfig::development(scheduling_addr, format!("http://{records_addr}"));
+        pac_scheduling::migrate(&platform, &config).await.expect("migrate scheduling");
+        tokio::spawn(pac_scheduling::serve(platform.clone(), config, listener, shutdown.clone()));
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let referrals_addr = listener.local_addr().unwrap();
+        let referrals_config =
+            ReferralsConfig::development(referrals_addr, format!("http://{records_addr}"), format!("http://{scheduling_addr}"));
+        pac_referrals::migrate(&platform, &referrals_config).await.expect("migrate referrals");
+        let mut p = Self {
+            db,
+            platform,
+            records: channel(records_addr).await,
+            scheduling: channel(scheduling_addr).await,
+            referrals: channel(referrals_addr).await,
+            referrals_config,
+            referrals_shutdown: None,
+            shutdown,
+        };
+        p.start_referrals(Some(listener)).await;
+        p
+    }
+
+    /// Starts the referrals service (again) on its address.
+    pub async fn start_referrals(&mut self, listener: Option<TcpListener>) {
+        let listener = match listener {
+            Some(l) => l,
+            None => TcpListener::bind(self.referrals_config.listen).await.expect("rebind referrals address"),
+        };
+        let token = self.shutdown.child_token();
+        tokio::spawn(pac_referrals::serve(self.platform.clone(), self.referrals_config.clone(), listener, token.clone()));
+        self.referrals_shutdown = Some(token);
+        // Serving once health answers.
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.referrals.clone());
+        for _ in 0..100 {
+            if health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("referrals service did not start");
+    }
+
+    /// Stops the referrals service (its followers with it) and waits for its port to close.
+    pub async fn stop_referrals(&mut self) {
+        if let Some(token) = self.referrals_shutdown.take() {
+            token.cancel();
+        }
+        for _ in 0..200 {
+            if TcpListener::bind(self.referrals_config.listen).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("referrals service did not stop");
+    }
+
+    pub fn client(&self) -> ReferralsClient<Channel> {
+        ReferralsClient::new(self.referrals.clone())
+    }
+
+    pub fn scheduling(&self) -> SchedulingClient<Channel> {
+        SchedulingClient::new(self.scheduling.clone())
+    }
+
+    pub fn records(&self) -> PatientRecordsClient<Channel> {
+        PatientRecordsClient::new(self.records.clone())
+    }
+
+    pub async fn admin(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.db.admin_url).await.unwrap()
+    }
+
+    /// A signed caller context with `permissions`.
+    pub fn signed<T>(&self, message: T, permissions: &[&str]) -> tonic::Request<T> {
+        let caller = Caller {
+            actor: Actor { subject: "coordinator-7".into(), role: "coordinator".into(), organisation: "RR8".into() },
+            organisations: vec!["RR8".into()],
+            permissions: permissions.iter().map(|p| p.to_string()).collect(),
+        };
+        let token = CallerVerifier::new(&self.platform.internal_key, false).sign(&caller, Duration::from_secs(60));
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert(pac_platform::caller::CALLER_HEADER, token.parse().unwrap());
+        request
+    }
+
+    /// Registers a patient; returns the id.
+    pub async fn patient(&self, birth: (i32, i32, i32), sex: i32, postcode: &str) -> String {
+        let patient = records_pb::Patient {
+            given_name: "Test".into(),
+            family_name: uuid::Uuid::new_v4().as_bytes().iter().take(10).map(|b| char::from(b'a' + b % 26)).collect(),
+            birth_date: Some(Date { year: birth.0, month: birth.1, day: birth.2 }),
+            sex,
+            address: (!postcode.is_empty()).then(|| Address {
+                lines: vec!["1 High Street".into()],
+                postcode: postcode.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let request =
+            records_pb::RegisterPatientRequest { patient: Some(patient), request_id: String::new(), allow_possible_duplicate: true };
+        self.records().register_patient(request).await.expect("register patient").into_inner().patient.unwrap().id
+    }
+
+    /// An adult in LS6.
+    pub async fn adult(&self) -> String {
+        self.patient((1970, 3, 14), 2, "LS6 2AA").await
+    }
+
+    pub async fn service(&self, service: pb::Service) -> pb::Service {
+        self.client()
+            .create_service(pb::CreateServiceRequest { service: Some(service), request_id: String::new() })
+            .await
+            .expect("create service")
+            .into_inner()
+            .service
+            .unwrap()
+    }
+
+    /// A service with no entry rules, awaiting-triage flagged after 2 working days for two-week waits.
+    pub async fn open_service(&self, code: &str, later_dna: pb::LaterDnaPolicy) -> pb::Service {
+        self.service(pb::Service {
+            code: code.into(),
+            name: format!("{code} clinic"),
+            specialty: "General".into(),
+            target_wait_days: 42,
+            stuck_thresholds: vec![pb::StuckThreshold {
+                status: pb::ReferralStatus::AwaitingTriage as i32,
+                priority: pb::Priority::TwoWeekWait as i32,
+                working_days: 2,
+            }],
+            later_dna_policy: later_dna as i32,
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub fn new_referral(&self, patient_id: &str, service_code: &str) -> pb::CreateReferralRequest {
+        pb::CreateReferralRequest {
+            patient_id: patient_id.into(),
+            service_code: service_code.into(),
+            priority: pb::Priority::Routine as i32,
+            referrer: Some(pb::Referrer { organisation: "B86001".into(), clinician: "Dr A Jones".into() }),
+            source: "GP".into(),
+            reason: "Knee pain for three months".into(),
+            ..Default::default()
+        }
+    }
+
+    pub async fn refer(&self, patient_id: &str, service_code: &str) -> pb::Referral {
+        self.create(self.new_referral(patient_id, service_code)).await.expect("create referral")
+    }
+
+    pub async fn create(&self, request: pb::CreateReferralRequest) -> Result<pb::Referral, Status> {
+        self.client().create_referral(request).await.map(|r| r.into_inner().referral.unwrap())
+    }
+
+    pub async fn get(&self, id: &str) -> pb::Referral {
+        self.client().get_referral(pb::GetReferralRequest { id: id.into() }).await.expect("get referral").into_inner().referral.unwrap()
+    }
+
+    pub async fn triage(&self, referral: &pb::Referral, decision: pb::triage_referral_request::Decision) -> Result<pb::Referral, Status> {
+        let request = pb::TriageReferralRequest {
+            referral_id: referral.id.clone(),
+            etag: referral.etag.clone(),
+            decision: Some(decision),
+            request_id: String::new(),
+        };
+        self.client().triage_referral(request).await.map(|r| r.into_inner().referral.unwrap())
+    }
+
+    pub async fn accept(&self, referral: &pb::Referral) -> pb::Referral {
+        self.triage(referral, pb::triage_referral_request::Decision::Accept(pb::Accept {})).await.expect("accept")
+    }
+
+    /// A clinic for `service_code` with a daily one-place session from tomorrow; its free slots.
+    pub async fn slots(&self, service_code: &str) -> Vec<sched::Slot> {
+        let mut client = self.scheduling();
+        let location = client
+            .create_location(sched::CreateLocationRequest {
+                location: Some(sched::Location { name: "Leeds General Infirmary".into(), ..Default::default() }),
+                request_id: String::new(),
+            })
+            .await
+            .expect("create location")
+            .into_inner()
+            .location
+            .unwrap();
+        let clinic = client
+            .create_clinic(sched::CreateClinicRequest {
+                clinic: Some(sched::Clinic {
+                    location_id: location.id,
+                    name: "Clinic".into(),
+                    service_code: service_code.into(),
+                    time_zone: "Europe/London".into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .expect("create clinic")
+            .into_inner()
+            .clinic
+            .unwrap();
+        let tomorrow = Utc::now().date_naive() + chrono::Duration::days(1);
+        client
+            .create_session_template(sched::CreateSessionTemplateRequest {
+                session_template: Some(sched::SessionTemplate {
+                    clinic_id: clinic.id.clone(),
+                    weekday: tomorrow.weekday().number_from_monday() as i32,
+                    start: Some(sched::LocalTime { hours: 9, minutes: 0 }),
+                    end: Some(sched::LocalTime { hours: 12, minutes: 0 }),
+                    slot_minutes: 20,
+                    capacity: 1,
+                    valid_from: Some(Date { year: tomorrow.year(), month: tomorrow.month() as i32, day: tomorrow.day() as i32 }),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .expect("create session");
+        client
+            .search_slots(sched::SearchSlotsRequest {
+                target: Some(sched::search_slots_request::Target::ClinicId(clinic.id)),
+                page_size: 100,
+                ..Default::default()
+            })
+            .await
+            .expect("search slots")
+            .into_inner()
+            .slots
+    }
+
+    pub async fn book(&self, slot_id: &str, referral: &pb::Referral) -> sched::Appointment {
+        self.scheduling()
+            .book_appointment(sched::BookAppointmentRequest {
+                target: Some(sched::book_appointment_request::Target::SlotId(slot_id.into())),
+                patient_id: referral.patient_id.clone(),
+                referral_id: referral.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("book")
+            .into_inner()
+            .appointment
+            .unwrap()
+    }
+
+    /// Waits until the referral satisfies `check` (events arrive asynchronously).
+    pub async fn referral_becomes(&self, id: &str, check: impl Fn(&pb::Referral) -> bool) -> pb::Referral {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let referral = self.get(id).await;
+            if check(&referral) {
+                return referral;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "referral never reached the expected state: {referral:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Asserts the code and the ErrorInfo reason.
+pub fn assert_error(status: &Status, code: Code, reason: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    let details = status.get_error_details();
+    assert_eq!(details.error_info().map(|i| i.reason.as_str()), Some(reason), "{status:?}");
+}
+
+/// Asserts INVALID_ARGUMENT with a violation of `field` for `reason`.
+pub fn assert_violation(status: &Status, field: &str, reason: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let details = status.get_error_details();
+    let violations = details.bad_request().map(|b| b.field_violations.clone()).unwrap_or_default();
+    assert!(violations.iter().any(|v| v.field == field && v.reason == reason), "no {field}/{reason} in {violations:?}");
+}
+
+pub fn date(d: chrono::NaiveDate) -> Date {
+    Date { year: d.year(), month: d.month() as i32, day: d.day() as i32 }
+}
+
+pub fn timestamp(at: chrono::DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: 0 }
+}
