@@ -550,6 +550,8 @@ impl Referrals {
                 }
                 referral.current_appointment_id = Some(change.appointment_id);
                 referral.rebook_reason = None;
+                // Rebooking is the follow-up of a missed appointment.
+                referral.dna_follow_up = false;
                 Event::ReferralBooked as fn(pb::ReferralEvent) -> Event
             }
             AppointmentChangeKind::Cancelled { by_patient, .. } => {

@@ -1,0 +1,231 @@
+//! Referrals following the other services, end to end over gRPC: bookings, cancellations by the
+//! hospital and by the patient, missed and attended appointments, a referral cancelled with its
+//! appointment, catching up after being stopped, and patient merges.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Platform;
+use pac_proto::records as records_pb;
+use pac_proto::referrals as pb;
+use pac_proto::scheduling as sched;
+
+async fn make_started(p: &Platform, appointment_id: &str) {
+    sqlx::query(
+        "UPDATE scheduling.appointments SET start_time = now() - interval '30 minutes', end_time = now() - interval '10 minutes' \
+         WHERE id = $1::uuid",
+    )
+    .bind(appointment_id)
+    .execute(&p.admin().await)
+    .await
+    .unwrap();
+}
+
+async fn cancel(p: &Platform, appointment: &sched::Appointment, by: sched::CancelledBy) {
+    p.scheduling()
+        .cancel_appointment(sched::CancelAppointmentRequest {
+            appointment_id: appointment.id.clone(),
+            reason_code: "CLINIC_CANCELLED".into(),
+            cancelled_by: by as i32,
+            etag: appointment.etag.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .expect("cancel appointment");
+}
+
+async fn set_status(p: &Platform, appointment_id: &str, status: sched::AppointmentStatus) {
+    make_started(p, appointment_id).await;
+    p.scheduling()
+        .update_appointment_status(sched::UpdateAppointmentStatusRequest {
+            appointment_id: appointment_id.into(),
+            status: status as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("update appointment status");
+}
+
+fn status(r: &pb::Referral) -> pb::ReferralStatus {
+    pb::ReferralStatus::try_from(r.status).unwrap()
+}
+
+#[tokio::test]
+async fn bookings_and_cancellations_move_the_referral() {
+    let p = Platform::start().await;
+    p.open_service("KNEE", pb::LaterDnaPolicy::Rebook).await;
+    let slots = p.slots("KNEE").await;
+    let patient = p.adult().await;
+    let referral = p.accept(&p.refer(&patient, "KNEE").await).await;
+
+    let first = p.book(&slots[0].id, &referral).await;
+    let booked = p.referral_becomes(&referral.id, |r| status(r) == pb::ReferralStatus::Booked).await;
+    assert_eq!(
+        (booked.current_appointment_id.as_str(), booked.appointment_ids.as_slice()),
+        (first.id.as_str(), [first.id.clone()].as_slice())
+    );
+
+    cancel(&p, &first, sched::CancelledBy::Provider).await;
+    let lost = p.referral_becomes(&referral.id, |r| status(r) == pb::ReferralStatus::AwaitingBooking).await;
+    assert_eq!(lost.rebook_reason, pb::RebookReason::CancelledByProvider as i32);
+    assert!(lost.current_appointment_id.is_empty());
+    assert_eq!(lost.clock.unwrap().state, pb::ClockState::Running as i32, "a cancellation does not stop the clock");
+
+    let second = p.book(&slots[1].id, &referral).await;
+    p.referral_becomes(&referral.id, |r| r.current_appointment_id == second.id).await;
+    cancel(&p, &second, sched::CancelledBy::Patient).await;
+    let lost = p.referral_becomes(&referral.id, |r| status(r) == pb::ReferralStatus::AwaitingBooking).await;
+    assert_eq!(lost.rebook_reason, pb::RebookReason::CancelledByPatient as i32);
+    assert_eq!(lost.appointment_ids, [first.id.clone(), second.id.clone()]);
+
+    // A booking for a referral not yet accepted is not applied.
+    let untriaged = p.refer(&patient, "KNEE").await;
+    p.book(&slots[2].id, &untriaged).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(status(&p.get(&untriaged.id).await), pb::ReferralStatus::AwaitingTriage);
+}
+
+#[tokio::test]
+async fn a_first_appointment_dna_nullifies_the_clock_and_a_later_one_follows_local_policy() {
+    let p = Platform::start().await;
+    p.open_service("KNEE", pb::LaterDnaPolicy::Discharge).await;
+    let slots = p.slots("KNEE").await;
+    let patient = p.adult().await;
+    let referral = p.accept(&p.refer(&patient, "KNEE").await).await;
+
+    let first = p.book(&slots[0].id, &referral).await;
+    p.referral_becomes(&referral.id, |r| status(r) == pb::ReferralStatus::Booked).await;
+    set_status(&p, &first.id, sched::AppointmentStatus::Noshow).await;
+    let missed = p.referral_becomes(&referral.id, |r| r.missed_appointments == 1).await;
+    let clock = missed.clock.clone().unwrap();
+    assert_eq!((clock.state, clock.status_code), (pb::ClockState::Nullified as i32, 33));
+    assert_eq!((clock.weeks_waited, clock.breach_date), (None, None), "the period is not measured");
+    assert_eq!(status(&missed), pb::ReferralStatus::AwaitingBooking);
+    assert!(missed.dna_follow_up);
+    let follow_up =
+        p.client().list_referrals(pb::ListReferralsRequest { dna_follow_up: true, ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(follow_up.referrals.len(), 1);
+
+    // Rebooked: a new clock starts; attended, then a later DNA discharges under this service's policy.
+    let second = p.book(&slots[1].id, &referral).await;
+    let rebooked = p.referral_becomes(&referral.id, |r| status(r) == pb::ReferralStatus::Booked).await;
+    assert_eq!(rebooked.clock.as_ref().unwrap().state, pb::ClockState::Running as i32);
+    assert!(!rebooked.dna_follow_up);
+    set_status(&p, &second.id, sched::AppointmentStatus::Fulfilled).await;
+    let seen = p.referral_becomes(&referral.id, |r| r.attended_appointments == 1).await;
+    assert_eq!(seen.clock.as_ref().unwrap().status_code, 20);
+    // Attended: a follow-up appointment for the same referral, which the patient misses.
+    let follow = p.book(&slots[2].id, &seen).await;
+    p.referral_becomes(&referral.id, |r| r.current_appointment_id == follow.id).await;
+    set_status(&p, &follow.id, sched::AppointmentStatus::Noshow).await;
+    let discharged = p.referral_becomes(&referral.id, |r| r.missed_appointments == 2).await;
+    assert_eq!(status(&discharged), pb::ReferralStatus::Completed);
+    let clock = discharged.clock.unwrap();
+    assert_eq!((clock.state, clock.status_code), (pb::ClockState::Stopped as i32, 34));
+}
+
+#[tokio::test]
+async fn cancelling_a_referral_cancels_its_appointment() {
+    let p = Platform::start().await;
+    p.open_service("KNEE", pb::LaterDnaPolicy::Rebook).await;
+    let slots = p.slots("KNEE").await;
+    let referral = p.accept(&p.refer(&p.adult().await, "KNEE").await).await;
+    let appointment = p.book(&slots[0].id, &referral).await;
+    let booked = p.referral_becomes(&referral.id, |r| status(r) == pb::ReferralStatus::Booked).await;
+
+    let request = pb::CancelReferralRequest {
+        referral_id: booked.id.clone(),
+        etag: booked.etag.clone(),
+        reason: "Patient moved away".into(),
+        request_id: "c-1".into(),
+    };
+    let response = p.client().cancel_referral(request.clone()).await.unwrap().into_inner();
+    assert_eq!(response.cancelled_appointment_id, appointment.id);
+    assert_eq!(status(response.referral.as_ref().unwrap()), pb::ReferralStatus::Cancelled);
+    let got = p.scheduling().get_appointment(sched::GetAppointmentRequest { id: appointment.id.clone() }).await.unwrap().into_inner();
+    let got = got.appointment.unwrap();
+    assert_eq!(got.status, sched::AppointmentStatus::Cancelled as i32);
+    assert_eq!(got.cancellation.unwrap().reason_code, "REFERRAL_CANCELLED");
+    // The appointment's cancellation event leaves the cancelled referral as it is; a retry answers the same.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(p.get(&referral.id).await.etag, response.referral.unwrap().etag);
+    assert_eq!(p.client().cancel_referral(request).await.unwrap().into_inner().cancelled_appointment_id, appointment.id);
+}
+
+#[tokio::test]
+async fn bookings_made_while_referrals_is_stopped_are_applied_once_on_restart() {
+    let mut p = Platform::start().await;
+    p.open_service("KNEE", pb::LaterDnaPolicy::Rebook).await;
+    let slots = p.slots("KNEE").await;
+    let patient = p.adult().await;
+    let mut referrals = Vec::new();
+    for _ in 0..3 {
+        referrals.push(p.accept(&p.refer(&patient, "KNEE").await).await);
+    }
+    // Scheduling's stream position is saved before the stop.
+    let warm = p.accept(&p.refer(&patient, "KNEE").await).await;
+    p.book(&slots[5].id, &warm).await;
+    p.referral_becomes(&warm.id, |r| status(r) == pb::ReferralStatus::Booked).await;
+
+    p.stop_referrals().await;
+    let mut booked = Vec::new();
+    for (n, referral) in referrals.iter().enumerate() {
+        booked.push(p.book(&slots[n].id, referral).await);
+    }
+    p.start_referrals(None).await;
+    for (referral, appointment) in referrals.iter().zip(&booked) {
+        let after = p.referral_becomes(&referral.id, |r| status(r) == pb::ReferralStatus::Booked).await;
+        assert_eq!(after.appointment_ids, [appointment.id.clone()]);
+    }
+    // Exactly once: one ReferralBooked event each, and the restart again replays nothing.
+    p.stop_referrals().await;
+    p.start_referrals(None).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM referrals.outbox WHERE event_type = 'ReferralBooked'")
+        .fetch_one(&p.admin().await)
+        .await
+        .unwrap();
+    assert_eq!(events, 4);
+    for referral in &referrals {
+        assert_eq!(p.get(&referral.id).await.etag, "3", "accepted, booked; nothing twice");
+    }
+}
+
+#[tokio::test]
+async fn a_patient_merge_moves_referrals_and_an_unmerge_moves_them_back() {
+    let p = Platform::start().await;
+    p.open_service("KNEE", pb::LaterDnaPolicy::Rebook).await;
+    let (survivor, merged) = (p.adult().await, p.adult().await);
+    let referral = p.refer(&merged, "KNEE").await;
+    p.records()
+        .merge_patients(records_pb::MergePatientsRequest {
+            survivor_id: survivor.clone(),
+            merged_id: merged.clone(),
+            reason: "duplicate".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    p.referral_becomes(&referral.id, |r| r.patient_id == survivor).await;
+    p.records()
+        .unmerge_patient(records_pb::UnmergePatientRequest {
+            merged_id: merged.clone(),
+            reason: "not the same person".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    p.referral_becomes(&referral.id, |r| r.patient_id == merged).await;
+    // A referral for a merged-away id goes to the survivor.
+    p.records()
+        .merge_patients(records_pb::MergePatientsRequest {
+            survivor_id: survivor.clone(),
+            merged_id: merged.clone(),
+            reason: "duplicate".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(p.refer(&merged, "KNEE").await.patient_id, survivor);
+}
