@@ -4,6 +4,7 @@
 //! - `search`: SearchPatients latency with 10,000 and then 1,000,000 patients in the table.
 //! - `register`: RegisterPatient throughput against pgbench running the patient INSERT, alternating.
 //! - `book`, `slots`: the scheduling service (see `bench_scheduling`).
+//! - `worklist`, `event-lag`: the referrals service (see `bench_referrals`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +65,25 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// ListReferrals (worklist) latency at a small and a large number of referrals, in one run.
+    Worklist {
+        #[arg(long, default_value_t = 10_000)]
+        small: i64,
+        #[arg(long, default_value_t = 1_000_000)]
+        large: i64,
+        #[arg(long, default_value_t = 3_000)]
+        queries: usize,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
+    /// Time from a booking's answer to its referral showing it, under a steady booking rate.
+    EventLag {
+        /// Bookings per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     /// SearchSlots latency at a small and a large number of slots, in one run.
     Slots {
         #[arg(long, default_value_t = 50_000)]
@@ -83,15 +103,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Register { seconds, concurrency, runs } => register(seconds, concurrency, runs).await,
         Scenario::Book { seconds, concurrency, runs } => crate::bench_scheduling::book(seconds, concurrency, runs).await,
         Scenario::Slots { small, large, queries, concurrency } => crate::bench_scheduling::slots(small, large, queries, concurrency).await,
+        Scenario::Worklist { small, large, queries, concurrency } => {
+            crate::bench_referrals::worklist(small, large, queries, concurrency).await
+        }
+        Scenario::EventLag { rate, seconds } => crate::bench_referrals::event_lag(rate, seconds).await,
     }
 }
 
-/// The records and scheduling services on a fresh database of their own.
+/// The records, scheduling and referrals services on a fresh database of their own.
 pub(crate) struct Bench {
     _postgres: LocalPostgres,
     pub admin_url: String,
-    records: SocketAddr,
+    pub records: SocketAddr,
     pub scheduling: SocketAddr,
+    pub referrals: SocketAddr,
     shutdown: CancellationToken,
 }
 
@@ -115,8 +140,13 @@ impl Bench {
         let scheduling = listener.local_addr()?;
         let config = pac_scheduling::SchedulingConfig::development(scheduling, format!("http://{records}"));
         pac_scheduling::migrate(&platform, &config).await?;
-        tokio::spawn(pac_scheduling::serve(platform, config, listener, shutdown.clone()));
-        Ok(Self { _postgres: postgres, admin_url, records, scheduling, shutdown })
+        tokio::spawn(pac_scheduling::serve(platform.clone(), config, listener, shutdown.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let referrals = listener.local_addr()?;
+        let config = pac_referrals::ReferralsConfig::development(referrals, format!("http://{records}"), format!("http://{scheduling}"));
+        pac_referrals::migrate(&platform, &config).await?;
+        tokio::spawn(pac_referrals::serve(platform, config, listener, shutdown.clone()));
+        Ok(Self { _postgres: postgres, admin_url, records, scheduling, referrals, shutdown })
     }
 
     /// Separate HTTP/2 connections, as separate clients would have.

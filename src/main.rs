@@ -7,6 +7,7 @@
 //! - `pac bench <scenario>`: the benchmarks behind BENCHMARKS.md.
 
 mod bench;
+mod bench_referrals;
 mod bench_scheduling;
 mod demo;
 mod dev;

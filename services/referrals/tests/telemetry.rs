@@ -41,7 +41,12 @@ async fn no_patient_data_in_logs_or_spans_and_traces_cross_services() {
         code: "URO-2WW".into(),
         name: "Urology".into(),
         target_wait_days: 14,
-        rules: Some(pb::EligibilityRules { catchment_districts: vec!["BD18".into()], min_age: Some(18), sources: vec!["GP".into()], ..Default::default() }),
+        rules: Some(pb::EligibilityRules {
+            catchment_districts: vec!["BD18".into()],
+            min_age: Some(18),
+            sources: vec!["GP".into()],
+            ..Default::default()
+        }),
         ..Default::default()
     })
     .await;
