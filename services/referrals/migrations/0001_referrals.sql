@@ -69,11 +69,15 @@ CREATE TABLE referrals (
 -- Worklists: referrals by status and priority (and service), soonest breach first.
 CREATE INDEX referrals_worklist ON referrals (status, priority, worklist_date, id);
 CREATE INDEX referrals_service_worklist ON referrals (service_code, status, priority, worklist_date, id);
+-- The rarer worklists have small partial indexes of their own, in the same order.
 CREATE INDEX referrals_dna_follow_up ON referrals (status, priority, worklist_date, id) WHERE dna_follow_up;
+CREATE INDEX referrals_service_dna_follow_up ON referrals (service_code, status, priority, worklist_date, id) WHERE dna_follow_up;
 CREATE INDEX referrals_unassigned_tasks ON referrals (status, priority, worklist_date, id) WHERE unassigned_tasks > 0;
+CREATE INDEX referrals_service_unassigned_tasks ON referrals (service_code, status, priority, worklist_date, id)
+    WHERE unassigned_tasks > 0;
+-- Referrals with a stuck deadline (their service sets one for their status and priority).
+CREATE INDEX referrals_stuck ON referrals (status, priority, worklist_date, id) WHERE stuck_after IS NOT NULL;
 CREATE INDEX referrals_patient ON referrals (patient_id, worklist_date, id);
-CREATE INDEX referrals_stuck ON referrals (stuck_after)
-    WHERE stuck_after IS NOT NULL AND status IN ('awaiting-triage', 'awaiting-booking', 'booked', 'awaiting-information');
 CREATE UNIQUE INDEX referrals_current_appointment ON referrals (current_appointment_id) WHERE current_appointment_id IS NOT NULL;
 
 -- Case notes and handover tasks. Clinical free text: never logged.

@@ -329,7 +329,7 @@ pub async fn worklist(
             query.push(" AND unassigned_tasks > 0");
         }
         if let Some(at) = filter.stuck_at {
-            query.push(" AND stuck_after <= ").push_bind(at);
+            query.push(" AND stuck_after IS NOT NULL AND stuck_after <= ").push_bind(at);
         }
         if let Some((date, id)) = after {
             query.push(" AND (worklist_date, id) > (").push_bind(date).push(", ").push_bind(id).push(")");
