@@ -2,10 +2,11 @@
 health, reflection (v1alpha, the only version grpcio's client speaks), then register, find and update
 a patient, and check the error details of a bad request.
 
-then set up a clinic and book that patient into a slot (hold, then confirm) with the scheduling service.
+then set up a clinic and book that patient into a slot (hold, then confirm) with the scheduling service,
+then refer the patient to a service, accept the referral, book it, and see the referral booked.
 
-    python3 tests/smoke/grpcio_smoke.py [records-address] [scheduling-address]
-    # defaults 127.0.0.1:50051 127.0.0.1:50052
+    python3 tests/smoke/grpcio_smoke.py [records-address] [scheduling-address] [referrals-address]
+    # defaults 127.0.0.1:50051 127.0.0.1:50052 127.0.0.1:50053
 """
 
 import pathlib
@@ -109,10 +110,13 @@ def main() -> None:
         assert violations.field_violations[0].field == "patient.nhs_number", violations
 
     print(f"smoke: grpcio client registered, found and updated {created.id}")
-    book(sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1:50052", created.id, suffix)
+    scheduling_address = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1:50052"
+    slot_id = book(scheduling_address, created.id, suffix)
+    refer(sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1:50053", scheduling_address, created.id, suffix, slot_id)
 
 
-def book(address: str, patient_id: str, suffix: str) -> None:
+def book(address: str, patient_id: str, suffix: str) -> str:
+    """Books the patient into the first of two slots; returns the second, still free."""
     import datetime
     from pac.common.v1 import common_pb2
     from pac.scheduling.v1 import scheduling_pb2 as s, scheduling_pb2_grpc
@@ -148,6 +152,51 @@ def book(address: str, patient_id: str, suffix: str) -> None:
     except grpc.RpcError as error:
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error
     print(f"smoke: grpcio client booked appointment {booked.id} in slot {slots[0].id}")
+    return slots[1].id
+
+
+def refer(address: str, scheduling_address: str, patient_id: str, suffix: str, slot_id: str) -> None:
+    import time
+    from pac.referrals.v1 import referrals_pb2 as r, referrals_pb2_grpc
+    from pac.scheduling.v1 import scheduling_pb2 as s, scheduling_pb2_grpc
+
+    channel = grpc.insecure_channel(address)
+    grpc.channel_ready_future(channel).result(timeout=10)
+    health = health_pb2_grpc.HealthStub(channel)
+    status = health.Check(health_pb2.HealthCheckRequest(service="pac.referrals.v1.Referrals"), timeout=5)
+    assert status.status == health_pb2.HealthCheckResponse.SERVING, status
+    referrals = referrals_pb2_grpc.ReferralsStub(channel)
+    code = "SMOKE-" + suffix.upper()
+    referrals.CreateService(r.CreateServiceRequest(service=r.Service(
+        code=code, name="Smoke service", target_wait_days=42,
+        rules=r.EligibilityRules(min_age=18, sources=["GP"]))), timeout=5)
+    answer = referrals.CheckEligibility(r.CheckEligibilityRequest(patient_id=patient_id, service_code=code, source="DENTIST"), timeout=5)
+    assert not answer.eligible and answer.reasons[0].code == "SOURCE_NOT_ACCEPTED", answer
+    referral = referrals.CreateReferral(r.CreateReferralRequest(
+        patient_id=patient_id, service_code=code, priority=r.PRIORITY_ROUTINE,
+        referrer=r.Referrer(organisation="B86001", clinician="Dr Smoke"), source="GP", reason="Smoke test",
+        request_id=str(uuid.uuid4())), timeout=5).referral
+    assert referral.status == r.REFERRAL_STATUS_AWAITING_TRIAGE and referral.clock.status_code == 10, referral
+    try:
+        referrals.TriageReferral(r.TriageReferralRequest(referral_id=referral.id, etag=referral.etag, reject=r.Reject()), timeout=5)
+        sys.exit("a rejection without a reason was accepted")
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    accepted = referrals.TriageReferral(r.TriageReferralRequest(
+        referral_id=referral.id, etag=referral.etag, accept=r.Accept()), timeout=5).referral
+    assert accepted.status == r.REFERRAL_STATUS_AWAITING_BOOKING, accepted
+    scheduling = scheduling_pb2_grpc.SchedulingStub(grpc.insecure_channel(scheduling_address))
+    appointment = scheduling.BookAppointment(s.BookAppointmentRequest(
+        slot_id=slot_id, patient_id=patient_id, referral_id=referral.id, request_id=str(uuid.uuid4())), timeout=5).appointment
+    for _ in range(100):
+        current = referrals.GetReferral(r.GetReferralRequest(id=referral.id), timeout=5).referral
+        if current.status == r.REFERRAL_STATUS_BOOKED:
+            assert current.current_appointment_id == appointment.id, current
+            break
+        time.sleep(0.1)
+    else:
+        sys.exit("the booking never reached the referral")
+    print(f"smoke: grpcio client referred, accepted and booked referral {referral.id}")
 
 
 if __name__ == "__main__":
