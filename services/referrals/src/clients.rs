@@ -87,13 +87,13 @@ impl Clients {
         Ok(self.scheduling.clone().watch_events(request).await?.into_inner())
     }
 
-    /// Cancels an appointment because its referral was cancelled; idempotent on `request_id`.
-    /// An appointment already over or cancelled is left as it is.
-    pub async fn cancel_appointment(&self, appointment_id: Uuid, request_id: String) -> Result<(), ReferralsError> {
+    /// Cancels an appointment its referral no longer needs (`reason_code` says why); idempotent
+    /// on `request_id`. An appointment already over or cancelled is left as it is.
+    pub async fn cancel_appointment(&self, appointment_id: Uuid, reason_code: &str, request_id: String) -> Result<(), ReferralsError> {
         let request = self.identity.request(
             scheduling_pb::CancelAppointmentRequest {
                 appointment_id: appointment_id.to_string(),
-                reason_code: REFERRAL_CANCELLED.into(),
+                reason_code: reason_code.into(),
                 cancelled_by: scheduling_pb::CancelledBy::Provider as i32,
                 etag: String::new(),
                 request_id,
@@ -114,5 +114,8 @@ impl Clients {
     }
 }
 
-/// The cancellation reason of an appointment cancelled with its referral.
+/// Why referrals cancels an appointment: its referral was cancelled, its referral was closed
+/// (treated, discharged, died) or booked again, or it was booked for a referral already closed.
 pub const REFERRAL_CANCELLED: &str = "REFERRAL_CANCELLED";
+pub const REFERRAL_CLOSED: &str = "REFERRAL_CLOSED";
+pub const SUPERSEDED: &str = "SUPERSEDED_BY_NEW_BOOKING";

@@ -66,13 +66,14 @@ fn appointment_change(message: &scheduling_pb::WatchEventsResponse) -> Option<Ap
         Event::AppointmentCancelled(e) => {
             let cancellation = e.appointment.as_ref()?.cancellation.clone().unwrap_or_default();
             let by_patient = cancellation.cancelled_by == scheduling_pb::CancelledBy::Patient as i32;
-            (e, AppointmentChangeKind::Cancelled { by_patient, reason_code: cancellation.reason_code })
+            (e, AppointmentChangeKind::Cancelled { by_patient })
         }
         Event::AppointmentStatusChanged(e) => {
             let status = scheduling_pb::AppointmentStatus::try_from(e.appointment.as_ref()?.status).ok()?;
             match status {
                 scheduling_pb::AppointmentStatus::Noshow => (e, AppointmentChangeKind::DidNotAttend),
                 scheduling_pb::AppointmentStatus::Fulfilled => (e, AppointmentChangeKind::Attended),
+                scheduling_pb::AppointmentStatus::EnteredInError => (e, AppointmentChangeKind::Cancelled { by_patient: false }),
                 _ => return None,
             }
         }

@@ -14,7 +14,7 @@ use prost::Message;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::clients::{Clients, PatientFacts, REFERRAL_CANCELLED};
+use crate::clients::{Clients, PatientFacts, REFERRAL_CANCELLED, REFERRAL_CLOSED, SUPERSEDED};
 use crate::convert;
 use crate::domain::eligibility::{self, Applicant, Priority, Reason};
 use crate::domain::referral::{self, Action, AppointmentEvent, RebookReason, Status};
@@ -95,7 +95,10 @@ pub struct AppointmentChange {
 
 pub enum AppointmentChangeKind {
     Booked,
-    Cancelled { by_patient: bool, reason_code: String },
+    /// Cancelled, or entered in error (by the hospital).
+    Cancelled {
+        by_patient: bool,
+    },
     DidNotAttend,
     Attended,
 }
@@ -309,6 +312,7 @@ impl Referrals {
         check_etag(&referral, etag)?;
         let to = transition(&referral, decision.action())?;
         let service = self.service_in(&mut tx, &referral.service_code).await?;
+        let clock_before = referral.clock;
         let now = pac_platform::now();
         let today = local_date(now);
         let mut redirected = None;
@@ -354,7 +358,7 @@ impl Referrals {
             }
         }
         self.save(&mut tx, &mut referral, to, &service, now).await?;
-        if referral.clock.state != State::Running {
+        if referral.clock != clock_before {
             store::insert_clock_event(&mut tx, referral.id, &referral.clock, today, "recorded", &write.actor.subject).await?;
         }
         let event = Event::ReferralTriaged(referral_event(&referral, &referral.triage_code));
@@ -381,7 +385,7 @@ impl Referrals {
         // Under the referral's lock, so the appointment's cancellation event finds it cancelled.
         let cancelled_appointment = referral.current_appointment_id.take();
         if let Some(appointment_id) = cancelled_appointment {
-            self.clients.cancel_appointment(appointment_id, format!("referral-cancel-{id}")).await?;
+            self.clients.cancel_appointment(appointment_id, REFERRAL_CANCELLED, format!("referral-cancel-{id}")).await?;
         }
         let now = pac_platform::now();
         let today = local_date(now);
@@ -430,7 +434,10 @@ impl Referrals {
             to = referral::after_clock_stop(to, code);
         }
         if to.is_terminal() {
-            referral.current_appointment_id = None;
+            // The pathway is over: its live appointment goes (under the lock, as in `cancel`).
+            if let Some(appointment_id) = referral.current_appointment_id.take() {
+                self.clients.cancel_appointment(appointment_id, REFERRAL_CLOSED, format!("referral-closed-{id}-{appointment_id}")).await?;
+            }
             referral.rebook_reason = None;
         }
         let now = pac_platform::now();
@@ -521,9 +528,15 @@ impl Referrals {
         let Some(mut referral) = found else { return Ok(false) };
         let service = self.service_in(&mut tx, &referral.service_code).await?;
         let first = referral.attended_appointments == 0 && referral.missed_appointments == 0;
+        if matches!(change.kind, AppointmentChangeKind::Booked) && referral.status.is_terminal() {
+            // Booked for a referral already closed: the appointment is not needed.
+            let request_id = format!("referral-closed-{}-{}", referral.id, change.appointment_id);
+            self.clients.cancel_appointment(change.appointment_id, REFERRAL_CLOSED, request_id).await?;
+            tracing::info!(referral_id = %referral.id, appointment_id = %change.appointment_id, "booking for a closed referral cancelled");
+            return Ok(false);
+        }
         let (event, clock_event) = match &change.kind {
             AppointmentChangeKind::Booked => (AppointmentEvent::Booked, None),
-            AppointmentChangeKind::Cancelled { reason_code, .. } if reason_code == REFERRAL_CANCELLED => return Ok(false),
             AppointmentChangeKind::Cancelled { .. } => (AppointmentEvent::Cancelled, None),
             AppointmentChangeKind::DidNotAttend => {
                 let discharge = !first && service.later_dna == LaterDnaPolicy::Discharge;
@@ -544,6 +557,11 @@ impl Referrals {
                         referral.clock.apply(ClockEvent::Restart(Code::Start), change.on.max(referral.clock.started), service.later_dna);
                     referral.clock = restarted.map_err(ReferralsError::ClockRefused)?;
                     store::insert_clock_event(&mut tx, referral.id, &referral.clock, change.on, "appointment", &system.subject).await?;
+                }
+                if let Some(previous) = referral.current_appointment_id.filter(|p| *p != change.appointment_id) {
+                    // One live appointment per referral: a new booking replaces the old one.
+                    let request_id = format!("referral-superseded-{}-{previous}", referral.id);
+                    self.clients.cancel_appointment(previous, SUPERSEDED, request_id).await?;
                 }
                 if !referral.appointment_ids.contains(&change.appointment_id) {
                     referral.appointment_ids.push(change.appointment_id);

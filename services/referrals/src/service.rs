@@ -116,7 +116,8 @@ fn code(field: &str, value: &str, pattern: fn(u8) -> bool, reason: &'static str,
     if value.is_empty() {
         return Err(FieldViolation::new(field, "FIELD_REQUIRED", "is required"));
     }
-    if !(2..=40).contains(&value.len()) || !value.bytes().all(pattern) {
+    let starts_well = value.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+    if !(2..=40).contains(&value.len()) || !starts_well || !value.bytes().all(pattern) {
         return Err(FieldViolation::new(field, reason, what.to_string()));
     }
     Ok(value)
@@ -341,7 +342,10 @@ impl ReferralsApi for ReferralsService {
         let limit = paging::page_size(request.get_ref().page_size, 50, 200)?;
         let query = paging::fingerprint(&["ListServices"]);
         let after = match paging::decode_key(&request.get_ref().page_token, query)? {
-            Some(bytes) => String::from_utf8(bytes).map_err(|_| Status::from(paging::invalid_token()))?,
+            Some(bytes) => String::from_utf8(bytes)
+                .ok()
+                .filter(|code| service_code("page_token", code).is_ok())
+                .ok_or_else(|| Status::from(paging::invalid_token()))?,
             None => String::new(),
         };
         let referrals = self.referrals.clone();

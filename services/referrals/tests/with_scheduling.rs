@@ -229,3 +229,68 @@ async fn a_patient_merge_moves_referrals_and_an_unmerge_moves_them_back() {
         .unwrap();
     assert_eq!(p.refer(&merged, "KNEE").await.patient_id, survivor);
 }
+
+async fn appointment(p: &Platform, id: &str) -> sched::Appointment {
+    p.scheduling().get_appointment(sched::GetAppointmentRequest { id: id.into() }).await.unwrap().into_inner().appointment.unwrap()
+}
+
+async fn cancelled_for(p: &Platform, id: &str, reason: &str) {
+    for _ in 0..150 {
+        let a = appointment(p, id).await;
+        if a.status == sched::AppointmentStatus::Cancelled as i32 {
+            assert_eq!(a.cancellation.unwrap().reason_code, reason);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("appointment {id} was never cancelled ({reason})");
+}
+
+#[tokio::test]
+async fn a_referral_keeps_one_live_appointment_and_none_once_closed() {
+    let p = Platform::start().await;
+    p.open_service("KNEE", pb::LaterDnaPolicy::Rebook).await;
+    let slots = p.slots("KNEE").await;
+    let patient = p.adult().await;
+    let referral = p.accept(&p.refer(&patient, "KNEE").await).await;
+
+    // A second booking replaces the first, which is cancelled.
+    let first = p.book(&slots[0].id, &referral).await;
+    p.referral_becomes(&referral.id, |r| r.current_appointment_id == first.id).await;
+    let second = p.book(&slots[1].id, &referral).await;
+    let booked = p.referral_becomes(&referral.id, |r| r.current_appointment_id == second.id).await;
+    cancelled_for(&p, &first.id, "SUPERSEDED_BY_NEW_BOOKING").await;
+    assert_eq!(booked.appointment_ids, [first.id.clone(), second.id.clone()]);
+
+    // Treatment closes the pathway and its live appointment.
+    let request = pb::RecordClockEventRequest {
+        referral_id: booked.id.clone(),
+        etag: booked.etag.clone(),
+        kind: pb::ClockEventKind::FirstTreatment as i32,
+        ..Default::default()
+    };
+    let treated = p.client().record_clock_event(request).await.unwrap().into_inner().referral.unwrap();
+    assert_eq!((status(&treated), treated.current_appointment_id.as_str()), (pb::ReferralStatus::Completed, ""));
+    cancelled_for(&p, &second.id, "REFERRAL_CLOSED").await;
+
+    // A booking that arrives for a closed referral is cancelled, the referral unchanged.
+    let late = p.book(&slots[2].id, &referral).await;
+    cancelled_for(&p, &late.id, "REFERRAL_CLOSED").await;
+    assert_eq!(p.get(&referral.id).await.etag, treated.etag);
+
+    // Entered in error: the referral needs booking again.
+    let other = p.accept(&p.refer(&patient, "KNEE").await).await;
+    let wrong = p.book(&slots[3].id, &other).await;
+    p.referral_becomes(&other.id, |r| r.current_appointment_id == wrong.id).await;
+    p.scheduling()
+        .update_appointment_status(sched::UpdateAppointmentStatusRequest {
+            appointment_id: wrong.id.clone(),
+            status: sched::AppointmentStatus::EnteredInError as i32,
+            correction_reason: "booked for the wrong patient".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("entered in error");
+    let lost = p.referral_becomes(&other.id, |r| status(r) == pb::ReferralStatus::AwaitingBooking).await;
+    assert_eq!(lost.rebook_reason, pb::RebookReason::CancelledByProvider as i32);
+}

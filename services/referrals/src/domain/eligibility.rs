@@ -160,9 +160,10 @@ pub fn check(rules: &Rules, applicant: &Applicant, on: NaiveDate) -> Vec<Reason>
     if !rules.catchment.is_empty() {
         match applicant.district.as_deref().map(|d| d.trim().to_uppercase()) {
             Some(district) if rules.catchment.iter().any(|c| c.eq_ignore_ascii_case(&district)) => {}
-            Some(district) => reasons.push(Reason {
+            // The patient's own district is not named: the address may be a restricted record's.
+            Some(_) => reasons.push(Reason {
                 code: "OUTSIDE_CATCHMENT",
-                message: format!("the patient lives in {district}, outside this service's area ({})", rules.catchment.join(", ")),
+                message: format!("the patient's address is outside this service's area ({})", rules.catchment.join(", ")),
             }),
             None => reasons.push(Reason {
                 code: "ADDRESS_UNKNOWN",

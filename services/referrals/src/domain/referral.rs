@@ -153,7 +153,7 @@ pub fn allowed_actions(from: Status, may_triage: bool) -> Vec<Action> {
 }
 
 /// The status after an appointment event; `None` when the event does not apply (for instance a
-/// booking for a referral already closed: the scheduling side is told, not the referral changed).
+/// booking for a referral already closed, whose appointment the service then cancels).
 pub fn after_appointment(from: Status, event: AppointmentEvent) -> Option<Status> {
     use AppointmentEvent as E;
     use Status as S;
