@@ -54,7 +54,7 @@ async fn seed(pool: &sqlx::PgPool, from: i64, to: i64) -> anyhow::Result<()> {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "INSERT INTO referrals.referrals (id, version, patient_id, service_code, priority, status, referrer_organisation, \
                  referrer_clinician, source, reason, received_at, clock_code, clock_state, clock_started, clock_ended, \
-                 current_appointment_id, rebook_reason, dna_follow_up, missed_appointments, status_since, stuck_after, \
+                 current_appointment_id, rebook_reason, dna_follow_up, missed_appointment_ids, status_since, stuck_after, \
                  open_tasks, unassigned_tasks, created_at, updated_at) \
              SELECT ('00000000-0000-4000-c000-' || lpad(to_hex(i), 12, '0'))::uuid, 1, \
                     ('00000000-0000-4000-e000-' || lpad(to_hex(i % 400000), 12, '0'))::uuid, 'SVC-' || ((i * 7) % {SERVICES}), pr, st, \
@@ -63,7 +63,8 @@ async fn seed(pool: &sqlx::PgPool, from: i64, to: i64) -> anyhow::Result<()> {
                     (rec AT TIME ZONE 'Europe/London')::date, \
                     CASE WHEN st = 'completed' THEN (rec AT TIME ZONE 'Europe/London')::date + 60 END, \
                     CASE WHEN st = 'booked' THEN ('00000000-0000-4000-d000-' || lpad(to_hex(i), 12, '0'))::uuid END, \
-                    CASE WHEN dna THEN 'did-not-attend' END, dna, dna::int, rec, \
+                    CASE WHEN dna THEN 'did-not-attend' END, dna, \
+                    CASE WHEN dna THEN ARRAY[('00000000-0000-4000-f000-' || lpad(to_hex(i), 12, '0'))::uuid] ELSE '{{}}' END, rec, \
                     CASE WHEN st = 'awaiting-triage' AND pr = 3 THEN rec + interval '2 days' END, tasks, tasks, rec, rec \
              FROM ( \
                  SELECT i, pr, st, rec, st = 'awaiting-booking' AND i % 50 = 0 AS dna, \

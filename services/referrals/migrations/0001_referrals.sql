@@ -47,8 +47,9 @@ CREATE TABLE referrals (
     current_appointment_id  uuid,
     rebook_reason           text CHECK (rebook_reason IN ('cancelled-by-provider', 'cancelled-by-patient', 'did-not-attend')),
     dna_follow_up           boolean NOT NULL DEFAULT false,
-    missed_appointments     integer NOT NULL DEFAULT 0 CHECK (missed_appointments >= 0),
-    attended_appointments   integer NOT NULL DEFAULT 0 CHECK (attended_appointments >= 0),
+    -- Appointments the patient missed and attended (corrections move an id from one to the other).
+    missed_appointment_ids  uuid[] NOT NULL DEFAULT '{}',
+    attended_appointment_ids uuid[] NOT NULL DEFAULT '{}',
     triage_code             text NOT NULL DEFAULT '',
     triage_text             text NOT NULL DEFAULT '',
     redirected_to           uuid REFERENCES referrals (id),
@@ -78,6 +79,7 @@ CREATE INDEX referrals_service_unassigned_tasks ON referrals (service_code, stat
 -- Referrals with a stuck deadline (their service sets one for their status and priority).
 CREATE INDEX referrals_stuck ON referrals (status, priority, worklist_date, id) WHERE stuck_after IS NOT NULL;
 CREATE INDEX referrals_patient ON referrals (patient_id, worklist_date, id);
+CREATE INDEX referrals_appointments ON referrals USING gin (appointment_ids);
 CREATE UNIQUE INDEX referrals_current_appointment ON referrals (current_appointment_id) WHERE current_appointment_id IS NOT NULL;
 
 -- Case notes and handover tasks. Clinical free text: never logged.

@@ -40,8 +40,9 @@ pub struct Referral {
     pub current_appointment_id: Option<Uuid>,
     pub rebook_reason: Option<RebookReason>,
     pub dna_follow_up: bool,
-    pub missed_appointments: i32,
-    pub attended_appointments: i32,
+    /// Appointments missed and attended, oldest first.
+    pub missed: Vec<Uuid>,
+    pub attended: Vec<Uuid>,
     pub triage_code: String,
     pub triage_text: String,
     pub redirected_to: Option<Uuid>,

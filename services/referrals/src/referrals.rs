@@ -523,11 +523,36 @@ impl Referrals {
         let found = match (&change.kind, change.referral_id) {
             (AppointmentChangeKind::Booked, Some(referral_id)) => store::lock_referral(&mut tx, referral_id).await?,
             (AppointmentChangeKind::Booked, None) => None,
-            _ => store::lock_by_current_appointment(&mut tx, change.appointment_id).await?,
+            (AppointmentChangeKind::Cancelled { .. }, _) => store::lock_by_current_appointment(&mut tx, change.appointment_id).await?,
+            // An attendance outcome: of the live appointment, or a correction of an earlier one.
+            _ => store::lock_by_appointment(&mut tx, change.appointment_id).await?,
         };
         let Some(mut referral) = found else { return Ok(false) };
         let service = self.service_in(&mut tx, &referral.service_code).await?;
-        let first = referral.attended_appointments == 0 && referral.missed_appointments == 0;
+        let appointment = change.appointment_id;
+        match change.kind {
+            AppointmentChangeKind::Attended if referral.attended.contains(&appointment) => return Ok(false),
+            AppointmentChangeKind::DidNotAttend if referral.missed.contains(&appointment) => return Ok(false),
+            AppointmentChangeKind::Attended if referral.missed.contains(&appointment) => {
+                self.correct_to_attended(&mut tx, &mut referral, &service, &change).await?;
+                return self.finish_followed(tx, &referral, Event::ReferralUpdated, "attendance corrected", stream, cursor).await;
+            }
+            // Corrected to a no-show: the attendance is taken back, then the no-show applies.
+            AppointmentChangeKind::DidNotAttend => referral.attended.retain(|a| *a != appointment),
+            _ => {}
+        }
+        if matches!(change.kind, AppointmentChangeKind::Attended | AppointmentChangeKind::DidNotAttend)
+            && referral.current_appointment_id != Some(appointment)
+        {
+            // The outcome of an appointment that is no longer the live one: recorded, nothing moves.
+            let outcomes =
+                if matches!(change.kind, AppointmentChangeKind::Attended) { &mut referral.attended } else { &mut referral.missed };
+            outcomes.push(appointment);
+            let status = referral.status;
+            self.save(&mut tx, &mut referral, status, &service, pac_platform::now()).await?;
+            return self.finish_followed(tx, &referral, Event::ReferralUpdated, "attendance recorded", stream, cursor).await;
+        }
+        let first = referral.attended.is_empty() && referral.missed.is_empty();
         if matches!(change.kind, AppointmentChangeKind::Booked) && referral.status.is_terminal() {
             // Booked for a referral already closed: the appointment is not needed.
             let request_id = format!("referral-closed-{}-{}", referral.id, change.appointment_id);
@@ -549,7 +574,7 @@ impl Referrals {
             return Ok(false);
         };
         let system = self.clients.actor().clone();
-        let out = match change.kind {
+        let out: fn(pb::ReferralEvent) -> Event = match change.kind {
             AppointmentChangeKind::Booked => {
                 if referral.clock.state == State::Nullified {
                     // Rebooked after a first-appointment DNA: a new clock from the rebooking.
@@ -570,7 +595,7 @@ impl Referrals {
                 referral.rebook_reason = None;
                 // Rebooking is the follow-up of a missed appointment.
                 referral.dna_follow_up = false;
-                Event::ReferralBooked as fn(pb::ReferralEvent) -> Event
+                Event::ReferralBooked
             }
             AppointmentChangeKind::Cancelled { by_patient, .. } => {
                 referral.current_appointment_id = None;
@@ -579,14 +604,14 @@ impl Referrals {
                 Event::ReferralBookingLost
             }
             AppointmentChangeKind::DidNotAttend => {
-                referral.missed_appointments += 1;
+                referral.missed.push(appointment);
                 referral.current_appointment_id = None;
                 referral.dna_follow_up = to != Status::Completed;
                 referral.rebook_reason = (to != Status::Completed).then_some(RebookReason::DidNotAttend);
                 Event::ReferralBookingLost
             }
             AppointmentChangeKind::Attended => {
-                referral.attended_appointments += 1;
+                referral.attended.push(appointment);
                 referral.dna_follow_up = false;
                 Event::ReferralUpdated
             }
@@ -598,16 +623,61 @@ impl Referrals {
             referral.clock = referral.clock.apply(clock_event, on, service.later_dna).map_err(ReferralsError::ClockRefused)?;
             store::insert_clock_event(&mut tx, referral.id, &referral.clock, on, "appointment", &system.subject).await?;
         }
-        let now = pac_platform::now();
-        self.save(&mut tx, &mut referral, to, &service, now).await?;
-        let reason = change.appointment_id.to_string();
+        self.save(&mut tx, &mut referral, to, &service, pac_platform::now()).await?;
         let event = if to == Status::Completed { Event::ClockStopped } else { out };
-        self.emit(&mut tx, &referral, event(referral_event(&referral, &reason)), &system, None).await?;
+        self.finish_followed(tx, &referral, event, &appointment.to_string(), stream, cursor).await
+    }
+
+    /// Emits the referral's event for a followed change, saves the stream cursor with it, commits.
+    async fn finish_followed(
+        &self,
+        mut tx: Tx,
+        referral: &Referral,
+        event: fn(pb::ReferralEvent) -> Event,
+        reason: &str,
+        stream: &str,
+        cursor: &str,
+    ) -> Result<bool> {
+        let system = self.clients.actor().clone();
+        self.emit(&mut tx, referral, event(referral_event(referral, reason)), &system, None).await?;
         pac_platform::follow::save_stream_cursor(&mut *tx, stream, cursor).await?;
         tx.commit().await?;
         self.outbox.committed();
-        tracing::info!(referral_id = %referral.id, appointment_id = %change.appointment_id, status = referral.status.code(), "followed an appointment event");
+        tracing::info!(referral_id = %referral.id, status = referral.status.code(), reason, "followed an appointment event");
         Ok(true)
+    }
+
+    /// A no-show corrected to attended. The attendance is recorded; if the referral is still where
+    /// that no-show put it (awaiting rebooking, or discharged that day), the no-show's effect is
+    /// taken back: booked again to that appointment, and the clock running as before it (code 20).
+    async fn correct_to_attended(
+        &self,
+        tx: &mut Tx,
+        referral: &mut Referral,
+        service: &ServiceEntry,
+        change: &AppointmentChange,
+    ) -> Result<()> {
+        let appointment = change.appointment_id;
+        referral.missed.retain(|a| *a != appointment);
+        referral.attended.push(appointment);
+        let waiting_after_it = referral.status == Status::AwaitingBooking && referral.rebook_reason == Some(RebookReason::DidNotAttend);
+        let discharged_by_it = referral.status == Status::Completed
+            && referral.clock.code == Code::DecisionNotToTreat
+            && referral.clock.ended == Some(change.on);
+        let mut status = referral.status;
+        if waiting_after_it || discharged_by_it {
+            status = Status::Booked;
+            referral.current_appointment_id = Some(appointment);
+            referral.rebook_reason = None;
+            referral.dna_follow_up = false;
+            let nullified_by_it = referral.clock.state == State::Nullified && referral.clock.ended == Some(change.on);
+            if nullified_by_it || discharged_by_it {
+                referral.clock = Clock { code: Code::Continue, state: State::Running, ended: None, ..referral.clock };
+                store::insert_clock_event(tx, referral.id, &referral.clock, change.on, "appointment", &self.clients.actor().subject)
+                    .await?;
+            }
+        }
+        self.save(tx, referral, status, service, pac_platform::now()).await
     }
 
     /// A patient merge: the merged-away record's referrals move to the survivor.
@@ -702,8 +772,8 @@ fn new_referral(
         current_appointment_id: None,
         rebook_reason: None,
         dna_follow_up: false,
-        missed_appointments: 0,
-        attended_appointments: 0,
+        missed: Vec::new(),
+        attended: Vec::new(),
         triage_code: String::new(),
         triage_text: String::new(),
         redirected_to: None,

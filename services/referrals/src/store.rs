@@ -119,7 +119,7 @@ pub async fn list_services(executor: impl PgExecutor<'_>, after: &str, limit: i6
 
 const REFERRAL_COLUMNS: &str = "id, version, patient_id, service_code, priority, status, referrer_organisation, referrer_clinician, \
      source, reason, information, received_at, clock_code, clock_state, clock_started, clock_ended, appointment_ids, \
-     current_appointment_id, rebook_reason, dna_follow_up, missed_appointments, attended_appointments, triage_code, triage_text, \
+     current_appointment_id, rebook_reason, dna_follow_up, missed_appointment_ids, attended_appointment_ids, triage_code, triage_text, \
      redirected_to, redirected_from, status_since, stuck_after, open_tasks, unassigned_tasks, created_at, updated_at, worklist_date";
 
 #[derive(sqlx::FromRow)]
@@ -144,8 +144,8 @@ struct ReferralRow {
     current_appointment_id: Option<Uuid>,
     rebook_reason: Option<String>,
     dna_follow_up: bool,
-    missed_appointments: i32,
-    attended_appointments: i32,
+    missed_appointment_ids: Vec<Uuid>,
+    attended_appointment_ids: Vec<Uuid>,
     triage_code: String,
     triage_text: String,
     redirected_to: Option<Uuid>,
@@ -189,8 +189,8 @@ impl ReferralRow {
                 .map(|r| RebookReason::from_code(r).ok_or_else(|| corrupt("rebook reason")))
                 .transpose()?,
             dna_follow_up: self.dna_follow_up,
-            missed_appointments: self.missed_appointments,
-            attended_appointments: self.attended_appointments,
+            missed: self.missed_appointment_ids,
+            attended: self.attended_appointment_ids,
             triage_code: self.triage_code,
             triage_text: self.triage_text,
             redirected_to: self.redirected_to,
@@ -214,7 +214,7 @@ pub async fn insert_referral(conn: &mut PgConnection, r: &Referral) -> Result<()
     sqlx::query(
         "INSERT INTO referrals (id, version, patient_id, service_code, priority, status, referrer_organisation, referrer_clinician, \
              source, reason, information, received_at, clock_code, clock_state, clock_started, clock_ended, appointment_ids, \
-             current_appointment_id, rebook_reason, dna_follow_up, missed_appointments, attended_appointments, triage_code, \
+             current_appointment_id, rebook_reason, dna_follow_up, missed_appointment_ids, attended_appointment_ids, triage_code, \
              triage_text, redirected_to, redirected_from, status_since, stuck_after, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, \
                  $25, $26, $27, $28, $29, $30)",
@@ -239,8 +239,8 @@ pub async fn insert_referral(conn: &mut PgConnection, r: &Referral) -> Result<()
     .bind(r.current_appointment_id)
     .bind(r.rebook_reason.map(|x| x.code()))
     .bind(r.dna_follow_up)
-    .bind(r.missed_appointments)
-    .bind(r.attended_appointments)
+    .bind(&r.missed)
+    .bind(&r.attended)
     .bind(&r.triage_code)
     .bind(&r.triage_text)
     .bind(r.redirected_to)
@@ -259,7 +259,7 @@ pub async fn update_referral(conn: &mut PgConnection, r: &Referral) -> Result<()
     sqlx::query(
         "UPDATE referrals SET version = $2, patient_id = $3, status = $4, information = $5, clock_code = $6, clock_state = $7, \
              clock_started = $8, clock_ended = $9, appointment_ids = $10, current_appointment_id = $11, rebook_reason = $12, \
-             dna_follow_up = $13, missed_appointments = $14, attended_appointments = $15, triage_code = $16, triage_text = $17, \
+             dna_follow_up = $13, missed_appointment_ids = $14, attended_appointment_ids = $15, triage_code = $16, triage_text = $17, \
              redirected_to = $18, status_since = $19, stuck_after = $20, updated_at = $21 \
          WHERE id = $1",
     )
@@ -276,8 +276,8 @@ pub async fn update_referral(conn: &mut PgConnection, r: &Referral) -> Result<()
     .bind(r.current_appointment_id)
     .bind(r.rebook_reason.map(|x| x.code()))
     .bind(r.dna_follow_up)
-    .bind(r.missed_appointments)
-    .bind(r.attended_appointments)
+    .bind(&r.missed)
+    .bind(&r.attended)
     .bind(&r.triage_code)
     .bind(&r.triage_text)
     .bind(r.redirected_to)
@@ -297,6 +297,12 @@ pub async fn find_referral(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Op
 pub async fn lock_referral(conn: &mut PgConnection, id: Uuid) -> Result<Option<Referral>> {
     let sql = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE id = $1 FOR UPDATE");
     referral(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(conn).await?)
+}
+
+/// The referral `appointment_id` was booked for (live or not), locked.
+pub async fn lock_by_appointment(conn: &mut PgConnection, appointment_id: Uuid) -> Result<Option<Referral>> {
+    let sql = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE appointment_ids @> ARRAY[$1::uuid] FOR UPDATE");
+    referral(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(appointment_id).fetch_optional(conn).await?)
 }
 
 /// The referral whose live appointment is `appointment_id`, locked.

@@ -294,3 +294,36 @@ async fn a_referral_keeps_one_live_appointment_and_none_once_closed() {
     let lost = p.referral_becomes(&other.id, |r| status(r) == pb::ReferralStatus::AwaitingBooking).await;
     assert_eq!(lost.rebook_reason, pb::RebookReason::CancelledByProvider as i32);
 }
+
+#[tokio::test]
+async fn a_mis_marked_no_show_corrected_to_attended_takes_its_effect_back() {
+    let p = Platform::start().await;
+    p.open_service("KNEE", pb::LaterDnaPolicy::Rebook).await;
+    let slots = p.slots("KNEE").await;
+    let referral = p.accept(&p.refer(&p.adult().await, "KNEE").await).await;
+    let first = p.book(&slots[0].id, &referral).await;
+    p.referral_becomes(&referral.id, |r| status(r) == pb::ReferralStatus::Booked).await;
+    set_status(&p, &first.id, sched::AppointmentStatus::Noshow).await;
+    let missed = p.referral_becomes(&referral.id, |r| r.missed_appointments == 1).await;
+    assert_eq!(missed.clock.as_ref().unwrap().state, pb::ClockState::Nullified as i32);
+
+    let correct = |to: sched::AppointmentStatus| sched::UpdateAppointmentStatusRequest {
+        appointment_id: first.id.clone(),
+        status: to as i32,
+        correction_reason: "the patient was seen; marked by mistake".into(),
+        ..Default::default()
+    };
+    p.scheduling().update_appointment_status(correct(sched::AppointmentStatus::Fulfilled)).await.expect("correct to fulfilled");
+    let corrected = p.referral_becomes(&referral.id, |r| r.attended_appointments == 1).await;
+    assert_eq!((corrected.missed_appointments, status(&corrected)), (0, pb::ReferralStatus::Booked));
+    assert_eq!(corrected.current_appointment_id, first.id);
+    assert!(!corrected.dna_follow_up);
+    let clock = corrected.clock.unwrap();
+    assert_eq!((clock.state, clock.status_code, clock.start_date), (pb::ClockState::Running as i32, 20, missed.clock.unwrap().start_date));
+
+    // And back again: a no-show after all, the first appointment's, so the clock is nullified again.
+    p.scheduling().update_appointment_status(correct(sched::AppointmentStatus::Noshow)).await.expect("correct to no-show");
+    let again = p.referral_becomes(&referral.id, |r| r.missed_appointments == 1).await;
+    assert_eq!((again.attended_appointments, status(&again)), (0, pb::ReferralStatus::AwaitingBooking));
+    assert_eq!(again.clock.unwrap().status_code, 33);
+}
