@@ -331,7 +331,7 @@ async fn the_rtt_clock_breaches_on_day_126_and_stop_events_stop_it() {
     let receipt_day = pac_referrals::referrals::local_date(received);
     let referral =
         p.create(pb::CreateReferralRequest { receive_time: Some(timestamp(received)), ..p.new_referral(&patient, "KNEE") }).await.unwrap();
-    let clock = referral.clock.clone().unwrap();
+    let clock = referral.clock.unwrap();
     assert_eq!(clock.start_date, Some(date(receipt_day)));
     assert_eq!(clock.breach_date, Some(date(receipt_day + Duration::days(126))));
     assert_eq!((clock.weeks_waited, clock.days_to_breach, clock.status_code), (Some(1), Some(116), 10));

@@ -98,7 +98,7 @@ async fn a_first_appointment_dna_nullifies_the_clock_and_a_later_one_follows_loc
     p.referral_becomes(&referral.id, |r| status(r) == pb::ReferralStatus::Booked).await;
     set_status(&p, &first.id, sched::AppointmentStatus::Noshow).await;
     let missed = p.referral_becomes(&referral.id, |r| r.missed_appointments == 1).await;
-    let clock = missed.clock.clone().unwrap();
+    let clock = missed.clock.unwrap();
     assert_eq!((clock.state, clock.status_code), (pb::ClockState::Nullified as i32, 33));
     assert_eq!((clock.weeks_waited, clock.breach_date), (None, None), "the period is not measured");
     assert_eq!(status(&missed), pb::ReferralStatus::AwaitingBooking);
@@ -176,7 +176,7 @@ async fn bookings_made_while_referrals_is_stopped_are_applied_once_on_restart() 
     p.start_referrals(None).await;
     for (referral, appointment) in referrals.iter().zip(&booked) {
         let after = p.referral_becomes(&referral.id, |r| status(r) == pb::ReferralStatus::Booked).await;
-        assert_eq!(after.appointment_ids, [appointment.id.clone()]);
+        assert_eq!(after.appointment_ids, std::slice::from_ref(&appointment.id));
     }
     // Exactly once: one ReferralBooked event each, and the restart again replays nothing.
     p.stop_referrals().await;
