@@ -1,0 +1,296 @@
+//! Bearer-token authentication. Production verifies ES256 or RS256 tokens against a configured JWKS
+//! (issuer, audience, expiry, not-before, small clock skew); each key's algorithm is fixed by the
+//! key itself, so `alg=none` and algorithm confusion (an HMAC token "signed" with a public key) are
+//! refused. Development verifies HS256 tokens signed with a shared key, which `pac token` mints.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Role;
+
+/// Clock skew allowed on expiry and not-before.
+const LEEWAY_SECONDS: u64 = 30;
+
+/// Who a valid token says the caller is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub subject: String,
+    pub role: Role,
+    /// Organisations (ODS codes) the caller acts for; the first is the one recorded as acting.
+    pub organisations: Vec<String>,
+}
+
+/// Why a token was refused. The caller is told only that it was; the reason is for the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Missing,
+    Malformed,
+    UnknownKey,
+    Algorithm,
+    Signature,
+    Expired,
+    NotYetValid,
+    Audience,
+    Issuer,
+    Claims,
+}
+
+impl Refusal {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Missing => "TOKEN_MISSING",
+            Self::Malformed => "TOKEN_MALFORMED",
+            Self::UnknownKey => "TOKEN_KEY_UNKNOWN",
+            Self::Algorithm => "TOKEN_ALGORITHM_REFUSED",
+            Self::Signature => "TOKEN_SIGNATURE_INVALID",
+            Self::Expired => "TOKEN_EXPIRED",
+            Self::NotYetValid => "TOKEN_NOT_YET_VALID",
+            Self::Audience => "TOKEN_AUDIENCE_WRONG",
+            Self::Issuer => "TOKEN_ISSUER_WRONG",
+            Self::Claims => "TOKEN_CLAIMS_INVALID",
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    role: String,
+    #[serde(default)]
+    orgs: Vec<String>,
+    iss: String,
+    aud: String,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
+    iat: u64,
+}
+
+enum Keys {
+    /// Key id → (key, the one algorithm it verifies).
+    Jwks(HashMap<String, (DecodingKey, Algorithm)>),
+    Development(DecodingKey),
+}
+
+/// Verifies bearer tokens.
+pub struct Authenticator {
+    keys: Keys,
+    issuer: String,
+    audience: String,
+}
+
+impl Authenticator {
+    /// Production: ES256/RS256 keys from a JWKS document. Keys of other types or algorithms are refused.
+    pub fn from_jwks(jwks_json: &str, issuer: &str, audience: &str) -> anyhow::Result<Self> {
+        let set: JwkSet = serde_json::from_str(jwks_json)?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let kid = jwk.common.key_id.clone().ok_or_else(|| anyhow::anyhow!("every JWKS key needs a kid"))?;
+            let algorithm = match &jwk.algorithm {
+                AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                _ => anyhow::bail!("JWKS key {kid}: only EC P-256 (ES256) and RSA (RS256) keys are accepted"),
+            };
+            if let Some(declared) = jwk.common.key_algorithm
+                && format!("{declared:?}") != format!("{algorithm:?}")
+            {
+                anyhow::bail!("JWKS key {kid}: declared algorithm {declared:?} does not fit its key type");
+            }
+            keys.insert(kid, (DecodingKey::from_jwk(jwk)?, algorithm));
+        }
+        anyhow::ensure!(!keys.is_empty(), "the JWKS has no keys");
+        Ok(Self { keys: Keys::Jwks(keys), issuer: issuer.into(), audience: audience.into() })
+    }
+
+    /// Development: HS256 tokens signed with `secret`.
+    pub fn development(secret: &[u8], issuer: &str, audience: &str) -> Self {
+        Self { keys: Keys::Development(DecodingKey::from_secret(secret)), issuer: issuer.into(), audience: audience.into() }
+    }
+
+    /// The identity in an `authorization: Bearer …` header value.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Identity, Refusal> {
+        let header = authorization.ok_or(Refusal::Missing)?;
+        let token = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).ok_or(Refusal::Malformed)?.trim();
+        // `alg: none` and unknown algorithms fail here.
+        let head = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Algorithm)?;
+        let (key, algorithm) = match &self.keys {
+            Keys::Development(key) => (key, Algorithm::HS256),
+            Keys::Jwks(keys) => {
+                let kid = head.kid.as_deref().ok_or(Refusal::UnknownKey)?;
+                let (key, algorithm) = keys.get(kid).ok_or(Refusal::UnknownKey)?;
+                (key, *algorithm)
+            }
+        };
+        if head.alg != algorithm {
+            return Err(Refusal::Algorithm);
+        }
+        let mut validation = Validation::new(algorithm);
+        validation.algorithms = vec![algorithm];
+        validation.leeway = LEEWAY_SECONDS;
+        validation.validate_nbf = true;
+        validation.set_audience(&[&self.audience]);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    K::ExpiredSignature => Refusal::Expired,
+                    K::ImmatureSignature => Refusal::NotYetValid,
+                    K::InvalidAudience => Refusal::Audience,
+                    K::InvalidIssuer => Refusal::Issuer,
+                    K::InvalidSignature => Refusal::Signature,
+                    K::InvalidAlgorithm => Refusal::Algorithm,
+                    K::MissingRequiredClaim(_) | K::Json(_) => Refusal::Claims,
+                    _ => Refusal::Malformed,
+                }
+            })?
+            .claims;
+        let role = Role::from_name(&claims.role).ok_or(Refusal::Claims)?;
+        if claims.sub.trim().is_empty() {
+            return Err(Refusal::Claims);
+        }
+        Ok(Identity { subject: claims.sub, role, organisations: claims.orgs })
+    }
+}
+
+/// A development token (HS256) for `pac token`.
+pub fn mint_development(secret: &[u8], issuer: &str, audience: &str, identity: &Identity, ttl: Duration) -> String {
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = Claims {
+        sub: identity.subject.clone(),
+        role: identity.role.name().into(),
+        orgs: identity.organisations.clone(),
+        iss: issuer.into(),
+        aud: audience.into(),
+        exp: now + ttl.as_secs(),
+        nbf: None,
+        iat: now,
+    };
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
+        .expect("HS256 signing of serialisable claims cannot fail")
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    use super::*;
+
+    fn b64(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    const ISSUER: &str = "https://login.trust.example";
+    const AUDIENCE: &str = "pac-gateway";
+    const JWKS: &str = include_str!("../testdata/jwks.json");
+    /// Test-only private keys (PKCS#8 EC P-256, PKCS#1 RSA 2048) whose public halves are in jwks.json.
+    const EC_KEY: &[u8] = include_bytes!("../testdata/ec.pk8.der");
+    const RSA_KEY: &[u8] = include_bytes!("../testdata/rsa.pk1.der");
+    const RSA_PUBLIC: &str = include_str!("../testdata/rsa.pub.pem");
+
+    fn claims(exp_in: i64) -> Claims {
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        Claims {
+            sub: "clinician-42".into(),
+            role: "clinician".into(),
+            orgs: vec!["RR8".into()],
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            exp: (now + exp_in) as u64,
+            nbf: None,
+            iat: now as u64,
+        }
+    }
+
+    fn sign(claims: &Claims, algorithm: Algorithm, kid: Option<&str>, key: &EncodingKey) -> String {
+        let mut header = Header::new(algorithm);
+        header.kid = kid.map(str::to_string);
+        jsonwebtoken::encode(&header, claims, key).unwrap()
+    }
+
+    fn production() -> Authenticator {
+        Authenticator::from_jwks(JWKS, ISSUER, AUDIENCE).unwrap()
+    }
+
+    fn bearer(token: &str) -> String {
+        format!("Bearer {token}")
+    }
+
+    #[test]
+    fn es256_and_rs256_tokens_from_the_jwks_are_accepted() {
+        let ec = EncodingKey::from_ec_der(EC_KEY);
+        let rsa = EncodingKey::from_rsa_der(RSA_KEY);
+        let auth = production();
+        for token in
+            [sign(&claims(300), Algorithm::ES256, Some("test-ec"), &ec), sign(&claims(300), Algorithm::RS256, Some("test-rsa"), &rsa)]
+        {
+            let identity = auth.authenticate(Some(&bearer(&token))).unwrap();
+            assert_eq!(
+                (identity.subject.as_str(), identity.role, identity.organisations.as_slice()),
+                ("clinician-42", Role::Clinician, ["RR8".to_string()].as_slice())
+            );
+        }
+    }
+
+    #[test]
+    fn each_bad_token_is_refused_for_its_reason() {
+        let ec = EncodingKey::from_ec_der(EC_KEY);
+        let auth = production();
+        let check = |token: String, refusal: Refusal| assert_eq!(auth.authenticate(Some(&bearer(&token))), Err(refusal), "{token}");
+        assert_eq!(auth.authenticate(None), Err(Refusal::Missing));
+        assert_eq!(auth.authenticate(Some("Basic dXNlcjpwYXNz")), Err(Refusal::Malformed));
+        check(sign(&claims(-120), Algorithm::ES256, Some("test-ec"), &ec), Refusal::Expired);
+        check(
+            sign(&Claims { nbf: Some(jsonwebtoken::get_current_timestamp() + 600), ..claims(900) }, Algorithm::ES256, Some("test-ec"), &ec),
+            Refusal::NotYetValid,
+        );
+        check(sign(&Claims { aud: "someone-else".into(), ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::Audience);
+        check(sign(&Claims { iss: "https://evil.example".into(), ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::Issuer);
+        check(sign(&Claims { role: "superuser".into(), ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::Claims);
+        check(sign(&claims(300), Algorithm::ES256, Some("nobody"), &ec), Refusal::UnknownKey);
+        check(sign(&claims(300), Algorithm::ES256, None, &ec), Refusal::UnknownKey);
+        // A valid token whose payload was changed after signing.
+        let valid = sign(&claims(300), Algorithm::ES256, Some("test-ec"), &ec);
+        let mut parts: Vec<&str> = valid.split('.').collect();
+        let tampered_payload = b64(serde_json::to_string(&Claims { role: "admin".into(), ..claims(300) }).unwrap().as_bytes());
+        parts[1] = &tampered_payload;
+        check(parts.join("."), Refusal::Signature);
+        // alg none.
+        let none_header = b64(br#"{"alg":"none","typ":"JWT","kid":"test-ec"}"#);
+        let payload = b64(serde_json::to_string(&claims(300)).unwrap().as_bytes());
+        check(format!("{none_header}.{payload}."), Refusal::Algorithm);
+        // Algorithm confusion: HS256 "signed" with the RSA public key under the RSA key's kid.
+        let confused = sign(&claims(300), Algorithm::HS256, Some("test-rsa"), &EncodingKey::from_secret(RSA_PUBLIC.as_bytes()));
+        check(confused, Refusal::Algorithm);
+        // An RS256 header on the EC key.
+        let rsa = EncodingKey::from_rsa_der(RSA_KEY);
+        check(sign(&claims(300), Algorithm::RS256, Some("test-ec"), &rsa), Refusal::Algorithm);
+    }
+
+    #[test]
+    fn development_tokens_round_trip_and_other_secrets_fail() {
+        let identity = Identity { subject: "dev-coordinator".into(), role: Role::Coordinator, organisations: vec!["RR8".into()] };
+        let token = mint_development(b"a development secret of enough length", ISSUER, AUDIENCE, &identity, Duration::from_secs(60));
+        let auth = Authenticator::development(b"a development secret of enough length", ISSUER, AUDIENCE);
+        assert_eq!(auth.authenticate(Some(&bearer(&token))), Ok(identity.clone()));
+        let other = Authenticator::development(b"another secret", ISSUER, AUDIENCE);
+        assert_eq!(other.authenticate(Some(&bearer(&token))), Err(Refusal::Signature));
+        // A development token is no good where a JWKS is configured.
+        assert_eq!(production().authenticate(Some(&bearer(&token))), Err(Refusal::UnknownKey));
+    }
+
+    #[test]
+    fn a_jwks_with_an_unsupported_or_mislabelled_key_is_refused() {
+        let hmac = r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"k1","alg":"HS256"}]}"#;
+        assert!(Authenticator::from_jwks(hmac, ISSUER, AUDIENCE).is_err());
+        let mislabelled = JWKS.replacen("\"ES256\"", "\"RS256\"", 1);
+        assert!(Authenticator::from_jwks(&mislabelled, ISSUER, AUDIENCE).is_err());
+        assert!(Authenticator::from_jwks(r#"{"keys":[]}"#, ISSUER, AUDIENCE).is_err());
+    }
+}

@@ -1,0 +1,185 @@
+//! Who may call what: one table, every RPC of every service, default deny. A role also carries the
+//! permissions the services check themselves (restricted records, triage), forwarded in the signed
+//! caller context.
+
+use std::time::Duration;
+
+use pac_platform::caller::PERMISSION_RESTRICTED_READ;
+use pac_platform::{Actor, Caller};
+
+use crate::auth::Identity;
+
+/// Permission to make triage decisions (checked by the referrals service).
+pub const PERMISSION_TRIAGE: &str = "referral.triage";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Patient access coordinator: registers, books, administers referrals (no triage decisions).
+    Coordinator,
+    /// Clinician: triage and clock events, reads what care needs.
+    Clinician,
+    /// An integration engine's system account: registers, books, follows event streams.
+    Integration,
+    /// Reads the audit trail, nothing else.
+    Auditor,
+    /// Directory (clinics, sessions, services) and patient merges.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [Role::Coordinator, Role::Clinician, Role::Integration, Role::Auditor, Role::Admin];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Coordinator => "coordinator",
+            Self::Clinician => "clinician",
+            Self::Integration => "integration",
+            Self::Auditor => "auditor",
+            Self::Admin => "admin",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    /// Permissions the services check for this role.
+    pub fn permissions(self) -> &'static [&'static str] {
+        match self {
+            Self::Clinician => &[PERMISSION_TRIAGE, PERMISSION_RESTRICTED_READ],
+            Self::Admin => &[PERMISSION_RESTRICTED_READ],
+            Self::Coordinator | Self::Integration | Self::Auditor => &[],
+        }
+    }
+}
+
+use Role::{Admin as A, Clinician as CL, Coordinator as CO, Integration as IN};
+
+/// Every RPC and the roles that may call it. Anything not listed is refused.
+pub const POLICY: &[(&str, &[Role])] = &[
+    // Records.
+    ("/pac.records.v1.PatientRecords/RegisterPatient", &[CO, IN, A]),
+    ("/pac.records.v1.PatientRecords/GetPatient", &[CO, CL, IN, A]),
+    ("/pac.records.v1.PatientRecords/LookupPatient", &[CO, CL, IN, A]),
+    ("/pac.records.v1.PatientRecords/UpdatePatient", &[CO, IN, A]),
+    ("/pac.records.v1.PatientRecords/SearchPatients", &[CO, CL, A]),
+    ("/pac.records.v1.PatientRecords/MatchPatients", &[CO, IN, A]),
+    ("/pac.records.v1.PatientRecords/MergePatients", &[A]),
+    ("/pac.records.v1.PatientRecords/UnmergePatient", &[A]),
+    ("/pac.records.v1.PatientRecords/WatchEvents", &[IN]),
+    // Scheduling.
+    ("/pac.scheduling.v1.Scheduling/CreateLocation", &[A]),
+    ("/pac.scheduling.v1.Scheduling/CreateClinic", &[A]),
+    ("/pac.scheduling.v1.Scheduling/GetClinic", &[CO, CL, IN, A]),
+    ("/pac.scheduling.v1.Scheduling/ListClinics", &[CO, CL, IN, A]),
+    ("/pac.scheduling.v1.Scheduling/CreateSessionTemplate", &[A]),
+    ("/pac.scheduling.v1.Scheduling/UpdateSessionTemplate", &[A]),
+    ("/pac.scheduling.v1.Scheduling/ListSlots", &[CO, CL, IN, A]),
+    ("/pac.scheduling.v1.Scheduling/SearchSlots", &[CO, CL, IN, A]),
+    ("/pac.scheduling.v1.Scheduling/HoldSlot", &[CO, IN]),
+    ("/pac.scheduling.v1.Scheduling/BookAppointment", &[CO, IN]),
+    ("/pac.scheduling.v1.Scheduling/RescheduleAppointment", &[CO, IN]),
+    ("/pac.scheduling.v1.Scheduling/CancelAppointment", &[CO, IN]),
+    ("/pac.scheduling.v1.Scheduling/UpdateAppointmentStatus", &[CO, CL, IN]),
+    ("/pac.scheduling.v1.Scheduling/GetAppointment", &[CO, CL, IN]),
+    ("/pac.scheduling.v1.Scheduling/ListAppointments", &[CO, CL, IN]),
+    ("/pac.scheduling.v1.Scheduling/AddToWaitlist", &[CO, IN]),
+    ("/pac.scheduling.v1.Scheduling/ListWaitlist", &[CO]),
+    ("/pac.scheduling.v1.Scheduling/RespondToOffer", &[CO, IN]),
+    ("/pac.scheduling.v1.Scheduling/WatchEvents", &[IN]),
+    // Referrals. Triage decisions also need the triage permission, checked by the service, so a
+    // coordinator may call TriageReferral only to record that requested information arrived.
+    ("/pac.referrals.v1.Referrals/CreateService", &[A]),
+    ("/pac.referrals.v1.Referrals/ListServices", &[CO, CL, IN, A]),
+    ("/pac.referrals.v1.Referrals/CheckEligibility", &[CO, CL, IN]),
+    ("/pac.referrals.v1.Referrals/CreateReferral", &[CO, IN]),
+    ("/pac.referrals.v1.Referrals/TriageReferral", &[CO, CL]),
+    ("/pac.referrals.v1.Referrals/CancelReferral", &[CO, CL]),
+    ("/pac.referrals.v1.Referrals/GetReferral", &[CO, CL, IN]),
+    ("/pac.referrals.v1.Referrals/ListReferrals", &[CO, CL]),
+    ("/pac.referrals.v1.Referrals/GetAllowedActions", &[CO, CL]),
+    ("/pac.referrals.v1.Referrals/AddNote", &[CO, CL]),
+    ("/pac.referrals.v1.Referrals/CompleteTask", &[CO, CL]),
+    ("/pac.referrals.v1.Referrals/RecordClockEvent", &[CL]),
+    ("/pac.referrals.v1.Referrals/WatchEvents", &[IN]),
+];
+
+/// Whether `role` may call the RPC at `path` (`/package.Service/Method`).
+pub fn allows(path: &str, role: Role) -> bool {
+    POLICY.iter().any(|(rpc, roles)| *rpc == path && roles.contains(&role))
+}
+
+/// The signed caller context forwarded to the services for an authenticated identity.
+pub fn caller(identity: &Identity) -> Caller {
+    Caller {
+        actor: Actor {
+            subject: identity.subject.clone(),
+            role: identity.role.name().into(),
+            organisation: identity.organisations.first().cloned().unwrap_or_default(),
+        },
+        organisations: identity.organisations.clone(),
+        permissions: identity.role.permissions().iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+/// How long a forwarded caller context stays valid: long enough for a streaming call to open.
+pub const CALLER_CONTEXT_TTL: Duration = Duration::from_secs(300);
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    /// Every RPC in the contracts, from the compiled descriptor set.
+    fn every_rpc() -> Vec<String> {
+        let set = prost_types::FileDescriptorSet::decode(pac_proto::FILE_DESCRIPTOR_SET).unwrap();
+        set.file
+            .iter()
+            .flat_map(|file| {
+                let package = file.package().to_string();
+                file.service.iter().flat_map(move |service| {
+                    let prefix = format!("/{package}.{}/", service.name());
+                    service.method.iter().map(move |m| format!("{prefix}{}", m.name()))
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_table_covers_every_rpc_exactly_once() {
+        let rpcs = every_rpc();
+        for rpc in &rpcs {
+            assert_eq!(POLICY.iter().filter(|(path, _)| path == rpc).count(), 1, "{rpc} needs exactly one policy line");
+        }
+        for (path, roles) in POLICY {
+            assert!(rpcs.contains(&path.to_string()), "{path} is not an RPC");
+            assert!(!roles.is_empty(), "{path}: a line with no roles");
+        }
+    }
+
+    #[test]
+    fn default_deny_and_role_boundaries() {
+        assert!(!allows("/pac.records.v1.PatientRecords/NoSuchMethod", Role::Admin));
+        assert!(!allows("", Role::Admin));
+        for (path, _) in POLICY {
+            assert!(!allows(path, Role::Auditor), "auditors read the audit trail only: {path}");
+        }
+        assert!(allows("/pac.referrals.v1.Referrals/RecordClockEvent", Role::Clinician));
+        assert!(!allows("/pac.referrals.v1.Referrals/RecordClockEvent", Role::Coordinator));
+        assert!(allows("/pac.records.v1.PatientRecords/MergePatients", Role::Admin));
+        assert!(!allows("/pac.records.v1.PatientRecords/MergePatients", Role::Coordinator));
+        assert!(allows("/pac.scheduling.v1.Scheduling/WatchEvents", Role::Integration));
+        assert!(!allows("/pac.scheduling.v1.Scheduling/WatchEvents", Role::Clinician));
+    }
+
+    #[test]
+    fn the_caller_context_carries_role_organisations_and_permissions() {
+        let identity = Identity { subject: "c-1".into(), role: Role::Clinician, organisations: vec!["RR8".into(), "RAE".into()] };
+        let caller = caller(&identity);
+        assert_eq!((caller.actor.role.as_str(), caller.actor.organisation.as_str()), ("clinician", "RR8"));
+        assert!(caller.may(PERMISSION_TRIAGE) && caller.may(PERMISSION_RESTRICTED_READ));
+        let coordinator = super::caller(&Identity { role: Role::Coordinator, ..identity });
+        assert!(!coordinator.may(PERMISSION_TRIAGE));
+    }
+}
