@@ -1,9 +1,127 @@
-//! The public gateway's building blocks: who the caller is (bearer JWTs verified against a JWKS, or
-//! a development key), and what each role may call (one table, default deny), turned into the
-//! signed caller context the services verify.
+//! The public gateway (`pac serve gateway`): the one door to the records, scheduling and referrals
+//! APIs. It authenticates bearer JWTs (ES256/RS256 against a JWKS, or HS256 with a development key),
+//! checks each call against one role table (default deny), forwards it to the owning service with a
+//! signed caller context, a bounded deadline and the trace context, and serves health and
+//! reflection for every API.
 //!
-//! The serving part (routing to the services, gRPC-Web, audit, limits and the access API) is not
-//! built yet.
+//! Not built yet (see the tracker): gRPC-Web, the audit trail, rate limits and load shedding,
+//! organisation scoping inside the services, retries, and the access API.
 
 pub mod auth;
 pub mod policy;
+pub mod proxy;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use pac_platform::config::var;
+use pac_platform::grpc::{self, Serving};
+use pac_platform::{CallerVerifier, PlatformConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+use crate::auth::Authenticator;
+use crate::proxy::{Deadlines, Proxy, Upstreams};
+
+pub const DEFAULT_ADDR: &str = "127.0.0.1:50050";
+/// The development token key: `pac token` signs with it, `pac dev`'s gateway accepts it.
+pub const DEVELOPMENT_TOKEN_KEY: &str = "pac-development-token-key-not-for-production-use";
+pub const DEVELOPMENT_ISSUER: &str = "pac-dev";
+
+/// How the gateway knows callers.
+#[derive(Debug, Clone)]
+pub enum TokenKeys {
+    /// `PAC_GATEWAY_JWKS_FILE`: ES256/RS256 keys.
+    Jwks(String),
+    /// `PAC_GATEWAY_DEV_TOKEN_KEY` (development only): HS256.
+    Development(String),
+}
+
+/// Settings of the gateway (environment variables in the README's table).
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// `PAC_GATEWAY_ADDR`.
+    pub listen: SocketAddr,
+    /// `PAC_RECORDS_URL`, `PAC_SCHEDULING_URL`, `PAC_REFERRALS_URL`.
+    pub records_url: String,
+    pub scheduling_url: String,
+    pub referrals_url: String,
+    pub keys: TokenKeys,
+    /// `PAC_GATEWAY_ISSUER`, `PAC_GATEWAY_AUDIENCE`.
+    pub issuer: String,
+    pub audience: String,
+    /// `PAC_GATEWAY_DEFAULT_DEADLINE_MS`, `PAC_GATEWAY_MAX_DEADLINE_MS`.
+    pub deadlines: Deadlines,
+}
+
+impl GatewayConfig {
+    pub fn from_env(platform: &PlatformConfig) -> anyhow::Result<Self> {
+        let development = platform.environment == pac_platform::config::Environment::Development;
+        let keys = match std::env::var("PAC_GATEWAY_JWKS_FILE").ok().filter(|f| !f.is_empty()) {
+            Some(file) => {
+                TokenKeys::Jwks(std::fs::read_to_string(&file).with_context(|| format!("cannot read PAC_GATEWAY_JWKS_FILE {file}"))?)
+            }
+            None if development => TokenKeys::Development(var("PAC_GATEWAY_DEV_TOKEN_KEY", DEVELOPMENT_TOKEN_KEY.to_string())?),
+            None => anyhow::bail!("PAC_GATEWAY_JWKS_FILE is required outside development"),
+        };
+        let deadlines = Deadlines {
+            default: Duration::from_millis(var("PAC_GATEWAY_DEFAULT_DEADLINE_MS", 10_000)?),
+            max: Duration::from_millis(var("PAC_GATEWAY_MAX_DEADLINE_MS", 30_000)?),
+        };
+        anyhow::ensure!(deadlines.default <= deadlines.max, "PAC_GATEWAY_DEFAULT_DEADLINE_MS must not exceed PAC_GATEWAY_MAX_DEADLINE_MS");
+        Ok(Self {
+            listen: var("PAC_GATEWAY_ADDR", DEFAULT_ADDR.parse()?)?,
+            records_url: var("PAC_RECORDS_URL", "http://127.0.0.1:50051".to_string())?,
+            scheduling_url: var("PAC_SCHEDULING_URL", "http://127.0.0.1:50052".to_string())?,
+            referrals_url: var("PAC_REFERRALS_URL", "http://127.0.0.1:50053".to_string())?,
+            keys,
+            issuer: var("PAC_GATEWAY_ISSUER", DEVELOPMENT_ISSUER.to_string())?,
+            audience: var("PAC_GATEWAY_AUDIENCE", "pac-gateway".to_string())?,
+            deadlines,
+        })
+    }
+
+    /// Development settings on `listen`, forwarding to the given services, accepting development tokens.
+    pub fn development(listen: SocketAddr, records_url: String, scheduling_url: String, referrals_url: String) -> Self {
+        Self {
+            listen,
+            records_url,
+            scheduling_url,
+            referrals_url,
+            keys: TokenKeys::Development(DEVELOPMENT_TOKEN_KEY.into()),
+            issuer: DEVELOPMENT_ISSUER.into(),
+            audience: "pac-gateway".into(),
+            deadlines: Deadlines { default: Duration::from_secs(10), max: Duration::from_secs(30) },
+        }
+    }
+}
+
+/// Serves the gateway on `listener` until `shutdown` fires.
+pub async fn serve(
+    platform: PlatformConfig,
+    config: GatewayConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let authenticator = match &config.keys {
+        TokenKeys::Jwks(json) => Authenticator::from_jwks(json, &config.issuer, &config.audience)?,
+        TokenKeys::Development(key) => Authenticator::development(key.as_bytes(), &config.issuer, &config.audience),
+    };
+    let upstreams = Upstreams {
+        records: pac_platform::client::lazy_channel(&config.records_url)?,
+        scheduling: pac_platform::client::lazy_channel(&config.scheduling_url)?,
+        referrals: pac_platform::client::lazy_channel(&config.referrals_url)?,
+    };
+    let signer = CallerVerifier::new(&platform.internal_key, false);
+    let proxy = Proxy::new(upstreams, authenticator, signer, config.deadlines);
+    let routes = Routes::from(axum::Router::new().fallback_service(proxy));
+    tracing::info!(address = %listener.local_addr()?, "gateway listening");
+    let serving = Serving {
+        service_names: vec!["pac.records.v1.PatientRecords", "pac.scheduling.v1.Scheduling", "pac.referrals.v1.Referrals"],
+        descriptor_sets: vec![pac_proto::FILE_DESCRIPTOR_SET],
+        database: None,
+    };
+    grpc::serve(&platform.grpc, listener, routes, serving, shutdown).await
+}

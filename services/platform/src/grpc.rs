@@ -31,8 +31,8 @@ pub struct Serving {
     pub service_names: Vec<&'static str>,
     /// Encoded file descriptor sets for reflection.
     pub descriptor_sets: Vec<&'static [u8]>,
-    /// The component's database, checked for health.
-    pub database: PgPool,
+    /// The component's database, checked for health (none for a component without one).
+    pub database: Option<PgPool>,
 }
 
 /// Serves `routes` on `listener` until `shutdown` fires, then drains in-flight calls for at most the
@@ -173,17 +173,17 @@ impl Extractor for HeaderExtractor<'_> {
 struct HealthState {
     reporter: HealthReporter,
     names: Vec<&'static str>,
-    database: PgPool,
+    database: Option<PgPool>,
     last: Option<ServingStatus>,
 }
 
 impl HealthState {
     async fn report(&mut self, shutting_down: bool) {
-        let status = if !shutting_down && crate::db::is_reachable(&self.database, Duration::from_secs(2)).await {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
+        let reachable = match &self.database {
+            Some(database) => crate::db::is_reachable(database, Duration::from_secs(2)).await,
+            None => true,
         };
+        let status = if !shutting_down && reachable { ServingStatus::Serving } else { ServingStatus::NotServing };
         if self.last == Some(status) {
             return;
         }

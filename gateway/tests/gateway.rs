@@ -1,0 +1,190 @@
+//! The gateway in front of the three services, over real gRPC on loopback: who gets in, what each
+//! role may call, and that the caller's identity and permissions reach the services.
+
+use std::time::Duration;
+
+use pac_gateway::auth::{Identity, mint_development};
+use pac_gateway::policy::Role;
+use pac_gateway::{DEVELOPMENT_ISSUER, DEVELOPMENT_TOKEN_KEY, GatewayConfig};
+use pac_platform::testkit::TestDatabase;
+use pac_proto::common::{Address, Date};
+use pac_proto::records as records_pb;
+use pac_proto::records::patient_records_client::PatientRecordsClient;
+use pac_proto::referrals as refs;
+use pac_proto::referrals::referrals_client::ReferralsClient;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+
+struct Platform {
+    _db: TestDatabase,
+    gateway: Channel,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn listener() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (listener, url)
+}
+
+async fn start() -> Platform {
+    let db = TestDatabase::create().await;
+    let platform = db.platform_config();
+    let shutdown = CancellationToken::new();
+    let (records_listener, records_url) = listener().await;
+    let (scheduling_listener, scheduling_url) = listener().await;
+    let (referrals_listener, referrals_url) = listener().await;
+    let (gateway_listener, gateway_url) = listener().await;
+
+    let config = pac_records::RecordsConfig::development(records_listener.local_addr().unwrap());
+    pac_records::migrate(&platform, &config).await.unwrap();
+    tokio::spawn(pac_records::serve(platform.clone(), config, records_listener, shutdown.clone()));
+    let config = pac_scheduling::SchedulingConfig::development(scheduling_listener.local_addr().unwrap(), records_url.clone());
+    pac_scheduling::migrate(&platform, &config).await.unwrap();
+    tokio::spawn(pac_scheduling::serve(platform.clone(), config, scheduling_listener, shutdown.clone()));
+    let config =
+        pac_referrals::ReferralsConfig::development(referrals_listener.local_addr().unwrap(), records_url.clone(), scheduling_url.clone());
+    pac_referrals::migrate(&platform, &config).await.unwrap();
+    tokio::spawn(pac_referrals::serve(platform.clone(), config, referrals_listener, shutdown.clone()));
+    // Behind the gateway the services require a signed caller context, as in production.
+    let mut gateway_platform = platform.clone();
+    gateway_platform.require_caller_context = true;
+    let config = GatewayConfig::development(gateway_listener.local_addr().unwrap(), records_url, scheduling_url, referrals_url);
+    tokio::spawn(pac_gateway::serve(gateway_platform, config, gateway_listener, shutdown.clone()));
+    let gateway = tonic::transport::Endpoint::from_shared(gateway_url).unwrap().connect_lazy();
+    Platform { _db: db, gateway, shutdown }
+}
+
+fn token(role: Role, ttl: Duration) -> String {
+    let identity = Identity { subject: format!("{}-1", role.name()), role, organisations: vec!["RR8".into()] };
+    mint_development(DEVELOPMENT_TOKEN_KEY.as_bytes(), DEVELOPMENT_ISSUER, "pac-gateway", &identity, ttl)
+}
+
+fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
+fn registration() -> records_pb::RegisterPatientRequest {
+    records_pb::RegisterPatientRequest {
+        patient: Some(records_pb::Patient {
+            given_name: "Ada".into(),
+            family_name: "Gateway".into(),
+            birth_date: Some(Date { year: 1980, month: 2, day: 3 }),
+            sex: 2,
+            address: Some(Address { postcode: "LS6 2AA".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+        allow_possible_duplicate: true,
+    }
+}
+
+#[tokio::test]
+async fn only_valid_tokens_of_permitted_roles_get_through() {
+    let p = start().await;
+    let mut records = PatientRecordsClient::new(p.gateway.clone());
+    let mut check = async |token: Option<&str>, expected: Code| {
+        let outcome = records.register_patient(with_token(registration(), token)).await;
+        assert_eq!(outcome.as_ref().err().map_or(Code::Ok, |s| s.code()), expected, "{outcome:?}");
+        outcome.ok().map(|r| r.into_inner().patient.unwrap())
+    };
+    check(None, Code::Unauthenticated).await;
+    check(Some("not-a-jwt"), Code::Unauthenticated).await;
+    let forged = mint_development(
+        b"some other key",
+        DEVELOPMENT_ISSUER,
+        "pac-gateway",
+        &Identity { subject: "x".into(), role: Role::Admin, organisations: vec![] },
+        Duration::from_secs(60),
+    );
+    check(Some(&forged), Code::Unauthenticated).await;
+    check(Some(&token(Role::Auditor, Duration::from_secs(60))), Code::PermissionDenied).await;
+    check(Some(&token(Role::Clinician, Duration::from_secs(60))), Code::PermissionDenied).await;
+    let created = check(Some(&token(Role::Coordinator, Duration::from_secs(60))), Code::Ok).await.unwrap();
+
+    // The service saw the caller the token named.
+    let mut events = records
+        .watch_events(with_token(
+            records_pb::WatchEventsRequest { after_cursor: String::new() },
+            Some(&token(Role::Integration, Duration::from_secs(60))),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = events.message().await.unwrap().unwrap();
+    let envelope = first.envelope.unwrap();
+    assert_eq!((envelope.aggregate_id.as_str(), envelope.actor.unwrap().subject.as_str()), (created.id.as_str(), "coordinator-1"));
+
+    // An unknown method is not forwarded.
+    let mut grpc = tonic::client::Grpc::new(p.gateway.clone());
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/pac.nothing.v1.Nothing/Call");
+    let request = with_token((), Some(&token(Role::Admin, Duration::from_secs(60))));
+    let status = grpc.unary::<(), (), _>(request, path, tonic_prost::ProstCodec::default()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn permissions_travel_with_the_role() {
+    let p = start().await;
+    let mut records = PatientRecordsClient::new(p.gateway.clone());
+    let patient = records
+        .register_patient(with_token(registration(), Some(&token(Role::Coordinator, Duration::from_secs(60)))))
+        .await
+        .unwrap()
+        .into_inner()
+        .patient
+        .unwrap();
+    let mut referrals = ReferralsClient::new(p.gateway.clone());
+    let admin = token(Role::Admin, Duration::from_secs(60));
+    let service = refs::Service { code: "KNEE".into(), name: "Knee".into(), target_wait_days: 42, ..Default::default() };
+    referrals
+        .create_service(with_token(refs::CreateServiceRequest { service: Some(service), request_id: String::new() }, Some(&admin)))
+        .await
+        .unwrap();
+    let coordinator = token(Role::Coordinator, Duration::from_secs(60));
+    let referral = referrals
+        .create_referral(with_token(
+            refs::CreateReferralRequest {
+                patient_id: patient.id.clone(),
+                service_code: "KNEE".into(),
+                priority: refs::Priority::Routine as i32,
+                referrer: Some(refs::Referrer { organisation: "B86001".into(), clinician: String::new() }),
+                source: "GP".into(),
+                reason: "Knee pain".into(),
+                ..Default::default()
+            },
+            Some(&coordinator),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .referral
+        .unwrap();
+    let accept = |etag: &str| refs::TriageReferralRequest {
+        referral_id: referral.id.clone(),
+        etag: etag.into(),
+        decision: Some(refs::triage_referral_request::Decision::Accept(refs::Accept {})),
+        request_id: String::new(),
+    };
+    // A coordinator may call TriageReferral, but the service refuses them a triage decision.
+    let refused = referrals.triage_referral(with_token(accept(&referral.etag), Some(&coordinator))).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let accepted = referrals
+        .triage_referral(with_token(accept(&referral.etag), Some(&token(Role::Clinician, Duration::from_secs(60)))))
+        .await
+        .unwrap();
+    assert_eq!(accepted.into_inner().referral.unwrap().status, refs::ReferralStatus::AwaitingBooking as i32);
+}
