@@ -43,19 +43,31 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let records_listener = bind(records.listen, "PAC_RECORDS_ADDR").await?;
     let scheduling_listener = bind(scheduling.listen, "PAC_SCHEDULING_ADDR").await?;
     let referrals_listener = bind(referrals.listen, "PAC_REFERRALS_ADDR").await?;
-    let (records_addr, scheduling_addr, referrals_addr) =
-        (records_listener.local_addr()?, scheduling_listener.local_addr()?, referrals_listener.local_addr()?);
+    let mut gateway = pac_gateway::GatewayConfig::from_env(&platform)?;
+    let gateway_listener = bind(gateway.listen, "PAC_GATEWAY_ADDR").await?;
+    let (records_addr, scheduling_addr, referrals_addr, gateway_addr) = (
+        records_listener.local_addr()?,
+        scheduling_listener.local_addr()?,
+        referrals_listener.local_addr()?,
+        gateway_listener.local_addr()?,
+    );
     if std::env::var("PAC_RECORDS_URL").is_err() {
         scheduling.records_url = format!("http://{records_addr}");
         referrals.records_url = format!("http://{records_addr}");
+        gateway.records_url = format!("http://{records_addr}");
     }
     if std::env::var("PAC_SCHEDULING_URL").is_err() {
         referrals.scheduling_url = format!("http://{scheduling_addr}");
+        gateway.scheduling_url = format!("http://{scheduling_addr}");
+    }
+    if std::env::var("PAC_REFERRALS_URL").is_err() {
+        gateway.referrals_url = format!("http://{referrals_addr}");
     }
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(pac_records::serve(platform.clone(), records, records_listener, shutdown.clone()));
     servers.spawn(pac_scheduling::serve(platform.clone(), scheduling, scheduling_listener, shutdown.clone()));
     servers.spawn(pac_referrals::serve(platform.clone(), referrals, referrals_listener, shutdown.clone()));
+    servers.spawn(pac_gateway::serve(platform.clone(), gateway, gateway_listener, shutdown.clone()));
 
     if !args.no_demo {
         crate::demo::load(records_addr, scheduling_addr, referrals_addr).await.context("loading demo data failed")?;
@@ -67,12 +79,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             format!("a private cluster on 127.0.0.1:{port} in {} (stopped on exit)", data_dir.display())
         }
     };
+    let token = crate::development_token("coordinator", vec!["RR8".into()], None, 8 * 3600)?;
     println!(
         "\nPatient Access Platform is running (development).\n\
          \n  database    {database}\
          \n  records     {records_addr}   pac.records.v1.PatientRecords\
          \n  scheduling  {scheduling_addr}   pac.scheduling.v1.Scheduling\
          \n  referrals   {referrals_addr}   pac.referrals.v1.Referrals\
+         \n  gateway     {gateway_addr}   every API above, bearer token required\
+         \n\nA coordinator's development token (8 hours; `pac token --role clinician` for others):\n  {token}\
          \n\nTry:\n  buf curl --protocol grpc --http2-prior-knowledge -d '{{\"name\":\"smith\"}}' \\\n    http://{records_addr}/pac.records.v1.PatientRecords/SearchPatients\
          \n  buf curl --protocol grpc --http2-prior-knowledge -d '{{\"service_code\":\"TO-FRACTURE\",\"page_size\":3}}' \\\n    http://{scheduling_addr}/pac.scheduling.v1.Scheduling/SearchSlots\
          \n  buf curl --protocol grpc --http2-prior-knowledge -d '{{\"breaching_within_days\":126}}' \\\n    http://{referrals_addr}/pac.referrals.v1.Referrals/ListReferrals\n\nCtrl-C stops everything.\n"

@@ -4,6 +4,7 @@
 //!   demo data loaded.
 //! - `pac serve <component>`: one component, configured from the environment (what a container runs).
 //! - `pac migrate [component]`: create roles and schemas and run migrations.
+//! - `pac token`: a development bearer token for the gateway.
 //! - `pac bench <scenario>`: the benchmarks behind BENCHMARKS.md.
 
 mod bench;
@@ -42,6 +43,21 @@ enum Command {
         #[arg(value_enum, default_value = "all")]
         component: Component,
     },
+    /// Print a development bearer token for the gateway (signed with PAC_GATEWAY_DEV_TOKEN_KEY).
+    Token {
+        /// coordinator, clinician, integration, auditor or admin.
+        #[arg(long, default_value = "coordinator")]
+        role: String,
+        /// Organisation (ODS code) acted for; repeat for more.
+        #[arg(long = "org", default_value = "RR8")]
+        orgs: Vec<String>,
+        /// Who the token names.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 8 * 3600)]
+        ttl: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -49,6 +65,7 @@ enum Component {
     Records,
     Scheduling,
     Referrals,
+    Gateway,
     /// Every component in one process.
     All,
 }
@@ -70,6 +87,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(args).await,
         Command::Serve { component } => serve(component).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Token { role, orgs, subject, ttl } => {
+            println!("{}", development_token(&role, orgs, subject, ttl)?);
+            Ok(())
+        }
         Command::Migrate { component } => {
             let platform = PlatformConfig::from_env(Environment::Production)?;
             let _telemetry = pac_platform::telemetry::init("pac-migrate", &platform.telemetry)?;
@@ -103,6 +124,7 @@ async fn serve(component: Component) -> anyhow::Result<()> {
         Component::Records => "pac-records",
         Component::Scheduling => "pac-scheduling",
         Component::Referrals => "pac-referrals",
+        Component::Gateway => "pac-gateway",
         Component::All => "pac",
     };
     let _telemetry = pac_platform::telemetry::init(service_name, &platform.telemetry)?;
@@ -123,6 +145,11 @@ async fn serve(component: Component) -> anyhow::Result<()> {
         let listener = bind(config.listen, "PAC_REFERRALS_ADDR").await?;
         servers.spawn(pac_referrals::serve(platform.clone(), config, listener, shutdown.clone()));
     }
+    if matches!(component, Component::Gateway | Component::All) {
+        let config = pac_gateway::GatewayConfig::from_env(&platform)?;
+        let listener = bind(config.listen, "PAC_GATEWAY_ADDR").await?;
+        servers.spawn(pac_gateway::serve(platform.clone(), config, listener, shutdown.clone()));
+    }
     while let Some(result) = servers.join_next().await {
         // One component failing stops the others.
         if let Err(error) = result.context("component task failed")? {
@@ -135,4 +162,18 @@ async fn serve(component: Component) -> anyhow::Result<()> {
 
 async fn bind(address: std::net::SocketAddr, variable: &str) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address} ({variable})"))
+}
+
+/// A development token for the gateway: HS256 with `PAC_GATEWAY_DEV_TOKEN_KEY` (or the built-in
+/// development key), issuer `PAC_GATEWAY_ISSUER`, audience `PAC_GATEWAY_AUDIENCE`.
+pub fn development_token(role: &str, orgs: Vec<String>, subject: Option<String>, ttl: u64) -> anyhow::Result<String> {
+    use pac_gateway::auth::{Identity, mint_development};
+    let role = pac_gateway::policy::Role::from_name(role)
+        .ok_or_else(|| anyhow::anyhow!("--role must be coordinator, clinician, integration, auditor or admin"))?;
+    anyhow::ensure!((1..=7 * 24 * 3600).contains(&ttl), "--ttl must be 1 second to 7 days");
+    let key = std::env::var("PAC_GATEWAY_DEV_TOKEN_KEY").unwrap_or_else(|_| pac_gateway::DEVELOPMENT_TOKEN_KEY.into());
+    let issuer = std::env::var("PAC_GATEWAY_ISSUER").unwrap_or_else(|_| pac_gateway::DEVELOPMENT_ISSUER.into());
+    let audience = std::env::var("PAC_GATEWAY_AUDIENCE").unwrap_or_else(|_| "pac-gateway".into());
+    let identity = Identity { subject: subject.unwrap_or_else(|| format!("dev-{}", role.name())), role, organisations: orgs };
+    Ok(mint_development(key.as_bytes(), &issuer, &audience, &identity, std::time::Duration::from_secs(ttl)))
 }

@@ -5,8 +5,11 @@ a patient, and check the error details of a bad request.
 then set up a clinic and book that patient into a slot (hold, then confirm) with the scheduling service,
 then refer the patient to a service, accept the referral, book it, and see the referral booked.
 
-    python3 tests/smoke/grpcio_smoke.py [records-address] [scheduling-address] [referrals-address]
-    # defaults 127.0.0.1:50051 127.0.0.1:50052 127.0.0.1:50053
+then, through the gateway with a bearer token (PAC_TOKEN, from `pac token`), refuse a call without
+one, book a slot, and read the rich error details of a bad request.
+
+    PAC_TOKEN=$(pac token) python3 tests/smoke/grpcio_smoke.py [records] [scheduling] [referrals] [gateway]
+    # defaults 127.0.0.1:50051 127.0.0.1:50052 127.0.0.1:50053 127.0.0.1:50050
 """
 
 import pathlib
@@ -113,6 +116,7 @@ def main() -> None:
     scheduling_address = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1:50052"
     slot_id = book(scheduling_address, created.id, suffix)
     refer(sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1:50053", scheduling_address, created.id, suffix, slot_id)
+    through_gateway(sys.argv[4] if len(sys.argv) > 4 else "127.0.0.1:50050", suffix)
 
 
 def book(address: str, patient_id: str, suffix: str) -> str:
@@ -197,6 +201,51 @@ def refer(address: str, scheduling_address: str, patient_id: str, suffix: str, s
     else:
         sys.exit("the booking never reached the referral")
     print(f"smoke: grpcio client referred, accepted and booked referral {referral.id}")
+
+
+def through_gateway(address: str, suffix: str) -> None:
+    import os
+    from pac.common.v1 import common_pb2
+    from pac.records.v1 import records_pb2, records_pb2_grpc
+    from pac.scheduling.v1 import scheduling_pb2 as s, scheduling_pb2_grpc
+    from google.rpc import status_pb2, error_details_pb2
+
+    token = os.environ.get("PAC_TOKEN") or sys.exit("set PAC_TOKEN (pac token) to smoke-test the gateway")
+    auth = (("authorization", f"Bearer {token}"),)
+    channel = grpc.insecure_channel(address)
+    grpc.channel_ready_future(channel).result(timeout=10)
+    services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert "pac.scheduling.v1.Scheduling" in services, services
+    records = records_pb2_grpc.PatientRecordsStub(channel)
+    patient = records_pb2.Patient(given_name="Gate", family_name="Keeper" + "".join(chr(ord("a") + int(c, 16)) for c in suffix),
+                                  birth_date=common_pb2.Date(year=1975, month=1, day=2), sex=records_pb2.SEX_MALE)
+    try:
+        records.RegisterPatient(records_pb2.RegisterPatientRequest(patient=patient), timeout=5)
+        sys.exit("the gateway let a call without a token through")
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error
+    created = records.RegisterPatient(records_pb2.RegisterPatientRequest(patient=patient, allow_possible_duplicate=True),
+                                      timeout=5, metadata=auth).patient
+    scheduling = scheduling_pb2_grpc.SchedulingStub(channel)
+    slots = scheduling.SearchSlots(s.SearchSlotsRequest(service_code="SMOKE-" + suffix.upper(), page_size=5), timeout=5, metadata=auth).slots
+    booked = scheduling.BookAppointment(s.BookAppointmentRequest(slot_id=slots[-1].id, patient_id=created.id,
+                                                                 request_id=str(uuid.uuid4())), timeout=5, metadata=auth).appointment
+    assert booked.status == s.APPOINTMENT_STATUS_BOOKED, booked
+    try:
+        records.RegisterPatient(records_pb2.RegisterPatientRequest(patient=records_pb2.Patient(nhs_number="123")), timeout=5, metadata=auth)
+        sys.exit("a bad registration was accepted through the gateway")
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+        details = dict(error.trailing_metadata()).get("grpc-status-details-bin")
+        status = status_pb2.Status.FromString(details)
+        reasons = set()
+        for detail in status.details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                violations = error_details_pb2.BadRequest()
+                detail.Unpack(violations)
+                reasons |= {v.reason for v in violations.field_violations}
+        assert "NHS_NUMBER_INVALID" in reasons, reasons
+    print(f"smoke: grpcio client booked appointment {booked.id} through the gateway")
 
 
 if __name__ == "__main__":
