@@ -4,7 +4,9 @@
 //! signed caller context, a bounded deadline and the trace context, and serves health and
 //! reflection for every API.
 //!
-//! Not built yet (see the tracker): gRPC-Web, the audit trail, rate limits and load shedding,
+//! It answers gRPC-Web (browsers) on the same port.
+//!
+//! Not built yet (see the tracker): the audit trail, rate limits and load shedding,
 //! organisation scoping inside the services, retries, and the access API.
 
 pub mod auth;
@@ -122,6 +124,7 @@ pub async fn serve(
         service_names: vec!["pac.records.v1.PatientRecords", "pac.scheduling.v1.Scheduling", "pac.referrals.v1.Referrals"],
         descriptor_sets: vec![pac_proto::FILE_DESCRIPTOR_SET],
         database: None,
+        grpc_web: true,
     };
     grpc::serve(&platform.grpc, listener, routes, serving, shutdown).await
 }

@@ -188,3 +188,39 @@ async fn permissions_travel_with_the_role() {
         .unwrap();
     assert_eq!(accepted.into_inner().referral.unwrap().status, refs::ReferralStatus::AwaitingBooking as i32);
 }
+
+/// A browser's call: gRPC-Web over HTTP/1.1 on the gateway's port (health needs no token).
+#[tokio::test]
+async fn grpc_web_is_answered_on_the_same_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDatabase::create().await;
+    let shutdown = CancellationToken::new();
+    let (listener, _) = listener().await;
+    let address = listener.local_addr().unwrap();
+    let config = GatewayConfig::development(address, "http://127.0.0.1:1".into(), "http://127.0.0.1:1".into(), "http://127.0.0.1:1".into());
+    tokio::spawn(pac_gateway::serve(db.platform_config(), config, listener, shutdown.clone()));
+    let mut stream = None;
+    for _ in 0..50 {
+        if let Ok(s) = tokio::net::TcpStream::connect(address).await {
+            stream = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut stream = stream.expect("gateway listening");
+    // An empty HealthCheckRequest in one gRPC-Web frame.
+    let body = [0u8, 0, 0, 0, 0];
+    let head = format!(
+        "POST /grpc.health.v1.Health/Check HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.to_lowercase().contains("content-type: application/grpc-web+proto"), "{text}");
+    assert!(text.contains("grpc-status:0"), "trailers ride in the body: {text}");
+    shutdown.cancel();
+}

@@ -33,6 +33,8 @@ pub struct Serving {
     pub descriptor_sets: Vec<&'static [u8]>,
     /// The component's database, checked for health (none for a component without one).
     pub database: Option<PgPool>,
+    /// Also answer gRPC-Web (HTTP/1.1 and HTTP/2) on the same port: the public gateway does.
+    pub grpc_web: bool,
 }
 
 /// Serves `routes` on `listener` until `shutdown` fires, then drains in-flight calls for at most the
@@ -78,11 +80,13 @@ pub async fn serve(
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = Server::builder()
+        .accept_http1(serving.grpc_web)
         .concurrency_limit_per_connection(config.concurrency_limit_per_connection)
         .timeout(config.request_timeout)
         .max_connection_age(config.max_connection_age)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(layers)
+        .layer(tower::util::option_layer(serving.grpc_web.then(tonic_web::GrpcWebLayer::new)))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
 

@@ -156,8 +156,12 @@ pub async fn serve(
     let max = platform.grpc.max_message_bytes;
     let routes = Routes::new(SchedulingServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max));
     tracing::info!(address = %listener.local_addr()?, "scheduling service listening");
-    let serving =
-        Serving { service_names: vec![SERVICE_NAME], descriptor_sets: vec![pac_proto::FILE_DESCRIPTOR_SET], database: Some(pool) };
+    let serving = Serving {
+        service_names: vec![SERVICE_NAME],
+        descriptor_sets: vec![pac_proto::FILE_DESCRIPTOR_SET],
+        database: Some(pool),
+        grpc_web: false,
+    };
     grpc::serve(&platform.grpc, listener, routes, serving, shutdown).await
 }
 
