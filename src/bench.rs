@@ -5,6 +5,7 @@
 //! - `register`: RegisterPatient throughput against pgbench running the patient INSERT, alternating.
 //! - `book`, `slots`: the scheduling service (see `bench_scheduling`).
 //! - `worklist`, `event-lag`: the referrals service (see `bench_referrals`).
+//! - `gateway`: the gateway's overhead (see `bench_gateway`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -76,6 +77,15 @@ enum Scenario {
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
     },
+    /// A database-bound RPC through the gateway against the same RPC called directly.
+    Gateway {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Time from a booking's answer to its referral showing it, under a steady booking rate.
     EventLag {
         /// Bookings per second.
@@ -107,6 +117,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             crate::bench_referrals::worklist(small, large, queries, concurrency).await
         }
         Scenario::EventLag { rate, seconds } => crate::bench_referrals::event_lag(rate, seconds).await,
+        Scenario::Gateway { seconds, concurrency, runs } => crate::bench_gateway::overhead(seconds, concurrency, runs).await,
     }
 }
 
@@ -117,6 +128,7 @@ pub(crate) struct Bench {
     pub records: SocketAddr,
     pub scheduling: SocketAddr,
     pub referrals: SocketAddr,
+    pub gateway: SocketAddr,
     shutdown: CancellationToken,
 }
 
@@ -145,18 +157,26 @@ impl Bench {
         let referrals = listener.local_addr()?;
         let config = pac_referrals::ReferralsConfig::development(referrals, format!("http://{records}"), format!("http://{scheduling}"));
         pac_referrals::migrate(&platform, &config).await?;
-        tokio::spawn(pac_referrals::serve(platform, config, listener, shutdown.clone()));
-        Ok(Self { _postgres: postgres, admin_url, records, scheduling, referrals, shutdown })
+        tokio::spawn(pac_referrals::serve(platform.clone(), config, listener, shutdown.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let gateway = listener.local_addr()?;
+        let config = pac_gateway::GatewayConfig::development(
+            gateway,
+            format!("http://{records}"),
+            format!("http://{scheduling}"),
+            format!("http://{referrals}"),
+        );
+        tokio::spawn(pac_gateway::serve(platform, config, listener, shutdown.clone()));
+        Ok(Self { _postgres: postgres, admin_url, records, scheduling, referrals, gateway, shutdown })
     }
 
     /// Separate HTTP/2 connections, as separate clients would have.
     async fn clients(&self, count: usize) -> anyhow::Result<Vec<PatientRecordsClient<Channel>>> {
-        let mut clients = Vec::new();
-        for _ in 0..count {
-            let channel = Endpoint::from_shared(format!("http://{}", self.records))?.connect().await?;
-            clients.push(PatientRecordsClient::new(channel));
-        }
-        Ok(clients)
+        records_clients(self.records, count).await
+    }
+
+    pub async fn seed_patients(&self, count: i64) -> anyhow::Result<()> {
+        seed(&self.admin().await?, 0, count).await
     }
 
     pub async fn admin(&self) -> anyhow::Result<sqlx::PgPool> {
@@ -171,6 +191,16 @@ impl Drop for Bench {
 }
 
 /// A small deterministic generator (xorshift64*): the same run twice asks the same questions.
+/// `count` records clients on separate connections to `address`.
+pub(crate) async fn records_clients(address: SocketAddr, count: usize) -> anyhow::Result<Vec<PatientRecordsClient<Channel>>> {
+    let mut clients = Vec::new();
+    for _ in 0..count {
+        let channel = Endpoint::from_shared(format!("http://{address}"))?.connect().await?;
+        clients.push(PatientRecordsClient::new(channel));
+    }
+    Ok(clients)
+}
+
 pub(crate) struct Rng(pub u64);
 
 impl Rng {

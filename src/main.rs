@@ -8,6 +8,7 @@
 //! - `pac bench <scenario>`: the benchmarks behind BENCHMARKS.md.
 
 mod bench;
+mod bench_gateway;
 mod bench_referrals;
 mod bench_scheduling;
 mod demo;

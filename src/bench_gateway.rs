@@ -1,0 +1,95 @@
+//! `pac bench gateway`: the gateway's overhead. The same database-bound RPC (SearchPatients by
+//! phone: one indexed look-up among 100,000 patients) called directly on the records service and
+//! through the gateway with a bearer token, in alternating rounds of the same run: throughput with
+//! many calls in flight, and single-call latency.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use pac_proto::records as pb;
+use pac_proto::records::patient_records_client::PatientRecordsClient;
+use tonic::transport::Channel;
+
+use crate::bench::{Bench, Latencies, Rng, latencies, median, ms, records_clients, throughput, verdict};
+
+const PATIENTS: i64 = 100_000;
+
+fn search(phone: u64, token: Option<&str>) -> tonic::Request<pb::SearchPatientsRequest> {
+    let mut request = tonic::Request::new(pb::SearchPatientsRequest { phone: format!("+447{phone:09}"), ..Default::default() });
+    if let Some(token) = token {
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
+    }
+    request
+}
+
+async fn load(clients: &[PatientRecordsClient<Channel>], token: Option<String>, seconds: u64, concurrency: usize) -> anyhow::Result<f64> {
+    throughput(clients, seconds, concurrency, "search", move |mut client: PatientRecordsClient<Channel>, worker, n| {
+        let token = token.clone();
+        async move {
+            let phone = (worker * 7919 + n * 104_729) % PATIENTS as u64;
+            client.search_patients(search(phone, token.as_deref())).await.map(drop)
+        }
+    })
+    .await
+}
+
+/// One client, one call at a time: each call's latency.
+async fn single(
+    client: &PatientRecordsClient<Channel>,
+    token: Option<String>,
+    calls: usize,
+    rng: &mut Rng,
+) -> anyhow::Result<Vec<Duration>> {
+    let queries: Vec<(&'static str, u64)> = (0..calls).map(|_| ("search", rng.below(PATIENTS as usize) as u64)).collect();
+    let timings = latencies(std::slice::from_ref(client), queries, move |mut client: PatientRecordsClient<Channel>, phone| {
+        let token = token.clone();
+        async move { client.search_patients(search(phone, token.as_deref())).await.map(drop) }
+    })
+    .await?;
+    Ok(timings.into_iter().map(|(_, d, ())| d).collect())
+}
+
+pub async fn overhead(seconds: u64, concurrency: usize, runs: usize) -> anyhow::Result<()> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let bench = Bench::start("pac_bench_gateway").await?;
+    bench.seed_patients(PATIENTS).await?;
+    let token = crate::development_token("coordinator", vec!["RR8".into()], None, 3600)?;
+    let direct = records_clients(bench.records, 4).await?;
+    let gateway = records_clients(bench.gateway, 4).await?;
+    let mut rng = Rng(0x9a7e_0001);
+    // Warm both paths.
+    single(&direct[0], None, 200, &mut rng).await?;
+    single(&gateway[0], Some(token.clone()), 200, &mut rng).await?;
+    let (mut direct_rps, mut gateway_rps, mut direct_lat, mut gateway_lat) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..runs {
+        let d = load(&direct, None, seconds, concurrency).await?;
+        let g = load(&gateway, Some(token.clone()), seconds, concurrency).await?;
+        direct_lat.extend(single(&direct[0], None, 1000, &mut rng).await?);
+        gateway_lat.extend(single(&gateway[0], Some(token.clone()), 1000, &mut rng).await?);
+        eprintln!("round {}: direct {d:.0}/s, through the gateway {g:.0}/s", round + 1);
+        direct_rps.push(d);
+        gateway_rps.push(g);
+    }
+    let ratio = median(&gateway_rps) / median(&direct_rps);
+    let (d, g) = (Latencies(direct_lat), Latencies(gateway_lat));
+    let added = g.percentile(0.5).saturating_sub(d.percentile(0.5));
+    println!(
+        "\nSearchPatients by phone ({PATIENTS} patients): directly vs through the gateway, {concurrency} in flight on 4 connections, {seconds} s rounds, alternating\n"
+    );
+    println!("| round | direct calls/s | gateway calls/s |");
+    println!("|---:|---:|---:|");
+    for (round, (a, b)) in direct_rps.iter().zip(&gateway_rps).enumerate() {
+        println!("| {} | {a:.0} | {b:.0} |", round + 1);
+    }
+    println!("| median | {:.0} | {:.0} |", median(&direct_rps), median(&gateway_rps));
+    println!("\nOne call at a time ({} calls each way):\n", d.0.len());
+    println!("| path | p50 | p95 | p99 |");
+    println!("|---|---:|---:|---:|");
+    println!("| direct | {} | {} | {} |", ms(d.percentile(0.5)), ms(d.percentile(0.95)), ms(d.percentile(0.99)));
+    println!("| gateway | {} | {} | {} |", ms(g.percentile(0.5)), ms(g.percentile(0.95)), ms(g.percentile(0.99)));
+    println!("\nthroughput ratio gateway/direct: {ratio:.2} (bar: >= 0.80) {}", verdict(ratio >= 0.8));
+    println!("p50 added by the gateway: {} (bar: <= 0.50 ms) {}", ms(added), verdict(added <= Duration::from_micros(500)));
+    Ok(())
+}
