@@ -6,7 +6,10 @@
 //!
 //! It answers gRPC-Web (browsers) on the same port.
 //!
-//! Not built yet (see the tracker): the audit trail, rate limits and load shedding,
+//! Calls beyond a limit in flight are shed at once (UNAVAILABLE); each caller has a rate limit
+//! (RESOURCE_EXHAUSTED with the time to wait).
+//!
+//! Not built yet (see the tracker): the audit trail, caps on live holds,
 //! organisation scoping inside the services, retries, and the access API.
 
 pub mod auth;
@@ -25,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 use crate::auth::Authenticator;
-use crate::proxy::{Deadlines, Proxy, Upstreams};
+use crate::proxy::{Deadlines, Limits, Proxy, Upstreams};
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50050";
 /// The development token key: `pac token` signs with it, `pac dev`'s gateway accepts it.
@@ -56,7 +59,11 @@ pub struct GatewayConfig {
     pub audience: String,
     /// `PAC_GATEWAY_DEFAULT_DEADLINE_MS`, `PAC_GATEWAY_MAX_DEADLINE_MS`.
     pub deadlines: Deadlines,
+    /// `PAC_GATEWAY_MAX_IN_FLIGHT`, `PAC_GATEWAY_RATE_PER_SECOND`, `PAC_GATEWAY_RATE_BURST`.
+    pub limits: Limits,
 }
+
+const DEFAULT_LIMITS: Limits = Limits { max_in_flight: 2048, per_second: 500.0, burst: 1000.0 };
 
 impl GatewayConfig {
     pub fn from_env(platform: &PlatformConfig) -> anyhow::Result<Self> {
@@ -73,6 +80,15 @@ impl GatewayConfig {
             max: Duration::from_millis(var("PAC_GATEWAY_MAX_DEADLINE_MS", 30_000)?),
         };
         anyhow::ensure!(deadlines.default <= deadlines.max, "PAC_GATEWAY_DEFAULT_DEADLINE_MS must not exceed PAC_GATEWAY_MAX_DEADLINE_MS");
+        let limits = Limits {
+            max_in_flight: var("PAC_GATEWAY_MAX_IN_FLIGHT", DEFAULT_LIMITS.max_in_flight)?,
+            per_second: var("PAC_GATEWAY_RATE_PER_SECOND", DEFAULT_LIMITS.per_second)?,
+            burst: var("PAC_GATEWAY_RATE_BURST", DEFAULT_LIMITS.burst)?,
+        };
+        anyhow::ensure!(
+            limits.per_second > 0.0 && limits.burst >= 1.0,
+            "PAC_GATEWAY_RATE_PER_SECOND must be positive and PAC_GATEWAY_RATE_BURST at least 1"
+        );
         Ok(Self {
             listen: var("PAC_GATEWAY_ADDR", DEFAULT_ADDR.parse()?)?,
             records_url: var("PAC_RECORDS_URL", "http://127.0.0.1:50051".to_string())?,
@@ -82,6 +98,7 @@ impl GatewayConfig {
             issuer: var("PAC_GATEWAY_ISSUER", DEVELOPMENT_ISSUER.to_string())?,
             audience: var("PAC_GATEWAY_AUDIENCE", "pac-gateway".to_string())?,
             deadlines,
+            limits,
         })
     }
 
@@ -96,6 +113,7 @@ impl GatewayConfig {
             issuer: DEVELOPMENT_ISSUER.into(),
             audience: "pac-gateway".into(),
             deadlines: Deadlines { default: Duration::from_secs(10), max: Duration::from_secs(30) },
+            limits: DEFAULT_LIMITS,
         }
     }
 }
@@ -117,7 +135,7 @@ pub async fn serve(
         referrals: pac_platform::client::lazy_channel(&config.referrals_url)?,
     };
     let signer = CallerVerifier::new(&platform.internal_key, false);
-    let proxy = Proxy::new(upstreams, authenticator, signer, config.deadlines);
+    let proxy = Proxy::new(upstreams, authenticator, signer, config.deadlines, config.limits);
     let routes = Routes::from(axum::Router::new().fallback_service(proxy));
     tracing::info!(address = %listener.local_addr()?, "gateway listening");
     let serving = Serving {

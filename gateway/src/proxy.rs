@@ -2,16 +2,18 @@
 //! table, replace the caller's credentials with a signed caller context, bound the deadline, pass the
 //! trace on, and relay the call unchanged (unary or streaming).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response};
-use pac_platform::CallerVerifier;
 use pac_platform::caller::CALLER_HEADER;
+use pac_platform::{ApiError, CallerVerifier};
+use tokio::sync::Semaphore;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::Channel;
@@ -49,17 +51,69 @@ pub struct Deadlines {
     pub max: Duration,
 }
 
+/// Load limits: calls in flight at once (more are shed at once with UNAVAILABLE), and each caller's
+/// rate (a token bucket: `burst` calls at once, refilled at `per_second`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_in_flight: usize,
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Each caller's token bucket, by subject.
+struct RateLimiter {
+    limits: Limits,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl RateLimiter {
+    /// Takes a token for `subject`, or says how long until one is there.
+    fn take(&self, subject: &str) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("rate buckets");
+        if buckets.len() > 100_000 {
+            // Forget callers idle long enough to have refilled.
+            let full = Duration::from_secs_f64(self.limits.burst / self.limits.per_second.max(f64::MIN_POSITIVE));
+            buckets.retain(|_, b| now.duration_since(b.at) < full);
+        }
+        let bucket = buckets.entry(subject.to_string()).or_insert(Bucket { tokens: self.limits.burst, at: now });
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * self.limits.per_second).min(self.limits.burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.limits.per_second.max(f64::MIN_POSITIVE))
+                .max(Duration::from_millis(1)))
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Proxy {
     upstreams: Upstreams,
     authenticator: Arc<Authenticator>,
     signer: CallerVerifier,
     deadlines: Deadlines,
+    in_flight: Arc<Semaphore>,
+    rates: Arc<RateLimiter>,
 }
 
 impl Proxy {
-    pub fn new(upstreams: Upstreams, authenticator: Authenticator, signer: CallerVerifier, deadlines: Deadlines) -> Self {
-        Self { upstreams, authenticator: Arc::new(authenticator), signer, deadlines }
+    pub fn new(upstreams: Upstreams, authenticator: Authenticator, signer: CallerVerifier, deadlines: Deadlines, limits: Limits) -> Self {
+        Self {
+            upstreams,
+            authenticator: Arc::new(authenticator),
+            signer,
+            deadlines,
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            rates: Arc::new(RateLimiter { limits, buckets: Mutex::default() }),
+        }
     }
 
     /// The request as the service should receive it, or the status that refuses it.
@@ -74,6 +128,12 @@ impl Proxy {
         if !policy::allows(&path, identity.role) {
             tracing::info!(subject = %identity.subject, role = identity.role.name(), rpc = %path, "call refused: not permitted");
             return Err(Status::permission_denied(format!("the {} role may not call {path}", identity.role.name())));
+        }
+        if let Err(wait) = self.rates.take(&identity.subject) {
+            tracing::info!(subject = %identity.subject, rpc = %path, "call refused: rate limit");
+            let error = ApiError::new(tonic::Code::ResourceExhausted, "RATE_LIMITED", "too many calls from this caller; retry later")
+                .with_retry_after(wait);
+            return Err(error.into());
         }
         let context = self.signer.sign(&policy::caller(&identity), policy::CALLER_CONTEXT_TTL);
         let headers = request.headers_mut();
@@ -122,8 +182,15 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        // Overloaded: shed at once rather than queue.
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            let error = ApiError::unavailable("OVERLOADED", "the gateway is at capacity; retry shortly")
+                .with_retry_after(Duration::from_millis(100));
+            return Box::pin(async move { Ok(Status::from(error).into_http()) });
+        };
         let admitted = self.admit(request.map(Body::new));
         Box::pin(async move {
+            let _permit = permit;
             let (mut channel, request) = match admitted {
                 Ok(admitted) => admitted,
                 Err(status) => return Ok(status.into_http()),
@@ -147,6 +214,17 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_caller_has_a_bucket_of_its_own() {
+        let limiter = RateLimiter { limits: Limits { max_in_flight: 1, per_second: 10.0, burst: 2.0 }, buckets: Mutex::default() };
+        assert!(limiter.take("a").is_ok() && limiter.take("a").is_ok());
+        let wait = limiter.take("a").unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100), "{wait:?}");
+        assert!(limiter.take("b").is_ok(), "another caller is not held back");
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(limiter.take("a").is_ok(), "refilled");
+    }
 
     #[test]
     fn grpc_timeouts_parse() {

@@ -36,6 +36,10 @@ async fn listener() -> (TcpListener, String) {
 }
 
 async fn start() -> Platform {
+    start_with(|_| {}).await
+}
+
+async fn start_with(adjust: impl FnOnce(&mut GatewayConfig)) -> Platform {
     let db = TestDatabase::create().await;
     let platform = db.platform_config();
     let shutdown = CancellationToken::new();
@@ -57,7 +61,8 @@ async fn start() -> Platform {
     // Behind the gateway the services require a signed caller context, as in production.
     let mut gateway_platform = platform.clone();
     gateway_platform.require_caller_context = true;
-    let config = GatewayConfig::development(gateway_listener.local_addr().unwrap(), records_url, scheduling_url, referrals_url);
+    let mut config = GatewayConfig::development(gateway_listener.local_addr().unwrap(), records_url, scheduling_url, referrals_url);
+    adjust(&mut config);
     tokio::spawn(pac_gateway::serve(gateway_platform, config, gateway_listener, shutdown.clone()));
     let gateway = tonic::transport::Endpoint::from_shared(gateway_url).unwrap().connect_lazy();
     Platform { _db: db, gateway, shutdown }
@@ -258,7 +263,8 @@ async fn authorisation_matrix() {
         request.set_timeout(Duration::from_millis(1500));
         let path = http::uri::PathAndQuery::try_from(path).unwrap();
         // A stream that was let through stays open: still open after 2 s counts as through.
-        match tokio::time::timeout(Duration::from_secs(2), grpc.unary::<(), (), _>(request, path, tonic_prost::ProstCodec::default())).await {
+        match tokio::time::timeout(Duration::from_secs(2), grpc.unary::<(), (), _>(request, path, tonic_prost::ProstCodec::default())).await
+        {
             Err(_still_open) => Code::Ok,
             Ok(Ok(_)) => Code::Ok,
             Ok(Err(status)) => status.code(),
@@ -284,4 +290,28 @@ async fn authorisation_matrix() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn a_busy_caller_is_slowed_and_an_overloaded_gateway_sheds() {
+    use tonic_types::StatusExt;
+    let p = start_with(|c| c.limits = pac_gateway::proxy::Limits { max_in_flight: 64, per_second: 1.0, burst: 2.0 }).await;
+    let mut records = PatientRecordsClient::new(p.gateway.clone());
+    let search =
+        |token: &str| with_token(records_pb::SearchPatientsRequest { phone: "07700 900001".into(), ..Default::default() }, Some(token));
+    let busy = token(Role::Coordinator, Duration::from_secs(60));
+    records.search_patients(search(&busy)).await.unwrap();
+    records.search_patients(search(&busy)).await.unwrap();
+    let limited = records.search_patients(search(&busy)).await.unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+    let wait = limited.get_error_details().retry_info().and_then(|r| r.retry_delay).expect("retry info");
+    assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+    // Another caller is not held back.
+    records.search_patients(search(&token(Role::Clinician, Duration::from_secs(60)))).await.unwrap();
+
+    let shedding = start_with(|c| c.limits = pac_gateway::proxy::Limits { max_in_flight: 0, per_second: 100.0, burst: 100.0 }).await;
+    let mut records = PatientRecordsClient::new(shedding.gateway.clone());
+    let shed = records.search_patients(search(&busy)).await.unwrap_err();
+    assert_eq!(shed.code(), Code::Unavailable);
+    assert!(shed.get_error_details().retry_info().is_some());
 }
