@@ -187,6 +187,19 @@ async fn permissions_travel_with_the_role() {
     // A coordinator may call TriageReferral, but the service refuses them a triage decision.
     let refused = referrals.triage_referral(with_token(accept(&referral.etag), Some(&coordinator))).await.unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
+    // A caller context of the caller's own making is replaced by the gateway's.
+    let forged_context =
+        pac_platform::CallerVerifier::new(&pac_platform::config::Secret::new("forged key of thirty-two characters"), false).sign(
+            &pac_platform::Caller {
+                actor: pac_platform::Actor { subject: "x".into(), role: "clinician".into(), organisation: "RR8".into() },
+                organisations: vec!["RR8".into()],
+                permissions: vec!["referral.triage".into()],
+            },
+            Duration::from_secs(60),
+        );
+    let mut forged = with_token(accept(&referral.etag), Some(&coordinator));
+    forged.metadata_mut().insert(pac_platform::caller::CALLER_HEADER, forged_context.parse().unwrap());
+    assert_eq!(referrals.triage_referral(forged).await.unwrap_err().code(), Code::PermissionDenied);
     let accepted = referrals
         .triage_referral(with_token(accept(&referral.etag), Some(&token(Role::Clinician, Duration::from_secs(60)))))
         .await
