@@ -3,6 +3,7 @@
 //! rich details, caller context, the event outbox and following other services' streams,
 //! idempotency, calling other services, and serving over gRPC.
 
+pub mod audit;
 pub mod caller;
 pub mod client;
 pub mod config;
