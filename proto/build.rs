@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "pac/records/v1/records.proto",
         "pac/scheduling/v1/scheduling.proto",
         "pac/referrals/v1/referrals.proto",
+        "pac/access/v1/access.proto",
+        "pac/audit/v1/audit.proto",
     ];
     tonic_prost_build::configure().file_descriptor_set_path(out_dir.join("pac_descriptor.bin")).compile_protos(&protos, &["."])?;
     println!("cargo:rerun-if-changed=pac");

@@ -24,8 +24,20 @@ pub mod pac {
             tonic::include_proto!("pac.referrals.v1");
         }
     }
+    pub mod access {
+        pub mod v1 {
+            tonic::include_proto!("pac.access.v1");
+        }
+    }
+    pub mod audit {
+        pub mod v1 {
+            tonic::include_proto!("pac.audit.v1");
+        }
+    }
 }
 
+pub use pac::access::v1 as access;
+pub use pac::audit::v1 as audit;
 pub use pac::common::v1 as common;
 pub use pac::records::v1 as records;
 pub use pac::referrals::v1 as referrals;
