@@ -168,6 +168,7 @@ impl Bench {
         );
         // Load comes from one caller here: its rate limit is checked on every call but never reached.
         config.limits = pac_gateway::proxy::Limits { max_in_flight: 4096, per_second: 1e9, burst: 1e9 };
+        pac_gateway::migrate(&platform).await?;
         tokio::spawn(pac_gateway::serve(platform, config, listener, shutdown.clone()));
         Ok(Self { _postgres: postgres, admin_url, records, scheduling, referrals, gateway, shutdown })
     }

@@ -38,6 +38,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     pac_records::migrate(&platform, &records).await?;
     pac_scheduling::migrate(&platform, &scheduling).await?;
     pac_referrals::migrate(&platform, &referrals).await?;
+    pac_gateway::migrate(&platform).await?;
 
     let shutdown = pac_platform::grpc::shutdown_on_signals();
     let records_listener = bind(records.listen, "PAC_RECORDS_ADDR").await?;

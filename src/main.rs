@@ -116,6 +116,10 @@ async fn migrate(platform: &PlatformConfig, component: Component) -> anyhow::Res
         pac_referrals::migrate(platform, &config).await?;
         tracing::info!(component = "referrals", "migrated");
     }
+    if matches!(component, Component::Gateway | Component::All) {
+        pac_gateway::migrate(platform).await?;
+        tracing::info!(component = "gateway", "migrated");
+    }
     Ok(())
 }
 

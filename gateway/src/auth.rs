@@ -151,7 +151,8 @@ impl Authenticator {
             })?
             .claims;
         let role = Role::from_name(&claims.role).ok_or(Refusal::Claims)?;
-        if claims.sub.trim().is_empty() {
+        // A caller acts for at least one organisation: what it may see is scoped to them.
+        if claims.sub.trim().is_empty() || claims.orgs.is_empty() || claims.orgs.iter().any(|o| o.trim().is_empty()) {
             return Err(Refusal::Claims);
         }
         Ok(Identity { subject: claims.sub, role, organisations: claims.orgs })

@@ -9,18 +9,21 @@
 //! Calls beyond a limit in flight are shed at once (UNAVAILABLE); each caller has a rate limit
 //! (RESOURCE_EXHAUSTED with the time to wait).
 //!
-//! Not built yet (see the tracker): the audit trail, caps on live holds,
-//! organisation scoping inside the services, retries, and the access API.
+//! Every call to patient data and every refused call is recorded in the audit trail (`audit`),
+//! which auditors read through `pac.audit.v1.AuditTrail` (`trail`).
 
+pub mod audit;
 pub mod auth;
 pub mod policy;
 pub mod proxy;
+pub mod trail;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use pac_platform::config::var;
+use pac_platform::config::{Secret, var};
+use pac_platform::db::{self, ServiceSchema};
 use pac_platform::grpc::{self, Serving};
 use pac_platform::{CallerVerifier, PlatformConfig};
 use tokio::net::TcpListener;
@@ -29,8 +32,11 @@ use tonic::service::Routes;
 
 use crate::auth::Authenticator;
 use crate::proxy::{Deadlines, Limits, Proxy, Upstreams};
+use pac_proto::audit::audit_trail_server::AuditTrailServer;
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50050";
+/// The gateway's role (it writes the audit trail) and its own schema.
+pub const DATABASE: ServiceSchema = ServiceSchema::new("gateway", "pac_gateway");
 /// The development token key: `pac token` signs with it, `pac dev`'s gateway accepts it.
 pub const DEVELOPMENT_TOKEN_KEY: &str = "pac-development-token-key-not-for-production-use";
 pub const DEVELOPMENT_ISSUER: &str = "pac-dev";
@@ -49,6 +55,8 @@ pub enum TokenKeys {
 pub struct GatewayConfig {
     /// `PAC_GATEWAY_ADDR`.
     pub listen: SocketAddr,
+    /// `PAC_GATEWAY_DATABASE_URL`: the gateway role's own connection; derived from `DATABASE_URL` when unset.
+    pub database_url: Option<Secret>,
     /// `PAC_RECORDS_URL`, `PAC_SCHEDULING_URL`, `PAC_REFERRALS_URL`.
     pub records_url: String,
     pub scheduling_url: String,
@@ -91,6 +99,7 @@ impl GatewayConfig {
         );
         Ok(Self {
             listen: var("PAC_GATEWAY_ADDR", DEFAULT_ADDR.parse()?)?,
+            database_url: std::env::var("PAC_GATEWAY_DATABASE_URL").ok().filter(|u| !u.is_empty()).map(Secret::new),
             records_url: var("PAC_RECORDS_URL", "http://127.0.0.1:50051".to_string())?,
             scheduling_url: var("PAC_SCHEDULING_URL", "http://127.0.0.1:50052".to_string())?,
             referrals_url: var("PAC_REFERRALS_URL", "http://127.0.0.1:50053".to_string())?,
@@ -106,6 +115,7 @@ impl GatewayConfig {
     pub fn development(listen: SocketAddr, records_url: String, scheduling_url: String, referrals_url: String) -> Self {
         Self {
             listen,
+            database_url: None,
             records_url,
             scheduling_url,
             referrals_url,
@@ -116,6 +126,17 @@ impl GatewayConfig {
             limits: DEFAULT_LIMITS,
         }
     }
+}
+
+/// Opens the gateway's pool as its own role (it may add to and read the audit trail, nothing more).
+pub async fn connect(platform: &PlatformConfig, config: &GatewayConfig) -> anyhow::Result<sqlx::PgPool> {
+    let options = db::service_connect_options(&platform.db, DATABASE, config.database_url.as_ref())?;
+    db::connect(&platform.db, DATABASE, options).await
+}
+
+/// Creates the gateway's role and the audit schema, and migrates it (administrator connection).
+pub async fn migrate(platform: &PlatformConfig) -> anyhow::Result<()> {
+    audit::provision(&platform.db, DATABASE).await
 }
 
 /// Serves the gateway on `listener` until `shutdown` fires.
@@ -129,20 +150,34 @@ pub async fn serve(
         TokenKeys::Jwks(json) => Authenticator::from_jwks(json, &config.issuer, &config.audience)?,
         TokenKeys::Development(key) => Authenticator::development(key.as_bytes(), &config.issuer, &config.audience),
     };
-    let upstreams = Upstreams {
-        records: pac_platform::client::lazy_channel(&config.records_url)?,
-        scheduling: pac_platform::client::lazy_channel(&config.scheduling_url)?,
-        referrals: pac_platform::client::lazy_channel(&config.referrals_url)?,
-    };
+    let pool = connect(&platform, &config).await?;
+    let stop_writer = CancellationToken::new();
+    let (audit_log, writer) = audit::start(pool.clone(), stop_writer.clone());
+    let upstreams = Upstreams::default()
+        .remote("/pac.records.v1.", pac_platform::client::lazy_channel(&config.records_url)?)
+        .remote("/pac.scheduling.v1.", pac_platform::client::lazy_channel(&config.scheduling_url)?)
+        .remote("/pac.referrals.v1.", pac_platform::client::lazy_channel(&config.referrals_url)?)
+        .local("/pac.audit.v1.", AuditTrailServer::new(trail::AuditTrailService::new(pool.clone())));
     let signer = CallerVerifier::new(&platform.internal_key, false);
-    let proxy = Proxy::new(upstreams, authenticator, signer, config.deadlines, config.limits);
+    let proxy = Proxy::new(upstreams, authenticator, signer, config.deadlines, config.limits, audit_log);
     let routes = Routes::from(axum::Router::new().fallback_service(proxy));
     tracing::info!(address = %listener.local_addr()?, "gateway listening");
     let serving = Serving {
-        service_names: vec!["pac.records.v1.PatientRecords", "pac.scheduling.v1.Scheduling", "pac.referrals.v1.Referrals"],
+        service_names: vec![
+            "pac.records.v1.PatientRecords",
+            "pac.scheduling.v1.Scheduling",
+            "pac.referrals.v1.Referrals",
+            "pac.audit.v1.AuditTrail",
+        ],
         descriptor_sets: vec![pac_proto::FILE_DESCRIPTOR_SET],
-        database: None,
+        database: Some(pool),
         grpc_web: true,
     };
-    grpc::serve(&platform.grpc, listener, routes, serving, shutdown).await
+    let served = grpc::serve(&platform.grpc, listener, routes, serving, shutdown).await;
+    // Every call has ended: write what is queued, then stop.
+    stop_writer.cancel();
+    if tokio::time::timeout(Duration::from_secs(10), writer).await.is_err() {
+        tracing::error!("audit writer did not finish within 10 s of shutdown");
+    }
+    served
 }

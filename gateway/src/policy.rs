@@ -53,60 +53,78 @@ impl Role {
     }
 }
 
-use Role::{Admin as A, Clinician as CL, Coordinator as CO, Integration as IN};
+/// What an RPC touches: patient data (every call is audited) or the directory and streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Data {
+    Patient,
+    Other,
+}
 
-/// Every RPC and the roles that may call it. Anything not listed is refused.
-pub const POLICY: &[(&str, &[Role])] = &[
+use Data::{Other as O, Patient as P};
+use Role::{Admin as A, Auditor as AU, Clinician as CL, Coordinator as CO, Integration as IN};
+
+/// Every RPC, what it touches and the roles that may call it. Anything not listed is refused.
+pub const POLICY: &[(&str, Data, &[Role])] = &[
     // Records.
-    ("/pac.records.v1.PatientRecords/RegisterPatient", &[CO, IN, A]),
-    ("/pac.records.v1.PatientRecords/GetPatient", &[CO, CL, IN, A]),
-    ("/pac.records.v1.PatientRecords/LookupPatient", &[CO, CL, IN, A]),
-    ("/pac.records.v1.PatientRecords/UpdatePatient", &[CO, IN, A]),
-    ("/pac.records.v1.PatientRecords/SearchPatients", &[CO, CL, A]),
-    ("/pac.records.v1.PatientRecords/MatchPatients", &[CO, IN, A]),
-    ("/pac.records.v1.PatientRecords/MergePatients", &[A]),
-    ("/pac.records.v1.PatientRecords/UnmergePatient", &[A]),
-    ("/pac.records.v1.PatientRecords/WatchEvents", &[IN]),
+    ("/pac.records.v1.PatientRecords/RegisterPatient", P, &[CO, IN, A]),
+    ("/pac.records.v1.PatientRecords/GetPatient", P, &[CO, CL, IN, A]),
+    ("/pac.records.v1.PatientRecords/LookupPatient", P, &[CO, CL, IN, A]),
+    ("/pac.records.v1.PatientRecords/UpdatePatient", P, &[CO, IN, A]),
+    ("/pac.records.v1.PatientRecords/SearchPatients", P, &[CO, CL, A]),
+    ("/pac.records.v1.PatientRecords/MatchPatients", P, &[CO, IN, A]),
+    ("/pac.records.v1.PatientRecords/MergePatients", P, &[A]),
+    ("/pac.records.v1.PatientRecords/UnmergePatient", P, &[A]),
+    ("/pac.records.v1.PatientRecords/WatchEvents", O, &[IN]),
     // Scheduling.
-    ("/pac.scheduling.v1.Scheduling/CreateLocation", &[A]),
-    ("/pac.scheduling.v1.Scheduling/CreateClinic", &[A]),
-    ("/pac.scheduling.v1.Scheduling/GetClinic", &[CO, CL, IN, A]),
-    ("/pac.scheduling.v1.Scheduling/ListClinics", &[CO, CL, IN, A]),
-    ("/pac.scheduling.v1.Scheduling/CreateSessionTemplate", &[A]),
-    ("/pac.scheduling.v1.Scheduling/UpdateSessionTemplate", &[A]),
-    ("/pac.scheduling.v1.Scheduling/ListSlots", &[CO, CL, IN, A]),
-    ("/pac.scheduling.v1.Scheduling/SearchSlots", &[CO, CL, IN, A]),
-    ("/pac.scheduling.v1.Scheduling/HoldSlot", &[CO, IN]),
-    ("/pac.scheduling.v1.Scheduling/BookAppointment", &[CO, IN]),
-    ("/pac.scheduling.v1.Scheduling/RescheduleAppointment", &[CO, IN]),
-    ("/pac.scheduling.v1.Scheduling/CancelAppointment", &[CO, IN]),
-    ("/pac.scheduling.v1.Scheduling/UpdateAppointmentStatus", &[CO, CL, IN]),
-    ("/pac.scheduling.v1.Scheduling/GetAppointment", &[CO, CL, IN]),
-    ("/pac.scheduling.v1.Scheduling/ListAppointments", &[CO, CL, IN]),
-    ("/pac.scheduling.v1.Scheduling/AddToWaitlist", &[CO, IN]),
-    ("/pac.scheduling.v1.Scheduling/ListWaitlist", &[CO]),
-    ("/pac.scheduling.v1.Scheduling/RespondToOffer", &[CO, IN]),
-    ("/pac.scheduling.v1.Scheduling/WatchEvents", &[IN]),
+    ("/pac.scheduling.v1.Scheduling/CreateLocation", O, &[A]),
+    ("/pac.scheduling.v1.Scheduling/CreateClinic", O, &[A]),
+    ("/pac.scheduling.v1.Scheduling/GetClinic", O, &[CO, CL, IN, A]),
+    ("/pac.scheduling.v1.Scheduling/ListClinics", O, &[CO, CL, IN, A]),
+    ("/pac.scheduling.v1.Scheduling/CreateSessionTemplate", O, &[A]),
+    ("/pac.scheduling.v1.Scheduling/UpdateSessionTemplate", O, &[A]),
+    ("/pac.scheduling.v1.Scheduling/ListSlots", O, &[CO, CL, IN, A]),
+    ("/pac.scheduling.v1.Scheduling/SearchSlots", O, &[CO, CL, IN, A]),
+    ("/pac.scheduling.v1.Scheduling/HoldSlot", P, &[CO, IN]),
+    ("/pac.scheduling.v1.Scheduling/BookAppointment", P, &[CO, IN]),
+    ("/pac.scheduling.v1.Scheduling/RescheduleAppointment", P, &[CO, IN]),
+    ("/pac.scheduling.v1.Scheduling/CancelAppointment", P, &[CO, IN]),
+    ("/pac.scheduling.v1.Scheduling/UpdateAppointmentStatus", P, &[CO, CL, IN]),
+    ("/pac.scheduling.v1.Scheduling/GetAppointment", P, &[CO, CL, IN]),
+    ("/pac.scheduling.v1.Scheduling/ListAppointments", P, &[CO, CL, IN]),
+    ("/pac.scheduling.v1.Scheduling/AddToWaitlist", P, &[CO, IN]),
+    ("/pac.scheduling.v1.Scheduling/ListWaitlist", P, &[CO]),
+    ("/pac.scheduling.v1.Scheduling/RespondToOffer", P, &[CO, IN]),
+    ("/pac.scheduling.v1.Scheduling/WatchEvents", O, &[IN]),
     // Referrals. Triage decisions also need the triage permission, checked by the service, so a
     // coordinator may call TriageReferral only to record that requested information arrived.
-    ("/pac.referrals.v1.Referrals/CreateService", &[A]),
-    ("/pac.referrals.v1.Referrals/ListServices", &[CO, CL, IN, A]),
-    ("/pac.referrals.v1.Referrals/CheckEligibility", &[CO, CL, IN]),
-    ("/pac.referrals.v1.Referrals/CreateReferral", &[CO, IN]),
-    ("/pac.referrals.v1.Referrals/TriageReferral", &[CO, CL]),
-    ("/pac.referrals.v1.Referrals/CancelReferral", &[CO, CL]),
-    ("/pac.referrals.v1.Referrals/GetReferral", &[CO, CL, IN]),
-    ("/pac.referrals.v1.Referrals/ListReferrals", &[CO, CL]),
-    ("/pac.referrals.v1.Referrals/GetAllowedActions", &[CO, CL]),
-    ("/pac.referrals.v1.Referrals/AddNote", &[CO, CL]),
-    ("/pac.referrals.v1.Referrals/CompleteTask", &[CO, CL]),
-    ("/pac.referrals.v1.Referrals/RecordClockEvent", &[CL]),
-    ("/pac.referrals.v1.Referrals/WatchEvents", &[IN]),
+    ("/pac.referrals.v1.Referrals/CreateService", O, &[A]),
+    ("/pac.referrals.v1.Referrals/ListServices", O, &[CO, CL, IN, A]),
+    ("/pac.referrals.v1.Referrals/CheckEligibility", P, &[CO, CL, IN]),
+    ("/pac.referrals.v1.Referrals/CreateReferral", P, &[CO, IN]),
+    ("/pac.referrals.v1.Referrals/TriageReferral", P, &[CO, CL]),
+    ("/pac.referrals.v1.Referrals/CancelReferral", P, &[CO, CL]),
+    ("/pac.referrals.v1.Referrals/GetReferral", P, &[CO, CL, IN]),
+    ("/pac.referrals.v1.Referrals/ListReferrals", P, &[CO, CL]),
+    ("/pac.referrals.v1.Referrals/GetAllowedActions", P, &[CO, CL]),
+    ("/pac.referrals.v1.Referrals/AddNote", P, &[CO, CL]),
+    ("/pac.referrals.v1.Referrals/CompleteTask", P, &[CO, CL]),
+    ("/pac.referrals.v1.Referrals/RecordClockEvent", P, &[CL]),
+    ("/pac.referrals.v1.Referrals/WatchEvents", O, &[IN]),
+    // Served by the gateway itself.
+    ("/pac.access.v1.Access/GetPatientJourney", P, &[CO, CL]),
+    ("/pac.access.v1.Access/BookReferralAppointment", P, &[CO, IN]),
+    ("/pac.access.v1.Access/GetAppointmentGuide", P, &[CO, CL, IN]),
+    ("/pac.audit.v1.AuditTrail/ListAuditEvents", P, &[AU]),
 ];
 
-/// Whether `role` may call the RPC at `path` (`/package.Service/Method`).
+/// The policy line of the RPC at `path` (`/package.Service/Method`).
+pub fn rule(path: &str) -> Option<(Data, &'static [Role])> {
+    POLICY.iter().find(|(rpc, _, _)| *rpc == path).map(|(_, data, roles)| (*data, *roles))
+}
+
+/// Whether `role` may call the RPC at `path`.
 pub fn allows(path: &str, role: Role) -> bool {
-    POLICY.iter().any(|(rpc, roles)| *rpc == path && roles.contains(&role))
+    rule(path).is_some_and(|(_, roles)| roles.contains(&role))
 }
 
 /// The signed caller context forwarded to the services for an authenticated identity.
@@ -150,9 +168,9 @@ mod tests {
     fn the_table_covers_every_rpc_exactly_once() {
         let rpcs = every_rpc();
         for rpc in &rpcs {
-            assert_eq!(POLICY.iter().filter(|(path, _)| path == rpc).count(), 1, "{rpc} needs exactly one policy line");
+            assert_eq!(POLICY.iter().filter(|(path, _, _)| path == rpc).count(), 1, "{rpc} needs exactly one policy line");
         }
-        for (path, roles) in POLICY {
+        for (path, _, roles) in POLICY {
             assert!(rpcs.contains(&path.to_string()), "{path} is not an RPC");
             assert!(!roles.is_empty(), "{path}: a line with no roles");
         }
@@ -162,9 +180,12 @@ mod tests {
     fn default_deny_and_role_boundaries() {
         assert!(!allows("/pac.records.v1.PatientRecords/NoSuchMethod", Role::Admin));
         assert!(!allows("", Role::Admin));
-        for (path, _) in POLICY {
-            assert!(!allows(path, Role::Auditor), "auditors read the audit trail only: {path}");
+        for (path, _, _) in POLICY {
+            let audit = *path == "/pac.audit.v1.AuditTrail/ListAuditEvents";
+            assert_eq!(allows(path, Role::Auditor), audit, "auditors read the audit trail only: {path}");
         }
+        assert_eq!(rule("/pac.records.v1.PatientRecords/GetPatient").map(|r| r.0), Some(Data::Patient));
+        assert_eq!(rule("/pac.scheduling.v1.Scheduling/SearchSlots").map(|r| r.0), Some(Data::Other));
         assert!(allows("/pac.referrals.v1.Referrals/RecordClockEvent", Role::Clinician));
         assert!(!allows("/pac.referrals.v1.Referrals/RecordClockEvent", Role::Coordinator));
         assert!(allows("/pac.records.v1.PatientRecords/MergePatients", Role::Admin));

@@ -1,46 +1,58 @@
 //! Forwarding a call to the service that owns it: authenticate the bearer token, check the policy
 //! table, replace the caller's credentials with a signed caller context, bound the deadline, pass the
-//! trace on, and relay the call unchanged (unary or streaming).
+//! trace on, relay the call unchanged (unary or streaming), and record it in the audit trail.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
 use pac_platform::caller::CALLER_HEADER;
 use pac_platform::{ApiError, CallerVerifier};
 use tokio::sync::Semaphore;
-use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::Channel;
-use tower::{Service, ServiceExt};
+use tonic::{Code, Status};
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Service, ServiceExt};
 
-use crate::auth::Authenticator;
-use crate::policy;
+use crate::audit::{AuditLog, Entry, Reserved};
+use crate::auth::{Authenticator, Identity, Refusal};
+use crate::policy::{self, Data};
 
-/// The services behind the gateway, by package prefix of the RPC path.
-#[derive(Clone)]
+/// Where a call goes: a service over a channel, or an API the gateway serves itself.
+pub type Upstream = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
+
+/// The upstreams, by package prefix of the RPC path (`/pac.records.v1.`).
+#[derive(Clone, Default)]
 pub struct Upstreams {
-    pub records: Channel,
-    pub scheduling: Channel,
-    pub referrals: Channel,
+    routes: Vec<(&'static str, Upstream)>,
 }
 
 impl Upstreams {
-    fn for_path(&self, path: &str) -> Option<&Channel> {
-        if path.starts_with("/pac.records.v1.") {
-            Some(&self.records)
-        } else if path.starts_with("/pac.scheduling.v1.") {
-            Some(&self.scheduling)
-        } else if path.starts_with("/pac.referrals.v1.") {
-            Some(&self.referrals)
-        } else {
-            None
-        }
+    /// Calls under `prefix` go to a service at the other end of `channel`.
+    pub fn remote(self, prefix: &'static str, channel: Channel) -> Self {
+        self.local(prefix, channel)
+    }
+
+    /// Calls under `prefix` go to `service`.
+    pub fn local<S>(mut self, prefix: &'static str, service: S) -> Self
+    where
+        S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+    {
+        self.routes.push((prefix, BoxCloneSyncService::new(service.map_err(Into::into))));
+        self
+    }
+
+    fn for_path(&self, path: &str) -> Option<Upstream> {
+        self.routes.iter().find(|(prefix, _)| path.starts_with(prefix)).map(|(_, upstream)| upstream.clone())
     }
 }
 
@@ -102,10 +114,36 @@ pub struct Proxy {
     deadlines: Deadlines,
     in_flight: Arc<Semaphore>,
     rates: Arc<RateLimiter>,
+    audit: AuditLog,
+}
+
+/// Header naming one call, from the caller or made by the gateway; answered back and audited.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Why a call was turned away, and by whom (when known).
+struct Denial {
+    status: Status,
+    reason: &'static str,
+    identity: Option<Identity>,
+}
+
+/// A call let through: where it goes, as what, and whether it is audited.
+struct Admitted {
+    upstream: Upstream,
+    request: Request<Body>,
+    identity: Identity,
+    data: Data,
 }
 
 impl Proxy {
-    pub fn new(upstreams: Upstreams, authenticator: Authenticator, signer: CallerVerifier, deadlines: Deadlines, limits: Limits) -> Self {
+    pub fn new(
+        upstreams: Upstreams,
+        authenticator: Authenticator,
+        signer: CallerVerifier,
+        deadlines: Deadlines,
+        limits: Limits,
+        audit: AuditLog,
+    ) -> Self {
         Self {
             upstreams,
             authenticator: Arc::new(authenticator),
@@ -113,32 +151,38 @@ impl Proxy {
             deadlines,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             rates: Arc::new(RateLimiter { limits, buckets: Mutex::default() }),
+            audit,
         }
     }
 
-    /// The request as the service should receive it, or the status that refuses it.
-    fn admit<B>(&self, mut request: Request<B>) -> Result<(Channel, Request<B>), Status> {
-        let path = request.uri().path().to_string();
-        let channel = self.upstreams.for_path(&path).ok_or_else(|| Status::unimplemented(format!("no such method: {path}")))?.clone();
+    /// The request as the upstream should receive it, or why it is refused.
+    fn admit(&self, mut request: Request<Body>, path: &str) -> Result<Admitted, Denial> {
+        let (upstream, (data, roles)) = match (self.upstreams.for_path(path), policy::rule(path)) {
+            (Some(upstream), Some(rule)) => (upstream, rule),
+            _ => {
+                let status = Status::unimplemented(format!("no such method: {path}"));
+                return Err(Denial { status, reason: "UNKNOWN_METHOD", identity: None });
+            }
+        };
         let authorization = request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let identity = self.authenticator.authenticate(authorization).map_err(|refusal| {
-            tracing::info!(reason = refusal.code(), rpc = %path, "call refused: not authenticated");
-            Status::unauthenticated("a valid bearer token is required")
+        let identity = self.authenticator.authenticate(authorization).map_err(|refusal: Refusal| Denial {
+            status: Status::unauthenticated("a valid bearer token is required"),
+            reason: refusal.code(),
+            identity: None,
         })?;
-        if !policy::allows(&path, identity.role) {
-            tracing::info!(subject = %identity.subject, role = identity.role.name(), rpc = %path, "call refused: not permitted");
-            return Err(Status::permission_denied(format!("the {} role may not call {path}", identity.role.name())));
+        if !roles.contains(&identity.role) {
+            let status = Status::permission_denied(format!("the {} role may not call {path}", identity.role.name()));
+            return Err(Denial { status, reason: "ROLE_NOT_PERMITTED", identity: Some(identity) });
         }
         if let Err(wait) = self.rates.take(&identity.subject) {
-            tracing::info!(subject = %identity.subject, rpc = %path, "call refused: rate limit");
-            let error = ApiError::new(tonic::Code::ResourceExhausted, "RATE_LIMITED", "too many calls from this caller; retry later")
+            let error = ApiError::new(Code::ResourceExhausted, "RATE_LIMITED", "too many calls from this caller; retry later")
                 .with_retry_after(wait);
-            return Err(error.into());
+            return Err(Denial { status: error.into(), reason: "RATE_LIMITED", identity: Some(identity) });
         }
         let context = self.signer.sign(&policy::caller(&identity), policy::CALLER_CONTEXT_TTL);
         let headers = request.headers_mut();
         headers.remove(http::header::AUTHORIZATION);
-        headers.insert(CALLER_HEADER, HeaderValue::from_str(&context).map_err(|_| Status::internal("caller context"))?);
+        headers.insert(CALLER_HEADER, HeaderValue::from_str(&context).expect("a signed token is a header value"));
         let deadline = headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
         let bounded = deadline.unwrap_or(self.deadlines.default).min(self.deadlines.max);
         headers.insert("grpc-timeout", HeaderValue::from_str(&format!("{}m", bounded.as_millis().max(1))).expect("digits"));
@@ -146,8 +190,116 @@ impl Proxy {
         let mut metadata = tonic::metadata::MetadataMap::from_headers(std::mem::take(headers));
         pac_platform::telemetry::inject_context(&mut metadata);
         *request.headers_mut() = metadata.into_headers();
-        Ok((channel, request))
+        Ok(Admitted { upstream, request, identity, data })
     }
+}
+
+/// The caller's request id when it is a sensible token, else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
+        .map(String::from)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+fn entry(identity: Option<&Identity>, path: &str, request_id: &str, trace_id: &str) -> Entry {
+    Entry {
+        subject: identity.map(|i| i.subject.clone()).unwrap_or_default(),
+        role: identity.map(|i| i.role.name().to_string()).unwrap_or_default(),
+        organisation: identity.and_then(|i| i.organisations.first().cloned()).unwrap_or_default(),
+        action: path.to_string(),
+        request_id: request_id.to_string(),
+        trace_id: trace_id.to_string(),
+        ..Entry::default()
+    }
+}
+
+/// The gRPC status code's canonical name, as audit records and logs spell it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn status_in(headers: &HeaderMap) -> Option<&'static str> {
+    let code = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    Some(code_name(Code::from_i32(code)))
+}
+
+/// A response body that records its call in the audit trail when it ends (or is dropped by a caller
+/// who went away), with the status from its trailers.
+struct AuditedBody {
+    inner: Body,
+    pending: Option<(Reserved, Entry)>,
+}
+
+impl AuditedBody {
+    fn finish(&mut self, outcome: &str) {
+        if let Some((slot, mut entry)) = self.pending.take() {
+            if entry.outcome.is_empty() {
+                entry.outcome = outcome.to_string();
+            }
+            slot.record(entry);
+        }
+    }
+}
+
+impl http_body::Body for AuditedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(outcome) = frame.trailers_ref().and_then(status_in) {
+                    self.finish(outcome);
+                }
+            }
+            Some(Err(_)) => self.finish("UNAVAILABLE"),
+            None => self.finish("UNKNOWN"),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for AuditedBody {
+    fn drop(&mut self) {
+        self.finish("CANCELLED");
+    }
+}
+
+fn with_request_id(mut response: Response<Body>, request_id: &str) -> Response<Body> {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
 }
 
 /// A `grpc-timeout` header value: up to 8 digits and a unit (H, M, S, m, u, n).
@@ -173,7 +325,7 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 
 impl<B> Service<Request<B>> for Proxy
 where
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Response = Response<Body>;
@@ -185,31 +337,56 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        // Overloaded: shed at once rather than queue.
-        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+        // Overloaded, or unable to record calls: shed at once rather than queue.
+        let (Ok(permit), Some(slot)) = (self.in_flight.clone().try_acquire_owned(), self.audit.reserve()) else {
             let error = ApiError::unavailable("OVERLOADED", "the gateway is at capacity; retry shortly")
                 .with_retry_after(Duration::from_millis(100));
             return Box::pin(async move { Ok(Status::from(error).into_http()) });
         };
-        let admitted = self.admit(request.map(Body::new));
+        let path = request.uri().path().to_string();
+        let request_id = request_id(request.headers());
+        let trace_id = pac_platform::telemetry::current_trace_id().unwrap_or_default();
+        let admitted = self.admit(request.map(Body::new), &path);
         Box::pin(async move {
             let _permit = permit;
-            let (mut channel, request) = match admitted {
+            let Admitted { mut upstream, mut request, identity, data } = match admitted {
                 Ok(admitted) => admitted,
-                Err(status) => return Ok(status.into_http()),
+                Err(Denial { status, reason, identity }) => {
+                    tracing::info!(reason, rpc = %path, "call refused");
+                    if status.code() != Code::Unimplemented {
+                        let mut denied = entry(identity.as_ref(), &path, &request_id, &trace_id);
+                        (denied.outcome, denied.reason) = (code_name(status.code()).to_string(), reason.to_string());
+                        slot.record(denied);
+                    }
+                    return Ok(with_request_id(status.into_http(), &request_id));
+                }
             };
+            request.headers_mut().insert(REQUEST_ID_HEADER, HeaderValue::from_str(&request_id).expect("checked characters"));
             // A channel is a buffered service: it must be ready before it takes a call.
-            let forwarded = match channel.ready().await {
-                Ok(channel) => channel.call(request).await,
+            let forwarded = match upstream.ready().await {
+                Ok(upstream) => upstream.call(request).await,
                 Err(error) => Err(error),
             };
-            match forwarded {
-                Ok(response) => Ok(response),
+            let response = match forwarded {
+                Ok(response) => response,
                 Err(error) => {
-                    tracing::warn!(error = %error, "forwarding to the service failed");
-                    Ok(Status::unavailable("the service did not answer; retry").into_http())
+                    tracing::warn!(error = %error, rpc = %path, "forwarding to the service failed");
+                    Status::unavailable("the service did not answer; retry").into_http()
                 }
-            }
+            };
+            let (mut parts, body) = response.into_parts();
+            let patients = parts.headers.remove(pac_platform::audit::PATIENTS_HEADER);
+            let response = if data == Data::Patient {
+                let mut record = entry(Some(&identity), &path, &request_id, &trace_id);
+                record.patient_ids =
+                    patients.as_ref().and_then(|v| v.to_str().ok()).map(pac_platform::audit::patients_in).unwrap_or_default();
+                // A trailers-only answer (an error) carries its status in the headers.
+                record.outcome = status_in(&parts.headers).map(String::from).unwrap_or_default();
+                Response::from_parts(parts, Body::new(AuditedBody { inner: body, pending: Some((slot, record)) }))
+            } else {
+                Response::from_parts(parts, body)
+            };
+            Ok(with_request_id(response, &request_id))
         })
     }
 }

@@ -63,6 +63,7 @@ async fn start_with(adjust: impl FnOnce(&mut GatewayConfig)) -> Platform {
     gateway_platform.require_caller_context = true;
     let mut config = GatewayConfig::development(gateway_listener.local_addr().unwrap(), records_url, scheduling_url, referrals_url);
     adjust(&mut config);
+    pac_gateway::migrate(&platform).await.unwrap();
     tokio::spawn(pac_gateway::serve(gateway_platform, config, gateway_listener, shutdown.clone()));
     let gateway = tonic::transport::Endpoint::from_shared(gateway_url).unwrap().connect_lazy();
     Platform { _db: db, gateway, shutdown }
@@ -216,6 +217,7 @@ async fn grpc_web_is_answered_on_the_same_port() {
     let (listener, _) = listener().await;
     let address = listener.local_addr().unwrap();
     let config = GatewayConfig::development(address, "http://127.0.0.1:1".into(), "http://127.0.0.1:1".into(), "http://127.0.0.1:1".into());
+    pac_gateway::migrate(&db.platform_config()).await.unwrap();
     tokio::spawn(pac_gateway::serve(db.platform_config(), config, listener, shutdown.clone()));
     let mut stream = None;
     for _ in 0..50 {

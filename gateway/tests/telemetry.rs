@@ -42,6 +42,7 @@ async fn one_trace_from_the_client_through_the_gateway_to_the_service() {
         "http://127.0.0.1:1".into(),
         "http://127.0.0.1:1".into(),
     );
+    pac_gateway::migrate(&platform).await.unwrap();
     tokio::spawn(pac_gateway::serve(platform.clone(), config, gateway_listener, shutdown.clone()));
 
     let identity = Identity { subject: "coordinator-9".into(), role: Role::Coordinator, organisations: vec!["RR8".into()] };
