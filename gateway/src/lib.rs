@@ -9,11 +9,16 @@
 //! Calls beyond a limit in flight are shed at once (UNAVAILABLE); each caller has a rate limit
 //! (RESOURCE_EXHAUSTED with the time to wait).
 //!
+//! It also serves `pac.access.v1.Access` itself (`access`): answers composed from the services for
+//! a coordinator on the phone.
+//!
 //! Every call to patient data and every refused call is recorded in the audit trail (`audit`),
 //! which auditors read through `pac.audit.v1.AuditTrail` (`trail`).
 
+pub mod access;
 pub mod audit;
 pub mod auth;
+pub mod guide;
 pub mod policy;
 pub mod proxy;
 pub mod trail;
@@ -32,6 +37,7 @@ use tonic::service::Routes;
 
 use crate::auth::Authenticator;
 use crate::proxy::{Deadlines, Limits, Proxy, Upstreams};
+use pac_proto::access::access_server::AccessServer;
 use pac_proto::audit::audit_trail_server::AuditTrailServer;
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50050";
@@ -69,6 +75,9 @@ pub struct GatewayConfig {
     pub deadlines: Deadlines,
     /// `PAC_GATEWAY_MAX_IN_FLIGHT`, `PAC_GATEWAY_RATE_PER_SECOND`, `PAC_GATEWAY_RATE_BURST`.
     pub limits: Limits,
+    /// `PAC_GATEWAY_LINK_WAIT_MS`: how long `BookReferralAppointment` waits to see the referral list
+    /// its new appointment before answering `linked = false` (the link still completes).
+    pub link_wait: Duration,
 }
 
 const DEFAULT_LIMITS: Limits = Limits { max_in_flight: 2048, per_second: 500.0, burst: 1000.0 };
@@ -108,6 +117,7 @@ impl GatewayConfig {
             audience: var("PAC_GATEWAY_AUDIENCE", "pac-gateway".to_string())?,
             deadlines,
             limits,
+            link_wait: Duration::from_millis(var("PAC_GATEWAY_LINK_WAIT_MS", 2_000)?),
         })
     }
 
@@ -124,6 +134,7 @@ impl GatewayConfig {
             audience: "pac-gateway".into(),
             deadlines: Deadlines { default: Duration::from_secs(10), max: Duration::from_secs(30) },
             limits: DEFAULT_LIMITS,
+            link_wait: Duration::from_secs(2),
         }
     }
 }
@@ -153,10 +164,15 @@ pub async fn serve(
     let pool = connect(&platform, &config).await?;
     let stop_writer = CancellationToken::new();
     let (audit_log, writer) = audit::start(pool.clone(), stop_writer.clone());
+    let records = pac_platform::client::lazy_channel(&config.records_url)?;
+    let scheduling = pac_platform::client::lazy_channel(&config.scheduling_url)?;
+    let referrals = pac_platform::client::lazy_channel(&config.referrals_url)?;
+    let access = access::AccessService::new(records.clone(), scheduling.clone(), referrals.clone(), config.link_wait);
     let upstreams = Upstreams::default()
-        .remote("/pac.records.v1.", pac_platform::client::lazy_channel(&config.records_url)?)
-        .remote("/pac.scheduling.v1.", pac_platform::client::lazy_channel(&config.scheduling_url)?)
-        .remote("/pac.referrals.v1.", pac_platform::client::lazy_channel(&config.referrals_url)?)
+        .remote("/pac.records.v1.", records)
+        .remote("/pac.scheduling.v1.", scheduling)
+        .remote("/pac.referrals.v1.", referrals)
+        .local("/pac.access.v1.", AccessServer::new(access))
         .local("/pac.audit.v1.", AuditTrailServer::new(trail::AuditTrailService::new(pool.clone())));
     let signer = CallerVerifier::new(&platform.internal_key, false);
     let proxy = Proxy::new(upstreams, authenticator, signer, config.deadlines, config.limits, audit_log);
@@ -167,6 +183,7 @@ pub async fn serve(
             "pac.records.v1.PatientRecords",
             "pac.scheduling.v1.Scheduling",
             "pac.referrals.v1.Referrals",
+            "pac.access.v1.Access",
             "pac.audit.v1.AuditTrail",
         ],
         descriptor_sets: vec![pac_proto::FILE_DESCRIPTOR_SET],

@@ -18,7 +18,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 struct Platform {
-    _db: TestDatabase,
+    db: TestDatabase,
     gateway: Channel,
     shutdown: CancellationToken,
 }
@@ -66,7 +66,7 @@ async fn start_with(adjust: impl FnOnce(&mut GatewayConfig)) -> Platform {
     pac_gateway::migrate(&platform).await.unwrap();
     tokio::spawn(pac_gateway::serve(gateway_platform, config, gateway_listener, shutdown.clone()));
     let gateway = tonic::transport::Endpoint::from_shared(gateway_url).unwrap().connect_lazy();
-    Platform { _db: db, gateway, shutdown }
+    Platform { db, gateway, shutdown }
 }
 
 fn token(role: Role, ttl: Duration) -> String {
@@ -285,10 +285,12 @@ async fn authorisation_matrix() {
             Ok(Err(status)) => status.code(),
         }
     };
-    for (path, allowed) in POLICY {
+    let mut denials = std::collections::BTreeMap::new();
+    for (path, _, allowed) in POLICY {
         for (what, token) in &bad {
             assert_eq!(call(path, token.as_deref()).await, Code::Unauthenticated, "{path} with {what}");
         }
+        *denials.entry((path.to_string(), "UNAUTHENTICATED".to_string())).or_insert(0) += bad.len() as i64;
         for role in Role::ALL {
             let token = sign(claims(role.name(), "pac-gateway", now + 300), key);
             let code = call(path, Some(&token)).await;
@@ -302,9 +304,35 @@ async fn authorisation_matrix() {
                 );
             } else {
                 assert_eq!(code, Code::PermissionDenied, "{path} as {}", role.name());
+                *denials.entry((path.to_string(), "PERMISSION_DENIED".to_string())).or_insert(0) += 1;
             }
         }
     }
+    // Each refusal is in the audit trail, once, with its reason; the chain verifies.
+    let pool = p.admin_pool().await;
+    let recorded = wait_for_audit(&pool, denials.values().sum()).await;
+    assert_eq!(recorded, denials);
+    let verification = pac_gateway::audit::verify(&pool).await.unwrap();
+    assert!(verification.problems.is_empty(), "{:?}", verification.problems);
+}
+
+impl Platform {
+    async fn admin_pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(self.db.platform_config().db.admin_url.expose()).await.unwrap()
+    }
+}
+
+/// The gateway's refusals in the audit trail, by RPC and outcome, once `expected` of them are there.
+async fn wait_for_audit(pool: &sqlx::PgPool, expected: i64) -> std::collections::BTreeMap<(String, String), i64> {
+    let query = "SELECT action, outcome, count(*) FROM audit.events WHERE reason <> '' GROUP BY 1, 2";
+    for _ in 0..100 {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(query).fetch_all(pool).await.unwrap();
+        if rows.iter().map(|r| r.2).sum::<i64>() >= expected {
+            return rows.into_iter().map(|(a, o, n)| ((a, o), n)).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {expected} refusals were audited");
 }
 
 #[tokio::test]

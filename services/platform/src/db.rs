@@ -152,12 +152,15 @@ pub async fn migrate(pool: &PgPool, service_migrations: &Migrator) -> anyhow::Re
 /// Runs a unit of database work on its own task, so that a caller who goes away (deadline, cancelled
 /// request) cannot drop it half-way. A dropped `begin()` can hand a connection back to the pool still
 /// inside a transaction; work that is never dropped never does that.
+///
+/// The work is traced as one client span (`postgres`), a child of the request's span.
 pub async fn detached<T, F>(work: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: Future<Output = Result<T, ApiError>> + Send + 'static,
 {
-    tokio::spawn(work.in_current_span()).await.map_err(|e| ApiError::internal(anyhow::anyhow!("database task failed: {e}")))?
+    let span = tracing::info_span!("postgres", otel.kind = "client", db.system.name = "postgresql");
+    tokio::spawn(work.instrument(span)).await.map_err(|e| ApiError::internal(anyhow::anyhow!("database task failed: {e}")))?
 }
 
 /// Whether the database answers, within `timeout`.
