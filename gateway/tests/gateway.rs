@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+mod common;
+
+use common::{listener, start, start_with, token, wait_for_audit, with_token};
 use pac_gateway::auth::{Identity, mint_development};
 use pac_gateway::policy::Role;
 use pac_gateway::{DEVELOPMENT_ISSUER, DEVELOPMENT_TOKEN_KEY, GatewayConfig};
@@ -12,97 +15,15 @@ use pac_proto::records as records_pb;
 use pac_proto::records::patient_records_client::PatientRecordsClient;
 use pac_proto::referrals as refs;
 use pac_proto::referrals::referrals_client::ReferralsClient;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::Channel;
-
-struct Platform {
-    db: TestDatabase,
-    gateway: Channel,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Platform {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-async fn listener() -> (TcpListener, String) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    (listener, url)
-}
-
-async fn start() -> Platform {
-    start_with(|_| {}).await
-}
-
-async fn start_with(adjust: impl FnOnce(&mut GatewayConfig)) -> Platform {
-    let db = TestDatabase::create().await;
-    let platform = db.platform_config();
-    let shutdown = CancellationToken::new();
-    let (records_listener, records_url) = listener().await;
-    let (scheduling_listener, scheduling_url) = listener().await;
-    let (referrals_listener, referrals_url) = listener().await;
-    let (gateway_listener, gateway_url) = listener().await;
-
-    let config = pac_records::RecordsConfig::development(records_listener.local_addr().unwrap());
-    pac_records::migrate(&platform, &config).await.unwrap();
-    tokio::spawn(pac_records::serve(platform.clone(), config, records_listener, shutdown.clone()));
-    let config = pac_scheduling::SchedulingConfig::development(scheduling_listener.local_addr().unwrap(), records_url.clone());
-    pac_scheduling::migrate(&platform, &config).await.unwrap();
-    tokio::spawn(pac_scheduling::serve(platform.clone(), config, scheduling_listener, shutdown.clone()));
-    let config =
-        pac_referrals::ReferralsConfig::development(referrals_listener.local_addr().unwrap(), records_url.clone(), scheduling_url.clone());
-    pac_referrals::migrate(&platform, &config).await.unwrap();
-    tokio::spawn(pac_referrals::serve(platform.clone(), config, referrals_listener, shutdown.clone()));
-    // Behind the gateway the services require a signed caller context, as in production.
-    let mut gateway_platform = platform.clone();
-    gateway_platform.require_caller_context = true;
-    let mut config = GatewayConfig::development(gateway_listener.local_addr().unwrap(), records_url, scheduling_url, referrals_url);
-    adjust(&mut config);
-    pac_gateway::migrate(&platform).await.unwrap();
-    tokio::spawn(pac_gateway::serve(gateway_platform, config, gateway_listener, shutdown.clone()));
-    let gateway = tonic::transport::Endpoint::from_shared(gateway_url).unwrap().connect_lazy();
-    Platform { db, gateway, shutdown }
-}
-
-fn token(role: Role, ttl: Duration) -> String {
-    let identity = Identity { subject: format!("{}-1", role.name()), role, organisations: vec!["RR8".into()] };
-    mint_development(DEVELOPMENT_TOKEN_KEY.as_bytes(), DEVELOPMENT_ISSUER, "pac-gateway", &identity, ttl)
-}
-
-fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(token) = token {
-        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
-    request
-}
-
-fn registration() -> records_pb::RegisterPatientRequest {
-    records_pb::RegisterPatientRequest {
-        patient: Some(records_pb::Patient {
-            given_name: "Ada".into(),
-            family_name: "Gateway".into(),
-            birth_date: Some(Date { year: 1980, month: 2, day: 3 }),
-            sex: 2,
-            address: Some(Address { postcode: "LS6 2AA".into(), ..Default::default() }),
-            ..Default::default()
-        }),
-        request_id: String::new(),
-        allow_possible_duplicate: true,
-    }
-}
 
 #[tokio::test]
 async fn only_valid_tokens_of_permitted_roles_get_through() {
     let p = start().await;
     let mut records = PatientRecordsClient::new(p.gateway.clone());
     let mut check = async |token: Option<&str>, expected: Code| {
-        let outcome = records.register_patient(with_token(registration(), token)).await;
+        let outcome = records.register_patient(with_token(common::registration("Gateway"), token)).await;
         assert_eq!(outcome.as_ref().err().map_or(Code::Ok, |s| s.code()), expected, "{outcome:?}");
         outcome.ok().map(|r| r.into_inner().patient.unwrap())
     };
@@ -147,7 +68,7 @@ async fn permissions_travel_with_the_role() {
     let p = start().await;
     let mut records = PatientRecordsClient::new(p.gateway.clone());
     let patient = records
-        .register_patient(with_token(registration(), Some(&token(Role::Coordinator, Duration::from_secs(60)))))
+        .register_patient(with_token(common::registration("Gateway"), Some(&token(Role::Coordinator, Duration::from_secs(60)))))
         .await
         .unwrap()
         .into_inner()
@@ -314,25 +235,6 @@ async fn authorisation_matrix() {
     assert_eq!(recorded, denials);
     let verification = pac_gateway::audit::verify(&pool).await.unwrap();
     assert!(verification.problems.is_empty(), "{:?}", verification.problems);
-}
-
-impl Platform {
-    async fn admin_pool(&self) -> sqlx::PgPool {
-        sqlx::PgPool::connect(self.db.platform_config().db.admin_url.expose()).await.unwrap()
-    }
-}
-
-/// The gateway's refusals in the audit trail, by RPC and outcome, once `expected` of them are there.
-async fn wait_for_audit(pool: &sqlx::PgPool, expected: i64) -> std::collections::BTreeMap<(String, String), i64> {
-    let query = "SELECT action, outcome, count(*) FROM audit.events WHERE reason <> '' GROUP BY 1, 2";
-    for _ in 0..100 {
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(query).fetch_all(pool).await.unwrap();
-        if rows.iter().map(|r| r.2).sum::<i64>() >= expected {
-            return rows.into_iter().map(|(a, o, n)| ((a, o), n)).collect();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("fewer than {expected} refusals were audited");
 }
 
 #[tokio::test]
