@@ -98,8 +98,7 @@ async fn bad_requests_name_every_bad_field_and_change_nothing() {
     let mut access = AccessClient::new(p.gateway.clone());
     let invalid = access.book_referral_appointment(with_token(book("nope", "", "also-nope"), Some(&coordinator))).await.unwrap_err();
     assert_eq!(invalid.code(), Code::InvalidArgument);
-    let fields: Vec<String> =
-        invalid.get_error_details().bad_request().unwrap().field_violations.iter().map(|v| v.field.clone()).collect();
+    let fields: Vec<String> = invalid.get_error_details().bad_request().unwrap().field_violations.iter().map(|v| v.field.clone()).collect();
     assert_eq!(fields, vec!["referral_id", "slot_id", "request_id"]);
 
     let unknown = uuid::Uuid::now_v7().to_string();

@@ -111,7 +111,12 @@ pub async fn knee_clinic(p: &Platform) -> sched::Clinic {
     let mut scheduling = SchedulingClient::new(p.gateway.clone());
     let location = sched::Location {
         name: "Chapel Allerton Hospital".into(),
-        address: Some(Address { lines: vec!["Chapeltown Road".into()], locality: "Leeds".into(), postcode: "LS7 4SA".into(), ..Default::default() }),
+        address: Some(Address {
+            lines: vec!["Chapeltown Road".into()],
+            locality: "Leeds".into(),
+            postcode: "LS7 4SA".into(),
+            ..Default::default()
+        }),
         directions: "Outpatients is on the ground floor.".into(),
         access_notes: vec!["Step-free access".into()],
         parking: "Pay and display at the front.".into(),

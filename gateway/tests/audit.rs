@@ -1,0 +1,252 @@
+//! The audit trail under a mixed workload: every call to patient data and every refusal has exactly
+//! one record (joined by request id), the chain verifies, and tampering is found.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{Platform, knee_clinic, referred_patient, start_with, token, with_token};
+use pac_gateway::policy::Role;
+use pac_platform::db::{ServiceSchema, service_connect_options};
+use pac_proto::access::access_client::AccessClient;
+use pac_proto::audit as audit_pb;
+use pac_proto::audit::audit_trail_client::AuditTrailClient;
+use pac_proto::records as records_pb;
+use pac_proto::records::patient_records_client::PatientRecordsClient;
+use pac_proto::scheduling as sched;
+use pac_proto::scheduling::scheduling_client::SchedulingClient;
+use sqlx::ConnectOptions;
+
+/// What one call of the workload should leave in the trail.
+struct Expect {
+    audited: bool,
+    outcome: &'static str,
+    patient: Option<String>,
+}
+
+fn tagged<T>(message: T, token: Option<&str>, request_id: &str) -> tonic::Request<T> {
+    let mut request = with_token(message, token);
+    request.metadata_mut().insert("x-request-id", request_id.parse().unwrap());
+    request
+}
+
+/// A number spelt in letters (names hold no digits).
+fn letters(n: usize) -> String {
+    n.to_string().bytes().map(|d| char::from(b'a' + d - b'0')).collect()
+}
+
+async fn workload(p: &Platform) -> HashMap<String, Expect> {
+    let clinic = knee_clinic(p).await;
+    let (referred, _) = referred_patient(p, "Referred", true).await;
+    let coordinator = token(Role::Coordinator, Duration::from_secs(600));
+    let clinician = token(Role::Clinician, Duration::from_secs(600));
+    let auditor = token(Role::Auditor, Duration::from_secs(600));
+    let mut records = PatientRecordsClient::new(p.gateway.clone());
+    let mut scheduling = SchedulingClient::new(p.gateway.clone());
+    let mut access = AccessClient::new(p.gateway.clone());
+    let mut trail = AuditTrailClient::new(p.gateway.clone());
+    let mut expected = HashMap::new();
+    let mut patients = Vec::new();
+    for i in 0..1_100 {
+        let id = format!("wl-{i}");
+        let expect = match i % 11 {
+            // Registrations (patient data).
+            0 | 1 => {
+                let outcome =
+                    records.register_patient(tagged(common::registration(&format!("Audit{}", letters(i))), Some(&coordinator), &id)).await;
+                let patient = outcome.unwrap().into_inner().patient.unwrap().id;
+                patients.push(patient.clone());
+                Expect { audited: true, outcome: "OK", patient: Some(patient) }
+            }
+            // Reads of a known patient (patient data).
+            2..=4 => {
+                let patient = patients[i % patients.len()].clone();
+                records.get_patient(tagged(records_pb::GetPatientRequest { id: patient.clone() }, Some(&clinician), &id)).await.unwrap();
+                Expect { audited: true, outcome: "OK", patient: Some(patient) }
+            }
+            // A read of nobody: still an access attempt.
+            5 => {
+                let missing = records_pb::GetPatientRequest { id: uuid::Uuid::now_v7().to_string() };
+                let status = records.get_patient(tagged(missing, Some(&clinician), &id)).await.unwrap_err();
+                assert_eq!(status.code(), tonic::Code::NotFound);
+                Expect { audited: true, outcome: "NOT_FOUND", patient: None }
+            }
+            // The directory: not patient data, not audited.
+            6 => {
+                let search = sched::SearchSlotsRequest {
+                    target: Some(sched::search_slots_request::Target::ClinicId(clinic.id.clone())),
+                    page_size: 5,
+                    ..Default::default()
+                };
+                scheduling.search_slots(tagged(search, Some(&coordinator), &id)).await.unwrap();
+                Expect { audited: false, outcome: "", patient: None }
+            }
+            // The composite journey (patient data).
+            7 => {
+                let request = pac_proto::access::GetPatientJourneyRequest { patient_id: referred.clone() };
+                access.get_patient_journey(tagged(request, Some(&coordinator), &id)).await.unwrap();
+                Expect { audited: true, outcome: "OK", patient: Some(referred.clone()) }
+            }
+            // Refused: a clinician may not register; no token at all.
+            8 => {
+                let status = records.register_patient(tagged(common::registration("Refused"), Some(&clinician), &id)).await.unwrap_err();
+                assert_eq!(status.code(), tonic::Code::PermissionDenied);
+                Expect { audited: true, outcome: "PERMISSION_DENIED", patient: None }
+            }
+            9 => {
+                let status =
+                    records.get_patient(tagged(records_pb::GetPatientRequest { id: referred.clone() }, None, &id)).await.unwrap_err();
+                assert_eq!(status.code(), tonic::Code::Unauthenticated);
+                Expect { audited: true, outcome: "UNAUTHENTICATED", patient: None }
+            }
+            // An auditor reading a patient's trail is itself recorded.
+            _ => {
+                let request = audit_pb::ListAuditEventsRequest { patient_id: referred.clone(), page_size: 10, ..Default::default() };
+                trail.list_audit_events(tagged(request, Some(&auditor), &id)).await.unwrap();
+                Expect { audited: true, outcome: "OK", patient: Some(referred.clone()) }
+            }
+        };
+        expected.insert(id, expect);
+    }
+    expected
+}
+
+#[tokio::test]
+async fn every_patient_data_call_and_refusal_has_exactly_one_record() {
+    let p = start_with(|c| c.limits.per_second = 1e6).await;
+    let expected = workload(&p).await;
+    let audited = expected.values().filter(|e| e.audited).count();
+    assert!(expected.len() >= 1_000 && audited >= 900, "{} calls, {audited} audited", expected.len());
+
+    let pool = p.admin_pool().await;
+    let mut rows: Vec<(String, String, Vec<String>, i64)> = Vec::new();
+    for _ in 0..200 {
+        rows = sqlx::query_as(
+            "SELECT request_id, outcome, patient_ids, count(*) OVER (PARTITION BY request_id) \
+             FROM audit.events WHERE request_id LIKE 'wl-%'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        if rows.len() >= audited {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let by_request: HashMap<&str, (&str, &Vec<String>, i64)> =
+        rows.iter().map(|(id, outcome, patients, n)| (id.as_str(), (outcome.as_str(), patients, *n))).collect();
+    for (id, expect) in &expected {
+        match by_request.get(id.as_str()) {
+            None => assert!(!expect.audited, "{id}: no audit record"),
+            Some((outcome, patients, n)) => {
+                assert!(expect.audited, "{id}: recorded but not patient data");
+                assert_eq!(*n, 1, "{id}: exactly one record");
+                assert_eq!(*outcome, expect.outcome, "{id}");
+                if let Some(patient) = &expect.patient {
+                    assert!(patients.contains(patient), "{id}: names its patient");
+                }
+            }
+        }
+    }
+    assert_eq!(rows.len(), audited, "nothing recorded beyond the calls");
+
+    let verification = pac_gateway::audit::verify(&pool).await.unwrap();
+    assert!(verification.problems.is_empty(), "{:?}", verification.problems);
+    assert!(verification.records >= audited as u64);
+
+    // Auditors read it by patient, newest first, paged.
+    let auditor = token(Role::Auditor, Duration::from_secs(600));
+    let mut trail = AuditTrailClient::new(p.gateway.clone());
+    let patient = expected.get("wl-0").unwrap().patient.clone().unwrap();
+    let page = trail
+        .list_audit_events(with_token(
+            audit_pb::ListAuditEventsRequest { patient_id: patient.clone(), page_size: 2, ..Default::default() },
+            Some(&auditor),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.events.len(), 2);
+    assert!(page.events.iter().all(|e| e.patient_ids.contains(&patient)));
+    assert!(page.events[0].occur_time.unwrap().seconds >= page.events[1].occur_time.unwrap().seconds);
+    let rest = trail
+        .list_audit_events(with_token(
+            audit_pb::ListAuditEventsRequest {
+                patient_id: patient.clone(),
+                page_size: 100,
+                page_token: page.next_page_token,
+                ..Default::default()
+            },
+            Some(&auditor),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first_page: Vec<_> = page.events.iter().map(|e| (e.writer.clone(), e.sequence)).collect();
+    assert!(rest.events.iter().all(|e| !first_page.contains(&(e.writer.clone(), e.sequence))), "pages do not overlap");
+    let by_actor = trail
+        .list_audit_events(with_token(
+            audit_pb::ListAuditEventsRequest { actor_subject: "clinician-1".into(), ..Default::default() },
+            Some(&auditor),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!by_actor.events.is_empty() && by_actor.events.iter().all(|e| e.actor.as_ref().unwrap().subject == "clinician-1"));
+    let bad = trail
+        .list_audit_events(with_token(
+            audit_pb::ListAuditEventsRequest { patient_id: "x".into(), page_size: -1, ..Default::default() },
+            Some(&auditor),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    // Only auditors read it.
+    let refused = trail
+        .list_audit_events(with_token(audit_pb::ListAuditEventsRequest::default(), Some(&token(Role::Admin, Duration::from_secs(60)))))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn no_role_can_change_the_trail_and_tampering_is_found() {
+    let p = start_with(|_| {}).await;
+    knee_clinic(&p).await;
+    referred_patient(&p, "Tamper", false).await;
+    referred_patient(&p, "Tamper", false).await;
+    let pool = p.admin_pool().await;
+    for _ in 0..100 {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit.events").fetch_one(&pool).await.unwrap();
+        if n >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pac_gateway::audit::verify(&pool).await.unwrap().problems.is_empty());
+
+    // Every service role, and the gateway's own: neither change nor removal.
+    let platform = p.db.platform_config();
+    for role in ["pac_records", "pac_scheduling", "pac_referrals", "pac_gateway"] {
+        let options = service_connect_options(&platform.db, ServiceSchema::new("audit", role), None).unwrap();
+        let mut connection = options.connect().await.unwrap();
+        for statement in ["UPDATE audit.events SET outcome = 'OK'", "DELETE FROM audit.events", "TRUNCATE audit.events"] {
+            let refused = sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut connection).await.unwrap_err();
+            let code = refused.as_database_error().and_then(|e| e.code()).map(|c| c.to_string());
+            assert_eq!(code.as_deref(), Some("42501"), "{role}: {statement}: {refused}");
+        }
+    }
+    // Not even the administrator, while the trigger stands.
+    let refused = sqlx::query("UPDATE audit.events SET outcome = 'OK'").execute(&pool).await.unwrap_err();
+    assert!(refused.to_string().contains("append-only"), "{refused}");
+
+    // Someone with the power to drop the guard changes one record and removes another: found.
+    sqlx::query("ALTER TABLE audit.events DISABLE TRIGGER events_append_only").execute(&pool).await.unwrap();
+    sqlx::query("UPDATE audit.events SET outcome = 'OK', subject = 'someone' WHERE sequence = 1").execute(&pool).await.unwrap();
+    let verification = pac_gateway::audit::verify(&pool).await.unwrap();
+    assert!(verification.problems.iter().any(|p| p.contains("#1: contents do not match")), "{:?}", verification.problems);
+    sqlx::query("DELETE FROM audit.events WHERE sequence = 3").execute(&pool).await.unwrap();
+    let verification = pac_gateway::audit::verify(&pool).await.unwrap();
+    assert!(verification.problems.iter().any(|p| p.contains("records missing")), "{:?}", verification.problems);
+}
