@@ -10,7 +10,6 @@ use pac_gateway::auth::{Identity, mint_development};
 use pac_gateway::policy::Role;
 use pac_gateway::{DEVELOPMENT_ISSUER, DEVELOPMENT_TOKEN_KEY, GatewayConfig};
 use pac_platform::testkit::TestDatabase;
-use pac_proto::common::{Address, Date};
 use pac_proto::records as records_pb;
 use pac_proto::records::patient_records_client::PatientRecordsClient;
 use pac_proto::referrals as refs;
@@ -259,4 +258,69 @@ async fn a_busy_caller_is_slowed_and_an_overloaded_gateway_sheds() {
     let shed = records.search_patients(search(&busy)).await.unwrap_err();
     assert_eq!(shed.code(), Code::Unavailable);
     assert!(shed.get_error_details().retry_info().is_some());
+}
+
+/// A stand-in service that notes the deadline each call arrives with and works until it is told to
+/// stop (its work is dropped).
+async fn slow_service() -> (String, tokio::sync::mpsc::UnboundedReceiver<(Option<String>, std::time::Instant)>) {
+    let (seen, receiver) = tokio::sync::mpsc::unbounded_channel();
+    struct Stopped(Option<String>, tokio::sync::mpsc::UnboundedSender<(Option<String>, std::time::Instant)>);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let _ = self.1.send((self.0.take(), std::time::Instant::now()));
+        }
+    }
+    let service = tower::service_fn(move |request: http::Request<axum::body::Body>| {
+        let timeout = request.headers().get("grpc-timeout").map(|v| v.to_str().unwrap().to_string());
+        let stopped = Stopped(timeout, seen.clone());
+        async move {
+            let _stopped = stopped;
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            Ok::<_, std::convert::Infallible>(tonic::Status::ok("").into_http::<axum::body::Body>())
+        }
+    });
+    let (listener, url) = listener().await;
+    let routes = tonic::service::Routes::from(axum::Router::new().fallback_service(service));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (url, receiver)
+}
+
+#[tokio::test]
+async fn the_callers_deadline_reaches_the_service_and_ends_its_work() {
+    let (url, mut seen) = slow_service().await;
+    let db = TestDatabase::create().await;
+    let shutdown = CancellationToken::new();
+    let (gateway_listener, gateway_url) = listener().await;
+    let mut config = GatewayConfig::development(gateway_listener.local_addr().unwrap(), url.clone(), url.clone(), url);
+    config.deadlines = pac_gateway::proxy::Deadlines { default: Duration::from_millis(700), max: Duration::from_millis(1500) };
+    pac_gateway::migrate(&db.platform_config()).await.unwrap();
+    tokio::spawn(pac_gateway::serve(db.platform_config(), config, gateway_listener, shutdown.clone()));
+    let mut records = PatientRecordsClient::new(tonic::transport::Endpoint::from_shared(gateway_url).unwrap().connect_lazy());
+    let coordinator = token(Role::Coordinator, Duration::from_secs(60));
+    let mut call = async |deadline: Option<Duration>| {
+        let mut request = with_token(records_pb::GetPatientRequest { id: uuid::Uuid::now_v7().to_string() }, Some(&coordinator));
+        if let Some(deadline) = deadline {
+            request.set_timeout(deadline);
+        }
+        let started = std::time::Instant::now();
+        let status = records.get_patient(request).await.unwrap_err();
+        let (timeout, stopped) = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.unwrap().unwrap();
+        let millis: u64 = timeout.expect("a deadline is always forwarded").trim_end_matches('m').parse().unwrap();
+        (status.code(), millis, stopped.duration_since(started))
+    };
+    // The caller's own deadline: forwarded, and the service's work ends with it.
+    let (code, millis, worked) = call(Some(Duration::from_millis(200))).await;
+    assert!(matches!(code, Code::DeadlineExceeded | Code::Cancelled), "{code:?}");
+    assert!(millis <= 200, "{millis}");
+    assert!(worked < Duration::from_secs(2), "the service worked on for {worked:?}");
+    // No deadline: the default. Too long a deadline: the maximum.
+    assert!((600..=700).contains(&call(None).await.1));
+    let (_, millis, worked) = call(Some(Duration::from_secs(60))).await;
+    assert!((1400..=1500).contains(&millis), "{millis}");
+    assert!(worked < Duration::from_secs(3), "{worked:?}");
+    shutdown.cancel();
 }
