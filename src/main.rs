@@ -5,6 +5,7 @@
 //! - `pac serve <component>`: one component, configured from the environment (what a container runs).
 //! - `pac migrate [component]`: create roles and schemas and run migrations.
 //! - `pac token`: a development bearer token for the gateway.
+//! - `pac audit verify`: checks the audit trail's hash chains.
 //! - `pac bench <scenario>`: the benchmarks behind BENCHMARKS.md.
 
 mod bench;
@@ -59,6 +60,17 @@ enum Command {
         #[arg(long, default_value_t = 8 * 3600)]
         ttl: u64,
     },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check every writer's hash chain (administrator DATABASE_URL); exits 1 on any break.
+    Verify,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -97,7 +109,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let _telemetry = pac_platform::telemetry::init("pac-migrate", &platform.telemetry)?;
             migrate(&platform, component).await
         }
+        Command::Audit { command: AuditCommand::Verify } => verify_audit().await,
     }
+}
+
+async fn verify_audit() -> anyhow::Result<()> {
+    let url = std::env::var("DATABASE_URL").context("DATABASE_URL must name the platform's database")?;
+    let pool = pac_platform::db::admin_pool(&pac_platform::config::Secret::new(url)).await?;
+    let result = pac_gateway::audit::verify(&pool).await.context("cannot read the audit trail")?;
+    for problem in &result.problems {
+        println!("BROKEN {problem}");
+    }
+    if !result.problems.is_empty() {
+        println!(
+            "audit trail NOT verified: {} problems in {} records from {} writers",
+            result.problems.len(),
+            result.records,
+            result.writers
+        );
+        std::process::exit(1);
+    }
+    println!("audit trail verified: {} records from {} writers, every chain intact", result.records, result.writers);
+    Ok(())
 }
 
 async fn migrate(platform: &PlatformConfig, component: Component) -> anyhow::Result<()> {

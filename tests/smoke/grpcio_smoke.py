@@ -5,8 +5,9 @@ a patient, and check the error details of a bad request.
 then set up a clinic and book that patient into a slot (hold, then confirm) with the scheduling service,
 then refer the patient to a service, accept the referral, book it, and see the referral booked.
 
-then, through the gateway with a bearer token (PAC_TOKEN, from `pac token`), refuse a call without
-one, book a slot, and read the rich error details of a bad request.
+then, through the gateway with a bearer token (PAC_TOKEN, from `pac token`): health and reflection,
+refuse a call without one, book a slot, ask for the appointment's plain-language guide, and read the
+rich error details of a bad request.
 
     PAC_TOKEN=$(pac token) python3 tests/smoke/grpcio_smoke.py [records] [scheduling] [referrals] [gateway]
     # defaults 127.0.0.1:50051 127.0.0.1:50052 127.0.0.1:50053 127.0.0.1:50050
@@ -214,8 +215,13 @@ def through_gateway(address: str, suffix: str) -> None:
     auth = (("authorization", f"Bearer {token}"),)
     channel = grpc.insecure_channel(address)
     grpc.channel_ready_future(channel).result(timeout=10)
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "pac.access.v1.Access", "pac.records.v1.PatientRecords"):
+        status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert status.status == health_pb2.HealthCheckResponse.SERVING, (service, status)
     services = ProtoReflectionDescriptorDatabase(channel).get_services()
-    assert "pac.scheduling.v1.Scheduling" in services, services
+    for service in ("pac.scheduling.v1.Scheduling", "pac.access.v1.Access", "pac.audit.v1.AuditTrail"):
+        assert service in services, services
     records = records_pb2_grpc.PatientRecordsStub(channel)
     patient = records_pb2.Patient(given_name="Gate", family_name="Keeper" + "".join(chr(ord("a") + int(c, 16)) for c in suffix),
                                   birth_date=common_pb2.Date(year=1975, month=1, day=2), sex=records_pb2.SEX_MALE)
@@ -231,6 +237,10 @@ def through_gateway(address: str, suffix: str) -> None:
     booked = scheduling.BookAppointment(s.BookAppointmentRequest(slot_id=slots[-1].id, patient_id=created.id,
                                                                  request_id=str(uuid.uuid4())), timeout=5, metadata=auth).appointment
     assert booked.status == s.APPOINTMENT_STATUS_BOOKED, booked
+    from pac.access.v1 import access_pb2, access_pb2_grpc
+    guide = access_pb2_grpc.AccessStub(channel).GetAppointmentGuide(
+        access_pb2.GetAppointmentGuideRequest(appointment_id=booked.id), timeout=5, metadata=auth).guide
+    assert guide.time_zone == "Europe/London" and guide.when and guide.reference in guide.how_to_change, guide
     try:
         records.RegisterPatient(records_pb2.RegisterPatientRequest(patient=records_pb2.Patient(nhs_number="123")), timeout=5, metadata=auth)
         sys.exit("a bad registration was accepted through the gateway")
