@@ -15,9 +15,9 @@ use pac_proto::referrals::referrals_client::ReferralsClient;
 use pac_proto::scheduling::scheduling_client::SchedulingClient;
 use pac_proto::{records, referrals as refs, scheduling as sched};
 use tonic::metadata::MetadataMap;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::balance::Balanced;
 use crate::guide;
 use crate::proxy::parse_grpc_timeout;
 
@@ -28,9 +28,9 @@ const APPOINTMENT_PAGES: usize = 5;
 
 #[derive(Clone)]
 pub struct AccessService {
-    records: PatientRecordsClient<Channel>,
-    scheduling: SchedulingClient<Channel>,
-    referrals: ReferralsClient<Channel>,
+    records: PatientRecordsClient<Balanced>,
+    scheduling: SchedulingClient<Balanced>,
+    referrals: ReferralsClient<Balanced>,
     /// How long a booking waits for the referral to list its new appointment.
     link_wait: Duration,
 }
@@ -61,7 +61,7 @@ impl Onward {
 }
 
 impl AccessService {
-    pub fn new(records: Channel, scheduling: Channel, referrals: Channel, link_wait: Duration) -> Self {
+    pub fn new(records: Balanced, scheduling: Balanced, referrals: Balanced, link_wait: Duration) -> Self {
         Self {
             records: PatientRecordsClient::new(records),
             scheduling: SchedulingClient::new(scheduling),

@@ -18,6 +18,7 @@
 pub mod access;
 pub mod audit;
 pub mod auth;
+pub mod balance;
 pub mod guide;
 pub mod policy;
 pub mod proxy;
@@ -36,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 use crate::auth::Authenticator;
+use crate::balance::Balanced;
 use crate::proxy::{Deadlines, Limits, Proxy, Upstreams};
 use pac_proto::access::access_server::AccessServer;
 use pac_proto::audit::audit_trail_server::AuditTrailServer;
@@ -63,7 +65,8 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// `PAC_GATEWAY_DATABASE_URL`: the gateway role's own connection; derived from `DATABASE_URL` when unset.
     pub database_url: Option<Secret>,
-    /// `PAC_RECORDS_URL`, `PAC_SCHEDULING_URL`, `PAC_REFERRALS_URL`.
+    /// `PAC_RECORDS_URL`, `PAC_SCHEDULING_URL`, `PAC_REFERRALS_URL`: each one URL, or several
+    /// (comma-separated) for replicas.
     pub records_url: String,
     pub scheduling_url: String,
     pub referrals_url: String,
@@ -78,6 +81,8 @@ pub struct GatewayConfig {
     /// `PAC_GATEWAY_LINK_WAIT_MS`: how long `BookReferralAppointment` waits to see the referral list
     /// its new appointment before answering `linked = false` (the link still completes).
     pub link_wait: Duration,
+    /// `PAC_GATEWAY_CONNECTIONS`: HTTP/2 connections to each service URL, used round-robin.
+    pub connections: usize,
 }
 
 const DEFAULT_LIMITS: Limits = Limits { max_in_flight: 2048, per_second: 500.0, burst: 1000.0 };
@@ -118,6 +123,7 @@ impl GatewayConfig {
             deadlines,
             limits,
             link_wait: Duration::from_millis(var("PAC_GATEWAY_LINK_WAIT_MS", 2_000)?),
+            connections: var("PAC_GATEWAY_CONNECTIONS", 2usize)?.clamp(1, 64),
         })
     }
 
@@ -135,6 +141,7 @@ impl GatewayConfig {
             deadlines: Deadlines { default: Duration::from_secs(10), max: Duration::from_secs(30) },
             limits: DEFAULT_LIMITS,
             link_wait: Duration::from_secs(2),
+            connections: 2,
         }
     }
 }
@@ -164,16 +171,16 @@ pub async fn serve(
     let pool = connect(&platform, &config).await?;
     let stop_writer = CancellationToken::new();
     let (audit_log, writer) = audit::start(pool.clone(), stop_writer.clone());
-    let records = pac_platform::client::lazy_channel(&config.records_url)?;
-    let scheduling = pac_platform::client::lazy_channel(&config.scheduling_url)?;
-    let referrals = pac_platform::client::lazy_channel(&config.referrals_url)?;
+    let records = Balanced::new(&config.records_url, config.connections)?;
+    let scheduling = Balanced::new(&config.scheduling_url, config.connections)?;
+    let referrals = Balanced::new(&config.referrals_url, config.connections)?;
     let access = access::AccessService::new(records.clone(), scheduling.clone(), referrals.clone(), config.link_wait);
     let upstreams = Upstreams::default()
-        .remote("/pac.records.v1.", records)
-        .remote("/pac.scheduling.v1.", scheduling)
-        .remote("/pac.referrals.v1.", referrals)
-        .local("/pac.access.v1.", AccessServer::new(access))
-        .local("/pac.audit.v1.", AuditTrailServer::new(trail::AuditTrailService::new(pool.clone())));
+        .route("/pac.records.v1.", records)
+        .route("/pac.scheduling.v1.", scheduling)
+        .route("/pac.referrals.v1.", referrals)
+        .route("/pac.access.v1.", AccessServer::new(access))
+        .route("/pac.audit.v1.", AuditTrailServer::new(trail::AuditTrailService::new(pool.clone())));
     let signer = CallerVerifier::new(&platform.internal_key, false);
     let proxy = Proxy::new(upstreams, authenticator, signer, config.deadlines, config.limits, audit_log);
     let routes = Routes::from(axum::Router::new().fallback_service(proxy));

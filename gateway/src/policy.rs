@@ -127,6 +127,14 @@ pub fn allows(path: &str, role: Role) -> bool {
     rule(path).is_some_and(|(_, roles)| roles.contains(&role))
 }
 
+/// Whether the RPC at `path` only reads, so that sending it again cannot change anything: the
+/// gateway may retry it when a service is unavailable.
+pub fn is_idempotent_read(path: &str) -> bool {
+    const READS: [&str; 6] = ["Get", "List", "Search", "Lookup", "Match", "Check"];
+    let method = path.rsplit('/').next().unwrap_or_default();
+    rule(path).is_some() && READS.iter().any(|read| method.starts_with(read))
+}
+
 /// The signed caller context forwarded to the services for an authenticated identity.
 pub fn caller(identity: &Identity) -> Caller {
     Caller {
@@ -192,6 +200,17 @@ mod tests {
         assert!(!allows("/pac.records.v1.PatientRecords/MergePatients", Role::Coordinator));
         assert!(allows("/pac.scheduling.v1.Scheduling/WatchEvents", Role::Integration));
         assert!(!allows("/pac.scheduling.v1.Scheduling/WatchEvents", Role::Clinician));
+    }
+
+    #[test]
+    fn only_reads_are_retried() {
+        assert!(is_idempotent_read("/pac.records.v1.PatientRecords/GetPatient"));
+        assert!(is_idempotent_read("/pac.scheduling.v1.Scheduling/SearchSlots"));
+        assert!(is_idempotent_read("/pac.referrals.v1.Referrals/CheckEligibility"));
+        assert!(!is_idempotent_read("/pac.scheduling.v1.Scheduling/BookAppointment"));
+        assert!(!is_idempotent_read("/pac.records.v1.PatientRecords/WatchEvents"));
+        assert!(!is_idempotent_read("/pac.access.v1.Access/BookReferralAppointment"));
+        assert!(!is_idempotent_read("/pac.records.v1.PatientRecords/GetNothing"));
     }
 
     #[test]

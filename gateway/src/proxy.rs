@@ -16,8 +16,8 @@ use pac_platform::caller::CALLER_HEADER;
 use pac_platform::{ApiError, CallerVerifier};
 use tokio::sync::Semaphore;
 use tonic::body::Body;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
+use tower::retry::budget::{Budget, TpsBudget};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceExt};
 
@@ -25,7 +25,7 @@ use crate::audit::{AuditLog, Entry, Reserved};
 use crate::auth::{Authenticator, Identity, Refusal};
 use crate::policy::{self, Data};
 
-/// Where a call goes: a service over a channel, or an API the gateway serves itself.
+/// Where a call goes: a service over its connections, or an API the gateway serves itself.
 pub type Upstream = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 
 /// The upstreams, by package prefix of the RPC path (`/pac.records.v1.`).
@@ -35,13 +35,8 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Calls under `prefix` go to a service at the other end of `channel`.
-    pub fn remote(self, prefix: &'static str, channel: Channel) -> Self {
-        self.local(prefix, channel)
-    }
-
-    /// Calls under `prefix` go to `service`.
-    pub fn local<S>(mut self, prefix: &'static str, service: S) -> Self
+    /// Calls under `prefix` go to `service` (a service's connections, or an API served here).
+    pub fn route<S>(mut self, prefix: &'static str, service: S) -> Self
     where
         S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
@@ -115,7 +110,20 @@ pub struct Proxy {
     in_flight: Arc<Semaphore>,
     rates: Arc<RateLimiter>,
     audit: AuditLog,
+    retries: Arc<TpsBudget>,
 }
+
+/// Retries of a read the service answered `UNAVAILABLE`: at most this many more attempts...
+const RETRY_ATTEMPTS: u32 = 2;
+/// ...the first after this pause, each next one four times longer...
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// ...and, across all calls, at most a fifth as many retries as calls (10 a second at least), so
+/// that retries cannot multiply the load on a service that is struggling.
+fn retry_budget() -> TpsBudget {
+    TpsBudget::new(Duration::from_secs(10), 10, 0.2)
+}
+/// Largest read a retry keeps a copy of (reads are small; larger ones are sent once).
+const RETRY_BODY_LIMIT: usize = 64 * 1024;
 
 /// Header naming one call, from the caller or made by the gateway; answered back and audited.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -133,6 +141,7 @@ struct Admitted {
     request: Request<Body>,
     identity: Identity,
     data: Data,
+    deadline: Instant,
 }
 
 impl Proxy {
@@ -152,6 +161,7 @@ impl Proxy {
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             rates: Arc::new(RateLimiter { limits, buckets: Mutex::default() }),
             audit,
+            retries: Arc::new(retry_budget()),
         }
     }
 
@@ -190,7 +200,7 @@ impl Proxy {
         let mut metadata = tonic::metadata::MetadataMap::from_headers(std::mem::take(headers));
         pac_platform::telemetry::inject_context(&mut metadata);
         *request.headers_mut() = metadata.into_headers();
-        Ok(Admitted { upstream, request, identity, data })
+        Ok(Admitted { upstream, request, identity, data, deadline: Instant::now() + bounded })
     }
 }
 
@@ -295,6 +305,52 @@ impl Drop for AuditedBody {
     }
 }
 
+fn unavailable(response: &Response<Body>) -> bool {
+    status_in(response.headers()) == Some("UNAVAILABLE")
+}
+
+/// Sends one call upstream; a call that cannot be delivered is answered `UNAVAILABLE`.
+async fn forward(mut upstream: Upstream, request: Request<Body>) -> Response<Body> {
+    let path = request.uri().path().to_string();
+    let forwarded = match upstream.ready().await {
+        Ok(upstream) => upstream.call(request).await,
+        Err(error) => Err(error),
+    };
+    forwarded.unwrap_or_else(|error| {
+        tracing::warn!(error = %error, rpc = %path, "forwarding to the service failed");
+        Status::unavailable("the service did not answer; retry").into_http()
+    })
+}
+
+/// Sends a read upstream, again (within the budget and the deadline) while the service answers
+/// `UNAVAILABLE`: a restarting replica or a dropped connection costs the caller nothing.
+async fn forward_read(upstream: Upstream, request: Request<Body>, deadline: Instant, budget: &TpsBudget) -> Response<Body> {
+    use http_body_util::BodyExt;
+    budget.deposit();
+    let (parts, body) = request.into_parts();
+    let body = match http_body_util::Limited::new(body, RETRY_BODY_LIMIT).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return Status::out_of_range("the request is too large for a read").into_http(),
+    };
+    let mut pause = RETRY_PAUSE;
+    let mut attempt = 0;
+    loop {
+        let mut request = Request::new(Body::new(http_body_util::Full::new(body.clone())));
+        (*request.method_mut(), *request.uri_mut(), *request.version_mut()) = (parts.method.clone(), parts.uri.clone(), parts.version);
+        *request.headers_mut() = parts.headers.clone();
+        let left = deadline.saturating_duration_since(Instant::now());
+        request.headers_mut().insert("grpc-timeout", HeaderValue::from_str(&format!("{}m", left.as_millis().max(1))).expect("digits"));
+        let response = forward(upstream.clone(), request).await;
+        if !unavailable(&response) || attempt == RETRY_ATTEMPTS || Instant::now() + pause >= deadline || !budget.withdraw() {
+            return response;
+        }
+        attempt += 1;
+        tracing::info!(attempt, rpc = %parts.uri.path(), "service unavailable; retrying a read");
+        tokio::time::sleep(pause).await;
+        pause *= 4;
+    }
+}
+
 fn with_request_id(mut response: Response<Body>, request_id: &str) -> Response<Body> {
     if let Ok(value) = HeaderValue::from_str(request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
@@ -347,9 +403,10 @@ where
         let request_id = request_id(request.headers());
         let trace_id = pac_platform::telemetry::current_trace_id().unwrap_or_default();
         let admitted = self.admit(request.map(Body::new), &path);
+        let retries = self.retries.clone();
         Box::pin(async move {
             let _permit = permit;
-            let Admitted { mut upstream, mut request, identity, data } = match admitted {
+            let Admitted { upstream, mut request, identity, data, deadline } = match admitted {
                 Ok(admitted) => admitted,
                 Err(Denial { status, reason, identity }) => {
                     tracing::info!(reason, rpc = %path, "call refused");
@@ -362,18 +419,19 @@ where
                 }
             };
             request.headers_mut().insert(REQUEST_ID_HEADER, HeaderValue::from_str(&request_id).expect("checked characters"));
-            // A channel is a buffered service: it must be ready before it takes a call.
-            let forwarded = match upstream.ready().await {
-                Ok(upstream) => upstream.call(request).await,
-                Err(error) => Err(error),
-            };
-            let response = match forwarded {
-                Ok(response) => response,
-                Err(error) => {
-                    tracing::warn!(error = %error, rpc = %path, "forwarding to the service failed");
-                    Status::unavailable("the service did not answer; retry").into_http()
+            let forwarding = async {
+                if policy::is_idempotent_read(&path) {
+                    forward_read(upstream, request, deadline, &retries).await
+                } else {
+                    forward(upstream, request).await
                 }
             };
+            // The service ends the call at its deadline; this is the backstop should it not answer.
+            let backstop = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(250);
+            let response = tokio::time::timeout(backstop, forwarding).await.unwrap_or_else(|_| {
+                tracing::warn!(rpc = %path, "the service did not answer within the deadline");
+                Status::deadline_exceeded("the service did not answer within the deadline").into_http()
+            });
             let (mut parts, body) = response.into_parts();
             let patients = parts.headers.remove(pac_platform::audit::PATIENTS_HEADER);
             let response = if data == Data::Patient {

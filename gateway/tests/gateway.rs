@@ -324,3 +324,54 @@ async fn the_callers_deadline_reaches_the_service_and_ends_its_work() {
     assert!(worked < Duration::from_secs(3), "{worked:?}");
     shutdown.cancel();
 }
+
+/// A stand-in service answering every call with `code`, counting the calls.
+async fn answering(code: Code) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let service = tower::service_fn(move |_: http::Request<axum::body::Body>| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move { Ok::<_, std::convert::Infallible>(tonic::Status::new(code, "stand-in").into_http::<axum::body::Body>()) }
+    });
+    let (listener, url) = listener().await;
+    let routes = tonic::service::Routes::from(axum::Router::new().fallback_service(service));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (url, calls)
+}
+
+#[tokio::test]
+async fn reads_are_retried_on_another_replica_and_writes_are_not() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (down, down_calls) = answering(Code::Unavailable).await;
+    let (up, up_calls) = answering(Code::NotFound).await;
+    let db = TestDatabase::create().await;
+    let shutdown = CancellationToken::new();
+    let (gateway_listener, gateway_url) = listener().await;
+    // Two replicas of records, one connection each, taken in turn; one of them is down.
+    let mut config = GatewayConfig::development(gateway_listener.local_addr().unwrap(), format!("{down},{up}"), up.clone(), up);
+    config.connections = 1;
+    pac_gateway::migrate(&db.platform_config()).await.unwrap();
+    tokio::spawn(pac_gateway::serve(db.platform_config(), config, gateway_listener, shutdown.clone()));
+    let mut records = PatientRecordsClient::new(tonic::transport::Endpoint::from_shared(gateway_url).unwrap().connect_lazy());
+    let coordinator = token(Role::Coordinator, Duration::from_secs(60));
+    for _ in 0..4 {
+        let read = with_token(records_pb::GetPatientRequest { id: uuid::Uuid::now_v7().to_string() }, Some(&coordinator));
+        assert_eq!(records.get_patient(read).await.unwrap_err().code(), Code::NotFound, "a read gets through");
+    }
+    assert_eq!(up_calls.load(SeqCst), 4, "every read answered by the replica that is up");
+    assert!(down_calls.load(SeqCst) >= 1, "the replicas were taken in turn");
+    let before = (down_calls.load(SeqCst), up_calls.load(SeqCst));
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let write = with_token(common::registration("Retry"), Some(&coordinator));
+        codes.push(records.register_patient(write).await.unwrap_err().code());
+    }
+    let after = (down_calls.load(SeqCst), up_calls.load(SeqCst));
+    assert_eq!((after.0 - before.0) + (after.1 - before.1), 4, "each write sent once");
+    assert!(codes.contains(&Code::Unavailable), "a write to the replica that is down is not retried: {codes:?}");
+    shutdown.cancel();
+}
