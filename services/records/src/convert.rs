@@ -39,6 +39,9 @@ pub const SETTABLE_FIELDS: &[&str] = &[
 /// Patient fields only the service sets.
 pub const OUTPUT_ONLY_FIELDS: &[&str] = &["id", "etag", "contact_withheld", "merged_into", "create_time", "update_time"];
 
+/// Patient fields set on registration that never change afterwards.
+pub const IMMUTABLE_FIELDS: &[&str] = &["organisation"];
+
 /// Fields withheld from restricted records.
 pub const CONTACT_FIELDS: &[&str] = &["address", "phone", "email"];
 
@@ -180,6 +183,12 @@ pub fn apply_update(
                 "update_mask",
                 "FIELD_OUTPUT_ONLY",
                 format!("{path} is set by the service, not by callers"),
+            ));
+        } else if IMMUTABLE_FIELDS.contains(&path.as_str()) {
+            violations.push(FieldViolation::new(
+                "update_mask",
+                "FIELD_IMMUTABLE",
+                format!("{path} is set on registration and never changes"),
             ));
         } else if !SETTABLE_FIELDS.contains(&path.as_str()) {
             violations.push(FieldViolation::new(
@@ -465,6 +474,7 @@ pub fn patient(record: &PatientRecord, reveal_contact: bool) -> pb::Patient {
         merged_into: record.merged_into.map(|id| id.to_string()).unwrap_or_default(),
         create_time: Some(timestamp(record.created_at)),
         update_time: Some(timestamp(record.updated_at)),
+        organisation: record.organisation.clone(),
     };
     if !reveal_contact {
         withhold_contact(&mut message);
@@ -551,6 +561,7 @@ mod tests {
         for (paths, reason) in [
             (vec![], "UPDATE_MASK_REQUIRED"),
             (vec!["etag".to_string()], "FIELD_OUTPUT_ONLY"),
+            (vec!["organisation".to_string()], "FIELD_IMMUTABLE"),
             (vec!["shoe_size".to_string()], "FIELD_UNKNOWN"),
         ] {
             let violations = apply_update(&current, &input, &paths, rules()).unwrap_err();
@@ -570,7 +581,15 @@ mod tests {
         d.restricted = true;
         d.phone = Some(Phone::parse("07700 900123").unwrap());
         let now = Utc::now();
-        let record = PatientRecord { id: Uuid::now_v7(), version: 1, demographics: d, merged_into: None, created_at: now, updated_at: now };
+        let record = PatientRecord {
+            id: Uuid::now_v7(),
+            version: 1,
+            demographics: d,
+            organisation: "RR8".into(),
+            merged_into: None,
+            created_at: now,
+            updated_at: now,
+        };
         let hidden = patient(&record, false);
         assert!(hidden.address.is_none() && hidden.phone.is_empty() && hidden.contact_withheld);
         let shown = patient(&record, true);

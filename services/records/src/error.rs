@@ -13,12 +13,14 @@ pub enum RecordsError {
     Invalid(Vec<FieldViolation>),
     NotFound(Uuid),
     IdentifierNotFound,
+    /// The NHS number is on file: `existing` names the record when the caller may see it (it may
+    /// belong to another organisation).
     NhsNumberExists {
-        existing: Uuid,
+        existing: Option<Uuid>,
     },
     LocalIdentifierExists {
         issuer: String,
-        existing: Uuid,
+        existing: Option<Uuid>,
     },
     PossibleDuplicate(Vec<(Uuid, f64, Grade)>),
     /// The record was merged away; changes go to the survivor.
@@ -61,20 +63,30 @@ impl From<RecordsError> for ApiError {
             Invalid(violations) => ApiError::invalid(violations),
             NotFound(id) => ApiError::not_found(PATIENT, id.to_string()),
             IdentifierNotFound => ApiError::new(Code::NotFound, "NOT_FOUND", "no patient has that identifier"),
-            NhsNumberExists { existing } => ApiError::new(
+            NhsNumberExists { existing: Some(existing) } => ApiError::new(
                 Code::AlreadyExists,
                 "NHS_NUMBER_EXISTS",
                 format!("a patient with this NHS number already exists: {existing}"),
             )
             .with_resource(PATIENT, existing.to_string(), "the existing record with this NHS number")
             .with_metadata("existing_patient_id", existing.to_string()),
-            LocalIdentifierExists { issuer, existing } => ApiError::new(
+            NhsNumberExists { existing: None } => ApiError::new(
+                Code::AlreadyExists,
+                "NHS_NUMBER_EXISTS",
+                "a patient with this NHS number is already registered by another organisation",
+            ),
+            LocalIdentifierExists { issuer, existing: Some(existing) } => ApiError::new(
                 Code::AlreadyExists,
                 "LOCAL_IDENTIFIER_EXISTS",
                 format!("identifier issued by {issuer} already belongs to patient {existing}"),
             )
             .with_resource(PATIENT, existing.to_string(), "the record holding this identifier")
             .with_metadata("existing_patient_id", existing.to_string()),
+            LocalIdentifierExists { issuer, existing: None } => ApiError::new(
+                Code::AlreadyExists,
+                "LOCAL_IDENTIFIER_EXISTS",
+                format!("identifier issued by {issuer} already belongs to a patient of another organisation"),
+            ),
             PossibleDuplicate(candidates) => {
                 let ids: Vec<String> = candidates.iter().map(|(id, _, _)| id.to_string()).collect();
                 let mut error = ApiError::failed_precondition(

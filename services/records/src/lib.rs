@@ -4,6 +4,16 @@
 //!
 //! A library first: [`serve`] runs it on a listener until a shutdown token fires, so `pac dev`, the
 //! tests and the container all start the same thing.
+//!
+//! Organisation scope: each patient belongs to the organisation that registered it
+//! (`patients.organisation`, `Patient.organisation`; immutable). A caller acting for organisations
+//! (`pac_platform::Caller::scope`) reads, searches, matches, updates and merges only their
+//! organisations' patients, by a predicate in the SQL itself (`store`): another organisation's
+//! patient is NOT_FOUND, never a search hit or a candidate. An NHS number or local identifier is
+//! unique across organisations, so registering one held elsewhere is still ALREADY_EXISTS, without
+//! naming the other organisation's record. Service-to-service calls (role `service`) and anonymous
+//! development calls are unscoped. `WatchEvents` is not scoped: it is the change feed for
+//! integration system accounts and the other services.
 
 pub mod convert;
 pub mod domain;

@@ -1,5 +1,9 @@
 //! The records service's operations: each one a unit of database work that applies the domain's
 //! rules, writes the change and its event together, and answers in the contract's terms.
+//!
+//! Every operation for a caller takes the caller's organisation scope (`Caller::scope`) down to the
+//! SQL that reads or locks the patients, so a patient of another organisation is `NotFound` (by id,
+//! by identifier, as a merge's survivor) and never a search hit or a match candidate.
 
 use pac_platform::caller::{Caller, PERMISSION_RESTRICTED_READ};
 use pac_platform::idempotency::IdempotencyStore;
@@ -14,7 +18,7 @@ use crate::convert::{self, CONTACT_FIELDS, Rules};
 use crate::domain::matching::{self, Grade, MatchProfile, Thresholds};
 use crate::domain::patient::{Demographics, PatientRecord};
 use crate::error::RecordsError;
-use crate::store::{self, MergeRecord, Registered, Registration, SearchCriteria};
+use crate::store::{self, MergeRecord, Registered, Registration, Scope, SearchCriteria};
 
 /// A merge chain longer than this is a data fault, not a chain.
 const MAX_MERGE_DEPTH: usize = 16;
@@ -31,6 +35,8 @@ pub struct Records {
 
 pub struct Register {
     pub demographics: Demographics,
+    /// The organisation that will own the record (chosen by `Caller::owning_organisation`).
+    pub organisation: String,
     pub request_id: Option<String>,
     pub request_hash: Vec<u8>,
     pub allow_possible_duplicate: bool,
@@ -93,9 +99,11 @@ impl Records {
     }
 
     async fn register_new(&self, r: &Register) -> Result<pb::RegisterPatientResponse, RecordsError> {
-        let candidates = self.candidates(&r.demographics.match_profile(), CANDIDATE_LIMIT as usize).await?;
+        // Only the caller's own records are candidates: another organisation's duplicate cannot be
+        // shown to them, so it cannot be overridden either (an NHS number clash is still refused).
+        let candidates = self.candidates(&r.demographics.match_profile(), CANDIDATE_LIMIT as usize, r.caller.scope()).await?;
         if let Some(same) = candidates.iter().find(|c| c.matched_on == ["nhs_number"]) {
-            return Err(RecordsError::NhsNumberExists { existing: same.record.id });
+            return Err(RecordsError::NhsNumberExists { existing: Some(same.record.id) });
         }
         if !candidates.is_empty() && !r.allow_possible_duplicate {
             return Err(RecordsError::PossibleDuplicate(candidates.iter().take(10).map(|c| (c.record.id, c.score, c.grade)).collect()));
@@ -105,6 +113,7 @@ impl Records {
             id: Uuid::now_v7(),
             version: 1,
             demographics: r.demographics.clone(),
+            organisation: r.organisation.clone(),
             merged_into: None,
             created_at: now,
             updated_at: now,
@@ -131,6 +140,7 @@ impl Records {
             event_payload: event_payload(event),
             actor: &r.caller.actor,
             trace_id: pac_platform::telemetry::current_trace_id(),
+            scope: r.caller.scope(),
         };
         match store::insert_registration(&self.pool, registration).await? {
             Registered::Created => {
@@ -157,10 +167,10 @@ impl Records {
         }
     }
 
-    /// Existing active records that may be the person in `profile`, best first. Candidates are
-    /// scored from their matching fields; only graded ones are read in full.
-    pub async fn candidates(&self, profile: &MatchProfile, max: usize) -> Result<Vec<Candidate>, RecordsError> {
-        let mut graded: Vec<(Uuid, matching::Score, Grade)> = store::candidates(&self.pool, profile, CANDIDATE_LIMIT)
+    /// Existing active records in `scope` that may be the person in `profile`, best first.
+    /// Candidates are scored from their matching fields; only graded ones are read in full.
+    pub async fn candidates(&self, profile: &MatchProfile, max: usize, scope: Scope<'_>) -> Result<Vec<Candidate>, RecordsError> {
+        let mut graded: Vec<(Uuid, matching::Score, Grade)> = store::candidates(&self.pool, profile, CANDIDATE_LIMIT, scope)
             .await?
             .into_iter()
             .filter_map(|(id, candidate)| {
@@ -175,7 +185,7 @@ impl Records {
         graded.sort_by(|a, b| b.1.value.total_cmp(&a.1.value).then(a.0.cmp(&b.0)));
         graded.truncate(max);
         let ids: Vec<Uuid> = graded.iter().map(|(id, _, _)| *id).collect();
-        let mut records = store::find_many(&self.pool, &ids).await?;
+        let mut records = store::find_many(&self.pool, &ids, scope).await?;
         Ok(graded
             .into_iter()
             .filter_map(|(id, score, grade)| {
@@ -186,23 +196,29 @@ impl Records {
     }
 
     /// The record with `id`, or the survivor it was merged into (with `id` as the second value).
-    pub async fn get(&self, id: Uuid) -> Result<(PatientRecord, Option<Uuid>), RecordsError> {
-        let record = store::find(&self.pool, id).await?.ok_or(RecordsError::NotFound(id))?;
-        self.resolve(record).await
+    pub async fn get(&self, id: Uuid, scope: Scope<'_>) -> Result<(PatientRecord, Option<Uuid>), RecordsError> {
+        let record = store::find(&self.pool, id, scope).await?.ok_or(RecordsError::NotFound(id))?;
+        self.resolve(record, scope).await
     }
 
-    pub async fn lookup_nhs_number(&self, nhs_number: &str) -> Result<(PatientRecord, Option<Uuid>), RecordsError> {
-        let record = store::find_by_nhs_number(&self.pool, nhs_number).await?.ok_or(RecordsError::IdentifierNotFound)?;
-        self.resolve(record).await
+    pub async fn lookup_nhs_number(&self, nhs_number: &str, scope: Scope<'_>) -> Result<(PatientRecord, Option<Uuid>), RecordsError> {
+        let record = store::find_by_nhs_number(&self.pool, nhs_number, scope).await?.ok_or(RecordsError::IdentifierNotFound)?;
+        self.resolve(record, scope).await.map_err(not_found_by_identifier)
     }
 
-    pub async fn lookup_local_identifier(&self, issuer: &str, value: &str) -> Result<(PatientRecord, Option<Uuid>), RecordsError> {
-        let record = store::find_by_local_identifier(&self.pool, issuer, value).await?.ok_or(RecordsError::IdentifierNotFound)?;
-        self.resolve(record).await
+    pub async fn lookup_local_identifier(
+        &self,
+        issuer: &str,
+        value: &str,
+        scope: Scope<'_>,
+    ) -> Result<(PatientRecord, Option<Uuid>), RecordsError> {
+        let record = store::find_by_local_identifier(&self.pool, issuer, value, scope).await?.ok_or(RecordsError::IdentifierNotFound)?;
+        self.resolve(record, scope).await.map_err(not_found_by_identifier)
     }
 
-    /// Follows merges to the active record.
-    async fn resolve(&self, record: PatientRecord) -> Result<(PatientRecord, Option<Uuid>), RecordsError> {
+    /// Follows merges to the active record. A survivor outside `scope` (a merge across
+    /// organisations, made by an unscoped caller) is not found, as the record asked for would be.
+    async fn resolve(&self, record: PatientRecord, scope: Scope<'_>) -> Result<(PatientRecord, Option<Uuid>), RecordsError> {
         let requested = record.id;
         let mut current = record;
         for _ in 0..MAX_MERGE_DEPTH {
@@ -210,14 +226,15 @@ impl Records {
                 let merged_from = (current.id != requested).then_some(requested);
                 return Ok((current, merged_from));
             };
-            current = store::find(&self.pool, survivor).await?.ok_or(RecordsError::NotFound(survivor))?;
+            current = store::find(&self.pool, survivor, scope).await?.ok_or(RecordsError::NotFound(requested))?;
         }
         Err(pac_platform::ApiError::internal(anyhow::anyhow!("merge chain of {requested} is too long")).into())
     }
 
     pub async fn update(&self, u: Update) -> Result<PatientRecord, RecordsError> {
         let mut tx = self.pool.begin().await?;
-        let current = store::lock(&mut tx, &[u.id]).await?.pop().ok_or(RecordsError::NotFound(u.id))?;
+        let scope = u.caller.scope();
+        let current = store::lock(&mut tx, &[u.id], scope).await?.pop().ok_or(RecordsError::NotFound(u.id))?;
         if let Some(survivor) = current.merged_into {
             return Err(RecordsError::Merged { id: u.id, survivor });
         }
@@ -234,7 +251,7 @@ impl Records {
             return Ok(current);
         }
         let updated = PatientRecord { version: current.version + 1, updated_at: pac_platform::now(), demographics, ..current };
-        store::update(&mut tx, &self.pool, &updated, changed.iter().any(|f| f == "local_identifiers")).await?;
+        store::update(&mut tx, &self.pool, &updated, changed.iter().any(|f| f == "local_identifiers"), scope).await?;
         let event =
             Event::PatientUpdated(pb::PatientUpdated { patient: Some(convert::patient(&updated, true)), changed_fields: changed.clone() });
         self.append(&mut tx, "PatientUpdated", updated.id, event, &u.caller, None).await?;
@@ -244,8 +261,8 @@ impl Records {
         Ok(updated)
     }
 
-    pub async fn search(&self, criteria: &SearchCriteria) -> Result<Vec<(PatientRecord, f64)>, RecordsError> {
-        Ok(store::search(&self.pool, criteria).await?)
+    pub async fn search(&self, criteria: &SearchCriteria, scope: Scope<'_>) -> Result<Vec<(PatientRecord, f64)>, RecordsError> {
+        Ok(store::search(&self.pool, criteria, scope).await?)
     }
 
     pub async fn merge(&self, m: Merge) -> Result<pb::MergePatientsResponse, RecordsError> {
@@ -258,7 +275,8 @@ impl Records {
         {
             return Ok(recorded.replay(&m.request_hash)?);
         }
-        let locked = store::lock(&mut tx, &[m.survivor_id, m.merged_id]).await?;
+        // Both records must be the caller's: a merge never reaches into another organisation.
+        let locked = store::lock(&mut tx, &[m.survivor_id, m.merged_id], m.caller.scope()).await?;
         let find = |id: Uuid| locked.iter().find(|r| r.id == id).cloned().ok_or(RecordsError::NotFound(id));
         let (survivor, merged) = (find(m.survivor_id)?, find(m.merged_id)?);
         if let Some(into) = survivor.merged_into {
@@ -300,7 +318,7 @@ impl Records {
         {
             return Ok(recorded.replay(&u.request_hash)?);
         }
-        let merged = store::lock(&mut tx, &[u.merged_id]).await?.pop().ok_or(RecordsError::NotFound(u.merged_id))?;
+        let merged = store::lock(&mut tx, &[u.merged_id], u.caller.scope()).await?.pop().ok_or(RecordsError::NotFound(u.merged_id))?;
         if merged.merged_into.is_none() {
             return Err(RecordsError::NotMerged(u.merged_id));
         }
@@ -308,7 +326,7 @@ impl Records {
         let merge =
             store::close_merge(&mut tx, u.merged_id, &u.reason, &u.caller.actor, now).await?.ok_or(RecordsError::NotMerged(u.merged_id))?;
         store::set_merged_into(&mut tx, u.merged_id, None, now).await?;
-        let restored = store::find(&mut *tx, u.merged_id).await?.ok_or(RecordsError::NotFound(u.merged_id))?;
+        let restored = store::find(&mut *tx, u.merged_id, None).await?.ok_or(RecordsError::NotFound(u.merged_id))?;
         let event = Event::PatientUnmerged(pb::PatientUnmerged { merge: Some(convert::merge(&merge)) });
         self.append(&mut tx, "PatientUnmerged", restored.id, event, &u.caller, u.request_id.as_deref()).await?;
         let response = pb::UnmergePatientResponse {
@@ -349,6 +367,14 @@ impl Records {
         let payload = event_payload(event);
         self.outbox.append(conn, NewEvent { event_type, aggregate_id, payload, actor: &caller.actor, request_id }).await?;
         Ok(())
+    }
+}
+
+/// A record found by identifier whose survivor is out of scope: the identifier is not found.
+fn not_found_by_identifier(error: RecordsError) -> RecordsError {
+    match error {
+        RecordsError::NotFound(_) => RecordsError::IdentifierNotFound,
+        other => other,
     }
 }
 

@@ -1,12 +1,18 @@
 //! `pac.records.v1.PatientRecords` over gRPC: each handler reads the caller, validates the request
 //! into domain values, runs the operation on its own task (see `pac_platform::db::detached`) and maps
-//! the answer.
+//! the answer, naming the patients it touched for the audit trail (`pac_platform::audit`).
+//!
+//! The caller's organisation scope goes with every operation into its SQL (see `records`); a new
+//! patient belongs to the organisation `Caller::owning_organisation` picks from `patient.organisation`.
+//! `WatchEvents` is the whole service's change feed and is not scoped: it serves integration system
+//! accounts and the platform's own services (the gateway lets only integration accounts call it).
 
 use std::pin::Pin;
 use std::time::Duration;
 
 use chrono::Utc;
 use futures::{Stream, StreamExt};
+use pac_platform::audit::with_patients;
 use pac_platform::error::{ApiError, FieldViolation};
 use pac_platform::idempotency::{parse_request_id, request_hash};
 use pac_platform::outbox::{Cursor, StoredEvent};
@@ -81,37 +87,43 @@ impl PatientRecords for RecordsService {
         let request_id = parse_request_id(&request.request_id)?;
         let input = request.patient.as_ref().ok_or_else(|| invalid(FieldViolation::new("patient", "PATIENT_REQUIRED", "is required")))?;
         let demographics = convert::new_demographics(input, self.rules()).map_err(|v| Status::from(ApiError::invalid(v)))?;
+        let organisation = caller.owning_organisation("patient.organisation", &input.organisation)?;
         let register = Register {
             demographics,
+            organisation,
             request_id,
             request_hash: request_hash(&request),
             allow_possible_duplicate: request.allow_possible_duplicate,
             caller,
         };
         let records = self.records.clone();
-        Ok(Response::new(run(async move { records.register(register).await }).await?))
+        let response = run(async move { records.register(register).await }).await?;
+        let id = response.patient.as_ref().map(|p| p.id.clone());
+        Ok(with_patients(Response::new(response), id))
     }
 
     async fn get_patient(&self, request: Request<pb::GetPatientRequest>) -> Result<Response<pb::GetPatientResponse>, Status> {
         let caller = self.caller(&request)?;
         let id = parse_id("id", &request.get_ref().id).map_err(invalid)?;
-        let records = self.records.clone();
-        let (record, merged_from) = run(async move { records.get(id).await }).await?;
-        Ok(Response::new(pb::GetPatientResponse {
+        let (records, scope) = (self.records.clone(), caller.clone());
+        let (record, merged_from) = run(async move { records.get(id, scope.scope()).await }).await?;
+        let touched = [Some(record.id), merged_from].into_iter().flatten().map(|id| id.to_string());
+        let response = pb::GetPatientResponse {
             patient: Some(convert::patient(&record, reveals_contact(&caller))),
             merged_from: merged_from.map(|id| id.to_string()).unwrap_or_default(),
-        }))
+        };
+        Ok(with_patients(Response::new(response), touched))
     }
 
     async fn lookup_patient(&self, request: Request<pb::LookupPatientRequest>) -> Result<Response<pb::LookupPatientResponse>, Status> {
         use pb::lookup_patient_request::Identifier;
         let caller = self.caller(&request)?;
-        let records = self.records.clone();
+        let (records, scope) = (self.records.clone(), caller.clone());
         let found = match request.into_inner().identifier {
             Some(Identifier::NhsNumber(value)) => {
                 // Any syntactically valid number may be looked up, test range included.
                 let nhs_number = NhsNumber::parse(&value, true).map_err(|e| invalid(nhs_number_violation("nhs_number", e)))?;
-                run(async move { records.lookup_nhs_number(nhs_number.as_str()).await }).await?
+                run(async move { records.lookup_nhs_number(nhs_number.as_str(), scope.scope()).await }).await?
             }
             Some(Identifier::LocalIdentifier(identifier)) => {
                 let issuer = identifier.issuer.trim().to_uppercase();
@@ -119,17 +131,19 @@ impl PatientRecords for RecordsService {
                 if issuer.is_empty() || value.is_empty() {
                     return Err(invalid(FieldViolation::new("local_identifier", "IDENTIFIER_INVALID", "needs both issuer and value")));
                 }
-                run(async move { records.lookup_local_identifier(&issuer, &value).await }).await?
+                run(async move { records.lookup_local_identifier(&issuer, &value, scope.scope()).await }).await?
             }
             None => {
                 return Err(invalid(FieldViolation::new("identifier", "IDENTIFIER_REQUIRED", "set nhs_number or local_identifier")));
             }
         };
         let (record, merged_from) = found;
-        Ok(Response::new(pb::LookupPatientResponse {
+        let touched = [Some(record.id), merged_from].into_iter().flatten().map(|id| id.to_string());
+        let response = pb::LookupPatientResponse {
             patient: Some(convert::patient(&record, reveals_contact(&caller))),
             merged_from: merged_from.map(|id| id.to_string()).unwrap_or_default(),
-        }))
+        };
+        Ok(with_patients(Response::new(response), touched))
     }
 
     async fn update_patient(&self, request: Request<pb::UpdatePatientRequest>) -> Result<Response<pb::UpdatePatientResponse>, Status> {
@@ -148,7 +162,8 @@ impl PatientRecords for RecordsService {
         let update = Update { id, etag: input.etag.clone(), input, paths, rules: self.rules(), caller: caller.clone() };
         let records = self.records.clone();
         let updated = run(async move { records.update(update).await }).await?;
-        Ok(Response::new(pb::UpdatePatientResponse { patient: Some(convert::patient(&updated, reveals_contact(&caller))) }))
+        let response = pb::UpdatePatientResponse { patient: Some(convert::patient(&updated, reveals_contact(&caller))) };
+        Ok(with_patients(Response::new(response), [updated.id.to_string()]))
     }
 
     async fn search_patients(&self, request: Request<pb::SearchPatientsRequest>) -> Result<Response<pb::SearchPatientsResponse>, Status> {
@@ -164,18 +179,23 @@ impl PatientRecords for RecordsService {
         ]);
         criteria.offset = paging::decode(&request.page_token, query)?;
         let (offset, limit) = (criteria.offset, criteria.limit);
-        let records = self.records.clone();
-        let hits = if offset >= MAX_SEARCH_OFFSET { Vec::new() } else { run(async move { records.search(&criteria).await }).await? };
+        let (records, scope) = (self.records.clone(), caller.clone());
+        let hits = if offset >= MAX_SEARCH_OFFSET {
+            Vec::new()
+        } else {
+            run(async move { records.search(&criteria, scope.scope()).await }).await?
+        };
         let next_offset = offset + limit;
         let full_page = hits.len() as i64 == limit && next_offset < MAX_SEARCH_OFFSET;
         let reveal = reveals_contact(&caller);
-        Ok(Response::new(pb::SearchPatientsResponse {
+        let response = pb::SearchPatientsResponse {
             results: hits
                 .iter()
                 .map(|(record, score)| pb::PatientSearchResult { patient: Some(convert::patient(record, reveal)), score: *score })
                 .collect(),
             next_page_token: if full_page { paging::encode(next_offset, query) } else { String::new() },
-        }))
+        };
+        Ok(with_patients(Response::new(response), hits.iter().map(|(record, _)| record.id.to_string())))
     }
 
     async fn match_patients(&self, request: Request<pb::MatchPatientsRequest>) -> Result<Response<pb::MatchPatientsResponse>, Status> {
@@ -188,10 +208,11 @@ impl PatientRecords for RecordsService {
         };
         let input = request.patient.unwrap_or_default();
         let profile = convert::match_profile(&input, Utc::now().date_naive()).map_err(|v| Status::from(ApiError::invalid(v)))?;
-        let records = self.records.clone();
-        let candidates = run(async move { records.candidates(&profile, max).await }).await?;
+        let (records, scope) = (self.records.clone(), caller.clone());
+        let candidates = run(async move { records.candidates(&profile, max, scope.scope()).await }).await?;
         let reveal = reveals_contact(&caller);
-        Ok(Response::new(pb::MatchPatientsResponse { candidates: candidates.iter().map(|c| candidate_message(c, reveal)).collect() }))
+        let response = pb::MatchPatientsResponse { candidates: candidates.iter().map(|c| candidate_message(c, reveal)).collect() };
+        Ok(with_patients(Response::new(response), candidates.iter().map(|c| c.record.id.to_string())))
     }
 
     async fn merge_patients(&self, request: Request<pb::MergePatientsRequest>) -> Result<Response<pb::MergePatientsResponse>, Status> {
@@ -207,7 +228,8 @@ impl PatientRecords for RecordsService {
         };
         let merge = Merge { survivor_id, merged_id, reason, request_id, request_hash: request_hash(&request), caller };
         let records = self.records.clone();
-        Ok(Response::new(run(async move { records.merge(merge).await }).await?))
+        let response = run(async move { records.merge(merge).await }).await?;
+        Ok(with_patients(Response::new(response), [survivor_id.to_string(), merged_id.to_string()]))
     }
 
     async fn unmerge_patient(&self, request: Request<pb::UnmergePatientRequest>) -> Result<Response<pb::UnmergePatientResponse>, Status> {
@@ -222,11 +244,15 @@ impl PatientRecords for RecordsService {
         };
         let unmerge = Unmerge { merged_id, reason, request_id, request_hash: request_hash(&request), caller };
         let records = self.records.clone();
-        Ok(Response::new(run(async move { records.unmerge(unmerge).await }).await?))
+        let response = run(async move { records.unmerge(unmerge).await }).await?;
+        let survivor = response.merge.as_ref().map(|m| m.survivor_id.clone());
+        Ok(with_patients(Response::new(response), [Some(merged_id.to_string()), survivor].into_iter().flatten()))
     }
 
     type WatchEventsStream = EventStream;
 
+    /// Not scoped by organisation (see the module docs): a merge event names only record ids, and
+    /// the feed's consumers are system accounts that mirror the whole index.
     async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Result<Response<Self::WatchEventsStream>, Status> {
         let caller = self.caller(&request)?;
         let after: Cursor = request.get_ref().after_cursor.parse()?;

@@ -1,9 +1,15 @@
 //! All SQL of the records service. Invariants live in the schema (unique NHS number, unique local
 //! identifier per issuer, one active merge per record); this module turns their violations into
 //! domain errors.
+//!
+//! Organisation scope: every statement that reads or changes patients for a caller takes the
+//! caller's scope (`pac_platform::Caller::scope`, `None` for an unscoped caller) and carries it in
+//! its `WHERE` clause (`SCOPED`), so another organisation's patient is never read, counted or
+//! returned; it is "not found".
 
 use chrono::{DateTime, NaiveDate, Utc};
 use pac_platform::Actor;
+use pac_platform::caller::within;
 use pac_platform::error::violated_constraint;
 use sqlx::error::ErrorKind;
 use sqlx::postgres::{PgArguments, Postgres};
@@ -21,7 +27,7 @@ const PATIENT_COLUMNS: &str = "p.id, p.version, p.nhs_number, p.nhs_number_statu
     p.birth_date, p.sex, p.address_lines, p.locality, p.district, p.postcode, p.country, p.phone, p.email, \
     p.gp_practice_code, p.preferred_language, p.interpreter_needed, p.accessibility_needs, \
     p.preferred_contact_method, p.consented_contact_methods, p.restricted, p.merged_into, p.created_at, p.updated_at, \
-    ARRAY(SELECT l.issuer FROM records.local_identifiers l WHERE l.patient_id = p.id ORDER BY l.issuer, l.value) AS local_issuers, \
+    p.organisation, ARRAY(SELECT l.issuer FROM records.local_identifiers l WHERE l.patient_id = p.id ORDER BY l.issuer, l.value) AS local_issuers, \
     ARRAY(SELECT l.value FROM records.local_identifiers l WHERE l.patient_id = p.id ORDER BY l.issuer, l.value) AS local_values";
 
 /// The demographic columns, in the order `bind_demographics` binds them.
@@ -32,6 +38,12 @@ const DEMOGRAPHIC_COLUMNS: &str = "nhs_number, nhs_number_status, given_name, fa
 const DEMOGRAPHIC_COUNT: usize = 23;
 
 type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
+
+/// The organisations a caller may see (`None`: every one); see `pac_platform::Caller::scope`.
+pub type Scope<'a> = Option<&'a [String]>;
+
+/// The scope predicate on `p`, with the scope bound as `$2`.
+const SCOPED: &str = "($2::text[] IS NULL OR p.organisation = ANY($2))";
 
 fn bind_demographics<'q>(query: PgQuery<'q>, d: &'q Demographics) -> PgQuery<'q> {
     let profile = d.match_profile();
@@ -92,6 +104,7 @@ struct PatientRow {
     merged_into: Option<Uuid>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    organisation: String,
     local_issuers: Vec<String>,
     local_values: Vec<String>,
 }
@@ -102,6 +115,7 @@ impl PatientRow {
         PatientRecord {
             id: self.id,
             version: self.version,
+            organisation: self.organisation,
             merged_into: self.merged_into,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -153,6 +167,8 @@ pub struct Registration<'a> {
     pub event_payload: Vec<u8>,
     pub actor: &'a Actor,
     pub trace_id: Option<String>,
+    /// The registering caller's scope: decides whether a clash names the record it clashes with.
+    pub scope: Scope<'a>,
 }
 
 pub enum Registered {
@@ -169,8 +185,8 @@ pub async fn insert_registration(pool: &PgPool, r: Registration<'_>) -> Result<R
             SELECT 'RegisterPatient', ${rid}, ${rhash}, ${resp} WHERE ${rid}::text IS NOT NULL \
             ON CONFLICT DO NOTHING RETURNING 1 \
          ), patient AS ( \
-            INSERT INTO records.patients (id, {DEMOGRAPHIC_COLUMNS}, duplicate_override, created_at, updated_at) \
-            SELECT $1, {demographics}, ${dup}, ${at}, ${at} \
+            INSERT INTO records.patients (id, {DEMOGRAPHIC_COLUMNS}, duplicate_override, created_at, updated_at, organisation) \
+            SELECT $1, {demographics}, ${dup}, ${at}, ${at}, ${owner} \
             WHERE ${rid}::text IS NULL OR EXISTS (SELECT 1 FROM idem) \
             RETURNING id \
          ), identifiers AS ( \
@@ -196,6 +212,7 @@ pub async fn insert_registration(pool: &PgPool, r: Registration<'_>) -> Result<R
         role = n + 12,
         org = n + 13,
         trace = n + 14,
+        owner = n + 15,
     );
     let demographics = &r.record.demographics;
     let (issuers, values): (Vec<&str>, Vec<&str>) =
@@ -213,30 +230,35 @@ pub async fn insert_registration(pool: &PgPool, r: Registration<'_>) -> Result<R
         .bind(&r.actor.subject)
         .bind(&r.actor.role)
         .bind(&r.actor.organisation)
-        .bind(r.trace_id);
+        .bind(r.trace_id)
+        .bind(&r.record.organisation);
     let inserted: i64 = match query.fetch_one(pool).await {
         Ok(row) => sqlx::Row::try_get(&row, 0)?,
-        Err(error) => return Err(identity_conflict(pool, demographics, error).await),
+        Err(error) => return Err(identity_conflict(pool, demographics, error, r.scope).await),
     };
     Ok(if inserted == 1 { Registered::Created } else { Registered::RequestIdTaken })
 }
 
 /// Turns a unique violation on the NHS number or a local identifier into a domain error naming the
-/// record that holds it. Looks it up through the pool: the failed statement's transaction is aborted.
-async fn identity_conflict(pool: &PgPool, demographics: &Demographics, error: sqlx::Error) -> RecordsError {
+/// record that holds it, when the caller may see that record (the identifier is unique across
+/// organisations, so the clash itself cannot be hidden; the other organisation's record is). Looks
+/// it up through the pool: the failed statement's transaction is aborted.
+async fn identity_conflict(pool: &PgPool, demographics: &Demographics, error: sqlx::Error, scope: Scope<'_>) -> RecordsError {
+    let visible = |record: PatientRecord| within(scope, &record.organisation).then_some(record.id);
     match violated_constraint(&error) {
         Some((ErrorKind::UniqueViolation, "patients_nhs_number_key")) => {
             let Some(nhs_number) = &demographics.nhs_number else { return error.into() };
-            match find_by_nhs_number(pool, nhs_number.as_str()).await {
-                Ok(Some(existing)) => RecordsError::NhsNumberExists { existing: existing.id },
+            match find_by_nhs_number(pool, nhs_number.as_str(), None).await {
+                Ok(Some(existing)) => RecordsError::NhsNumberExists { existing: visible(existing) },
                 Ok(None) => RecordsError::Conflict,
                 Err(error) => error.into(),
             }
         }
         Some((ErrorKind::UniqueViolation, "local_identifiers_pkey")) => {
             for identifier in &demographics.local_identifiers {
-                if let Ok(Some(existing)) = find_by_local_identifier(pool, identifier.issuer.as_str(), &identifier.value).await {
-                    return RecordsError::LocalIdentifierExists { issuer: identifier.issuer.as_str().to_string(), existing: existing.id };
+                if let Ok(Some(existing)) = find_by_local_identifier(pool, identifier.issuer.as_str(), &identifier.value, None).await {
+                    let issuer = identifier.issuer.as_str().to_string();
+                    return RecordsError::LocalIdentifierExists { issuer, existing: visible(existing) };
                 }
             }
             RecordsError::Conflict
@@ -245,14 +267,18 @@ async fn identity_conflict(pool: &PgPool, demographics: &Demographics, error: sq
     }
 }
 
-pub async fn find(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<PatientRecord>, sqlx::Error> {
-    let sql = format!("SELECT {PATIENT_COLUMNS} FROM records.patients p WHERE p.id = $1");
-    fetch_optional(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id), executor).await
+pub async fn find(executor: impl PgExecutor<'_>, id: Uuid, scope: Scope<'_>) -> Result<Option<PatientRecord>, sqlx::Error> {
+    let sql = format!("SELECT {PATIENT_COLUMNS} FROM records.patients p WHERE p.id = $1 AND {SCOPED}");
+    fetch_optional(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(scope), executor).await
 }
 
-pub async fn find_by_nhs_number(executor: impl PgExecutor<'_>, nhs_number: &str) -> Result<Option<PatientRecord>, sqlx::Error> {
-    let sql = format!("SELECT {PATIENT_COLUMNS} FROM records.patients p WHERE p.nhs_number = $1");
-    fetch_optional(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(nhs_number), executor).await
+pub async fn find_by_nhs_number(
+    executor: impl PgExecutor<'_>,
+    nhs_number: &str,
+    scope: Scope<'_>,
+) -> Result<Option<PatientRecord>, sqlx::Error> {
+    let sql = format!("SELECT {PATIENT_COLUMNS} FROM records.patients p WHERE p.nhs_number = $1 AND {SCOPED}");
+    fetch_optional(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(nhs_number).bind(scope), executor).await
 }
 
 async fn fetch_optional<'q, 'c>(
@@ -266,18 +292,21 @@ pub async fn find_by_local_identifier(
     executor: impl PgExecutor<'_>,
     issuer: &str,
     value: &str,
+    scope: Scope<'_>,
 ) -> Result<Option<PatientRecord>, sqlx::Error> {
     let sql = format!(
         "SELECT {PATIENT_COLUMNS} FROM records.patients p \
-         JOIN records.local_identifiers i ON i.patient_id = p.id WHERE i.issuer = $1 AND i.value = $2"
+         JOIN records.local_identifiers i ON i.patient_id = p.id \
+         WHERE i.issuer = $3 AND i.value = $1 AND {SCOPED}"
     );
-    fetch_optional(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(issuer).bind(value), executor).await
+    fetch_optional(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(value).bind(scope).bind(issuer), executor).await
 }
 
-/// Locks the given records for update, in id order (so two merges of the same pair cannot deadlock).
-pub async fn lock(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<PatientRecord>, sqlx::Error> {
-    let sql = format!("SELECT {PATIENT_COLUMNS} FROM records.patients p WHERE p.id = ANY($1) ORDER BY p.id FOR UPDATE OF p");
-    let rows: Vec<PatientRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(conn).await?;
+/// Locks the given records (those in scope) for update, in id order (so two merges of the same pair
+/// cannot deadlock).
+pub async fn lock(conn: &mut PgConnection, ids: &[Uuid], scope: Scope<'_>) -> Result<Vec<PatientRecord>, sqlx::Error> {
+    let sql = format!("SELECT {PATIENT_COLUMNS} FROM records.patients p WHERE p.id = ANY($1) AND {SCOPED} ORDER BY p.id FOR UPDATE OF p");
+    let rows: Vec<PatientRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).bind(scope).fetch_all(conn).await?;
     Ok(rows.into_iter().map(PatientRow::into_record).collect())
 }
 
@@ -287,6 +316,7 @@ pub async fn candidates(
     executor: impl PgExecutor<'_>,
     profile: &MatchProfile,
     limit: i64,
+    scope: Scope<'_>,
 ) -> Result<Vec<(Uuid, MatchProfile)>, sqlx::Error> {
     let rows: Vec<CandidateRow> = sqlx::query_as(
         // One arm per index: an OR of the four would, once the statement runs on a generic plan, be
@@ -294,13 +324,15 @@ pub async fn candidates(
         "SELECT p.id, p.given_name, p.family_name, p.birth_date, p.sex, p.postcode, p.phone, p.nhs_number \
          FROM records.patients p WHERE p.id IN ( \
              SELECT id FROM records.patients WHERE merged_into IS NULL AND birth_date = $1 \
-             UNION SELECT id FROM records.patients WHERE merged_into IS NULL AND family_phonetic = $2 AND $2 <> '' \
+             UNION SELECT id FROM records.patients WHERE merged_into IS NULL AND family_phonetic = $3 AND $3 <> '' \
                                                    AND birth_date BETWEEN $1 - 366 AND $1 + 366 \
-             UNION SELECT id FROM records.patients WHERE merged_into IS NULL AND phone = $3 \
-             UNION SELECT id FROM records.patients WHERE merged_into IS NULL AND nhs_number = $4) \
-         LIMIT $5",
+             UNION SELECT id FROM records.patients WHERE merged_into IS NULL AND phone = $4 \
+             UNION SELECT id FROM records.patients WHERE merged_into IS NULL AND nhs_number = $5) \
+         AND ($2::text[] IS NULL OR p.organisation = ANY($2)) \
+         LIMIT $6",
     )
     .bind(profile.birth_date)
+    .bind(scope)
     .bind(&profile.family_phonetic)
     .bind(profile.phone.as_deref())
     .bind(profile.nhs_number.as_deref())
@@ -336,14 +368,21 @@ struct CandidateRow {
     nhs_number: Option<String>,
 }
 
-pub async fn find_many(executor: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<Vec<PatientRecord>, sqlx::Error> {
-    let sql = format!("SELECT {PATIENT_COLUMNS} FROM records.patients p WHERE p.id = ANY($1)");
-    let rows: Vec<PatientRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(executor).await?;
+pub async fn find_many(executor: impl PgExecutor<'_>, ids: &[Uuid], scope: Scope<'_>) -> Result<Vec<PatientRecord>, sqlx::Error> {
+    let sql = format!("SELECT {PATIENT_COLUMNS} FROM records.patients p WHERE p.id = ANY($1) AND {SCOPED}");
+    let rows: Vec<PatientRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).bind(scope).fetch_all(executor).await?;
     Ok(rows.into_iter().map(PatientRow::into_record).collect())
 }
 
-/// Writes new demographics over a locked record and bumps its version.
-pub async fn update(conn: &mut PgConnection, pool: &PgPool, record: &PatientRecord, identifiers_changed: bool) -> Result<(), RecordsError> {
+/// Writes new demographics over a locked record (locked in the caller's `scope`) and bumps its
+/// version. The owning organisation is not written: it never changes.
+pub async fn update(
+    conn: &mut PgConnection,
+    pool: &PgPool,
+    record: &PatientRecord,
+    identifiers_changed: bool,
+    scope: Scope<'_>,
+) -> Result<(), RecordsError> {
     let n = DEMOGRAPHIC_COUNT;
     let sql = format!(
         "UPDATE records.patients SET ({DEMOGRAPHIC_COLUMNS}) = ({}), version = ${}, updated_at = ${} WHERE id = $1",
@@ -355,7 +394,7 @@ pub async fn update(conn: &mut PgConnection, pool: &PgPool, record: &PatientReco
     let query =
         bind_demographics(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(record.id), demographics).bind(record.version).bind(record.updated_at);
     if let Err(error) = query.execute(&mut *conn).await {
-        return Err(identity_conflict(pool, demographics, error).await);
+        return Err(identity_conflict(pool, demographics, error, scope).await);
     }
     if identifiers_changed {
         sqlx::query("DELETE FROM records.local_identifiers WHERE patient_id = $1").bind(record.id).execute(&mut *conn).await?;
@@ -371,7 +410,7 @@ pub async fn update(conn: &mut PgConnection, pool: &PgPool, record: &PatientReco
         .execute(&mut *conn)
         .await;
         if let Err(error) = inserted {
-            return Err(identity_conflict(pool, demographics, error).await);
+            return Err(identity_conflict(pool, demographics, error, scope).await);
         }
     }
     Ok(())
@@ -520,9 +559,11 @@ pub const MIN_NAME_SCORE: f64 = 0.3;
 /// and prunes what cannot reach the floor) and orders ties by id inside
 /// that window, so pages are stable. A tie-breaker in the scan itself would make Postgres rank every
 /// row instead.
-pub async fn search(pool: &PgPool, criteria: &SearchCriteria) -> Result<Vec<(PatientRecord, f64)>, sqlx::Error> {
+/// A scoped search only ever reads the caller's organisations' patients (the scope is part of the
+/// scan's condition, so a page is full whenever enough of theirs match).
+pub async fn search(pool: &PgPool, criteria: &SearchCriteria, scope: Scope<'_>) -> Result<Vec<(PatientRecord, f64)>, sqlx::Error> {
     if let Some(words) = vocabulary_words(criteria) {
-        return search_by_vocabulary(pool, criteria, &words).await;
+        return search_by_vocabulary(pool, criteria, &words, scope).await;
     }
     let mut query = QueryBuilder::<Postgres>::new("SELECT * FROM (SELECT ");
     query.push(PATIENT_COLUMNS);
@@ -531,6 +572,9 @@ pub async fn search(pool: &PgPool, criteria: &SearchCriteria) -> Result<Vec<(Pat
         None => query.push(", 1::float8 AS score"),
     };
     query.push(" FROM records.patients p WHERE p.merged_into IS NULL");
+    if let Some(organisations) = scope {
+        query.push(" AND p.organisation = ANY(").push_bind(organisations.to_vec()).push(")");
+    }
     if let Some(date) = criteria.birth_date {
         query.push(" AND p.birth_date = ").push_bind(date);
     }
@@ -590,6 +634,7 @@ async fn search_by_vocabulary(
     pool: &PgPool,
     criteria: &SearchCriteria,
     words: &[String],
+    scope: Scope<'_>,
 ) -> Result<Vec<(PatientRecord, f64)>, sqlx::Error> {
     const MAX_NAMES: i64 = 1000;
     let name = criteria.name_key.clone().unwrap_or_default();
@@ -619,12 +664,13 @@ async fn search_by_vocabulary(
         let rows: Vec<(Uuid, f64)> = sqlx::query_as(
             "SELECT p.id, r.score FROM unnest($1::text[], $2::float8[]) AS r (name, score) \
              CROSS JOIN LATERAL (SELECT id FROM records.patients p WHERE p.search_name = r.name AND p.merged_into IS NULL \
-                                 ORDER BY id LIMIT $3) p \
+                                 AND ($4::text[] IS NULL OR p.organisation = ANY($4)) ORDER BY id LIMIT $3) p \
              ORDER BY r.score DESC, p.id",
         )
         .bind(&batch_names)
         .bind(&scores)
         .bind(window as i64)
+        .bind(scope)
         .fetch_all(pool)
         .await?;
         hits.extend(rows);
@@ -633,7 +679,7 @@ async fn search_by_vocabulary(
     hits.truncate(window);
     let page: Vec<(Uuid, f64)> = hits.into_iter().skip(usize::try_from(criteria.offset).unwrap_or(usize::MAX)).collect();
     let ids: Vec<Uuid> = page.iter().map(|(id, _)| *id).collect();
-    let mut records = find_many(pool, &ids).await?;
+    let mut records = find_many(pool, &ids, scope).await?;
     Ok(page
         .into_iter()
         .filter_map(|(id, score)| {

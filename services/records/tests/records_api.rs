@@ -17,7 +17,10 @@ async fn register_get_and_lookup() {
     let mut input = patient(1);
     input.nhs_number = "943 476 5919".into();
     input.local_identifiers = vec![pb::LocalIdentifier { issuer: "rr8".into(), value: "MRN0001".into() }];
-    let registered = client.register_patient(register(input, "req-1")).await.unwrap().into_inner().patient.unwrap();
+    let response = client.register_patient(register(input, "req-1")).await.unwrap();
+    let registered = response.get_ref().patient.clone().unwrap();
+    // The audit trail hears which patient each call touched.
+    assert_eq!(audited(&response), [registered.id.clone()]);
     assert_eq!(registered.nhs_number, "9434765919");
     assert_eq!(registered.nhs_number_status, pb::NhsNumberStatus::NotTraced as i32);
     assert_eq!(registered.etag, "1");
@@ -25,17 +28,17 @@ async fn register_get_and_lookup() {
     assert_eq!(registered.local_identifiers[0].issuer, "RR8");
     assert!(uuid::Uuid::parse_str(&registered.id).unwrap().get_version_num() == 7);
 
-    let got = client.get_patient(pb::GetPatientRequest { id: registered.id.clone() }).await.unwrap().into_inner();
+    let got = client.get_patient(pb::GetPatientRequest { id: registered.id.clone() }).await.unwrap();
+    assert_eq!(audited(&got), [registered.id.clone()]);
+    let got = got.into_inner();
     assert_eq!(got.patient.unwrap(), registered);
     assert!(got.merged_from.is_empty());
 
     use pb::lookup_patient_request::Identifier;
-    let by_nhs = client
-        .lookup_patient(pb::LookupPatientRequest { identifier: Some(Identifier::NhsNumber("9434765919".into())) })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(by_nhs.patient.unwrap().id, registered.id);
+    let by_nhs =
+        client.lookup_patient(pb::LookupPatientRequest { identifier: Some(Identifier::NhsNumber("9434765919".into())) }).await.unwrap();
+    assert_eq!(audited(&by_nhs), [registered.id.clone()]);
+    assert_eq!(by_nhs.into_inner().patient.unwrap().id, registered.id);
     let by_mrn = client
         .lookup_patient(pb::LookupPatientRequest {
             identifier: Some(Identifier::LocalIdentifier(pb::LocalIdentifier { issuer: "RR8".into(), value: "MRN0001".into() })),
@@ -525,11 +528,12 @@ async fn restricted_records_are_redacted_and_never_found_by_postcode() {
 async fn merge_resolves_the_loser_and_unmerge_restores_it() {
     let server = TestServer::start().await;
     let mut client = server.client();
-    let survivor = client.register_patient(register(patient(31), "")).await.unwrap().into_inner().patient.unwrap();
+    // Registered by the organisation whose coordinator merges them (a merge stays inside it).
+    let survivor = client.register_patient(server.privileged(register(patient(31), ""))).await.unwrap().into_inner().patient.unwrap();
     let mut duplicate = patient(32);
     duplicate.nhs_number = "9912003888".into();
     duplicate.local_identifiers = vec![pb::LocalIdentifier { issuer: "RX1".into(), value: "H123".into() }];
-    let loser = client.register_patient(register(duplicate, "")).await.unwrap().into_inner().patient.unwrap();
+    let loser = client.register_patient(server.privileged(register(duplicate, ""))).await.unwrap().into_inner().patient.unwrap();
 
     let merge_request = pb::MergePatientsRequest {
         survivor_id: survivor.id.clone(),
@@ -537,7 +541,9 @@ async fn merge_resolves_the_loser_and_unmerge_restores_it() {
         reason: "same person registered twice".into(),
         request_id: "merge-1".into(),
     };
-    let merged = client.merge_patients(server.privileged(merge_request.clone())).await.unwrap().into_inner();
+    let merged = client.merge_patients(server.privileged(merge_request.clone())).await.unwrap();
+    assert_eq!(audited(&merged), [survivor.id.clone(), loser.id.clone()]);
+    let merged = merged.into_inner();
     let merge = merged.merge.unwrap();
     assert_eq!(merge.survivor_id, survivor.id);
     assert_eq!(merge.moved_identifiers, ["nhs:9912003888", "local:RX1:H123"]);

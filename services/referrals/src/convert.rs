@@ -118,6 +118,7 @@ pub fn service(s: &ServiceEntry) -> pb::Service {
             .collect(),
         later_dna_policy: later_dna(s.later_dna) as i32,
         create_time: Some(timestamp(s.created_at)),
+        organisation: s.organisation.clone(),
     }
 }
 
@@ -161,6 +162,7 @@ pub fn referral(r: &Referral, now: DateTime<Utc>) -> pb::Referral {
         open_tasks: r.open_tasks,
         create_time: Some(timestamp(r.created_at)),
         update_time: Some(timestamp(r.updated_at)),
+        organisation: r.organisation.clone(),
     }
 }
 

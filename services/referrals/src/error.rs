@@ -27,6 +27,11 @@ pub enum ReferralsError {
     VersionMismatch {
         current_etag: String,
     },
+    /// A service (or what belongs to it) of an organisation outside the caller's scope.
+    OtherOrganisation {
+        resource: &'static str,
+        id: String,
+    },
     /// The records service did not answer.
     RecordsUnavailable,
     /// The scheduling service did not answer.
@@ -116,6 +121,11 @@ impl From<ReferralsError> for ApiError {
                 ApiError::aborted("VERSION_MISMATCH", "the referral changed since it was read; read it again and reapply the change")
                     .with_metadata("current_etag", current_etag)
             }
+            OtherOrganisation { resource, id } => ApiError::permission_denied(
+                pac_platform::caller::OTHER_ORGANISATION,
+                "the service belongs to an organisation the caller does not act for",
+            )
+            .with_resource(resource, id, "a service of another organisation"),
             RecordsUnavailable => ApiError::unavailable("RECORDS_UNAVAILABLE", "the patient records service did not answer; retry")
                 .with_retry_after(std::time::Duration::from_secs(1)),
             SchedulingUnavailable => ApiError::unavailable("SCHEDULING_UNAVAILABLE", "the scheduling service did not answer; retry")

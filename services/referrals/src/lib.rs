@@ -5,6 +5,18 @@
 //!
 //! A library first: [`serve`] runs it on a listener until a shutdown token fires, so `pac dev`, the
 //! tests and the container all start the same thing.
+//!
+//! Organisation scope: a service in the directory belongs to the organisation that provides it
+//! (`Service.organisation`, set on creation), and each referral to its service's organisation
+//! (`referrals.organisation`, copied when the referral is made). The directory is shared. A caller
+//! acting for organisations (`pac_platform::Caller::scope`) reads, lists and changes only their
+//! referrals, notes and tasks, by a predicate in the SQL (`store`): another organisation's referral
+//! is NOT_FOUND and never on a worklist; referring into another organisation's service is
+//! PERMISSION_DENIED with reason `OTHER_ORGANISATION`. A redirect may name any service: the new
+//! referral belongs to that service's organisation (a hand-over between providers), and the old one
+//! stays with the redirecting organisation, pointing at it. Service-to-service calls, the followers
+//! of other services' events and anonymous development calls are unscoped; `WatchEvents` is the
+//! unscoped change feed for integration system accounts and the other services.
 
 pub mod clients;
 pub mod convert;

@@ -19,6 +19,8 @@ pub struct ServiceEntry {
     pub thresholds: Vec<Threshold>,
     pub later_dna: LaterDnaPolicy,
     pub created_at: DateTime<Utc>,
+    /// The organisation that provides the service and receives its referrals (`''`: none).
+    pub organisation: String,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +55,8 @@ pub struct Referral {
     pub unassigned_tasks: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The receiving organisation: its service's. Never changes.
+    pub organisation: String,
 }
 
 impl Referral {

@@ -3,9 +3,17 @@
 //! response under the request id. Calls to other services happen before the lock is taken, except
 //! the cancellation of a cancelled referral's appointment, which must not race the appointment
 //! events that follow it.
+//!
+//! Organisation scope: a referral belongs to its service's organisation. A caller's scope
+//! (`Write::scope`, or the `scope` argument of a read) goes into the SQL that reads or locks the
+//! referral, so another organisation's is `NotFound`; referring into a service of another
+//! organisation is `OtherOrganisation`. A redirect may name any service in the directory: the new
+//! referral is the new service's organisation's (a hand-over, as between providers in e-RS), so the
+//! redirecting caller sees it in the triage response and afterwards only if it is theirs too.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use pac_platform::Actor;
+use pac_platform::caller::within;
 use pac_platform::idempotency::IdempotencyStore;
 use pac_platform::outbox::{NewEvent, Outbox};
 use pac_proto::referrals as pb;
@@ -21,7 +29,7 @@ use crate::domain::referral::{self, Action, AppointmentEvent, RebookReason, Stat
 use crate::domain::rtt::{Clock, ClockEvent, Code, LaterDnaPolicy, State};
 use crate::error::ReferralsError;
 use crate::model::{Note, Referral, ServiceEntry, Worklist, WorklistKey};
-use crate::store;
+use crate::store::{self, Scope};
 
 type Result<T> = std::result::Result<T, ReferralsError>;
 type Tx = Transaction<'static, Postgres>;
@@ -37,11 +45,19 @@ pub fn local_date(at: DateTime<Utc>) -> NaiveDate {
     at.with_timezone(&chrono_tz::Europe::London).date_naive()
 }
 
-/// Who asked for a write, and its idempotency key.
+/// Who asked for a write, within which organisations, and its idempotency key.
 pub struct Write {
     pub actor: Actor,
+    /// The caller's organisation scope (`Caller::scope`); `None` when unscoped.
+    pub scope: Option<Vec<String>>,
     pub request_id: Option<String>,
     pub request_hash: Vec<u8>,
+}
+
+impl Write {
+    pub fn scope(&self) -> Scope<'_> {
+        self.scope.as_deref()
+    }
 }
 
 /// A write's transaction, or the response recorded for its request id.
@@ -250,6 +266,9 @@ impl Referrals {
             return Ok(response);
         }
         let service = self.service(&new.service_code).await?;
+        if !within(write.scope(), &service.organisation) {
+            return Err(ReferralsError::OtherOrganisation { resource: "pac.referrals.v1.Service", id: service.code });
+        }
         let facts =
             ReferralFacts { source: Some(new.source.clone()), priority: Some(new.priority), information: Some(new.information.clone()) };
         let (patient, reasons) = self.check_eligibility(new.patient_id, &service, facts).await?;
@@ -280,7 +299,7 @@ impl Referrals {
         // the lock. The etag checked under the lock proves nothing changed in between.
         let redirect_to = match &decision {
             Decision::Redirect { service_code, .. } => {
-                let current = store::find_referral(&self.pool, id).await?.ok_or_else(|| not_found(id))?;
+                let current = store::find_referral(&self.pool, id, write.scope()).await?.ok_or_else(|| not_found(id))?;
                 if *service_code == current.service_code {
                     return Err(ReferralsError::invalid(
                         "redirect.service_code",
@@ -308,7 +327,7 @@ impl Referrals {
             Started::Replay(r) => return Ok(r),
             Started::Fresh(tx) => tx,
         };
-        let mut referral = store::lock_referral(&mut tx, id).await?.ok_or_else(|| not_found(id))?;
+        let mut referral = store::lock_referral(&mut tx, id, write.scope()).await?.ok_or_else(|| not_found(id))?;
         check_etag(&referral, etag)?;
         let to = transition(&referral, decision.action())?;
         let service = self.service_in(&mut tx, &referral.service_code).await?;
@@ -335,7 +354,8 @@ impl Referrals {
             }
             Decision::Redirect { service_code, comment } => {
                 let target = redirect_to.expect("checked above");
-                // The wait continues at the new service: the new referral keeps the clock.
+                // The wait continues at the new service: the new referral keeps the clock. It is the
+                // new service's organisation's from now on (a hand-over; see the module docs).
                 let mut moved =
                     new_referral(&referral_as_new(&referral, service_code), referral.patient_id, &target, referral.clock, now, now);
                 moved.clock.code = Code::Transfer;
@@ -378,7 +398,7 @@ impl Referrals {
             Started::Replay(r) => return Ok(r),
             Started::Fresh(tx) => tx,
         };
-        let mut referral = store::lock_referral(&mut tx, id).await?.ok_or_else(|| not_found(id))?;
+        let mut referral = store::lock_referral(&mut tx, id, write.scope()).await?.ok_or_else(|| not_found(id))?;
         check_etag(&referral, etag)?;
         let to = transition(&referral, Action::Cancel)?;
         let service = self.service_in(&mut tx, &referral.service_code).await?;
@@ -425,7 +445,7 @@ impl Referrals {
             Started::Replay(r) => return Ok(r),
             Started::Fresh(tx) => tx,
         };
-        let mut referral = store::lock_referral(&mut tx, id).await?.ok_or_else(|| not_found(id))?;
+        let mut referral = store::lock_referral(&mut tx, id, write.scope()).await?.ok_or_else(|| not_found(id))?;
         check_etag(&referral, etag)?;
         let mut to = transition(&referral, Action::RecordClockEvent)?;
         let service = self.service_in(&mut tx, &referral.service_code).await?;
@@ -456,41 +476,51 @@ impl Referrals {
         Ok(response)
     }
 
-    pub async fn get(&self, id: Uuid) -> Result<(Referral, Vec<Note>)> {
-        let referral = store::find_referral(&self.pool, id).await?.ok_or_else(|| not_found(id))?;
+    pub async fn get(&self, id: Uuid, scope: Scope<'_>) -> Result<(Referral, Vec<Note>)> {
+        let referral = store::find_referral(&self.pool, id, scope).await?.ok_or_else(|| not_found(id))?;
         let notes = store::notes_of(&self.pool, id).await?;
         Ok((referral, notes))
     }
 
-    pub async fn referral(&self, id: Uuid) -> Result<Referral> {
-        store::find_referral(&self.pool, id).await?.ok_or_else(|| not_found(id))
+    pub async fn referral(&self, id: Uuid, scope: Scope<'_>) -> Result<Referral> {
+        store::find_referral(&self.pool, id, scope).await?.ok_or_else(|| not_found(id))
     }
 
-    pub async fn worklist(&self, filter: &Worklist, after: Option<WorklistKey>, limit: i64) -> Result<Vec<(Referral, WorklistKey)>> {
-        Ok(store::worklist(&self.pool, filter, after, limit).await?)
+    pub async fn worklist(
+        &self,
+        filter: &Worklist,
+        after: Option<WorklistKey>,
+        limit: i64,
+        scope: Scope<'_>,
+    ) -> Result<Vec<(Referral, WorklistKey)>> {
+        Ok(store::worklist(&self.pool, filter, after, limit, scope).await?)
     }
 
-    pub async fn add_note(&self, mut note: Note, write: Write) -> Result<pb::AddNoteResponse> {
+    /// Adds a note to a referral in the writer's scope; the answer, and the referral's patient.
+    pub async fn add_note(&self, mut note: Note, write: Write) -> Result<(pb::AddNoteResponse, Uuid)> {
+        // Before the request id is looked at: a retry from outside the scope finds nothing either.
+        let referral = self.referral(note.referral_id, write.scope()).await?;
         let mut tx = match self.start("AddNote", &write).await? {
-            Started::Replay(r) => return Ok(r),
+            Started::Replay(r) => return Ok((r, referral.patient_id)),
             Started::Fresh(tx) => tx,
         };
-        store::find_referral(&mut *tx, note.referral_id).await?.ok_or_else(|| not_found(note.referral_id))?;
         note.author = write.actor.clone();
         store::insert_note(&mut tx, &note).await?;
         let response = pb::AddNoteResponse { note: Some(convert::note(&note)) };
         self.finish(tx, "AddNote", &write, &response).await?;
         tracing::info!(referral_id = %note.referral_id, note_id = %note.id, task = note.task, "note added");
-        Ok(response)
+        Ok((response, referral.patient_id))
     }
 
-    pub async fn complete_task(&self, referral_id: Uuid, task_id: Uuid) -> Result<Note> {
+    /// Marks a task of a referral in `scope` done; the task, and the referral's patient.
+    pub async fn complete_task(&self, referral_id: Uuid, task_id: Uuid, scope: Scope<'_>) -> Result<(Note, Uuid)> {
         let mut tx = self.pool.begin().await?;
+        let referral = store::find_referral(&mut *tx, referral_id, scope).await?.ok_or_else(|| not_found(referral_id))?;
         let task = store::complete_task(&mut tx, referral_id, task_id, pac_platform::now())
             .await?
             .ok_or(ReferralsError::NotFound { resource: "pac.referrals.v1.Note", id: task_id.to_string() })?;
         tx.commit().await?;
-        Ok(task)
+        Ok((task, referral.patient_id))
     }
 
     async fn service_in(&self, conn: &mut PgConnection, code: &str) -> Result<ServiceEntry> {
@@ -521,7 +551,7 @@ impl Referrals {
     pub async fn apply_appointment(&self, change: AppointmentChange, stream: &str, cursor: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let found = match (&change.kind, change.referral_id) {
-            (AppointmentChangeKind::Booked, Some(referral_id)) => store::lock_referral(&mut tx, referral_id).await?,
+            (AppointmentChangeKind::Booked, Some(referral_id)) => store::lock_referral(&mut tx, referral_id, None).await?,
             (AppointmentChangeKind::Booked, None) => None,
             (AppointmentChangeKind::Cancelled { .. }, _) => store::lock_by_current_appointment(&mut tx, change.appointment_id).await?,
             // An attendance outcome: of the live appointment, or a correction of an earlier one.
@@ -707,7 +737,7 @@ impl Referrals {
     async fn announce_moves(&self, tx: &mut Tx, moved: &[Uuid], reason: &str) -> Result<()> {
         let system = self.clients.actor().clone();
         for id in moved {
-            let referral = store::find_referral(&mut **tx, *id).await?.ok_or_else(|| not_found(*id))?;
+            let referral = store::find_referral(&mut **tx, *id, None).await?.ok_or_else(|| not_found(*id))?;
             self.emit(tx, &referral, Event::ReferralUpdated(referral_event(&referral, reason)), &system, None).await?;
         }
         Ok(())
@@ -784,6 +814,7 @@ fn new_referral(
         unassigned_tasks: 0,
         created_at: now,
         updated_at: now,
+        organisation: service.organisation.clone(),
     };
     referral.enter(Status::AwaitingTriage, since, service);
     referral

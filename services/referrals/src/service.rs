@@ -1,12 +1,18 @@
 //! `pac.referrals.v1.Referrals` over gRPC: each handler reads the caller, validates the request into
 //! domain values (every field violation at once), runs the operation on its own task (see
-//! `pac_platform::db::detached`) and maps the answer.
+//! `pac_platform::db::detached`) and maps the answer, naming the patients it touched for the audit
+//! trail (`pac_platform::audit`).
+//!
+//! The caller's organisation scope goes with every referral operation into its SQL (see
+//! `referrals`). `WatchEvents` is the whole service's change feed and is not scoped: it serves
+//! integration system accounts and the platform's own services.
 
 use std::pin::Pin;
 use std::time::Duration as StdDuration;
 
 use chrono::{Datelike, Duration, NaiveDate, Utc};
 use futures::{Stream, StreamExt};
+use pac_platform::audit::with_patients;
 use pac_platform::convert::{parse_date, parse_id, parse_timestamp};
 use pac_platform::error::{ApiError, FieldViolation};
 use pac_platform::idempotency::{parse_request_id, request_hash};
@@ -58,8 +64,12 @@ impl ReferralsService {
 
     fn write<T: Message>(&self, request: &Request<T>, request_id: &str) -> Result<(Caller, Write), Status> {
         let caller = self.caller(request)?;
-        let write =
-            Write { actor: caller.actor.clone(), request_id: parse_request_id(request_id)?, request_hash: request_hash(request.get_ref()) };
+        let write = Write {
+            actor: caller.actor.clone(),
+            scope: caller.scope().map(<[String]>::to_vec),
+            request_id: parse_request_id(request_id)?,
+            request_hash: request_hash(request.get_ref()),
+        };
         Ok((caller, write))
     }
 
@@ -84,6 +94,11 @@ impl Checks {
 
 fn invalid(violation: FieldViolation) -> Status {
     ApiError::invalid(vec![violation]).into()
+}
+
+/// The patient of a referral in a response, for the audit trail.
+fn patient_of(referral: Option<&pb::Referral>) -> Option<String> {
+    referral.map(|r| r.patient_id.clone())
 }
 
 async fn run<T, F>(work: F) -> Result<T, Status>
@@ -188,7 +203,8 @@ fn age(field: &str, value: Option<i32>) -> Result<Option<u32>, FieldViolation> {
     }
 }
 
-fn parse_service(input: &pb::Service, now: chrono::DateTime<Utc>) -> Result<ServiceEntry, Status> {
+/// A new service from a request, owned by `organisation`.
+fn parse_service(input: &pb::Service, now: chrono::DateTime<Utc>, organisation: String) -> Result<ServiceEntry, Status> {
     let mut checks = Checks::default();
     let rules = input.rules.clone().unwrap_or_default();
     let code = checks.check(service_code("service.code", &input.code));
@@ -275,6 +291,7 @@ fn parse_service(input: &pb::Service, now: chrono::DateTime<Utc>) -> Result<Serv
         thresholds,
         later_dna: later_dna.ok_or_else(missing)?,
         created_at: now,
+        organisation,
     })
 }
 
@@ -329,10 +346,11 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Sta
 #[tonic::async_trait]
 impl ReferralsApi for ReferralsService {
     async fn create_service(&self, request: Request<pb::CreateServiceRequest>) -> Result<Response<pb::CreateServiceResponse>, Status> {
-        let (_, write) = self.write(&request, &request.get_ref().request_id)?;
+        let (caller, write) = self.write(&request, &request.get_ref().request_id)?;
         let input =
             request.get_ref().service.as_ref().ok_or_else(|| invalid(FieldViolation::new("service", "FIELD_REQUIRED", "is required")))?;
-        let service = parse_service(input, pac_platform::now())?;
+        let organisation = caller.owning_organisation("service.organisation", &input.organisation)?;
+        let service = parse_service(input, pac_platform::now(), organisation)?;
         let referrals = self.referrals.clone();
         Ok(Response::new(run(async move { referrals.create_service(service, write).await }).await?))
     }
@@ -364,6 +382,7 @@ impl ReferralsApi for ReferralsService {
         request: Request<pb::CheckEligibilityRequest>,
     ) -> Result<Response<pb::CheckEligibilityResponse>, Status> {
         self.caller(&request)?;
+        let requested = request.get_ref().patient_id.clone();
         let r = request.into_inner();
         let mut checks = Checks::default();
         let patient_id = checks.check(parse_id("patient_id", &r.patient_id));
@@ -379,15 +398,17 @@ impl ReferralsApi for ReferralsService {
         };
         let facts = ReferralFacts { source, priority, information: (!information.is_empty()).then_some(information) };
         let referrals = self.referrals.clone();
-        let reasons = run(async move {
+        let (patient, reasons) = run(async move {
             let service = referrals.service(&code).await?;
-            Ok(referrals.check_eligibility(patient_id, &service, facts).await?.1)
+            referrals.check_eligibility(patient_id, &service, facts).await
         })
         .await?;
-        Ok(Response::new(pb::CheckEligibilityResponse {
+        let response = pb::CheckEligibilityResponse {
             eligible: reasons.is_empty(),
             reasons: reasons.into_iter().map(|r| pb::EligibilityReason { code: r.code.to_string(), message: r.message }).collect(),
-        }))
+        };
+        // The patient asked about, and the surviving record it resolved to if it was merged away.
+        Ok(with_patients(Response::new(response), [requested, patient.id.to_string()]))
     }
 
     async fn create_referral(&self, request: Request<pb::CreateReferralRequest>) -> Result<Response<pb::CreateReferralResponse>, Status> {
@@ -430,7 +451,9 @@ impl ReferralsApi for ReferralsService {
             received_at: received_at.ok_or_else(missing)?,
         };
         let referrals = self.referrals.clone();
-        Ok(Response::new(run(async move { referrals.create_referral(new, write).await }).await?))
+        let response = run(async move { referrals.create_referral(new, write).await }).await?;
+        let patient = patient_of(response.referral.as_ref());
+        Ok(with_patients(Response::new(response), patient))
     }
 
     async fn triage_referral(&self, request: Request<pb::TriageReferralRequest>) -> Result<Response<pb::TriageReferralResponse>, Status> {
@@ -492,7 +515,9 @@ impl ReferralsApi for ReferralsService {
             .into());
         }
         let referrals = self.referrals.clone();
-        Ok(Response::new(run(async move { referrals.triage(id, &etag, decision, write).await }).await?))
+        let response = run(async move { referrals.triage(id, &etag, decision, write).await }).await?;
+        let patient = patient_of(response.referral.as_ref());
+        Ok(with_patients(Response::new(response), patient))
     }
 
     async fn cancel_referral(&self, request: Request<pb::CancelReferralRequest>) -> Result<Response<pb::CancelReferralResponse>, Status> {
@@ -507,22 +532,25 @@ impl ReferralsApi for ReferralsService {
             return Err(invalid(FieldViolation::new("request", "REQUEST_INVALID", "is invalid")));
         };
         let referrals = self.referrals.clone();
-        Ok(Response::new(run(async move { referrals.cancel(id, &etag, reason, write).await }).await?))
+        let response = run(async move { referrals.cancel(id, &etag, reason, write).await }).await?;
+        let patient = patient_of(response.referral.as_ref());
+        Ok(with_patients(Response::new(response), patient))
     }
 
     async fn get_referral(&self, request: Request<pb::GetReferralRequest>) -> Result<Response<pb::GetReferralResponse>, Status> {
-        self.caller(&request)?;
+        let caller = self.caller(&request)?;
         let id = parse_id("id", &request.get_ref().id).map_err(invalid)?;
         let referrals = self.referrals.clone();
-        let (referral, notes) = run(async move { referrals.get(id).await }).await?;
-        Ok(Response::new(pb::GetReferralResponse {
+        let (referral, notes) = run(async move { referrals.get(id, caller.scope()).await }).await?;
+        let response = pb::GetReferralResponse {
             referral: Some(convert::referral(&referral, Utc::now())),
             notes: notes.iter().map(convert::note).collect(),
-        }))
+        };
+        Ok(with_patients(Response::new(response), [referral.patient_id.to_string()]))
     }
 
     async fn list_referrals(&self, request: Request<pb::ListReferralsRequest>) -> Result<Response<pb::ListReferralsResponse>, Status> {
-        self.caller(&request)?;
+        let caller = self.caller(&request)?;
         let r = request.get_ref();
         let mut checks = Checks::default();
         let limit = checks.check(paging::page_size(r.page_size, 50, 200).map_err(first_violation));
@@ -580,15 +608,14 @@ impl ReferralsApi for ReferralsService {
         ]);
         let after = parse_worklist_token(&r.page_token, query)?;
         let referrals = self.referrals.clone();
-        let mut rows = run(async move { referrals.worklist(&filter, after, limit + 1).await }).await?;
+        let mut rows = run(async move { referrals.worklist(&filter, after, limit + 1, caller.scope()).await }).await?;
         let more = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
         let next_page_token = if more { worklist_token(rows.last().map(|(_, key)| *key), query) } else { String::new() };
         let now = Utc::now();
-        Ok(Response::new(pb::ListReferralsResponse {
-            referrals: rows.iter().map(|(r, _)| convert::referral(r, now)).collect(),
-            next_page_token,
-        }))
+        let response =
+            pb::ListReferralsResponse { referrals: rows.iter().map(|(r, _)| convert::referral(r, now)).collect(), next_page_token };
+        Ok(with_patients(Response::new(response), rows.iter().map(|(r, _)| r.patient_id.to_string())))
     }
 
     async fn get_allowed_actions(
@@ -597,13 +624,14 @@ impl ReferralsApi for ReferralsService {
     ) -> Result<Response<pb::GetAllowedActionsResponse>, Status> {
         let caller = self.caller(&request)?;
         let id = parse_id("referral_id", &request.get_ref().referral_id).map_err(invalid)?;
-        let referrals = self.referrals.clone();
-        let referral = run(async move { referrals.referral(id).await }).await?;
+        let (referrals, scope) = (self.referrals.clone(), caller.scope().map(<[String]>::to_vec));
+        let referral = run(async move { referrals.referral(id, scope.as_deref()).await }).await?;
         let actions = referral::allowed_actions(referral.status, self.may_triage(&caller));
-        Ok(Response::new(pb::GetAllowedActionsResponse {
+        let response = pb::GetAllowedActionsResponse {
             actions: actions.into_iter().map(|a: Action| convert::action(a) as i32).collect(),
             etag: referral.etag(),
-        }))
+        };
+        Ok(with_patients(Response::new(response), [referral.patient_id.to_string()]))
     }
 
     async fn add_note(&self, request: Request<pb::AddNoteRequest>) -> Result<Response<pb::AddNoteResponse>, Status> {
@@ -640,11 +668,12 @@ impl ReferralsApi for ReferralsService {
             created_at: now,
         };
         let referrals = self.referrals.clone();
-        Ok(Response::new(run(async move { referrals.add_note(note, write).await }).await?))
+        let (response, patient) = run(async move { referrals.add_note(note, write).await }).await?;
+        Ok(with_patients(Response::new(response), [patient.to_string()]))
     }
 
     async fn complete_task(&self, request: Request<pb::CompleteTaskRequest>) -> Result<Response<pb::CompleteTaskResponse>, Status> {
-        self.caller(&request)?;
+        let caller = self.caller(&request)?;
         let mut checks = Checks::default();
         let referral_id = checks.check(parse_id("referral_id", &request.get_ref().referral_id));
         let task_id = checks.check(parse_id("task_id", &request.get_ref().task_id));
@@ -653,8 +682,8 @@ impl ReferralsApi for ReferralsService {
             return Err(invalid(FieldViolation::new("request", "REQUEST_INVALID", "is invalid")));
         };
         let referrals = self.referrals.clone();
-        let task = run(async move { referrals.complete_task(referral_id, task_id).await }).await?;
-        Ok(Response::new(pb::CompleteTaskResponse { task: Some(convert::note(&task)) }))
+        let (task, patient) = run(async move { referrals.complete_task(referral_id, task_id, caller.scope()).await }).await?;
+        Ok(with_patients(Response::new(pb::CompleteTaskResponse { task: Some(convert::note(&task)) }), [patient.to_string()]))
     }
 
     async fn record_clock_event(
@@ -679,11 +708,14 @@ impl ReferralsApi for ReferralsService {
             return Err(invalid(FieldViolation::new("request", "REQUEST_INVALID", "is invalid")));
         };
         let referrals = self.referrals.clone();
-        Ok(Response::new(run(async move { referrals.record_clock_event(id, &etag, event, on, write).await }).await?))
+        let response = run(async move { referrals.record_clock_event(id, &etag, event, on, write).await }).await?;
+        let patient = patient_of(response.referral.as_ref());
+        Ok(with_patients(Response::new(response), patient))
     }
 
     type WatchEventsStream = EventStream;
 
+    /// Not scoped by organisation (see the module docs).
     async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Result<Response<Self::WatchEventsStream>, Status> {
         self.caller(&request)?;
         let after: Cursor = request.get_ref().after_cursor.parse()?;

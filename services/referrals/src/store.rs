@@ -1,5 +1,10 @@
 //! Every SQL statement of the referrals service. The schema's constraints hold the invariants (one
 //! live appointment per referral, status and appointment agree, task counts follow the tasks).
+//!
+//! Organisation scope: the statements that read or lock referrals for a caller take the caller's
+//! scope (`pac_platform::Caller::scope`; `None` when unscoped) and carry it in their `WHERE`
+//! clause, so another organisation's referral is not found and never on a worklist. The service
+//! directory is shared and not scoped; the followers of other services' events read unscoped.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
@@ -12,6 +17,9 @@ use crate::model::{Note, Referral, ServiceEntry, Worklist, WorklistKey};
 
 type Result<T> = std::result::Result<T, sqlx::Error>;
 
+/// The organisations a caller may see (`None`: every one); see `pac_platform::Caller::scope`.
+pub type Scope<'a> = Option<&'a [String]>;
+
 fn corrupt(what: &str) -> sqlx::Error {
     sqlx::Error::Decode(format!("stored {what} is not valid").into())
 }
@@ -20,7 +28,7 @@ fn corrupt(what: &str) -> sqlx::Error {
 // Directory
 
 const SERVICE_COLUMNS: &str = "code, name, specialty, min_age, max_age, sexes, sources, catchment, required_information, \
-                               priorities, target_wait_days, stuck_thresholds, later_dna_policy, created_at";
+                               priorities, target_wait_days, stuck_thresholds, later_dna_policy, created_at, organisation";
 
 #[derive(sqlx::FromRow)]
 struct ServiceRow {
@@ -38,6 +46,7 @@ struct ServiceRow {
     stuck_thresholds: sqlx::types::Json<Vec<crate::domain::worklist::Threshold>>,
     later_dna_policy: String,
     created_at: DateTime<Utc>,
+    organisation: String,
 }
 
 impl ServiceRow {
@@ -64,6 +73,7 @@ impl ServiceRow {
             thresholds: self.stuck_thresholds.0,
             later_dna: if self.later_dna_policy == "discharge" { LaterDnaPolicy::Discharge } else { LaterDnaPolicy::Rebook },
             created_at: self.created_at,
+            organisation: self.organisation,
         })
     }
 }
@@ -79,8 +89,8 @@ fn later_dna_code(policy: LaterDnaPolicy) -> &'static str {
 pub async fn insert_service(conn: &mut PgConnection, s: &ServiceEntry) -> Result<bool> {
     let inserted = sqlx::query(
         "INSERT INTO services (code, name, specialty, min_age, max_age, sexes, sources, catchment, required_information, \
-                               priorities, target_wait_days, stuck_thresholds, later_dna_policy, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (code) DO NOTHING",
+                               priorities, target_wait_days, stuck_thresholds, later_dna_policy, created_at, organisation) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (code) DO NOTHING",
     )
     .bind(&s.code)
     .bind(&s.name)
@@ -96,6 +106,7 @@ pub async fn insert_service(conn: &mut PgConnection, s: &ServiceEntry) -> Result
     .bind(sqlx::types::Json(&s.thresholds))
     .bind(later_dna_code(s.later_dna))
     .bind(s.created_at)
+    .bind(&s.organisation)
     .execute(conn)
     .await?;
     Ok(inserted.rows_affected() == 1)
@@ -120,7 +131,11 @@ pub async fn list_services(executor: impl PgExecutor<'_>, after: &str, limit: i6
 const REFERRAL_COLUMNS: &str = "id, version, patient_id, service_code, priority, status, referrer_organisation, referrer_clinician, \
      source, reason, information, received_at, clock_code, clock_state, clock_started, clock_ended, appointment_ids, \
      current_appointment_id, rebook_reason, dna_follow_up, missed_appointment_ids, attended_appointment_ids, triage_code, triage_text, \
-     redirected_to, redirected_from, status_since, stuck_after, open_tasks, unassigned_tasks, created_at, updated_at, worklist_date";
+     redirected_to, redirected_from, status_since, stuck_after, open_tasks, unassigned_tasks, created_at, updated_at, worklist_date, \
+     organisation";
+
+/// The scope predicate on referrals, with the scope bound as `$2`.
+const SCOPED: &str = "($2::text[] IS NULL OR organisation = ANY($2))";
 
 #[derive(sqlx::FromRow)]
 struct ReferralRow {
@@ -157,6 +172,7 @@ struct ReferralRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     worklist_date: NaiveDate,
+    organisation: String,
 }
 
 impl ReferralRow {
@@ -201,6 +217,7 @@ impl ReferralRow {
             unassigned_tasks: self.unassigned_tasks,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            organisation: self.organisation,
         };
         Ok((referral, (self.worklist_date, self.id)))
     }
@@ -215,9 +232,9 @@ pub async fn insert_referral(conn: &mut PgConnection, r: &Referral) -> Result<()
         "INSERT INTO referrals (id, version, patient_id, service_code, priority, status, referrer_organisation, referrer_clinician, \
              source, reason, information, received_at, clock_code, clock_state, clock_started, clock_ended, appointment_ids, \
              current_appointment_id, rebook_reason, dna_follow_up, missed_appointment_ids, attended_appointment_ids, triage_code, \
-             triage_text, redirected_to, redirected_from, status_since, stuck_after, created_at, updated_at) \
+             triage_text, redirected_to, redirected_from, status_since, stuck_after, created_at, updated_at, organisation) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, \
-                 $25, $26, $27, $28, $29, $30)",
+                 $25, $26, $27, $28, $29, $30, $31)",
     )
     .bind(r.id)
     .bind(r.version)
@@ -249,12 +266,14 @@ pub async fn insert_referral(conn: &mut PgConnection, r: &Referral) -> Result<()
     .bind(r.stuck_after)
     .bind(r.created_at)
     .bind(r.updated_at)
+    .bind(&r.organisation)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Writes a changed referral over the stored one (locked by the caller); `version` as given.
+/// Writes a changed referral over the stored one (locked by the caller); `version` as given. The
+/// organisation is not written: it never changes.
 pub async fn update_referral(conn: &mut PgConnection, r: &Referral) -> Result<()> {
     sqlx::query(
         "UPDATE referrals SET version = $2, patient_id = $3, status = $4, information = $5, clock_code = $6, clock_state = $7, \
@@ -289,14 +308,14 @@ pub async fn update_referral(conn: &mut PgConnection, r: &Referral) -> Result<()
     Ok(())
 }
 
-pub async fn find_referral(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Referral>> {
-    let sql = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE id = $1");
-    referral(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(executor).await?)
+pub async fn find_referral(executor: impl PgExecutor<'_>, id: Uuid, scope: Scope<'_>) -> Result<Option<Referral>> {
+    let sql = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE id = $1 AND {SCOPED}");
+    referral(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(scope).fetch_optional(executor).await?)
 }
 
-pub async fn lock_referral(conn: &mut PgConnection, id: Uuid) -> Result<Option<Referral>> {
-    let sql = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE id = $1 FOR UPDATE");
-    referral(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(conn).await?)
+pub async fn lock_referral(conn: &mut PgConnection, id: Uuid, scope: Scope<'_>) -> Result<Option<Referral>> {
+    let sql = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE id = $1 AND {SCOPED} FOR UPDATE");
+    referral(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(scope).fetch_optional(conn).await?)
 }
 
 /// The referral `appointment_id` was booked for (live or not), locked.
@@ -311,15 +330,19 @@ pub async fn lock_by_current_appointment(conn: &mut PgConnection, appointment_id
     referral(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(appointment_id).fetch_optional(conn).await?)
 }
 
-/// A worklist page: the referrals after `after` that pass `filter`, soonest breach first. One
-/// ordered index scan per status and priority, merged, so that a page costs the same however many
-/// referrals wait.
+/// A worklist page: the referrals in scope after `after` that pass `filter`, soonest breach first.
+/// One ordered index scan per status and priority (and, for a scoped caller, per organisation),
+/// merged, so that a page costs the same however many referrals wait.
 pub async fn worklist(
     executor: impl PgExecutor<'_>,
     filter: &Worklist,
     after: Option<WorklistKey>,
     limit: i64,
+    scope: Scope<'_>,
 ) -> Result<Vec<(Referral, WorklistKey)>> {
+    if scope.is_some_and(<[String]>::is_empty) {
+        return Ok(Vec::new());
+    }
     let mut query = QueryBuilder::<Postgres>::new(format!("SELECT {REFERRAL_COLUMNS} FROM ("));
     let conditions = |query: &mut QueryBuilder<Postgres>| {
         if let Some(service) = &filter.service_code {
@@ -344,6 +367,9 @@ pub async fn worklist(
     if let Some(patient) = filter.patient_id {
         // A patient has few referrals: one scan of theirs.
         query.push(format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE patient_id = ")).push_bind(patient);
+        if let Some(organisations) = scope {
+            query.push(" AND organisation = ANY(").push_bind(organisations.to_vec()).push(")");
+        }
         if !filter.statuses.is_empty() {
             query.push(" AND status = ANY(").push_bind(filter.statuses.iter().map(|s| s.code()).collect::<Vec<_>>()).push(")");
         }
@@ -353,21 +379,30 @@ pub async fn worklist(
         conditions(&mut query);
     } else {
         let priorities = if filter.priorities.is_empty() { Priority::ALL.to_vec() } else { filter.priorities.clone() };
+        let organisations: Vec<Option<&String>> = match scope {
+            Some(organisations) => organisations.iter().map(Some).collect(),
+            None => vec![None],
+        };
         let mut first = true;
-        for status in &filter.statuses {
-            for priority in &priorities {
-                if !first {
-                    query.push(" UNION ALL ");
+        for organisation in &organisations {
+            for status in &filter.statuses {
+                for priority in &priorities {
+                    if !first {
+                        query.push(" UNION ALL ");
+                    }
+                    first = false;
+                    // Status codes and priority values come from the domain's enums, not from the caller.
+                    query.push(format!(
+                        "(SELECT {REFERRAL_COLUMNS} FROM referrals WHERE status = '{}' AND priority = {}",
+                        status.code(),
+                        priority.value()
+                    ));
+                    if let Some(organisation) = organisation {
+                        query.push(" AND organisation = ").push_bind((*organisation).clone());
+                    }
+                    conditions(&mut query);
+                    query.push(" ORDER BY worklist_date, id LIMIT ").push_bind(limit).push(")");
                 }
-                first = false;
-                // Status codes and priority values come from the domain's enums, not from the caller.
-                query.push(format!(
-                    "(SELECT {REFERRAL_COLUMNS} FROM referrals WHERE status = '{}' AND priority = {}",
-                    status.code(),
-                    priority.value()
-                ));
-                conditions(&mut query);
-                query.push(" ORDER BY worklist_date, id LIMIT ").push_bind(limit).push(")");
             }
         }
     }

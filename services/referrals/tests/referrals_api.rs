@@ -4,7 +4,7 @@
 mod common;
 
 use chrono::{Duration, Utc};
-use common::{Platform, assert_error, assert_violation, date, timestamp};
+use common::{Platform, assert_error, assert_violation, audited, date, timestamp};
 use futures::StreamExt;
 use pac_proto::referrals as pb;
 use pac_proto::referrals::triage_referral_request::Decision;
@@ -196,7 +196,8 @@ async fn bad_requests_are_refused_with_their_field_and_change_nothing() {
 #[tokio::test]
 async fn triage_moves_are_enforced_with_etags() {
     let p = Platform::start().await;
-    p.open_service("KNEE", pb::LaterDnaPolicy::Rebook).await;
+    // Provided by the organisation of the signed callers below (RR8), so its referrals are theirs.
+    p.open_service_of("KNEE", pb::LaterDnaPolicy::Rebook, "RR8").await;
     let patient = p.adult().await;
     let referral = p.refer(&patient, "KNEE").await;
 
@@ -248,12 +249,11 @@ async fn triage_moves_are_enforced_with_etags() {
 
     // Allowed actions depend on the caller's permission.
     let fresh = p.refer(&patient, "KNEE").await;
-    let as_clerk = p
-        .client()
-        .get_allowed_actions(p.signed(pb::GetAllowedActionsRequest { referral_id: fresh.id.clone() }, &[]))
-        .await
-        .unwrap()
-        .into_inner();
+    let as_clerk =
+        p.client().get_allowed_actions(p.signed(pb::GetAllowedActionsRequest { referral_id: fresh.id.clone() }, &[])).await.unwrap();
+    // The audit trail hears whose referral it was.
+    assert_eq!(audited(&as_clerk), [patient.clone()]);
+    let as_clerk = as_clerk.into_inner();
     assert_eq!(as_clerk.actions, [pb::ReferralAction::Cancel as i32, pb::ReferralAction::RecordClockEvent as i32]);
     let as_triager = p
         .client()

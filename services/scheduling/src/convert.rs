@@ -38,6 +38,7 @@ pub fn clinic(c: &Clinic) -> pb::Clinic {
         service_code: c.service_code.clone(),
         time_zone: c.time_zone.clone(),
         what_to_bring: c.what_to_bring.clone(),
+        organisation: c.organisation.clone(),
     }
 }
 
@@ -82,6 +83,7 @@ pub fn slot(s: &Slot) -> pb::Slot {
         local_start: Some(local_time(s.local_start)),
         capacity: s.capacity,
         occupied: s.occupied,
+        organisation: s.organisation.clone(),
     }
 }
 
@@ -147,6 +149,7 @@ pub fn appointment(a: &Appointment) -> pb::Appointment {
         }),
         create_time: Some(timestamp(a.created_at)),
         update_time: Some(timestamp(a.updated_at)),
+        organisation: a.organisation.clone(),
     }
 }
 
@@ -203,6 +206,7 @@ pub fn entry(e: &Entry, offers: &[Offer]) -> pb::WaitlistEntry {
         add_time: Some(timestamp(e.added_at)),
         offers: offers.iter().filter(|o| o.entry_id == e.id).map(offer).collect(),
         closed: e.closed_at.is_some(),
+        organisation: e.organisation.clone(),
     }
 }
 

@@ -33,6 +33,11 @@ pub enum SchedulingError {
     WaitlistEntryExists {
         existing: Uuid,
     },
+    /// A clinic (or what belongs to it) of an organisation outside the caller's scope.
+    OtherOrganisation {
+        resource: &'static str,
+        id: Uuid,
+    },
     /// The records service did not answer.
     RecordsUnavailable,
     /// A concurrent change got there first; retrying will give a definite answer.
@@ -115,6 +120,11 @@ impl From<SchedulingError> for ApiError {
             )
             .with_resource("pac.scheduling.v1.WaitlistEntry", existing.to_string(), "the open entry")
             .with_metadata("existing_entry_id", existing.to_string()),
+            OtherOrganisation { resource, id } => ApiError::permission_denied(
+                pac_platform::caller::OTHER_ORGANISATION,
+                "the clinic belongs to an organisation the caller does not act for",
+            )
+            .with_resource(resource, id.to_string(), "a clinic of another organisation"),
             RecordsUnavailable => ApiError::unavailable("RECORDS_UNAVAILABLE", "the patient records service did not answer; retry")
                 .with_retry_after(std::time::Duration::from_secs(1)),
             Conflict => ApiError::aborted("CONCURRENT_UPDATE", "a concurrent change conflicted with this one; retry"),

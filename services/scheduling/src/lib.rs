@@ -5,6 +5,18 @@
 //!
 //! A library first: [`serve`] runs it on a listener until a shutdown token fires, so `pac dev`, the
 //! tests and the container all start the same thing.
+//!
+//! Organisation scope: a clinic belongs to the organisation that runs it (`Clinic.organisation`,
+//! set on creation); its slots, appointments and waitlist entries carry that organisation in a
+//! column of their own. The directory (locations, clinics, slots) is shared. A caller acting for
+//! organisations (`pac_platform::Caller::scope`) reads and changes only their appointments, entries
+//! and offers, by a predicate in the SQL (`store`): another organisation's is NOT_FOUND and never
+//! listed. Holding, booking or rescheduling into another organisation's slot, or waiting for its
+//! clinic, is PERMISSION_DENIED with reason `OTHER_ORGANISATION` (the clinic is in the shared
+//! directory, so refusing it reveals nothing), decided in the same transaction that takes the place.
+//! A freed slot is offered only to entries of its own organisation. Service-to-service calls and
+//! anonymous development calls are unscoped; `WatchEvents` is the unscoped change feed for
+//! integration system accounts and the other services.
 
 pub mod convert;
 pub mod domain;

@@ -28,6 +28,8 @@ pub struct Clinic {
     pub service_code: String,
     pub time_zone: String,
     pub what_to_bring: Vec<String>,
+    /// The organisation that runs the clinic and owns its appointments (`''`: none). Never changes.
+    pub organisation: String,
 }
 
 impl Clinic {
@@ -63,6 +65,8 @@ pub struct Slot {
     pub local_start: NaiveTime,
     pub capacity: i32,
     pub occupied: i32,
+    /// The clinic's organisation.
+    pub organisation: String,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +92,8 @@ pub struct Appointment {
     pub cancellation: Option<Cancellation>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Its clinic's organisation (copied from the slot; a reschedule takes the new slot's).
+    pub organisation: String,
 }
 
 impl Appointment {
@@ -112,6 +118,7 @@ impl Appointment {
             cancellation: None,
             created_at: now,
             updated_at: now,
+            organisation: slot.organisation.clone(),
         }
     }
 }
@@ -134,6 +141,9 @@ pub struct Entry {
     pub referral_id: Option<Uuid>,
     pub added_at: DateTime<Utc>,
     pub closed_at: Option<DateTime<Utc>>,
+    /// The organisation whose clinics may offer it a slot: a clinic's own, or for a service code the
+    /// one chosen when the entry was added.
+    pub organisation: String,
 }
 
 impl Entry {

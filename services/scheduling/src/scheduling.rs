@@ -1,9 +1,17 @@
 //! The scheduling service's operations. Each write is one transaction that applies the domain's
 //! rules, lets the schema's constraints settle races (capacity, overlap, one open offer), appends its
 //! events to the outbox, and records its response under the request id.
+//!
+//! Organisation scope: a write carries its caller's scope (`Write::scope`), which goes into the SQL
+//! that reads or locks the appointment, entry or offer it changes (another organisation's is
+//! `NotFound`). A new appointment takes its slot's (clinic's) organisation; taking a place in a slot
+//! outside the scope is refused (`OtherOrganisation`) inside the same transaction, so nothing is
+//! written. Waitlist offers stay inside an organisation: a freed slot is offered only to entries of
+//! its own organisation.
 
 use chrono::{DateTime, Duration, Utc};
 use pac_platform::Actor;
+use pac_platform::caller::within;
 use pac_platform::idempotency::IdempotencyStore;
 use pac_platform::outbox::{NewEvent, Outbox};
 use pac_proto::scheduling as pb;
@@ -21,7 +29,7 @@ use crate::domain::waitlist;
 use crate::error::SchedulingError;
 use crate::model::*;
 use crate::patients::{Patients, service_actor};
-use crate::store::{self, Change};
+use crate::store::{self, Change, Scope};
 
 type Result<T> = std::result::Result<T, SchedulingError>;
 type Tx = Transaction<'static, Postgres>;
@@ -54,16 +62,22 @@ pub struct Scheduling {
     idempotency: IdempotencyStore,
 }
 
-/// Who asked for a write, and its idempotency key.
+/// Who asked for a write, within which organisations, and its idempotency key.
 pub struct Write {
     pub actor: Actor,
+    /// The caller's organisation scope (`Caller::scope`); `None` when unscoped.
+    pub scope: Option<Vec<String>>,
     pub request_id: Option<String>,
     pub request_hash: Vec<u8>,
 }
 
 impl Write {
     fn system() -> Self {
-        Self { actor: service_actor(), request_id: None, request_hash: Vec::new() }
+        Self { actor: service_actor(), scope: None, request_id: None, request_hash: Vec::new() }
+    }
+
+    pub fn scope(&self) -> Scope<'_> {
+        self.scope.as_deref()
     }
 }
 
@@ -107,6 +121,7 @@ pub struct StatusChange {
     pub etag: Option<String>,
     pub correction_reason: Option<String>,
     pub actor: Actor,
+    pub scope: Option<Vec<String>>,
 }
 
 /// Events are stored as a `WatchEventsResponse` without its envelope; the envelope is added on read.
@@ -143,6 +158,15 @@ fn check_etag(appointment: &Appointment, etag: Option<&str>) -> Result<()> {
 
 fn not_found(resource: &'static str, id: Uuid) -> SchedulingError {
     SchedulingError::NotFound { resource, id }
+}
+
+/// Refuses a slot of a clinic outside the caller's scope.
+fn check_slot_in_scope(slot: &Slot, scope: Scope<'_>) -> Result<()> {
+    if within(scope, &slot.organisation) {
+        Ok(())
+    } else {
+        Err(SchedulingError::OtherOrganisation { resource: "pac.scheduling.v1.Clinic", id: slot.clinic_id })
+    }
 }
 
 const APPOINTMENT: &str = "pac.scheduling.v1.Appointment";
@@ -335,7 +359,7 @@ impl Scheduling {
                 Started::Replay(r) => return Ok(r),
                 Started::Fresh(tx) => tx,
             };
-            let (appointment, _) = self.place(&mut tx, slot_id, patient_id, None, Some(ttl)).await?;
+            let (appointment, _) = self.place(&mut tx, slot_id, patient_id, None, Some(ttl), write.scope()).await?;
             self.emit(&mut tx, appointment.id, Event::AppointmentHeld(appointment_event(&appointment, None, "")), &write).await?;
             let response = pb::HoldSlotResponse { appointment: Some(convert::appointment(&appointment)) };
             self.finish(tx, "HoldSlot", &write, &response).await?;
@@ -372,7 +396,7 @@ impl Scheduling {
             Started::Replay(r) => return Ok(r),
             Started::Fresh(tx) => tx,
         };
-        let (appointment, slot) = self.place(&mut tx, slot_id, patient_id, book.referral_id, None).await?;
+        let (appointment, slot) = self.place(&mut tx, slot_id, patient_id, book.referral_id, None, book.write.scope()).await?;
         store::close_entries_for(&mut tx, patient_id, &slot, "booked").await?;
         self.emit(&mut tx, appointment.id, Event::AppointmentBooked(appointment_event(&appointment, None, "")), &book.write).await?;
         let response = pb::BookAppointmentResponse { appointment: Some(convert::appointment(&appointment)) };
@@ -381,7 +405,9 @@ impl Scheduling {
         Ok(response)
     }
 
-    /// Takes a place in a future slot and writes the appointment (booked, or pending for `hold`).
+    /// Takes a place in a future slot of a clinic in `scope` and writes the appointment (booked, or
+    /// pending for `hold`), of the clinic's organisation. On an error nothing stays written: the
+    /// caller's transaction is not committed.
     async fn place(
         &self,
         conn: &mut PgConnection,
@@ -389,8 +415,10 @@ impl Scheduling {
         patient_id: Uuid,
         referral_id: Option<Uuid>,
         hold: Option<Duration>,
+        scope: Scope<'_>,
     ) -> Result<(Appointment, Slot)> {
         let slot = store::take_place(conn, slot_id).await?;
+        check_slot_in_scope(&slot, scope)?;
         let now = pac_platform::now();
         if slot.start_time <= now {
             return Err(SchedulingError::SlotUnavailable { slot_id, why: "has already started" });
@@ -409,7 +437,7 @@ impl Scheduling {
             Started::Replay(r) => return Ok(r),
             Started::Fresh(tx) => tx,
         };
-        let mut appointment = store::lock_appointment(&mut tx, id).await?.ok_or(not_found(APPOINTMENT, id))?;
+        let mut appointment = store::lock_appointment(&mut tx, id, book.write.scope()).await?.ok_or(not_found(APPOINTMENT, id))?;
         if patient_id.is_some_and(|p| p != appointment.patient_id) {
             return Err(SchedulingError::invalid("patient_id", "PATIENT_MISMATCH", "the hold is for another patient"));
         }
@@ -450,7 +478,8 @@ impl Scheduling {
             Started::Replay(response) => return Ok(response),
             Started::Fresh(tx) => tx,
         };
-        let mut appointment = store::lock_appointment(&mut tx, r.appointment_id).await?.ok_or(not_found(APPOINTMENT, r.appointment_id))?;
+        let mut appointment =
+            store::lock_appointment(&mut tx, r.appointment_id, r.write.scope()).await?.ok_or(not_found(APPOINTMENT, r.appointment_id))?;
         check_etag(&appointment, Some(&r.etag))?;
         if appointment.status != Status::Booked {
             return Err(SchedulingError::InvalidTransition(appointment::TransitionError::NotAllowed {
@@ -462,6 +491,7 @@ impl Scheduling {
             return Err(SchedulingError::invalid("new_slot_id", "SAME_SLOT", "is the appointment's current slot"));
         }
         let new_slot = store::take_place(&mut tx, r.new_slot_id).await?;
+        check_slot_in_scope(&new_slot, r.write.scope())?;
         if new_slot.start_time <= Utc::now() {
             return Err(SchedulingError::SlotUnavailable { slot_id: new_slot.id, why: "has already started" });
         }
@@ -469,6 +499,7 @@ impl Scheduling {
         store::release_place(&mut tx, previous_slot).await?;
         appointment.slot_id = new_slot.id;
         appointment.clinic_id = new_slot.clinic_id;
+        appointment.organisation = new_slot.organisation.clone();
         appointment.start_time = new_slot.start_time;
         appointment.end_time = new_slot.end_time;
         appointment.version += 1;
@@ -490,7 +521,8 @@ impl Scheduling {
             Started::Replay(response) => return Ok(response),
             Started::Fresh(tx) => tx,
         };
-        let appointment = store::lock_appointment(&mut tx, c.appointment_id).await?.ok_or(not_found(APPOINTMENT, c.appointment_id))?;
+        let appointment =
+            store::lock_appointment(&mut tx, c.appointment_id, c.write.scope()).await?.ok_or(not_found(APPOINTMENT, c.appointment_id))?;
         check_etag(&appointment, c.etag.as_deref())?;
         let outcome = if c.by == CancelledBy::Patient { OfferOutcome::Declined } else { OfferOutcome::Withdrawn };
         let cancelled = self.cancel_in(&mut tx, appointment, &c.reason_code, c.by, outcome, &c.write).await?;
@@ -541,7 +573,9 @@ impl Scheduling {
 
     pub async fn change_status(&self, s: StatusChange) -> Result<Appointment> {
         let mut tx = self.pool.begin().await?;
-        let mut appointment = store::lock_appointment(&mut tx, s.appointment_id).await?.ok_or(not_found(APPOINTMENT, s.appointment_id))?;
+        let mut appointment = store::lock_appointment(&mut tx, s.appointment_id, s.scope.as_deref())
+            .await?
+            .ok_or(not_found(APPOINTMENT, s.appointment_id))?;
         check_etag(&appointment, s.etag.as_deref())?;
         let from = appointment.status;
         let now = pac_platform::now();
@@ -554,7 +588,7 @@ impl Scheduling {
         if from.is_live() && !s.to.is_live() {
             store::release_place(&mut tx, appointment.slot_id).await?;
         }
-        let write = Write { actor: s.actor, request_id: None, request_hash: Vec::new() };
+        let write = Write { actor: s.actor, scope: s.scope, request_id: None, request_hash: Vec::new() };
         let reason = s.correction_reason.as_deref();
         self.record_change(&mut tx, &appointment, from, None, reason, &write.actor).await?;
         let event = Event::AppointmentStatusChanged(appointment_event(&appointment, None, reason.unwrap_or_default()));
@@ -587,8 +621,8 @@ impl Scheduling {
         store::insert_change(conn, change).await
     }
 
-    pub async fn appointment(&self, id: Uuid) -> Result<Appointment> {
-        store::find_appointment(&self.pool, id).await?.ok_or(not_found(APPOINTMENT, id))
+    pub async fn appointment(&self, id: Uuid, scope: Scope<'_>) -> Result<Appointment> {
+        store::find_appointment(&self.pool, id, scope).await?.ok_or(not_found(APPOINTMENT, id))
     }
 
     /// Cancels lapsed holds (of one slot, or any), freeing their places; returns how many.
@@ -618,7 +652,26 @@ impl Scheduling {
     // -----------------------------------------------------------------------------------------
     // Waitlist
 
-    pub async fn add_to_waitlist(&self, mut entry: Entry, write: Write) -> Result<pb::AddToWaitlistResponse> {
+    /// Adds an entry. For a clinic it takes the clinic's organisation (which must be in the caller's
+    /// scope, and agree with `requested_organisation` when one was given); for a service code it
+    /// keeps the organisation the handler chose.
+    pub async fn add_to_waitlist(&self, mut entry: Entry, requested_organisation: &str, write: Write) -> Result<pb::AddToWaitlistResponse> {
+        if let Target::Clinic(clinic_id) = entry.target {
+            let clinic = store::find_clinic(&self.pool, clinic_id)
+                .await?
+                .ok_or_else(|| SchedulingError::invalid("entry.clinic_id", "CLINIC_NOT_FOUND", "no clinic has this id"))?;
+            if !requested_organisation.is_empty() && requested_organisation != clinic.organisation {
+                return Err(SchedulingError::invalid(
+                    "entry.organisation",
+                    "ORGANISATION_MISMATCH",
+                    "an entry for a clinic has the clinic's organisation; leave it empty",
+                ));
+            }
+            if !within(write.scope(), &clinic.organisation) {
+                return Err(SchedulingError::OtherOrganisation { resource: "pac.scheduling.v1.Clinic", id: clinic_id });
+            }
+            entry.organisation = clinic.organisation;
+        }
         entry.patient_id = self.patients.resolve(entry.patient_id).await?;
         let mut tx = match self.start("AddToWaitlist", &write).await? {
             Started::Replay(r) => return Ok(r),
@@ -633,6 +686,7 @@ impl Scheduling {
         Ok(response)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn list_waitlist(
         &self,
         clinic_id: Option<Uuid>,
@@ -640,13 +694,14 @@ impl Scheduling {
         include_closed: bool,
         limit: i64,
         offset: i64,
+        scope: Scope<'_>,
     ) -> Result<Vec<pb::WaitlistEntry>> {
         let clinic = match clinic_id {
             Some(id) => Some(self.clinic(id).await?),
             None => None,
         };
         let code = clinic.as_ref().map(|c| c.service_code.clone()).or(service_code).unwrap_or_default();
-        let entries = store::list_entries(&self.pool, clinic.as_ref(), &code, include_closed, limit, offset).await?;
+        let entries = store::list_entries(&self.pool, clinic.as_ref(), &code, include_closed, limit, offset, scope).await?;
         let ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
         let offers = store::offers_of(&self.pool, &ids).await?;
         Ok(entries.iter().map(|e| convert::entry(e, &offers)).collect())
@@ -657,9 +712,10 @@ impl Scheduling {
             Started::Replay(r) => return Ok(r),
             Started::Fresh(tx) => tx,
         };
-        let offer = store::lock_offer(&mut tx, offer_id).await?.ok_or(not_found("pac.scheduling.v1.Offer", offer_id))?;
+        let offer = store::lock_offer(&mut tx, offer_id, write.scope()).await?.ok_or(not_found("pac.scheduling.v1.Offer", offer_id))?;
+        // The offer's hold is of the entry's organisation: in scope with it.
         let mut appointment =
-            store::lock_appointment(&mut tx, offer.appointment_id).await?.ok_or(not_found(APPOINTMENT, offer.appointment_id))?;
+            store::lock_appointment(&mut tx, offer.appointment_id, None).await?.ok_or(not_found(APPOINTMENT, offer.appointment_id))?;
         if offer.outcome != OfferOutcome::Open {
             return Err(SchedulingError::OfferClosed { offer_id, outcome: offer.outcome.code().into() });
         }
@@ -707,7 +763,7 @@ impl Scheduling {
         let Some(best) = waitlist::best_fit(&rankings, slot.local_date) else { return Ok(false) };
         let entry = &candidates[rankings.iter().position(|r| std::ptr::eq(r, best)).expect("best is one of them")];
         let mut savepoint = conn.begin().await?;
-        let held = self.place(&mut savepoint, slot.id, entry.patient_id, entry.referral_id, Some(self.policy.offer_hold)).await;
+        let held = self.place(&mut savepoint, slot.id, entry.patient_id, entry.referral_id, Some(self.policy.offer_hold), None).await;
         let appointment = match held {
             Ok((appointment, _)) => appointment,
             Err(SchedulingError::PatientDoubleBooked | SchedulingError::SlotUnavailable { .. }) => {

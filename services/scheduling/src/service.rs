@@ -1,12 +1,18 @@
 //! `pac.scheduling.v1.Scheduling` over gRPC: each handler reads the caller, validates the request
 //! into domain values, runs the operation on its own task (see `pac_platform::db::detached`) and maps
-//! the answer.
+//! the answer, naming the patients it touched for the audit trail (`pac_platform::audit`).
+//!
+//! The caller's organisation scope goes with every appointment, waitlist and offer operation into
+//! its SQL (see `scheduling`). `WatchEvents` is the whole service's change feed and is not scoped: it
+//! serves integration system accounts and the platform's own services (referrals follows it as a
+//! service).
 
 use std::pin::Pin;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
 use futures::{Stream, StreamExt};
+use pac_platform::audit::with_patients;
 use pac_platform::error::{ApiError, FieldViolation};
 use pac_platform::idempotency::{parse_request_id, request_hash};
 use pac_platform::outbox::{Cursor, StoredEvent};
@@ -49,8 +55,23 @@ impl SchedulingService {
     /// The caller and idempotency key of a write.
     fn write<T: Message>(&self, request: &Request<T>, request_id: &str) -> Result<Write, Status> {
         let caller = self.caller(request)?;
-        Ok(Write { actor: caller.actor, request_id: parse_request_id(request_id)?, request_hash: request_hash(request.get_ref()) })
+        write_of(caller, request, request_id)
     }
+}
+
+/// A write by `caller`: its actor, its organisation scope and its idempotency key.
+fn write_of<T: Message>(caller: Caller, request: &Request<T>, request_id: &str) -> Result<Write, Status> {
+    Ok(Write {
+        scope: caller.scope().map(<[String]>::to_vec),
+        actor: caller.actor,
+        request_id: parse_request_id(request_id)?,
+        request_hash: request_hash(request.get_ref()),
+    })
+}
+
+/// The patient of an appointment in a response, for the audit trail.
+fn patient_of(appointment: Option<&pb::Appointment>) -> Option<String> {
+    appointment.map(|a| a.patient_id.clone())
 }
 
 /// Collects field violations; `finish` fails with all of them at once.
@@ -176,8 +197,10 @@ impl SchedulingApi for SchedulingService {
     }
 
     async fn create_clinic(&self, request: Request<pb::CreateClinicRequest>) -> Result<Response<pb::CreateClinicResponse>, Status> {
-        let write = self.write(&request, &request.get_ref().request_id)?;
+        let caller = self.caller(&request)?;
         let input = required("clinic", request.get_ref().clinic.as_ref())?;
+        let organisation = caller.owning_organisation("clinic.organisation", &input.organisation)?;
+        let write = write_of(caller, &request, &request.get_ref().request_id)?;
         let mut checks = Checks::default();
         if !input.id.is_empty() {
             checks.0.push(FieldViolation::new("clinic.id", "OUTPUT_ONLY", "is assigned by the service; leave it empty"));
@@ -195,6 +218,7 @@ impl SchedulingApi for SchedulingService {
             service_code: checks.check(convert::parse_service_code("clinic.service_code", &input.service_code)).unwrap_or_default(),
             time_zone: time_zone.unwrap_or_default(),
             what_to_bring: checks.check(convert::parse_notes("clinic.what_to_bring", &input.what_to_bring)).unwrap_or_default(),
+            organisation,
         };
         checks.finish()?;
         let scheduling = self.scheduling.clone();
@@ -332,7 +356,9 @@ impl SchedulingApi for SchedulingService {
         checks.finish()?;
         let (slot_id, patient_id, ttl) = (slot_id.expect("checked"), patient_id.expect("checked"), ttl.expect("checked"));
         let scheduling = self.scheduling.clone();
-        Ok(Response::new(run(async move { scheduling.hold(slot_id, patient_id, ttl, write).await }).await?))
+        let response = run(async move { scheduling.hold(slot_id, patient_id, ttl, write).await }).await?;
+        let patient = patient_of(response.appointment.as_ref());
+        Ok(with_patients(Response::new(response), patient))
     }
 
     async fn book_appointment(
@@ -356,7 +382,9 @@ impl SchedulingApi for SchedulingService {
         checks.finish()?;
         let book = Book { target: target.expect("checked"), patient_id: patient_id.flatten(), referral_id: referral_id.flatten(), write };
         let scheduling = self.scheduling.clone();
-        Ok(Response::new(run(async move { scheduling.book(book).await }).await?))
+        let response = run(async move { scheduling.book(book).await }).await?;
+        let patient = patient_of(response.appointment.as_ref());
+        Ok(with_patients(Response::new(response), patient))
     }
 
     async fn reschedule_appointment(
@@ -381,7 +409,9 @@ impl SchedulingApi for SchedulingService {
             write,
         };
         let scheduling = self.scheduling.clone();
-        Ok(Response::new(run(async move { scheduling.reschedule(reschedule).await }).await?))
+        let response = run(async move { scheduling.reschedule(reschedule).await }).await?;
+        let patient = patient_of(response.appointment.as_ref());
+        Ok(with_patients(Response::new(response), patient))
     }
 
     async fn cancel_appointment(
@@ -407,7 +437,9 @@ impl SchedulingApi for SchedulingService {
             write,
         };
         let scheduling = self.scheduling.clone();
-        Ok(Response::new(run(async move { scheduling.cancel(cancel).await }).await?))
+        let response = run(async move { scheduling.cancel(cancel).await }).await?;
+        let patient = patient_of(response.appointment.as_ref());
+        Ok(with_patients(Response::new(response), patient))
     }
 
     async fn update_appointment_status(
@@ -437,26 +469,29 @@ impl SchedulingApi for SchedulingService {
             to: to.expect("checked"),
             etag: (!request.etag.is_empty()).then_some(request.etag),
             correction_reason: reason.filter(|r| !r.is_empty()),
+            scope: caller.scope().map(<[String]>::to_vec),
             actor: caller.actor,
         };
         let scheduling = self.scheduling.clone();
         let appointment = run(async move { scheduling.change_status(change).await }).await?;
-        Ok(Response::new(pb::UpdateAppointmentStatusResponse { appointment: Some(convert::appointment(&appointment)) }))
+        let response = pb::UpdateAppointmentStatusResponse { appointment: Some(convert::appointment(&appointment)) };
+        Ok(with_patients(Response::new(response), [appointment.patient_id.to_string()]))
     }
 
     async fn get_appointment(&self, request: Request<pb::GetAppointmentRequest>) -> Result<Response<pb::GetAppointmentResponse>, Status> {
-        self.caller(&request)?;
+        let caller = self.caller(&request)?;
         let id = parse_id("id", &request.get_ref().id).map_err(invalid)?;
         let scheduling = self.scheduling.clone();
-        let appointment = run(async move { scheduling.appointment(id).await }).await?;
-        Ok(Response::new(pb::GetAppointmentResponse { appointment: Some(convert::appointment(&appointment)) }))
+        let appointment = run(async move { scheduling.appointment(id, caller.scope()).await }).await?;
+        let response = pb::GetAppointmentResponse { appointment: Some(convert::appointment(&appointment)) };
+        Ok(with_patients(Response::new(response), [appointment.patient_id.to_string()]))
     }
 
     async fn list_appointments(
         &self,
         request: Request<pb::ListAppointmentsRequest>,
     ) -> Result<Response<pb::ListAppointmentsResponse>, Status> {
-        self.caller(&request)?;
+        let caller = self.caller(&request)?;
         let request = request.into_inner();
         let mut checks = Checks::default();
         let patient_id = checks.check(parse_optional_id("patient_id", &request.patient_id));
@@ -483,27 +518,35 @@ impl SchedulingApi for SchedulingService {
         let offset = paging::decode(&request.page_token, query)?.min(MAX_OFFSET);
         let scheduling = self.scheduling.clone();
         let appointments = run(async move {
+            let scope = caller.scope();
             match by {
-                ListBy::Patient(patient) => store::appointments_of_patient(&scheduling.pool, patient, &statuses, limit, offset).await,
+                ListBy::Patient(patient) => {
+                    store::appointments_of_patient(&scheduling.pool, patient, &statuses, limit, offset, scope).await
+                }
                 ListBy::ClinicDay(clinic_id, day) => {
                     let clinic = scheduling.clinic(clinic_id).await?;
                     let (from, until) = local_day_window(clinic.zone(), day);
-                    store::appointments_of_clinic(&scheduling.pool, clinic_id, from, until, &statuses, limit, offset).await
+                    store::appointments_of_clinic(&scheduling.pool, clinic_id, from, until, &statuses, limit, offset, scope).await
                 }
             }
         })
         .await?;
         let next = next_page(appointments.len(), limit, offset, query);
-        Ok(Response::new(pb::ListAppointmentsResponse {
-            appointments: appointments.iter().map(convert::appointment).collect(),
-            next_page_token: next,
-        }))
+        let response =
+            pb::ListAppointmentsResponse { appointments: appointments.iter().map(convert::appointment).collect(), next_page_token: next };
+        Ok(with_patients(Response::new(response), appointments.iter().map(|a| a.patient_id.to_string())))
     }
 
     async fn add_to_waitlist(&self, request: Request<pb::AddToWaitlistRequest>) -> Result<Response<pb::AddToWaitlistResponse>, Status> {
         use pb::waitlist_entry::Target as T;
-        let write = self.write(&request, &request.get_ref().request_id)?;
+        let caller = self.caller(&request)?;
         let input = required("entry", request.get_ref().entry.as_ref())?;
+        // For a service code the caller chooses (one of theirs); for a clinic it is the clinic's.
+        let (organisation, requested) = match &input.target {
+            Some(T::ServiceCode(_)) => (caller.owning_organisation("entry.organisation", &input.organisation)?, String::new()),
+            _ => (String::new(), input.organisation.trim().to_uppercase()),
+        };
+        let write = write_of(caller, &request, &request.get_ref().request_id)?;
         let mut checks = Checks::default();
         if !input.id.is_empty() {
             checks.0.push(FieldViolation::new("entry.id", "OUTPUT_ONLY", "is assigned by the service; leave it empty"));
@@ -536,13 +579,16 @@ impl SchedulingApi for SchedulingService {
             referral_id: referral_id.flatten(),
             added_at: pac_platform::now(),
             closed_at: None,
+            organisation,
         };
         let scheduling = self.scheduling.clone();
-        Ok(Response::new(run(async move { scheduling.add_to_waitlist(entry, write).await }).await?))
+        let response = run(async move { scheduling.add_to_waitlist(entry, &requested, write).await }).await?;
+        let patient = response.entry.as_ref().map(|e| e.patient_id.clone());
+        Ok(with_patients(Response::new(response), patient))
     }
 
     async fn list_waitlist(&self, request: Request<pb::ListWaitlistRequest>) -> Result<Response<pb::ListWaitlistResponse>, Status> {
-        self.caller(&request)?;
+        let caller = self.caller(&request)?;
         let request = request.into_inner();
         let mut checks = Checks::default();
         let clinic_id = checks.check(parse_optional_id("clinic_id", &request.clinic_id)).flatten();
@@ -565,9 +611,12 @@ impl SchedulingApi for SchedulingService {
         let offset = paging::decode(&request.page_token, query)?.min(MAX_OFFSET);
         let scheduling = self.scheduling.clone();
         let include_closed = request.include_closed;
-        let entries = run(async move { scheduling.list_waitlist(clinic_id, service_code, include_closed, limit, offset).await }).await?;
+        let entries =
+            run(async move { scheduling.list_waitlist(clinic_id, service_code, include_closed, limit, offset, caller.scope()).await })
+                .await?;
         let next = next_page(entries.len(), limit, offset, query);
-        Ok(Response::new(pb::ListWaitlistResponse { entries, next_page_token: next }))
+        let patients: Vec<String> = entries.iter().map(|e| e.patient_id.clone()).collect();
+        Ok(with_patients(Response::new(pb::ListWaitlistResponse { entries, next_page_token: next }), patients))
     }
 
     async fn respond_to_offer(&self, request: Request<pb::RespondToOfferRequest>) -> Result<Response<pb::RespondToOfferResponse>, Status> {
@@ -575,11 +624,14 @@ impl SchedulingApi for SchedulingService {
         let offer_id = parse_id("offer_id", &request.get_ref().offer_id).map_err(invalid)?;
         let accept = request.get_ref().accept;
         let scheduling = self.scheduling.clone();
-        Ok(Response::new(run(async move { scheduling.respond_to_offer(offer_id, accept, write).await }).await?))
+        let response = run(async move { scheduling.respond_to_offer(offer_id, accept, write).await }).await?;
+        let patient = response.entry.as_ref().map(|e| e.patient_id.clone());
+        Ok(with_patients(Response::new(response), patient))
     }
 
     type WatchEventsStream = EventStream;
 
+    /// Not scoped by organisation (see the module docs).
     async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Result<Response<Self::WatchEventsStream>, Status> {
         self.caller(&request)?;
         let after: Cursor = request.get_ref().after_cursor.parse()?;

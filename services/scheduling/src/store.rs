@@ -2,6 +2,11 @@
 //! appointments than its capacity (`slots_within_capacity`), a patient is never in two live
 //! appointments at once (`appointments_patient_no_overlap`), one open waitlist entry per patient and
 //! target, one open offer per entry. This module turns their violations into domain errors.
+//!
+//! Organisation scope: the statements that read or change appointments, waitlist entries and offers
+//! for a caller take the caller's scope (`pac_platform::Caller::scope`; `None` when unscoped) and
+//! carry it in their `WHERE` clause, so another organisation's row is not found and never listed.
+//! Clinics, slots and locations are the shared directory and are not scoped.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use pac_platform::error::violated_constraint;
@@ -16,6 +21,9 @@ use crate::error::SchedulingError;
 use crate::model::*;
 
 type Result<T> = std::result::Result<T, SchedulingError>;
+
+/// The organisations a caller may see (`None`: every one); see `pac_platform::Caller::scope`.
+pub type Scope<'a> = Option<&'a [String]>;
 
 // ---------------------------------------------------------------------------------------------
 // Directory
@@ -47,8 +55,8 @@ pub async fn find_location(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Op
 
 pub async fn insert_clinic(conn: &mut PgConnection, c: &Clinic) -> Result<()> {
     let result = sqlx::query(
-        "INSERT INTO clinics (id, location_id, name, specialty, service_code, time_zone, what_to_bring, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, now())",
+        "INSERT INTO clinics (id, location_id, name, specialty, service_code, time_zone, what_to_bring, organisation, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())",
     )
     .bind(c.id)
     .bind(c.location_id)
@@ -57,6 +65,7 @@ pub async fn insert_clinic(conn: &mut PgConnection, c: &Clinic) -> Result<()> {
     .bind(&c.service_code)
     .bind(&c.time_zone)
     .bind(&c.what_to_bring)
+    .bind(&c.organisation)
     .execute(conn)
     .await;
     match result {
@@ -67,7 +76,7 @@ pub async fn insert_clinic(conn: &mut PgConnection, c: &Clinic) -> Result<()> {
     }
 }
 
-const CLINIC_COLUMNS: &str = "id, location_id, name, specialty, service_code, time_zone, what_to_bring";
+const CLINIC_COLUMNS: &str = "id, location_id, name, specialty, service_code, time_zone, what_to_bring, organisation";
 
 pub async fn find_clinic(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Clinic>> {
     let sql = format!("SELECT {CLINIC_COLUMNS} FROM clinics WHERE id = $1");
@@ -152,8 +161,8 @@ pub async fn insert_slots(conn: &mut PgConnection, clinic: &Clinic, template: &T
     let local_starts: Vec<chrono::NaiveTime> = slots.iter().map(|s| s.local_start).collect();
     let result = sqlx::query(
         "INSERT INTO slots (id, clinic_id, template_id, service_code, location_id, start_time, end_time, local_date, \
-                            local_start, capacity) \
-         SELECT id, $6, $7, $8, $9, start_time, end_time, local_date, local_start, $10 \
+                            local_start, capacity, organisation) \
+         SELECT id, $6, $7, $8, $9, start_time, end_time, local_date, local_start, $10, $11 \
          FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::date[], $5::time[]) \
               AS s (id, start_time, end_time, local_date, local_start) \
          ON CONFLICT (template_id, start_time) DO UPDATE SET withdrawn_at = NULL, end_time = EXCLUDED.end_time, \
@@ -170,6 +179,7 @@ pub async fn insert_slots(conn: &mut PgConnection, clinic: &Clinic, template: &T
     .bind(&clinic.service_code)
     .bind(clinic.location_id)
     .bind(template.capacity)
+    .bind(&clinic.organisation)
     .execute(conn)
     .await?;
     Ok(result.rows_affected())
@@ -199,7 +209,8 @@ pub async fn count_occupied_slots(conn: &mut PgConnection, template_id: Uuid, af
     .await?)
 }
 
-const SLOT_COLUMNS: &str = "id, clinic_id, service_code, location_id, start_time, end_time, local_date, local_start, capacity, occupied";
+const SLOT_COLUMNS: &str =
+    "id, clinic_id, service_code, location_id, start_time, end_time, local_date, local_start, capacity, occupied, organisation";
 
 pub async fn find_slot(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Slot>> {
     let sql = format!("SELECT {SLOT_COLUMNS} FROM slots WHERE id = $1 AND withdrawn_at IS NULL");
@@ -330,10 +341,14 @@ struct AppointmentRow {
     cancelled_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    organisation: String,
 }
 
 const APPOINTMENT_COLUMNS: &str = "id, version, slot_id, clinic_id, patient_id, referral_id, status, start_time, end_time, \
-    hold_expires_at, cancel_reason_code, cancelled_by, cancel_late, cancelled_at, created_at, updated_at";
+    hold_expires_at, cancel_reason_code, cancelled_by, cancel_late, cancelled_at, created_at, updated_at, organisation";
+
+/// The scope predicate on appointments, with the scope bound as `$2`.
+const APPOINTMENT_SCOPED: &str = "($2::text[] IS NULL OR organisation = ANY($2))";
 
 impl TryFrom<AppointmentRow> for Appointment {
     type Error = sqlx::Error;
@@ -357,6 +372,7 @@ impl TryFrom<AppointmentRow> for Appointment {
             cancellation,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            organisation: r.organisation,
         })
     }
 }
@@ -375,8 +391,8 @@ fn double_booking(error: sqlx::Error) -> SchedulingError {
 pub async fn insert_appointment(conn: &mut PgConnection, a: &Appointment) -> Result<()> {
     sqlx::query(
         "INSERT INTO appointments (id, version, slot_id, clinic_id, patient_id, referral_id, status, start_time, end_time, \
-                                   hold_expires_at, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                                   hold_expires_at, created_at, updated_at, organisation) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(a.id)
     .bind(a.version)
@@ -390,6 +406,7 @@ pub async fn insert_appointment(conn: &mut PgConnection, a: &Appointment) -> Res
     .bind(a.hold_expires_at)
     .bind(a.created_at)
     .bind(a.updated_at)
+    .bind(&a.organisation)
     .execute(conn)
     .await
     .map_err(double_booking)?;
@@ -402,7 +419,7 @@ pub async fn update_appointment(conn: &mut PgConnection, a: &Appointment) -> Res
     sqlx::query(
         "UPDATE appointments SET version = $2, slot_id = $3, clinic_id = $4, patient_id = $5, referral_id = $6, \
              status = $7, start_time = $8, end_time = $9, hold_expires_at = $10, cancel_reason_code = $11, \
-             cancelled_by = $12, cancel_late = $13, cancelled_at = $14, updated_at = $15 \
+             cancelled_by = $12, cancel_late = $13, cancelled_at = $14, updated_at = $15, organisation = $16 \
          WHERE id = $1",
     )
     .bind(a.id)
@@ -420,43 +437,52 @@ pub async fn update_appointment(conn: &mut PgConnection, a: &Appointment) -> Res
     .bind(c.map(|c| c.late))
     .bind(c.map(|c| c.at))
     .bind(a.updated_at)
+    .bind(&a.organisation)
     .execute(conn)
     .await
     .map_err(double_booking)?;
     Ok(())
 }
 
-pub async fn find_appointment(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Appointment>> {
-    let sql = format!("SELECT {APPOINTMENT_COLUMNS} FROM appointments WHERE id = $1");
-    let row: Option<AppointmentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(executor).await?;
+pub async fn find_appointment(executor: impl PgExecutor<'_>, id: Uuid, scope: Scope<'_>) -> Result<Option<Appointment>> {
+    let sql = format!("SELECT {APPOINTMENT_COLUMNS} FROM appointments WHERE id = $1 AND {APPOINTMENT_SCOPED}");
+    let row: Option<AppointmentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(scope).fetch_optional(executor).await?;
     Ok(row.map(Appointment::try_from).transpose()?)
 }
 
-pub async fn lock_appointment(conn: &mut PgConnection, id: Uuid) -> Result<Option<Appointment>> {
-    let sql = format!("SELECT {APPOINTMENT_COLUMNS} FROM appointments WHERE id = $1 FOR UPDATE");
-    let row: Option<AppointmentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(conn).await?;
+pub async fn lock_appointment(conn: &mut PgConnection, id: Uuid, scope: Scope<'_>) -> Result<Option<Appointment>> {
+    let sql = format!("SELECT {APPOINTMENT_COLUMNS} FROM appointments WHERE id = $1 AND {APPOINTMENT_SCOPED} FOR UPDATE");
+    let row: Option<AppointmentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(scope).fetch_optional(conn).await?;
     Ok(row.map(Appointment::try_from).transpose()?)
 }
 
-/// A patient's appointments by start.
+/// A patient's appointments in scope, by start.
 pub async fn appointments_of_patient(
     executor: impl PgExecutor<'_>,
     patient_id: Uuid,
     statuses: &[&str],
     limit: i64,
     offset: i64,
+    scope: Scope<'_>,
 ) -> Result<Vec<Appointment>> {
     let sql = format!(
         "SELECT {APPOINTMENT_COLUMNS} FROM appointments \
-         WHERE patient_id = $1 AND (cardinality($2::text[]) = 0 OR status = ANY($2)) \
-         ORDER BY start_time, id LIMIT $3 OFFSET $4"
+         WHERE patient_id = $1 AND {APPOINTMENT_SCOPED} AND (cardinality($3::text[]) = 0 OR status = ANY($3)) \
+         ORDER BY start_time, id LIMIT $4 OFFSET $5"
     );
-    let rows =
-        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(patient_id).bind(statuses).bind(limit).bind(offset).fetch_all(executor).await?;
+    let rows = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(patient_id)
+        .bind(scope)
+        .bind(statuses)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(executor)
+        .await?;
     appointments(rows)
 }
 
-/// A clinic's appointments starting in a window, by start.
+/// A clinic's appointments in scope starting in a window, by start.
+#[allow(clippy::too_many_arguments)]
 pub async fn appointments_of_clinic(
     executor: impl PgExecutor<'_>,
     clinic_id: Uuid,
@@ -465,14 +491,17 @@ pub async fn appointments_of_clinic(
     statuses: &[&str],
     limit: i64,
     offset: i64,
+    scope: Scope<'_>,
 ) -> Result<Vec<Appointment>> {
     let sql = format!(
         "SELECT {APPOINTMENT_COLUMNS} FROM appointments \
-         WHERE clinic_id = $1 AND start_time >= $2 AND start_time < $3 AND (cardinality($4::text[]) = 0 OR status = ANY($4)) \
-         ORDER BY start_time, id LIMIT $5 OFFSET $6"
+         WHERE clinic_id = $1 AND {APPOINTMENT_SCOPED} AND start_time >= $3 AND start_time < $4 \
+           AND (cardinality($5::text[]) = 0 OR status = ANY($5)) \
+         ORDER BY start_time, id LIMIT $6 OFFSET $7"
     );
     let rows = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(clinic_id)
+        .bind(scope)
         .bind(from)
         .bind(until)
         .bind(statuses)
@@ -540,10 +569,11 @@ struct EntryRow {
     referral_id: Option<Uuid>,
     added_at: DateTime<Utc>,
     closed_at: Option<DateTime<Utc>>,
+    organisation: String,
 }
 
 const ENTRY_COLUMNS: &str = "e.id, e.patient_id, e.clinic_id, e.service_code, e.earliest_date, e.latest_date, e.priority, \
-    e.breach_date, e.referral_id, e.added_at, e.closed_at";
+    e.breach_date, e.referral_id, e.added_at, e.closed_at, e.organisation";
 /// Offer order (the domain's `offer_order`), for reading entries in that order.
 const OFFER_ORDER: &str = "e.priority DESC, e.breach_date NULLS LAST, e.added_at, e.id";
 
@@ -567,12 +597,13 @@ fn entries(rows: Vec<EntryRow>) -> Result<Vec<Entry>> {
                 referral_id: r.referral_id,
                 added_at: r.added_at,
                 closed_at: r.closed_at,
+                organisation: r.organisation,
             })
         })
         .collect()
 }
 
-/// Adds an entry, or returns the id of the patient's open entry for the same target.
+/// Adds an entry, or returns the id of the patient's open entry for the same target and organisation.
 pub async fn insert_entry(conn: &mut PgConnection, e: &Entry) -> Result<Option<Uuid>> {
     let (clinic_id, service_code) = match &e.target {
         Target::Clinic(id) => (Some(*id), None),
@@ -580,9 +611,9 @@ pub async fn insert_entry(conn: &mut PgConnection, e: &Entry) -> Result<Option<U
     };
     let inserted = sqlx::query(
         "INSERT INTO waitlist_entries (id, patient_id, clinic_id, service_code, earliest_date, latest_date, priority, \
-                                       breach_date, referral_id, added_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-         ON CONFLICT (patient_id, coalesce(clinic_id::text, service_code)) WHERE closed_at IS NULL DO NOTHING",
+                                       breach_date, referral_id, added_at, organisation) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (patient_id, coalesce(clinic_id::text, service_code), organisation) WHERE closed_at IS NULL DO NOTHING",
     )
     .bind(e.id)
     .bind(e.patient_id)
@@ -594,17 +625,20 @@ pub async fn insert_entry(conn: &mut PgConnection, e: &Entry) -> Result<Option<U
     .bind(e.breach_date)
     .bind(e.referral_id)
     .bind(e.added_at)
+    .bind(&e.organisation)
     .execute(&mut *conn)
     .await;
     match inserted {
         Ok(done) if done.rows_affected() == 1 => Ok(None),
         Ok(_) => Ok(sqlx::query_scalar(
             "SELECT id FROM waitlist_entries \
-             WHERE patient_id = $1 AND coalesce(clinic_id::text, service_code) = coalesce($2::text, $3) AND closed_at IS NULL",
+             WHERE patient_id = $1 AND coalesce(clinic_id::text, service_code) = coalesce($2::text, $3) AND organisation = $4 \
+               AND closed_at IS NULL",
         )
         .bind(e.patient_id)
         .bind(clinic_id)
         .bind(service_code)
+        .bind(&e.organisation)
         .fetch_optional(conn)
         .await?),
         Err(e) if matches!(violated_constraint(&e), Some((ErrorKind::ForeignKeyViolation, _))) => {
@@ -620,8 +654,8 @@ pub async fn find_entry(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Optio
     Ok(entries(rows)?.pop())
 }
 
-/// Entries waiting for a clinic (directly or by its service code) or for a service code (directly or
-/// at any of its clinics), in offer order.
+/// Entries in scope waiting for a clinic (directly or by its service code) or for a service code
+/// (directly or at any of its clinics), in offer order.
 pub async fn list_entries(
     executor: impl PgExecutor<'_>,
     clinic: Option<&Clinic>,
@@ -629,10 +663,11 @@ pub async fn list_entries(
     include_closed: bool,
     limit: i64,
     offset: i64,
+    scope: Scope<'_>,
 ) -> Result<Vec<Entry>> {
     let sql = format!(
         "SELECT {ENTRY_COLUMNS} FROM waitlist_entries e \
-         WHERE ($3 OR e.closed_at IS NULL) AND (CASE WHEN $1::uuid IS NOT NULL \
+         WHERE ($3 OR e.closed_at IS NULL) AND ($6::text[] IS NULL OR e.organisation = ANY($6)) AND (CASE WHEN $1::uuid IS NOT NULL \
                THEN e.clinic_id = $1 OR e.service_code = $2 \
                ELSE e.service_code = $2 OR e.clinic_id IN (SELECT id FROM clinics WHERE service_code = $2) END) \
          ORDER BY {OFFER_ORDER} LIMIT $4 OFFSET $5"
@@ -643,17 +678,19 @@ pub async fn list_entries(
         .bind(include_closed)
         .bind(limit)
         .bind(offset)
+        .bind(scope)
         .fetch_all(executor)
         .await?;
     entries(rows)
 }
 
-/// Open entries a free `slot` fits, in offer order: waiting for its clinic or service, its day in
-/// their window, no open offer, never offered this slot, and no live appointment at that time.
+/// Open entries a free `slot` fits, in offer order: of the slot's organisation, waiting for its
+/// clinic or service, its day in their window, no open offer, never offered this slot, and no live
+/// appointment at that time.
 pub async fn entries_fitting(conn: &mut PgConnection, slot: &Slot, limit: i64) -> Result<Vec<Entry>> {
     let sql = format!(
         "SELECT {ENTRY_COLUMNS} FROM waitlist_entries e \
-         WHERE e.closed_at IS NULL AND (e.clinic_id = $1 OR e.service_code = $2) \
+         WHERE e.closed_at IS NULL AND e.organisation = $8 AND (e.clinic_id = $1 OR e.service_code = $2) \
            AND (e.earliest_date IS NULL OR e.earliest_date <= $3) AND (e.latest_date IS NULL OR e.latest_date >= $3) \
            AND NOT EXISTS (SELECT 1 FROM offers o WHERE o.entry_id = e.id AND (o.outcome = 'open' OR o.slot_id = $4)) \
            AND NOT EXISTS (SELECT 1 FROM appointments a WHERE a.patient_id = e.patient_id \
@@ -669,34 +706,39 @@ pub async fn entries_fitting(conn: &mut PgConnection, slot: &Slot, limit: i64) -
         .bind(slot.start_time)
         .bind(slot.end_time)
         .bind(limit)
+        .bind(&slot.organisation)
         .fetch_all(conn)
         .await?;
     entries(rows)
 }
 
-/// Whether any open entry without an open offer waits for this clinic or its service.
+/// Whether any open entry of the clinic's organisation without an open offer waits for this clinic
+/// or its service.
 pub async fn anyone_waiting(conn: &mut PgConnection, clinic: &Clinic) -> Result<bool> {
     Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM waitlist_entries e WHERE e.closed_at IS NULL \
+        "SELECT EXISTS (SELECT 1 FROM waitlist_entries e WHERE e.closed_at IS NULL AND e.organisation = $3 \
                         AND (e.clinic_id = $1 OR e.service_code = $2) \
                         AND NOT EXISTS (SELECT 1 FROM offers o WHERE o.entry_id = e.id AND o.outcome = 'open'))",
     )
     .bind(clinic.id)
     .bind(&clinic.service_code)
+    .bind(&clinic.organisation)
     .fetch_one(conn)
     .await?)
 }
 
-/// Closes the patient's open entries for this clinic or its service (they have been booked).
+/// Closes the patient's open entries with the slot's organisation for its clinic or its service
+/// (they have been booked).
 pub async fn close_entries_for(conn: &mut PgConnection, patient_id: Uuid, slot: &Slot, reason: &str) -> Result<()> {
     sqlx::query(
         "UPDATE waitlist_entries SET closed_at = now(), close_reason = $4 \
-         WHERE patient_id = $1 AND closed_at IS NULL AND (clinic_id = $2 OR service_code = $3)",
+         WHERE patient_id = $1 AND closed_at IS NULL AND organisation = $5 AND (clinic_id = $2 OR service_code = $3)",
     )
     .bind(patient_id)
     .bind(slot.clinic_id)
     .bind(&slot.service_code)
     .bind(reason)
+    .bind(&slot.organisation)
     .execute(conn)
     .await?;
     Ok(())
@@ -758,9 +800,14 @@ pub async fn offers_of(executor: impl PgExecutor<'_>, entry_ids: &[Uuid]) -> Res
     offers(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(entry_ids).fetch_all(executor).await?)
 }
 
-pub async fn lock_offer(conn: &mut PgConnection, id: Uuid) -> Result<Option<Offer>> {
-    let sql = format!("SELECT {OFFER_COLUMNS} FROM offers WHERE id = $1 FOR UPDATE");
-    Ok(offers(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_all(conn).await?)?.pop())
+/// Locks an offer made to an entry in scope.
+pub async fn lock_offer(conn: &mut PgConnection, id: Uuid, scope: Scope<'_>) -> Result<Option<Offer>> {
+    let sql = format!(
+        "SELECT {OFFER_COLUMNS} FROM offers o WHERE id = $1 AND EXISTS ( \
+             SELECT 1 FROM waitlist_entries e WHERE e.id = o.entry_id AND ($2::text[] IS NULL OR e.organisation = ANY($2))) \
+         FOR UPDATE"
+    );
+    Ok(offers(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(scope).fetch_all(conn).await?)?.pop())
 }
 
 /// Closes the open offer whose hold is this appointment, if there is one; returns it.
@@ -804,7 +851,7 @@ pub async fn repoint_patient(conn: &mut PgConnection, merge_id: Uuid, from: Uuid
     sqlx::query(
         "UPDATE waitlist_entries m SET closed_at = now(), close_reason = 'duplicate after merge' \
          WHERE m.patient_id = $1 AND m.closed_at IS NULL AND EXISTS ( \
-             SELECT 1 FROM waitlist_entries s WHERE s.patient_id = $2 AND s.closed_at IS NULL \
+             SELECT 1 FROM waitlist_entries s WHERE s.patient_id = $2 AND s.closed_at IS NULL AND s.organisation = m.organisation \
              AND coalesce(s.clinic_id::text, s.service_code) = coalesce(m.clinic_id::text, m.service_code))",
     )
     .bind(from)

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Platform, assert_error, eventually};
+use common::{Platform, assert_error, audited, eventually};
 use futures::future::join_all;
 use pac_proto::scheduling as pb;
 use pac_proto::scheduling::book_appointment_request::Target;
@@ -141,7 +141,10 @@ async fn a_hold_is_confirmed_into_a_booking() {
     };
     assert_error(&p.client().book_appointment(wrong).await.unwrap_err(), Code::InvalidArgument, "PATIENT_MISMATCH");
     let confirm = pb::BookAppointmentRequest { target: Some(Target::HeldAppointmentId(hold.id.clone())), ..Default::default() };
-    let booked = p.client().book_appointment(confirm).await.unwrap().into_inner().appointment.unwrap();
+    let response = p.client().book_appointment(confirm).await.unwrap();
+    // The audit trail hears whose appointment it was.
+    assert_eq!(audited(&response), [patients[0].clone()]);
+    let booked = response.into_inner().appointment.unwrap();
     assert_eq!(booked.id, hold.id);
     assert_eq!(booked.status, pb::AppointmentStatus::Booked as i32);
     assert!(booked.hold_expire_time.is_none());

@@ -156,6 +156,8 @@ pub struct PatientRecord {
     pub id: Uuid,
     pub version: i64,
     pub demographics: Demographics,
+    /// The organisation that registered the patient and owns the record (`''`: none). Never changes.
+    pub organisation: String,
     pub merged_into: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -73,6 +73,14 @@ impl TestServer {
         self.as_caller(message, &[PERMISSION_RESTRICTED_READ])
     }
 
+    /// `message` from `caller`, its context signed with the deployment's internal key.
+    pub fn signed<T>(&self, message: T, caller: &Caller) -> Request<T> {
+        let token = CallerVerifier::new(&self.platform.internal_key, false).sign(caller, Duration::from_secs(300));
+        let mut request = Request::new(message);
+        request.metadata_mut().insert(CALLER_HEADER, token.parse().unwrap());
+        request
+    }
+
     /// Admin connection to this test's database.
     pub async fn admin(&self) -> sqlx::PgPool {
         sqlx::PgPool::connect(&self.db.admin_url).await.unwrap()
@@ -86,6 +94,33 @@ impl TestServer {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
     }
+}
+
+/// A coordinator acting for `organisation` only.
+pub fn member_of(subject: &str, organisation: &str) -> Caller {
+    Caller {
+        actor: Actor { subject: subject.into(), role: "coordinator".into(), organisation: organisation.into() },
+        organisations: vec![organisation.into()],
+        permissions: vec![PERMISSION_RESTRICTED_READ.into()],
+    }
+}
+
+/// One of the platform's services calling: unscoped.
+pub fn service_caller() -> Caller {
+    Caller {
+        actor: Actor { subject: "pac-scheduling".into(), role: "service".into(), organisation: String::new() },
+        organisations: Vec::new(),
+        permissions: Vec::new(),
+    }
+}
+
+/// The patient ids a response names for the audit trail.
+pub fn audited<T>(response: &tonic::Response<T>) -> Vec<String> {
+    response
+        .metadata()
+        .get(pac_platform::audit::PATIENTS_HEADER)
+        .map(|v| pac_platform::audit::patients_in(v.to_str().unwrap()))
+        .unwrap_or_default()
 }
 
 pub fn date(year: i32, month: i32, day: i32) -> Option<Date> {

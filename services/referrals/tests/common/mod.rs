@@ -174,6 +174,11 @@ impl Platform {
 
     /// A service with no entry rules, awaiting-triage flagged after 2 working days for two-week waits.
     pub async fn open_service(&self, code: &str, later_dna: pb::LaterDnaPolicy) -> pb::Service {
+        self.open_service_of(code, later_dna, "").await
+    }
+
+    /// An open service provided by `organisation` ('': none).
+    pub async fn open_service_of(&self, code: &str, later_dna: pb::LaterDnaPolicy, organisation: &str) -> pb::Service {
         self.service(pb::Service {
             code: code.into(),
             name: format!("{code} clinic"),
@@ -185,9 +190,18 @@ impl Platform {
                 working_days: 2,
             }],
             later_dna_policy: later_dna as i32,
+            organisation: organisation.into(),
             ..Default::default()
         })
         .await
+    }
+
+    /// `message` from `caller`, its context signed with the deployment's internal key.
+    pub fn signed_as<T>(&self, message: T, caller: &Caller) -> tonic::Request<T> {
+        let token = CallerVerifier::new(&self.platform.internal_key, false).sign(caller, Duration::from_secs(60));
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert(pac_platform::caller::CALLER_HEADER, token.parse().unwrap());
+        request
     }
 
     pub fn new_referral(&self, patient_id: &str, service_code: &str) -> pb::CreateReferralRequest {
@@ -322,6 +336,33 @@ impl Drop for Platform {
 }
 
 /// Asserts the code and the ErrorInfo reason.
+/// A coordinator acting for `organisation` only, with `permissions`.
+pub fn member_of(subject: &str, organisation: &str, permissions: &[&str]) -> Caller {
+    Caller {
+        actor: Actor { subject: subject.into(), role: "coordinator".into(), organisation: organisation.into() },
+        organisations: vec![organisation.into()],
+        permissions: permissions.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+/// One of the platform's services calling: unscoped.
+pub fn service_caller() -> Caller {
+    Caller {
+        actor: Actor { subject: "pac-scheduling".into(), role: "service".into(), organisation: String::new() },
+        organisations: Vec::new(),
+        permissions: Vec::new(),
+    }
+}
+
+/// The patient ids a response names for the audit trail.
+pub fn audited<T>(response: &tonic::Response<T>) -> Vec<String> {
+    response
+        .metadata()
+        .get(pac_platform::audit::PATIENTS_HEADER)
+        .map(|v| pac_platform::audit::patients_in(v.to_str().unwrap()))
+        .unwrap_or_default()
+}
+
 pub fn assert_error(status: &Status, code: Code, reason: &str) {
     assert_eq!(status.code(), code, "{status:?}");
     let details = status.get_error_details();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::{Datelike, Utc};
 use pac_platform::PlatformConfig;
+use pac_platform::caller::{Actor, CALLER_HEADER, Caller, CallerVerifier};
 use pac_platform::testkit::TestDatabase;
 use pac_proto::common::{Address, Date};
 use pac_proto::records as records_pb;
@@ -18,7 +19,7 @@ use pac_scheduling::SchedulingConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
 pub struct Platform {
@@ -101,8 +102,21 @@ impl Platform {
         ids
     }
 
+    /// `message` from `caller`, its context signed with the deployment's internal key.
+    pub fn signed<T>(&self, message: T, caller: &Caller) -> Request<T> {
+        let token = CallerVerifier::new(&self.platform.internal_key, false).sign(caller, Duration::from_secs(300));
+        let mut request = Request::new(message);
+        request.metadata_mut().insert(CALLER_HEADER, token.parse().unwrap());
+        request
+    }
+
     /// A location and clinic in Europe/London; returns the clinic.
     pub async fn clinic(&self, service_code: &str) -> pb::Clinic {
+        self.clinic_of(service_code, "").await
+    }
+
+    /// A location and clinic in Europe/London run by `organisation` ('': none); returns the clinic.
+    pub async fn clinic_of(&self, service_code: &str, organisation: &str) -> pb::Clinic {
         let location = self
             .client()
             .create_location(pb::CreateLocationRequest {
@@ -135,6 +149,7 @@ impl Platform {
                     service_code: service_code.into(),
                     time_zone: "Europe/London".into(),
                     what_to_bring: vec!["a list of your medicines".into()],
+                    organisation: organisation.into(),
                     ..Default::default()
                 }),
                 request_id: String::new(),
@@ -247,6 +262,33 @@ impl Drop for Platform {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A coordinator acting for `organisation` only.
+pub fn member_of(subject: &str, organisation: &str) -> Caller {
+    Caller {
+        actor: Actor { subject: subject.into(), role: "coordinator".into(), organisation: organisation.into() },
+        organisations: vec![organisation.into()],
+        permissions: Vec::new(),
+    }
+}
+
+/// One of the platform's services calling: unscoped.
+pub fn service_caller() -> Caller {
+    Caller {
+        actor: Actor { subject: "pac-referrals".into(), role: "service".into(), organisation: String::new() },
+        organisations: Vec::new(),
+        permissions: Vec::new(),
+    }
+}
+
+/// The patient ids a response names for the audit trail.
+pub fn audited<T>(response: &tonic::Response<T>) -> Vec<String> {
+    response
+        .metadata()
+        .get(pac_platform::audit::PATIENTS_HEADER)
+        .map(|v| pac_platform::audit::patients_in(v.to_str().unwrap()))
+        .unwrap_or_default()
 }
 
 pub fn date(d: chrono::NaiveDate) -> Date {
