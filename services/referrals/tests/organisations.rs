@@ -29,13 +29,21 @@ async fn two_organisations_never_see_or_change_each_others_referrals() {
     let knee = p.open_service_of("KNEE", pb::LaterDnaPolicy::Rebook, "RR8").await;
     let hip = p.open_service_of("HIP", pb::LaterDnaPolicy::Rebook, "RCB").await;
     assert_eq!((knee.organisation.as_str(), hip.organisation.as_str()), ("RR8", "RCB"));
-    let patient = p.adult().await;
+    // Each organisation refers its own patient: another organisation's patient is not found.
+    let patient = p.patient_of((1970, 3, 14), 2, "LS6 2AA", "RR8").await;
+    let york_patient = p.patient_of((1971, 4, 15), 1, "YO1 7HE", "RCB").await;
+    let status = client.create_referral(p.signed_as(p.new_referral(&york_patient, "KNEE"), &leeds)).await.unwrap_err();
+    assert_error(&status, Code::FailedPrecondition, "PATIENT_NOT_FOUND");
+    let eligibility = pb::CheckEligibilityRequest { patient_id: york_patient.clone(), service_code: "KNEE".into(), ..Default::default() };
+    let status = client.check_eligibility(p.signed_as(eligibility, &leeds)).await.unwrap_err();
+    assert_error(&status, Code::FailedPrecondition, "PATIENT_NOT_FOUND");
 
     let ours = client.create_referral(p.signed_as(p.new_referral(&patient, "KNEE"), &leeds)).await.unwrap();
     assert_eq!(audited(&ours), [patient.clone()]);
     let ours = ours.into_inner().referral.unwrap();
     assert_eq!(ours.organisation, "RR8");
-    let theirs = client.create_referral(p.signed_as(p.new_referral(&patient, "HIP"), &york)).await.unwrap().into_inner().referral.unwrap();
+    let theirs =
+        client.create_referral(p.signed_as(p.new_referral(&york_patient, "HIP"), &york)).await.unwrap().into_inner().referral.unwrap();
     assert_eq!(theirs.organisation, "RCB");
 
     // Referring into another organisation's service is refused.
@@ -83,13 +91,13 @@ async fn two_organisations_never_see_or_change_each_others_referrals() {
         |referral_id: &str| pb::AddNoteRequest { referral_id: referral_id.into(), note: Some(task.clone()), request_id: String::new() };
     not_found(client.add_note(p.signed_as(note(&theirs.id), &leeds)).await.unwrap_err());
     let added = client.add_note(p.signed_as(note(&theirs.id), &york)).await.unwrap();
-    assert_eq!(audited(&added), [patient.clone()]);
+    assert_eq!(audited(&added), [york_patient.clone()]);
     let york_task = added.into_inner().note.unwrap();
     let complete = pb::CompleteTaskRequest { referral_id: theirs.id.clone(), task_id: york_task.id.clone() };
     not_found(client.complete_task(p.signed_as(complete.clone(), &leeds)).await.unwrap_err());
     client.complete_task(p.signed_as(complete, &york)).await.unwrap();
     let unchanged = client.get_referral(p.signed_as(pb::GetReferralRequest { id: theirs.id.clone() }, &york)).await.unwrap();
-    assert_eq!(audited(&unchanged), [patient.clone()]);
+    assert_eq!(audited(&unchanged), [york_patient.clone()]);
     assert_eq!(unchanged.into_inner().referral.unwrap().status, pb::ReferralStatus::AwaitingTriage as i32, "nothing changed");
 
     // Worklists hold only the caller's own, by status, by patient and by service.
@@ -120,6 +128,7 @@ async fn two_organisations_never_see_or_change_each_others_referrals() {
 
     // The platform's own services are unscoped: they see both organisations'.
     let mut everything = listed(&p, by_patient, &service).await;
+    everything.extend(listed(&p, pb::ListReferralsRequest { patient_id: york_patient.clone(), ..Default::default() }, &service).await);
     everything.sort();
     let mut expected = vec![ours.id.clone(), theirs.id.clone(), moved.id.clone()];
     expected.sort();

@@ -140,7 +140,13 @@ impl Platform {
 
     /// Registers a patient; returns the id.
     pub async fn patient(&self, birth: (i32, i32, i32), sex: i32, postcode: &str) -> String {
+        self.patient_of(birth, sex, postcode, "").await
+    }
+
+    /// A patient registered for `organisation` ('': none).
+    pub async fn patient_of(&self, birth: (i32, i32, i32), sex: i32, postcode: &str, organisation: &str) -> String {
         let patient = records_pb::Patient {
+            organisation: organisation.into(),
             given_name: "Test".into(),
             family_name: uuid::Uuid::new_v4().as_bytes().iter().take(10).map(|b| char::from(b'a' + b % 26)).collect(),
             birth_date: Some(Date { year: birth.0, month: birth.1, day: birth.2 }),
