@@ -80,6 +80,7 @@ async fn load_patients(records: SocketAddr) -> anyhow::Result<Vec<String>> {
             sex: p.sex,
             address: Some(Address { postcode: p.postcode.into(), ..Default::default() }),
             phone: p.phone.into(),
+            organisation: pac_gateway::DEVELOPMENT_ORGANISATION.into(),
             ..Default::default()
         };
         let request =
@@ -129,6 +130,7 @@ async fn load_clinics(scheduling: SocketAddr) -> anyhow::Result<()> {
         let clinic = client
             .create_clinic(sched::CreateClinicRequest {
                 clinic: Some(sched::Clinic {
+                    organisation: pac_gateway::DEVELOPMENT_ORGANISATION.into(),
                     location_id: location.id.clone(),
                     name: name.to_string(),
                     specialty: specialty.to_string(),
@@ -175,6 +177,7 @@ async fn load_referrals(referrals: SocketAddr, patients: &[String]) -> anyhow::R
     let any_triage = |status: refs::ReferralStatus, days| refs::StuckThreshold { status: status as i32, priority: 0, working_days: days };
     let services = [
         refs::Service {
+            organisation: pac_gateway::DEVELOPMENT_ORGANISATION.into(),
             code: "TO-FRACTURE".into(),
             name: "Fracture clinic".into(),
             specialty: "Trauma and orthopaedics".into(),
@@ -194,6 +197,7 @@ async fn load_referrals(referrals: SocketAddr, patients: &[String]) -> anyhow::R
             ..Default::default()
         },
         refs::Service {
+            organisation: pac_gateway::DEVELOPMENT_ORGANISATION.into(),
             code: "DERM-GENERAL".into(),
             name: "General dermatology".into(),
             specialty: "Dermatology".into(),

@@ -51,7 +51,7 @@ enum Command {
         #[arg(long, default_value = "coordinator")]
         role: String,
         /// Organisation (ODS code) acted for; repeat for more.
-        #[arg(long = "org", default_value = "RR8")]
+        #[arg(long = "org", default_value = pac_gateway::DEVELOPMENT_ORGANISATION)]
         orgs: Vec<String>,
         /// Who the token names.
         #[arg(long)]

@@ -48,6 +48,8 @@ pub const DATABASE: ServiceSchema = ServiceSchema::new("gateway", "pac_gateway")
 /// The development token key: `pac token` signs with it, `pac dev`'s gateway accepts it.
 pub const DEVELOPMENT_TOKEN_KEY: &str = "pac-development-token-key-not-for-production-use";
 pub const DEVELOPMENT_ISSUER: &str = "pac-dev";
+/// The organisation `pac token` acts for by default, and that `pac dev`'s demo data belongs to.
+pub const DEVELOPMENT_ORGANISATION: &str = "RR8";
 
 /// How the gateway knows callers.
 #[derive(Debug, Clone)]
