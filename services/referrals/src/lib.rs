@@ -12,7 +12,9 @@
 //! acting for organisations (`pac_platform::Caller::scope`) reads, lists and changes only their
 //! referrals, notes and tasks, by a predicate in the SQL (`store`): another organisation's referral
 //! is NOT_FOUND and never on a worklist; referring into another organisation's service is
-//! PERMISSION_DENIED with reason `OTHER_ORGANISATION`. A redirect may name any service: the new
+//! PERMISSION_DENIED with reason `OTHER_ORGANISATION`, and eligibility is answered and referrals made
+//! only for the caller's own patients (another organisation's is `PATIENT_NOT_FOUND`, as the records
+//! service would have it). A redirect may name any service: the new
 //! referral belongs to that service's organisation (a hand-over between providers), and the old one
 //! stays with the redirecting organisation, pointing at it. Service-to-service calls, the followers
 //! of other services' events and anonymous development calls are unscoped; `WatchEvents` is the
