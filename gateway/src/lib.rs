@@ -85,6 +85,44 @@ pub struct GatewayConfig {
     pub link_wait: Duration,
     /// `PAC_GATEWAY_CONNECTIONS`: HTTP/2 connections to each service URL, used round-robin.
     pub connections: usize,
+    /// `PAC_GATEWAY_TLS_CERT_FILE`, `PAC_GATEWAY_TLS_KEY_FILE`, `PAC_GATEWAY_TLS_CLIENT_CA_FILE`.
+    pub tls: Option<TlsSettings>,
+}
+
+/// TLS for the gateway's port (PEM). With a client CA, integration accounts must also present a
+/// client certificate it signed (mutual TLS); other callers may connect without one.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub certificate: String,
+    pub key: String,
+    pub client_ca: Option<String>,
+}
+
+impl TlsSettings {
+    fn from_env() -> anyhow::Result<Option<Self>> {
+        let file = |name: &str| -> anyhow::Result<Option<String>> {
+            match std::env::var(name).ok().filter(|f| !f.is_empty()) {
+                Some(path) => Ok(Some(std::fs::read_to_string(&path).with_context(|| format!("cannot read {name} {path}"))?)),
+                None => Ok(None),
+            }
+        };
+        let (certificate, key, client_ca) =
+            (file("PAC_GATEWAY_TLS_CERT_FILE")?, file("PAC_GATEWAY_TLS_KEY_FILE")?, file("PAC_GATEWAY_TLS_CLIENT_CA_FILE")?);
+        match (certificate, key) {
+            (Some(certificate), Some(key)) => Ok(Some(Self { certificate, key, client_ca })),
+            (None, None) if client_ca.is_none() => Ok(None),
+            _ => anyhow::bail!("TLS needs both PAC_GATEWAY_TLS_CERT_FILE and PAC_GATEWAY_TLS_KEY_FILE (and a client CA needs both)"),
+        }
+    }
+
+    fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(&self.certificate, &self.key));
+        if let Some(ca) = &self.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(ca)).client_auth_optional(true);
+        }
+        config
+    }
 }
 
 const DEFAULT_LIMITS: Limits = Limits { max_in_flight: 2048, per_second: 500.0, burst: 1000.0 };
@@ -126,6 +164,7 @@ impl GatewayConfig {
             limits,
             link_wait: Duration::from_millis(var("PAC_GATEWAY_LINK_WAIT_MS", 2_000)?),
             connections: var("PAC_GATEWAY_CONNECTIONS", 2usize)?.clamp(1, 64),
+            tls: TlsSettings::from_env()?,
         })
     }
 
@@ -144,6 +183,7 @@ impl GatewayConfig {
             limits: DEFAULT_LIMITS,
             link_wait: Duration::from_secs(2),
             connections: 2,
+            tls: None,
         }
     }
 }
@@ -184,7 +224,9 @@ pub async fn serve(
         .route("/pac.access.v1.", AccessServer::new(access))
         .route("/pac.audit.v1.", AuditTrailServer::new(trail::AuditTrailService::new(pool.clone())));
     let signer = CallerVerifier::new(&platform.internal_key, false);
-    let proxy = Proxy::new(upstreams, authenticator, signer, config.deadlines, config.limits, audit_log);
+    let mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    let proxy =
+        Proxy::new(upstreams, authenticator, signer, config.deadlines, config.limits, audit_log).integration_certificates(mutual_tls);
     let routes = Routes::from(axum::Router::new().fallback_service(proxy));
     tracing::info!(address = %listener.local_addr()?, "gateway listening");
     let serving = Serving {
@@ -198,6 +240,7 @@ pub async fn serve(
         descriptor_sets: vec![pac_proto::FILE_DESCRIPTOR_SET],
         database: Some(pool),
         grpc_web: true,
+        tls: config.tls.as_ref().map(TlsSettings::server_config),
     };
     let served = grpc::serve(&platform.grpc, listener, routes, serving, shutdown).await;
     // Every call has ended: write what is queued, then stop.

@@ -111,6 +111,8 @@ pub struct Proxy {
     rates: Arc<RateLimiter>,
     audit: AuditLog,
     retries: Arc<TpsBudget>,
+    /// Integration accounts must call over a connection with a verified client certificate.
+    integration_certificates: bool,
 }
 
 /// Retries of a read the service answered `UNAVAILABLE`: at most this many more attempts...
@@ -162,7 +164,14 @@ impl Proxy {
             rates: Arc::new(RateLimiter { limits, buckets: Mutex::default() }),
             audit,
             retries: Arc::new(retry_budget()),
+            integration_certificates: false,
         }
+    }
+
+    /// Requires integration accounts to present a client certificate (mutual TLS).
+    pub fn integration_certificates(mut self, required: bool) -> Self {
+        self.integration_certificates = required;
+        self
     }
 
     /// The request as the upstream should receive it, or why it is refused.
@@ -180,6 +189,10 @@ impl Proxy {
             reason: refusal.code(),
             identity: None,
         })?;
+        if identity.role == policy::Role::Integration && self.integration_certificates && !has_client_certificate(&request) {
+            let status = Status::unauthenticated("integration accounts must present a client certificate");
+            return Err(Denial { status, reason: "CLIENT_CERTIFICATE_REQUIRED", identity: Some(identity) });
+        }
         if !roles.contains(&identity.role) {
             let status = Status::permission_denied(format!("the {} role may not call {path}", identity.role.name()));
             return Err(Denial { status, reason: "ROLE_NOT_PERMITTED", identity: Some(identity) });
@@ -202,6 +215,12 @@ impl Proxy {
         *request.headers_mut() = metadata.into_headers();
         Ok(Admitted { upstream, request, identity, data, deadline: Instant::now() + bounded })
     }
+}
+
+/// Whether the connection presented a client certificate that the configured client CA verified.
+fn has_client_certificate<B>(request: &Request<B>) -> bool {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|info| info.peer_certs()).is_some_and(|certs| !certs.is_empty())
 }
 
 /// The caller's request id when it is a sensible token, else a new one.

@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 pub struct Platform {
     pub db: TestDatabase,
     pub gateway: Channel,
+    pub address: std::net::SocketAddr,
     pub shutdown: CancellationToken,
 }
 
@@ -42,6 +43,7 @@ pub async fn start_with(adjust: impl FnOnce(&mut GatewayConfig)) -> Platform {
     let (scheduling_listener, scheduling_url) = listener().await;
     let (referrals_listener, referrals_url) = listener().await;
     let (gateway_listener, gateway_url) = listener().await;
+    let address = gateway_listener.local_addr().unwrap();
 
     let config = pac_records::RecordsConfig::development(records_listener.local_addr().unwrap());
     pac_records::migrate(&platform, &config).await.unwrap();
@@ -61,7 +63,7 @@ pub async fn start_with(adjust: impl FnOnce(&mut GatewayConfig)) -> Platform {
     pac_gateway::migrate(&platform).await.unwrap();
     tokio::spawn(pac_gateway::serve(gateway_platform, config, gateway_listener, shutdown.clone()));
     let gateway = tonic::transport::Endpoint::from_shared(gateway_url).unwrap().connect_lazy();
-    Platform { db, gateway, shutdown }
+    Platform { db, gateway, address, shutdown }
 }
 
 pub fn token(role: Role, ttl: Duration) -> String {

@@ -35,6 +35,8 @@ pub struct Serving {
     pub database: Option<PgPool>,
     /// Also answer gRPC-Web (HTTP/1.1 and HTTP/2) on the same port: the public gateway does.
     pub grpc_web: bool,
+    /// Serve TLS (and verify client certificates, when it names a client CA): the gateway may.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// Serves `routes` on `listener` until `shutdown` fires, then drains in-flight calls for at most the
@@ -79,7 +81,11 @@ pub async fn serve(
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER));
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = serving.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .accept_http1(serving.grpc_web)
         .concurrency_limit_per_connection(config.concurrency_limit_per_connection)
         .timeout(config.request_timeout)

@@ -173,6 +173,7 @@ pub async fn serve(
         descriptor_sets: vec![pac_proto::FILE_DESCRIPTOR_SET],
         database: Some(pool),
         grpc_web: false,
+        tls: None,
     };
     grpc::serve(&platform.grpc, listener, routes, serving, shutdown).await
 }
