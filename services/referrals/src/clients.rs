@@ -29,6 +29,8 @@ pub struct PatientFacts {
     pub sex: Sex,
     /// Postcode district (outward code), when an address is recorded.
     pub district: Option<String>,
+    /// The organisation that registered the patient ('' for none).
+    pub organisation: String,
 }
 
 #[derive(Clone)]
@@ -74,6 +76,7 @@ impl Clients {
             birth_date,
             sex: Sex::from_value(patient.sex).unwrap_or(Sex::Unknown),
             district,
+            organisation: patient.organisation,
         })
     }
 

@@ -14,7 +14,10 @@
 //! is NOT_FOUND and never on a worklist; referring into another organisation's service is
 //! PERMISSION_DENIED with reason `OTHER_ORGANISATION`. A redirect may name any service: the new
 //! referral belongs to that service's organisation (a hand-over between providers), and the old one
-//! stays with the redirecting organisation, pointing at it. Service-to-service calls, the followers
+//! stays with the redirecting organisation, pointing at it. Eligibility is checked, and referrals
+//! made, only for patients the caller sees in the records service (registered by one of their
+//! organisations): the reasons would describe the patient, so another organisation's patient is
+//! PATIENT_NOT_FOUND, as an unknown one is. Service-to-service calls, the followers
 //! of other services' events and anonymous development calls are unscoped; `WatchEvents` is the
 //! unscoped change feed for integration system accounts and the other services.
 

@@ -239,13 +239,21 @@ impl Referrals {
     }
 
     /// Every entry rule of `service` that the patient (and what is known of the referral) breaks.
+    ///
+    /// The patient is read as this service (which sees every organisation's patients), then held to
+    /// the caller's `scope`: another organisation's patient is not found, since the reasons would
+    /// tell the caller about them (their age, sex, area).
     pub async fn check_eligibility(
         &self,
         patient_id: Uuid,
         service: &ServiceEntry,
         facts: ReferralFacts,
+        scope: Scope<'_>,
     ) -> Result<(PatientFacts, Vec<Reason>)> {
         let patient = self.clients.patient(patient_id).await?;
+        if !within(scope, &patient.organisation) {
+            return Err(ReferralsError::PatientNotFound(patient_id));
+        }
         let applicant = Applicant {
             birth_date: patient.birth_date,
             sex: patient.sex,
@@ -271,7 +279,7 @@ impl Referrals {
         }
         let facts =
             ReferralFacts { source: Some(new.source.clone()), priority: Some(new.priority), information: Some(new.information.clone()) };
-        let (patient, reasons) = self.check_eligibility(new.patient_id, &service, facts).await?;
+        let (patient, reasons) = self.check_eligibility(new.patient_id, &service, facts, write.scope()).await?;
         if !reasons.is_empty() {
             return Err(ReferralsError::NotEligible(reasons));
         }
@@ -315,7 +323,7 @@ impl Referrals {
                     priority: Some(current.priority),
                     information: Some(current.information.clone()),
                 };
-                let (_, reasons) = self.check_eligibility(current.patient_id, &target, facts).await?;
+                let (_, reasons) = self.check_eligibility(current.patient_id, &target, facts, write.scope()).await?;
                 if !reasons.is_empty() {
                     return Err(ReferralsError::NotEligible(reasons));
                 }

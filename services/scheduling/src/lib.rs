@@ -14,7 +14,10 @@
 //! listed. Holding, booking or rescheduling into another organisation's slot, or waiting for its
 //! clinic, is PERMISSION_DENIED with reason `OTHER_ORGANISATION` (the clinic is in the shared
 //! directory, so refusing it reveals nothing), decided in the same transaction that takes the place.
-//! A freed slot is offered only to entries of its own organisation. Service-to-service calls and
+//! A freed slot is offered only to entries of its own organisation. The patient of a hold, booking
+//! or waitlist entry must be one the caller sees in the records service (registered by one of their
+//! organisations): another organisation's patient is PATIENT_NOT_FOUND, as an unknown one is.
+//! Service-to-service calls and
 //! anonymous development calls are unscoped; `WatchEvents` is the unscoped change feed for
 //! integration system accounts and the other services.
 

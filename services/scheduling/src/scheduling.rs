@@ -375,7 +375,7 @@ impl Scheduling {
     /// counted and written in one transaction under a lock on the caller (see
     /// `store::lock_and_count_live_holds`), so concurrent holds cannot pass the cap.
     pub async fn hold(&self, slot_id: Uuid, patient_id: Uuid, ttl: Duration, write: Write) -> Result<pb::HoldSlotResponse> {
-        let patient_id = self.patients.resolve(patient_id).await?;
+        let patient_id = self.patients.resolve(patient_id, write.scope()).await?;
         let limit = self.policy.max_holds_per_caller;
         let attempt = || async {
             let mut tx = match self.start("HoldSlot", &write).await? {
@@ -402,7 +402,7 @@ impl Scheduling {
 
     pub async fn book(&self, book: Book) -> Result<pb::BookAppointmentResponse> {
         let patient_id = match book.patient_id {
-            Some(id) => Some(self.patients.resolve(id).await?),
+            Some(id) => Some(self.patients.resolve(id, book.write.scope()).await?),
             None => None,
         };
         match book.target {
@@ -704,7 +704,7 @@ impl Scheduling {
             }
             entry.organisation = clinic.organisation;
         }
-        entry.patient_id = self.patients.resolve(entry.patient_id).await?;
+        entry.patient_id = self.patients.resolve(entry.patient_id, write.scope()).await?;
         let mut tx = match self.start("AddToWaitlist", &write).await? {
             Started::Replay(r) => return Ok(r),
             Started::Fresh(tx) => tx,

@@ -140,6 +140,11 @@ impl Platform {
 
     /// Registers a patient; returns the id.
     pub async fn patient(&self, birth: (i32, i32, i32), sex: i32, postcode: &str) -> String {
+        self.patient_of(birth, sex, postcode, "").await
+    }
+
+    /// Registers a patient owned by `organisation` ('': none); returns the id.
+    pub async fn patient_of(&self, birth: (i32, i32, i32), sex: i32, postcode: &str, organisation: &str) -> String {
         let patient = records_pb::Patient {
             given_name: "Test".into(),
             family_name: uuid::Uuid::new_v4().as_bytes().iter().take(10).map(|b| char::from(b'a' + b % 26)).collect(),
@@ -150,6 +155,7 @@ impl Platform {
                 postcode: postcode.into(),
                 ..Default::default()
             }),
+            organisation: organisation.into(),
             ..Default::default()
         };
         let request =
