@@ -248,14 +248,15 @@ async fn seed(pool: &sqlx::PgPool, from: i64, to: i64) -> anyhow::Result<()> {
     let mut start = from;
     while start < to {
         let end = (start + BATCH).min(to);
+        // Every seeded patient belongs to RR8, the organisation the gateway bench's token acts for.
         // Indexes into the name lists are skewed (power 1.5) towards the first names, like real name
         // frequencies; postcodes come from 300 districts; phones are unique.
         sqlx::query(
             "INSERT INTO records.patients (id, nhs_number_status, given_name, family_name, birth_date, sex, postcode, \
-                postcode_outward, phone, search_name, family_phonetic, created_at, updated_at) \
+                postcode_outward, phone, search_name, family_phonetic, organisation, created_at, updated_at) \
              SELECT gen_random_uuid(), 3, ($1::text[])[g], ($2::text[])[f], date '1930-01-01' + ((i::bigint * 7919) % 33000)::int, 1 + i % 2, \
                     o || ' ' || (i % 10) || substr('ABDEFGHJLNPQRSTUWXYZ', 1 + i % 20, 1) || substr('ABDEFGHJLNPQRSTUWXYZ', 1 + (i / 20) % 20, 1), \
-                    o, '+447' || lpad(i::text, 9, '0'), ($3::text[])[g] || ' ' || ($4::text[])[f], ($5::text[])[f], now(), now() \
+                    o, '+447' || lpad(i::text, 9, '0'), ($3::text[])[g] || ' ' || ($4::text[])[f], ($5::text[])[f], 'RR8', now(), now() \
              FROM generate_series($6::int, $7::int - 1) AS i, \
                   LATERAL (SELECT 1 + floor(300 * power(random(), 1.5))::int AS f, 1 + floor(196 * power(random(), 1.5))::int AS g, \
                                   (ARRAY['LS','M','B','CF','SW','EH','G','BS','NE','L'])[1 + i % 10] || (1 + (i / 10) % 30) AS o) AS pick",

@@ -58,6 +58,11 @@ pub async fn overhead(seconds: u64, concurrency: usize, runs: usize) -> anyhow::
     let token = crate::development_token("coordinator", vec!["RR8".into()], None, 3600)?;
     let direct = records_clients(bench.records, 4).await?;
     let gateway = records_clients(bench.gateway, 4).await?;
+    // Both paths find the patient: the seeded patients are RR8's, whom the token acts for.
+    for (client, token) in [(&direct[0], None), (&gateway[0], Some(token.as_str()))] {
+        let found = client.clone().search_patients(search(7, token)).await?.into_inner().results.len();
+        anyhow::ensure!(found == 1, "a search found {found} patients, not 1");
+    }
     let mut rng = Rng(0x9a7e_0001);
     // Warm both paths.
     single(&direct[0], None, 200, &mut rng).await?;

@@ -135,9 +135,10 @@ def book(address: str, patient_id: str, suffix: str) -> str:
     location = scheduling.CreateLocation(s.CreateLocationRequest(location=s.Location(
         name="Smoke Test Hospital", directions="Main entrance, first left", access_notes=["step-free access"])), timeout=5).location
     code = "SMOKE-" + suffix.upper()
-    # The development organisation, which `pac token` acts for: the gateway's caller may book it.
+    # Run by RR8, the organisation `pac token` acts for: the gateway step books into it.
     clinic = scheduling.CreateClinic(s.CreateClinicRequest(clinic=s.Clinic(
-        organisation="RR8", location_id=location.id, name="Smoke clinic", service_code=code, time_zone="Europe/London")), timeout=5).clinic
+        location_id=location.id, name="Smoke clinic", service_code=code, time_zone="Europe/London", organisation="RR8")),
+        timeout=5).clinic
     tomorrow = datetime.date.today() + datetime.timedelta(days=1)
     created = scheduling.CreateSessionTemplate(s.CreateSessionTemplateRequest(session_template=s.SessionTemplate(
         clinic_id=clinic.id, weekday=tomorrow.isoweekday(), start=s.LocalTime(hours=9), end=s.LocalTime(hours=10),

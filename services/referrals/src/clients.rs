@@ -29,7 +29,7 @@ pub struct PatientFacts {
     pub sex: Sex,
     /// Postcode district (outward code), when an address is recorded.
     pub district: Option<String>,
-    /// The organisation the record belongs to.
+    /// The organisation that registered the patient ('' for none).
     pub organisation: String,
 }
 

@@ -12,13 +12,14 @@
 //! acting for organisations (`pac_platform::Caller::scope`) reads, lists and changes only their
 //! referrals, notes and tasks, by a predicate in the SQL (`store`): another organisation's referral
 //! is NOT_FOUND and never on a worklist; referring into another organisation's service is
-//! PERMISSION_DENIED with reason `OTHER_ORGANISATION`, and eligibility is answered and referrals made
-//! only for the caller's own patients (another organisation's is `PATIENT_NOT_FOUND`, as the records
-//! service would have it). A redirect may name any service: the new
+//! PERMISSION_DENIED with reason `OTHER_ORGANISATION`. A redirect may name any service: the new
 //! referral belongs to that service's organisation (a hand-over between providers), and the old one
-//! stays with the redirecting organisation, pointing at it. Service-to-service calls, the followers
-//! of other services' events and anonymous development calls are unscoped; `WatchEvents` is the
-//! unscoped change feed for integration system accounts and the other services.
+//! stays with the redirecting organisation, pointing at it. Eligibility is checked, and referrals
+//! made, only for patients the caller sees in the records service (registered by one of their
+//! organisations): the reasons would describe the patient, so another organisation's patient is
+//! PATIENT_NOT_FOUND, as an unknown one is. Service-to-service calls, the followers of other
+//! services' events and anonymous development calls are unscoped; `WatchEvents` is the unscoped
+//! change feed for integration system accounts and the other services.
 
 pub mod clients;
 pub mod convert;

@@ -239,9 +239,10 @@ impl Referrals {
     }
 
     /// Every entry rule of `service` that the patient (and what is known of the referral) breaks.
-    /// Eligibility of a patient for a service, asked within `scope`: the service and the patient must
-    /// both be the caller's organisations' (the patient is read with the service's own identity, so
-    /// the scope is checked here).
+    ///
+    /// The patient is read as this service (which sees every organisation's patients), then held to
+    /// the caller's `scope`: another organisation's patient is not found, since the reasons would
+    /// tell the caller about them (their age, sex, area).
     pub async fn check_eligibility(
         &self,
         patient_id: Uuid,
@@ -249,9 +250,6 @@ impl Referrals {
         facts: ReferralFacts,
         scope: Scope<'_>,
     ) -> Result<(PatientFacts, Vec<Reason>)> {
-        if !within(scope, &service.organisation) {
-            return Err(ReferralsError::OtherOrganisation { resource: "pac.referrals.v1.Service", id: service.code.clone() });
-        }
         let patient = self.clients.patient(patient_id).await?;
         if !within(scope, &patient.organisation) {
             return Err(ReferralsError::PatientNotFound(patient_id));
@@ -276,6 +274,9 @@ impl Referrals {
             return Ok(response);
         }
         let service = self.service(&new.service_code).await?;
+        if !within(write.scope(), &service.organisation) {
+            return Err(ReferralsError::OtherOrganisation { resource: "pac.referrals.v1.Service", id: service.code });
+        }
         let facts =
             ReferralFacts { source: Some(new.source.clone()), priority: Some(new.priority), information: Some(new.information.clone()) };
         let (patient, reasons) = self.check_eligibility(new.patient_id, &service, facts, write.scope()).await?;
@@ -322,7 +323,7 @@ impl Referrals {
                     priority: Some(current.priority),
                     information: Some(current.information.clone()),
                 };
-                let (_, reasons) = self.check_eligibility(current.patient_id, &target, facts, None).await?;
+                let (_, reasons) = self.check_eligibility(current.patient_id, &target, facts, write.scope()).await?;
                 if !reasons.is_empty() {
                     return Err(ReferralsError::NotEligible(reasons));
                 }

@@ -381,7 +381,7 @@ impl ReferralsApi for ReferralsService {
         &self,
         request: Request<pb::CheckEligibilityRequest>,
     ) -> Result<Response<pb::CheckEligibilityResponse>, Status> {
-        let scope = self.caller(&request)?.scope().map(<[String]>::to_vec);
+        let caller = self.caller(&request)?;
         let requested = request.get_ref().patient_id.clone();
         let r = request.into_inner();
         let mut checks = Checks::default();
@@ -400,7 +400,7 @@ impl ReferralsApi for ReferralsService {
         let referrals = self.referrals.clone();
         let (patient, reasons) = run(async move {
             let service = referrals.service(&code).await?;
-            referrals.check_eligibility(patient_id, &service, facts, scope.as_deref()).await
+            referrals.check_eligibility(patient_id, &service, facts, caller.scope()).await
         })
         .await?;
         let response = pb::CheckEligibilityResponse {

@@ -1,7 +1,8 @@
 //! Organisation scope over real gRPC on loopback against a real Postgres: callers of two
 //! organisations never see or change each other's referrals (by id, on worklists, by any triage,
-//! cancellation, clock event, note or task), cannot refer into each other's services, a redirect
-//! hands a referral to the new service's organisation, and the platform's own services see both.
+//! cancellation, clock event, note or task), cannot refer into each other's services nor check or
+//! refer each other's patients, a redirect hands a referral to the new service's organisation, and
+//! the platform's own services see both.
 
 mod common;
 
@@ -29,13 +30,17 @@ async fn two_organisations_never_see_or_change_each_others_referrals() {
     let knee = p.open_service_of("KNEE", pb::LaterDnaPolicy::Rebook, "RR8").await;
     let hip = p.open_service_of("HIP", pb::LaterDnaPolicy::Rebook, "RCB").await;
     assert_eq!((knee.organisation.as_str(), hip.organisation.as_str()), ("RR8", "RCB"));
-    // Each organisation refers its own patient: another organisation's patient is not found.
+    // Each organisation's own patient (a patient belongs to the organisation that registered it).
     let patient = p.patient_of((1970, 3, 14), 2, "LS6 2AA", "RR8").await;
-    let york_patient = p.patient_of((1971, 4, 15), 1, "YO1 7HE", "RCB").await;
-    let status = client.create_referral(p.signed_as(p.new_referral(&york_patient, "KNEE"), &leeds)).await.unwrap_err();
+    let their_patient = p.patient_of((1968, 5, 1), 1, "YO1 7HH", "RCB").await;
+
+    // Another organisation's patient is not found: not for eligibility, not for a referral.
+    let check = pb::CheckEligibilityRequest { patient_id: their_patient.clone(), service_code: "KNEE".into(), ..Default::default() };
+    let status = client.check_eligibility(p.signed_as(check.clone(), &leeds)).await.unwrap_err();
     assert_error(&status, Code::FailedPrecondition, "PATIENT_NOT_FOUND");
-    let eligibility = pb::CheckEligibilityRequest { patient_id: york_patient.clone(), service_code: "KNEE".into(), ..Default::default() };
-    let status = client.check_eligibility(p.signed_as(eligibility, &leeds)).await.unwrap_err();
+    let checked = client.check_eligibility(p.signed_as(check, &york)).await.unwrap();
+    assert_eq!(audited(&checked), [their_patient.clone()]);
+    let status = client.create_referral(p.signed_as(p.new_referral(&their_patient, "KNEE"), &leeds)).await.unwrap_err();
     assert_error(&status, Code::FailedPrecondition, "PATIENT_NOT_FOUND");
 
     let ours = client.create_referral(p.signed_as(p.new_referral(&patient, "KNEE"), &leeds)).await.unwrap();
@@ -43,7 +48,7 @@ async fn two_organisations_never_see_or_change_each_others_referrals() {
     let ours = ours.into_inner().referral.unwrap();
     assert_eq!(ours.organisation, "RR8");
     let theirs =
-        client.create_referral(p.signed_as(p.new_referral(&york_patient, "HIP"), &york)).await.unwrap().into_inner().referral.unwrap();
+        client.create_referral(p.signed_as(p.new_referral(&their_patient, "HIP"), &york)).await.unwrap().into_inner().referral.unwrap();
     assert_eq!(theirs.organisation, "RCB");
 
     // Referring into another organisation's service is refused.
@@ -91,26 +96,28 @@ async fn two_organisations_never_see_or_change_each_others_referrals() {
         |referral_id: &str| pb::AddNoteRequest { referral_id: referral_id.into(), note: Some(task.clone()), request_id: String::new() };
     not_found(client.add_note(p.signed_as(note(&theirs.id), &leeds)).await.unwrap_err());
     let added = client.add_note(p.signed_as(note(&theirs.id), &york)).await.unwrap();
-    assert_eq!(audited(&added), [york_patient.clone()]);
+    assert_eq!(audited(&added), [their_patient.clone()]);
     let york_task = added.into_inner().note.unwrap();
     let complete = pb::CompleteTaskRequest { referral_id: theirs.id.clone(), task_id: york_task.id.clone() };
     not_found(client.complete_task(p.signed_as(complete.clone(), &leeds)).await.unwrap_err());
     client.complete_task(p.signed_as(complete, &york)).await.unwrap();
     let unchanged = client.get_referral(p.signed_as(pb::GetReferralRequest { id: theirs.id.clone() }, &york)).await.unwrap();
-    assert_eq!(audited(&unchanged), [york_patient.clone()]);
+    assert_eq!(audited(&unchanged), [their_patient.clone()]);
     assert_eq!(unchanged.into_inner().referral.unwrap().status, pb::ReferralStatus::AwaitingTriage as i32, "nothing changed");
 
     // Worklists hold only the caller's own, by status, by patient and by service.
     assert_eq!(listed(&p, worklist(), &leeds).await, [ours.id.clone()]);
     assert_eq!(listed(&p, worklist(), &york).await, [theirs.id.clone()]);
-    let by_patient = pb::ListReferralsRequest { patient_id: patient.clone(), ..Default::default() };
-    assert_eq!(listed(&p, by_patient.clone(), &leeds).await, [ours.id.clone()]);
+    let by_patient = |patient_id: &str| pb::ListReferralsRequest { patient_id: patient_id.into(), ..Default::default() };
+    assert_eq!(listed(&p, by_patient(&patient), &leeds).await, [ours.id.clone()]);
+    assert!(listed(&p, by_patient(&their_patient), &leeds).await.is_empty());
     let by_service = pb::ListReferralsRequest { service_code: "HIP".into(), ..Default::default() };
     assert!(listed(&p, by_service, &leeds).await.is_empty());
     let nobody = pac_platform::Caller { organisations: Vec::new(), ..member_of("nobody-1", "", &[]) };
     assert!(listed(&p, worklist(), &nobody).await.is_empty());
 
-    // A redirect to York's service hands Leeds' referral over: the new referral is York's.
+    // A redirect to York's service hands Leeds' referral (and so Leeds' patient) over: the new
+    // referral is York's.
     let redirect = pb::TriageReferralRequest {
         referral_id: ours.id.clone(),
         etag: ours.etag.clone(),
@@ -127,8 +134,8 @@ async fn two_organisations_never_see_or_change_each_others_referrals() {
     assert_eq!(accepted.status, pb::ReferralStatus::AwaitingBooking as i32);
 
     // The platform's own services are unscoped: they see both organisations'.
-    let mut everything = listed(&p, by_patient, &service).await;
-    everything.extend(listed(&p, pb::ListReferralsRequest { patient_id: york_patient.clone(), ..Default::default() }, &service).await);
+    let mut everything = listed(&p, by_patient(&patient), &service).await;
+    everything.extend(listed(&p, by_patient(&their_patient), &service).await);
     everything.sort();
     let mut expected = vec![ours.id.clone(), theirs.id.clone(), moved.id.clone()];
     expected.sort();

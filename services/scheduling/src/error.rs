@@ -38,6 +38,10 @@ pub enum SchedulingError {
         resource: &'static str,
         id: Uuid,
     },
+    /// The caller already holds as many live holds as a caller may.
+    TooManyHolds {
+        limit: u32,
+    },
     /// The records service did not answer.
     RecordsUnavailable,
     /// A concurrent change got there first; retrying will give a definite answer.
@@ -125,6 +129,12 @@ impl From<SchedulingError> for ApiError {
                 "the clinic belongs to an organisation the caller does not act for",
             )
             .with_resource(resource, id.to_string(), "a clinic of another organisation"),
+            TooManyHolds { limit } => ApiError::new(
+                Code::ResourceExhausted,
+                "TOO_MANY_HOLDS",
+                format!("a caller may hold at most {limit} slots at once; book or release a hold first"),
+            )
+            .with_metadata("max_holds_per_caller", limit.to_string()),
             RecordsUnavailable => ApiError::unavailable("RECORDS_UNAVAILABLE", "the patient records service did not answer; retry")
                 .with_retry_after(std::time::Duration::from_secs(1)),
             Conflict => ApiError::aborted("CONCURRENT_UPDATE", "a concurrent change conflicted with this one; retry"),

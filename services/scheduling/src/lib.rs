@@ -14,9 +14,11 @@
 //! listed. Holding, booking or rescheduling into another organisation's slot, or waiting for its
 //! clinic, is PERMISSION_DENIED with reason `OTHER_ORGANISATION` (the clinic is in the shared
 //! directory, so refusing it reveals nothing), decided in the same transaction that takes the place.
-//! A freed slot is offered only to entries of its own organisation. Service-to-service calls and
-//! anonymous development calls are unscoped; `WatchEvents` is the unscoped change feed for
-//! integration system accounts and the other services.
+//! A freed slot is offered only to entries of its own organisation. The patient of a hold, booking
+//! or waitlist entry must be one the caller sees in the records service (registered by one of their
+//! organisations): another organisation's patient is PATIENT_NOT_FOUND, as an unknown one is.
+//! Service-to-service calls and anonymous development calls are unscoped; `WatchEvents` is the
+//! unscoped change feed for integration system accounts and the other services.
 
 pub mod convert;
 pub mod domain;
@@ -68,7 +70,8 @@ pub struct SchedulingConfig {
     pub records_url: String,
     /// `PAC_RECORDS_TIMEOUT_MS`: deadline of a patient check.
     pub records_timeout: Duration,
-    /// `PAC_SLOT_HORIZON_DAYS`, `PAC_LATE_CANCELLATION_HOURS`, `PAC_OFFER_HOLD_SECONDS`, `PAC_OFFER_MIN_NOTICE_MINUTES`.
+    /// `PAC_SLOT_HORIZON_DAYS`, `PAC_LATE_CANCELLATION_HOURS`, `PAC_OFFER_HOLD_SECONDS`, `PAC_OFFER_MIN_NOTICE_MINUTES`,
+    /// `PAC_SCHEDULING_MAX_HOLDS_PER_CALLER` (live holds one caller may have at once, default 20).
     pub policy: Policy,
     /// `PAC_HOLD_SWEEP_MS`: how often lapsed holds are released.
     pub hold_sweep_interval: Duration,
@@ -84,9 +87,11 @@ impl SchedulingConfig {
             late_notice: chrono::Duration::hours(var("PAC_LATE_CANCELLATION_HOURS", 24)?),
             offer_hold: chrono::Duration::seconds(var("PAC_OFFER_HOLD_SECONDS", 24 * 3600)?),
             offer_min_notice: chrono::Duration::minutes(var("PAC_OFFER_MIN_NOTICE_MINUTES", 120)?),
+            max_holds_per_caller: var("PAC_SCHEDULING_MAX_HOLDS_PER_CALLER", defaults.max_holds_per_caller)?,
         };
         anyhow::ensure!((1..=730).contains(&policy.horizon_days), "PAC_SLOT_HORIZON_DAYS must be 1 to 730");
         anyhow::ensure!(policy.offer_hold > chrono::Duration::zero(), "PAC_OFFER_HOLD_SECONDS must be positive");
+        anyhow::ensure!(policy.max_holds_per_caller >= 1, "PAC_SCHEDULING_MAX_HOLDS_PER_CALLER must be at least 1");
         Ok(Self {
             listen: var("PAC_SCHEDULING_ADDR", DEFAULT_ADDR.parse()?)?,
             database_url: std::env::var("PAC_SCHEDULING_DATABASE_URL").ok().filter(|u| !u.is_empty()).map(Secret::new),

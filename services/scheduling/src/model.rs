@@ -94,6 +94,9 @@ pub struct Appointment {
     pub updated_at: DateTime<Utc>,
     /// Its clinic's organisation (copied from the slot; a reschedule takes the new slot's).
     pub organisation: String,
+    /// The subject of the caller whose HoldSlot made it; `None` for anything else (bookings,
+    /// waitlist offers). Counts towards that caller's live holds while it is pending.
+    pub held_by: Option<String>,
 }
 
 impl Appointment {
@@ -119,6 +122,7 @@ impl Appointment {
             created_at: now,
             updated_at: now,
             organisation: slot.organisation.clone(),
+            held_by: None,
         }
     }
 }

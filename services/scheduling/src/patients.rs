@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pac_platform::caller::Actor;
+use pac_platform::caller::{Actor, within};
 use pac_platform::client::{ServiceIdentity, lazy_channel};
 use pac_platform::config::Secret;
 use pac_proto::records as records_pb;
@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::error::SchedulingError;
+use crate::store::Scope;
 
 const SUBJECT: &str = "pac-scheduling";
 
@@ -35,12 +36,18 @@ impl Patients {
         Ok(Self { client: PatientRecordsClient::new(lazy_channel(url)?), identity, timeout })
     }
 
-    /// The current record for `id`: itself, or the survivor it was merged into.
-    pub async fn resolve(&self, id: Uuid) -> Result<Uuid, SchedulingError> {
+    /// The current record for `id`: itself, or the survivor it was merged into. Asked as this
+    /// service (which sees every organisation's patients), then held to the caller's `scope`: a
+    /// patient of another organisation is not found, as in the records service itself.
+    pub async fn resolve(&self, id: Uuid, scope: Scope<'_>) -> Result<Uuid, SchedulingError> {
         let request = self.identity.request(records_pb::GetPatientRequest { id: id.to_string() }, Some(self.timeout));
         match self.client.clone().get_patient(request).await {
             Ok(response) => {
-                response.into_inner().patient.and_then(|p| Uuid::parse_str(&p.id).ok()).ok_or(SchedulingError::RecordsUnavailable)
+                let patient = response.into_inner().patient.ok_or(SchedulingError::RecordsUnavailable)?;
+                if !within(scope, &patient.organisation) {
+                    return Err(SchedulingError::PatientNotFound(id));
+                }
+                Uuid::parse_str(&patient.id).map_err(|_| SchedulingError::RecordsUnavailable)
             }
             Err(status) if status.code() == Code::NotFound => Err(SchedulingError::PatientNotFound(id)),
             Err(status) => {

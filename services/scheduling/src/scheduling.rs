@@ -45,11 +45,19 @@ pub struct Policy {
     pub offer_hold: Duration,
     /// A freed slot is offered from the waitlist only if it starts at least this far ahead.
     pub offer_min_notice: Duration,
+    /// Live holds (pending, not lapsed) one caller (subject) may have at once.
+    pub max_holds_per_caller: u32,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Self { horizon_days: 90, late_notice: Duration::hours(24), offer_hold: Duration::hours(24), offer_min_notice: Duration::hours(2) }
+        Self {
+            horizon_days: 90,
+            late_notice: Duration::hours(24),
+            offer_hold: Duration::hours(24),
+            offer_min_notice: Duration::hours(2),
+            max_holds_per_caller: 20,
+        }
     }
 }
 
@@ -85,6 +93,17 @@ impl Write {
 enum Started<R> {
     Fresh(Tx),
     Replay(R),
+}
+
+/// What a place taken in a slot becomes.
+enum Placement<'a> {
+    Booking,
+    /// A hold that lapses after `ttl` (at the latest at the slot's start): taken by a caller's
+    /// HoldSlot (`held_by`, their subject) or by the service itself (a waitlist offer).
+    Hold {
+        ttl: Duration,
+        held_by: Option<&'a str>,
+    },
 }
 
 pub enum BookTarget {
@@ -352,14 +371,23 @@ impl Scheduling {
     // -----------------------------------------------------------------------------------------
     // Holds and bookings
 
+    /// Holds a slot for the caller, who may have at most `policy.max_holds_per_caller` live holds:
+    /// counted and written in one transaction under a lock on the caller (see
+    /// `store::lock_and_count_live_holds`), so concurrent holds cannot pass the cap.
     pub async fn hold(&self, slot_id: Uuid, patient_id: Uuid, ttl: Duration, write: Write) -> Result<pb::HoldSlotResponse> {
-        let patient_id = self.patients.resolve(patient_id).await?;
+        let patient_id = self.patients.resolve(patient_id, write.scope()).await?;
+        let limit = self.policy.max_holds_per_caller;
         let attempt = || async {
             let mut tx = match self.start("HoldSlot", &write).await? {
                 Started::Replay(r) => return Ok(r),
                 Started::Fresh(tx) => tx,
             };
-            let (appointment, _) = self.place(&mut tx, slot_id, patient_id, None, Some(ttl), write.scope()).await?;
+            let holder = &write.actor.subject;
+            if store::lock_and_count_live_holds(&mut tx, holder).await? >= i64::from(limit) {
+                return Err(SchedulingError::TooManyHolds { limit });
+            }
+            let placement = Placement::Hold { ttl, held_by: Some(holder) };
+            let (appointment, _) = self.place(&mut tx, slot_id, patient_id, None, placement, write.scope()).await?;
             self.emit(&mut tx, appointment.id, Event::AppointmentHeld(appointment_event(&appointment, None, "")), &write).await?;
             let response = pb::HoldSlotResponse { appointment: Some(convert::appointment(&appointment)) };
             self.finish(tx, "HoldSlot", &write, &response).await?;
@@ -374,7 +402,7 @@ impl Scheduling {
 
     pub async fn book(&self, book: Book) -> Result<pb::BookAppointmentResponse> {
         let patient_id = match book.patient_id {
-            Some(id) => Some(self.patients.resolve(id).await?),
+            Some(id) => Some(self.patients.resolve(id, book.write.scope()).await?),
             None => None,
         };
         match book.target {
@@ -396,7 +424,8 @@ impl Scheduling {
             Started::Replay(r) => return Ok(r),
             Started::Fresh(tx) => tx,
         };
-        let (appointment, slot) = self.place(&mut tx, slot_id, patient_id, book.referral_id, None, book.write.scope()).await?;
+        let (appointment, slot) =
+            self.place(&mut tx, slot_id, patient_id, book.referral_id, Placement::Booking, book.write.scope()).await?;
         store::close_entries_for(&mut tx, patient_id, &slot, "booked").await?;
         self.emit(&mut tx, appointment.id, Event::AppointmentBooked(appointment_event(&appointment, None, "")), &book.write).await?;
         let response = pb::BookAppointmentResponse { appointment: Some(convert::appointment(&appointment)) };
@@ -406,7 +435,7 @@ impl Scheduling {
     }
 
     /// Takes a place in a future slot of a clinic in `scope` and writes the appointment (booked, or
-    /// pending for `hold`), of the clinic's organisation. On an error nothing stays written: the
+    /// pending for a hold), of the clinic's organisation. On an error nothing stays written: the
     /// caller's transaction is not committed.
     async fn place(
         &self,
@@ -414,7 +443,7 @@ impl Scheduling {
         slot_id: Uuid,
         patient_id: Uuid,
         referral_id: Option<Uuid>,
-        hold: Option<Duration>,
+        placement: Placement<'_>,
         scope: Scope<'_>,
     ) -> Result<(Appointment, Slot)> {
         let slot = store::take_place(conn, slot_id).await?;
@@ -423,11 +452,14 @@ impl Scheduling {
         if slot.start_time <= now {
             return Err(SchedulingError::SlotUnavailable { slot_id, why: "has already started" });
         }
-        let (status, hold_expires_at) = match hold {
-            Some(ttl) => (Status::Pending, Some((now + ttl).min(slot.start_time))),
-            None => (Status::Booked, None),
+        let (status, hold_expires_at, held_by) = match placement {
+            Placement::Hold { ttl, held_by } => (Status::Pending, Some((now + ttl).min(slot.start_time)), held_by),
+            Placement::Booking => (Status::Booked, None, None),
         };
-        let appointment = Appointment::new(&slot, patient_id, referral_id, status, hold_expires_at);
+        let appointment = Appointment {
+            held_by: held_by.map(str::to_string),
+            ..Appointment::new(&slot, patient_id, referral_id, status, hold_expires_at)
+        };
         store::insert_appointment(conn, &appointment).await?;
         Ok((appointment, slot))
     }
@@ -672,7 +704,7 @@ impl Scheduling {
             }
             entry.organisation = clinic.organisation;
         }
-        entry.patient_id = self.patients.resolve(entry.patient_id).await?;
+        entry.patient_id = self.patients.resolve(entry.patient_id, write.scope()).await?;
         let mut tx = match self.start("AddToWaitlist", &write).await? {
             Started::Replay(r) => return Ok(r),
             Started::Fresh(tx) => tx,
@@ -763,7 +795,8 @@ impl Scheduling {
         let Some(best) = waitlist::best_fit(&rankings, slot.local_date) else { return Ok(false) };
         let entry = &candidates[rankings.iter().position(|r| std::ptr::eq(r, best)).expect("best is one of them")];
         let mut savepoint = conn.begin().await?;
-        let held = self.place(&mut savepoint, slot.id, entry.patient_id, entry.referral_id, Some(self.policy.offer_hold), None).await;
+        let offer_hold = Placement::Hold { ttl: self.policy.offer_hold, held_by: None };
+        let held = self.place(&mut savepoint, slot.id, entry.patient_id, entry.referral_id, offer_hold, None).await;
         let appointment = match held {
             Ok((appointment, _)) => appointment,
             Err(SchedulingError::PatientDoubleBooked | SchedulingError::SlotUnavailable { .. }) => {

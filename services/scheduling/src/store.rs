@@ -342,10 +342,11 @@ struct AppointmentRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     organisation: String,
+    held_by: Option<String>,
 }
 
 const APPOINTMENT_COLUMNS: &str = "id, version, slot_id, clinic_id, patient_id, referral_id, status, start_time, end_time, \
-    hold_expires_at, cancel_reason_code, cancelled_by, cancel_late, cancelled_at, created_at, updated_at, organisation";
+    hold_expires_at, cancel_reason_code, cancelled_by, cancel_late, cancelled_at, created_at, updated_at, organisation, held_by";
 
 /// The scope predicate on appointments, with the scope bound as `$2`.
 const APPOINTMENT_SCOPED: &str = "($2::text[] IS NULL OR organisation = ANY($2))";
@@ -373,6 +374,7 @@ impl TryFrom<AppointmentRow> for Appointment {
             created_at: r.created_at,
             updated_at: r.updated_at,
             organisation: r.organisation,
+            held_by: r.held_by,
         })
     }
 }
@@ -391,8 +393,8 @@ fn double_booking(error: sqlx::Error) -> SchedulingError {
 pub async fn insert_appointment(conn: &mut PgConnection, a: &Appointment) -> Result<()> {
     sqlx::query(
         "INSERT INTO appointments (id, version, slot_id, clinic_id, patient_id, referral_id, status, start_time, end_time, \
-                                   hold_expires_at, created_at, updated_at, organisation) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                                   hold_expires_at, created_at, updated_at, organisation, held_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(a.id)
     .bind(a.version)
@@ -407,10 +409,25 @@ pub async fn insert_appointment(conn: &mut PgConnection, a: &Appointment) -> Res
     .bind(a.created_at)
     .bind(a.updated_at)
     .bind(&a.organisation)
+    .bind(a.held_by.as_deref())
     .execute(conn)
     .await
     .map_err(double_booking)?;
     Ok(())
+}
+
+/// The live holds (pending, not lapsed) `holder` took with HoldSlot, counted under a lock on the
+/// holder that lasts until the transaction ends: concurrent holds by one caller queue here, and
+/// each counts what the ones before it committed, so together they never exceed the cap.
+pub async fn lock_and_count_live_holds(conn: &mut PgConnection, holder: &str) -> Result<i64> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('pac-scheduling.holds:' || $1, 0))")
+        .bind(holder)
+        .execute(&mut *conn)
+        .await?;
+    Ok(sqlx::query_scalar("SELECT count(*) FROM appointments WHERE held_by = $1 AND status = 'pending' AND hold_expires_at > now()")
+        .bind(holder)
+        .fetch_one(conn)
+        .await?)
 }
 
 /// Writes every changeable field of an appointment.

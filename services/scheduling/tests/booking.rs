@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Platform, assert_error, audited, eventually};
+use common::{Platform, assert_error, audited, eventually, service_caller};
 use futures::future::join_all;
 use pac_proto::scheduling as pb;
 use pac_proto::scheduling::book_appointment_request::Target;
@@ -307,4 +307,44 @@ async fn a_patient_cannot_be_booked_into_two_places_at_once() {
     p.book(&first.id, &patients[0]).await.unwrap();
     assert_error(&p.book(&clash.id, &patients[0]).await.unwrap_err(), Code::FailedPrecondition, "PATIENT_DOUBLE_BOOKED");
     assert_eq!(p.occupied(&clash.id).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_holds_at_most_the_configured_number_of_slots_at_once_even_all_at_once() {
+    let p = Platform::start_with(|c| c.policy.max_holds_per_caller = 3).await;
+    let clinic = p.clinic("TO-FRACTURE").await;
+    p.session(&clinic, 9, 17, 15, 1).await;
+    let slots = p.free_slots(&clinic).await;
+    let patients = p.patients(12).await;
+
+    // Ten holds by one caller at once: three are taken, the rest refused, and they take no place.
+    let attempts = (0..10).map(|n| {
+        let mut client = p.client();
+        let request = pb::HoldSlotRequest { slot_id: slots[n].id.clone(), patient_id: patients[n].clone(), ..Default::default() };
+        async move { client.hold_slot(request).await }
+    });
+    let results = join_all(attempts).await;
+    let held: Vec<pb::Appointment> =
+        results.iter().filter_map(|r| r.as_ref().ok()).map(|r| r.get_ref().appointment.clone().unwrap()).collect();
+    assert_eq!(held.len(), 3, "{results:?}");
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_error(refused, Code::ResourceExhausted, "TOO_MANY_HOLDS");
+    }
+    let occupied: i32 = join_all(slots[..10].iter().map(|s| p.occupied(&s.id))).await.into_iter().sum();
+    assert_eq!(occupied, 3);
+
+    let hold = |n: usize| pb::HoldSlotRequest { slot_id: slots[n].id.clone(), patient_id: patients[n].clone(), ..Default::default() };
+    // The cap is per caller: another may still hold.
+    p.client().hold_slot(p.signed(hold(10), &service_caller())).await.expect("another caller holds");
+    // A hold confirmed into a booking is no longer a hold: room for one more.
+    let confirm = pb::BookAppointmentRequest { target: Some(Target::HeldAppointmentId(held[0].id.clone())), ..Default::default() };
+    p.client().book_appointment(confirm).await.unwrap();
+    let again = p.client().hold_slot(hold(11)).await.expect("a hold after one was booked");
+    let one_more = pb::HoldSlotRequest { slot_id: slots[13].id.clone(), patient_id: patients[1].clone(), ..Default::default() };
+    assert_error(&p.client().hold_slot(one_more).await.unwrap_err(), Code::ResourceExhausted, "TOO_MANY_HOLDS");
+    // A lapsed hold counts for nothing, even before it is swept.
+    p.lapse_hold(&again.into_inner().appointment.unwrap().id).await;
+    let request =
+        pb::HoldSlotRequest { slot_id: slots[20].id.clone(), patient_id: patients[0].clone(), ttl_seconds: 60, ..Default::default() };
+    p.client().hold_slot(request).await.expect("a hold after one lapsed");
 }

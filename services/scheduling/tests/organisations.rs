@@ -1,7 +1,7 @@
 //! Organisation scope over real gRPC on loopback against a real Postgres: callers of two
 //! organisations never see or change each other's appointments, waitlist entries or offers, cannot
-//! hold, book or reschedule into each other's clinics, waitlist offers stay inside an organisation,
-//! and the platform's own services see both.
+//! hold, book or reschedule into each other's clinics nor book each other's patients, waitlist
+//! offers stay inside an organisation, and the platform's own services see both.
 
 mod common;
 
@@ -54,13 +54,14 @@ async fn two_organisations_never_see_or_change_each_others_appointments_and_wait
     p.session(&york_clinic, 9, 12, 30, 1).await;
     let (leeds_slots, york_slots) = (p.free_slots(&leeds_clinic).await, p.free_slots(&york_clinic).await);
     assert!(york_slots.iter().all(|s| s.organisation == "RCB"));
-    let patients = p.patients(3).await;
+    // Each organisation's own patients (a patient belongs to the organisation that registered it).
+    let (ours_p, theirs_p) = (p.patients_of(0..2, "RR8").await, p.patients_of(2..4, "RCB").await);
 
-    let ours = client.book_appointment(p.signed(book(&leeds_slots[0].id, &patients[0]), &leeds)).await.unwrap();
-    assert_eq!(audited(&ours), [patients[0].clone()]);
+    let ours = client.book_appointment(p.signed(book(&leeds_slots[0].id, &ours_p[0]), &leeds)).await.unwrap();
+    assert_eq!(audited(&ours), [ours_p[0].clone()]);
     let ours = ours.into_inner().appointment.unwrap();
     assert_eq!(ours.organisation, "RR8");
-    let theirs = client.book_appointment(p.signed(book(&york_slots[0].id, &patients[1]), &york)).await.unwrap();
+    let theirs = client.book_appointment(p.signed(book(&york_slots[0].id, &theirs_p[0]), &york)).await.unwrap();
     let theirs = theirs.into_inner().appointment.unwrap();
 
     // Another organisation's appointment is not found, whatever the call.
@@ -91,11 +92,14 @@ async fn two_organisations_never_see_or_change_each_others_appointments_and_wait
     assert_eq!(p.get(&theirs.id).await.status, pb::AppointmentStatus::Booked as i32, "nothing changed");
 
     // Holding, booking or moving into another organisation's clinic is refused, and takes no place.
-    let hold = pb::HoldSlotRequest { slot_id: york_slots[1].id.clone(), patient_id: patients[0].clone(), ..Default::default() };
+    let hold = pb::HoldSlotRequest { slot_id: york_slots[1].id.clone(), patient_id: ours_p[0].clone(), ..Default::default() };
     let status = client.hold_slot(p.signed(hold, &leeds)).await.unwrap_err();
     assert_error(&status, Code::PermissionDenied, "OTHER_ORGANISATION");
-    let status = client.book_appointment(p.signed(book(&york_slots[1].id, &patients[0]), &leeds)).await.unwrap_err();
+    let status = client.book_appointment(p.signed(book(&york_slots[1].id, &ours_p[0]), &leeds)).await.unwrap_err();
     assert_error(&status, Code::PermissionDenied, "OTHER_ORGANISATION");
+    // Nor can Leeds book York's patient, even into its own clinic: to Leeds that patient does not exist.
+    let status = client.book_appointment(p.signed(book(&leeds_slots[3].id, &theirs_p[0]), &leeds)).await.unwrap_err();
+    assert_error(&status, Code::FailedPrecondition, "PATIENT_NOT_FOUND");
     let move_ours = pb::RescheduleAppointmentRequest {
         appointment_id: ours.id.clone(),
         new_slot_id: york_slots[2].id.clone(),
@@ -108,20 +112,20 @@ async fn two_organisations_never_see_or_change_each_others_appointments_and_wait
     assert_eq!(p.get(&ours.id).await.slot_id, leeds_slots[0].id);
 
     // Lists hold only the caller's own.
-    assert!(appointment_ids(&p, by_patient(&patients[1]), &leeds).await.is_empty());
-    assert_eq!(appointment_ids(&p, by_patient(&patients[1]), &york).await, [theirs.id.clone()]);
+    assert!(appointment_ids(&p, by_patient(&theirs_p[0]), &leeds).await.is_empty());
+    assert_eq!(appointment_ids(&p, by_patient(&theirs_p[0]), &york).await, [theirs.id.clone()]);
     let day = york_slots[0].local_date;
     let york_day = pb::ListAppointmentsRequest { clinic_id: york_clinic.id.clone(), day, ..Default::default() };
     assert!(appointment_ids(&p, york_day.clone(), &leeds).await.is_empty());
     assert_eq!(appointment_ids(&p, york_day, &york).await, [theirs.id.clone()]);
 
     // Waitlists: not for another organisation's clinic; for a service code, each organisation its own.
-    let mut for_york_clinic = waitlist(&patients[2], "DERM");
+    let mut for_york_clinic = waitlist(&ours_p[1], "DERM");
     for_york_clinic.entry.as_mut().unwrap().target = Some(pb::waitlist_entry::Target::ClinicId(york_clinic.id.clone()));
     let status = client.add_to_waitlist(p.signed(for_york_clinic, &leeds)).await.unwrap_err();
     assert_error(&status, Code::PermissionDenied, "OTHER_ORGANISATION");
-    let leeds_entry = client.add_to_waitlist(p.signed(waitlist(&patients[2], "DERM"), &leeds)).await.unwrap().into_inner().entry.unwrap();
-    let york_entry = client.add_to_waitlist(p.signed(waitlist(&patients[2], "DERM"), &york)).await.unwrap().into_inner().entry.unwrap();
+    let leeds_entry = client.add_to_waitlist(p.signed(waitlist(&ours_p[1], "DERM"), &leeds)).await.unwrap().into_inner().entry.unwrap();
+    let york_entry = client.add_to_waitlist(p.signed(waitlist(&theirs_p[1], "DERM"), &york)).await.unwrap().into_inner().entry.unwrap();
     assert_eq!((leeds_entry.organisation.as_str(), york_entry.organisation.as_str()), ("RR8", "RCB"));
     assert_eq!(entries(&p, &leeds).await.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), [leeds_entry.id.clone()]);
     assert_eq!(entries(&p, &york).await.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), [york_entry.id.clone()]);
@@ -136,7 +140,7 @@ async fn two_organisations_never_see_or_change_each_others_appointments_and_wait
     let respond = pb::RespondToOfferRequest { offer_id: offer.id.clone(), accept: true, request_id: String::new() };
     assert_error(&client.respond_to_offer(p.signed(respond.clone(), &leeds)).await.unwrap_err(), Code::NotFound, "NOT_FOUND");
     let accepted = client.respond_to_offer(p.signed(respond, &york)).await.unwrap();
-    assert_eq!(audited(&accepted), [patients[2].clone()]);
+    assert_eq!(audited(&accepted), [theirs_p[1].clone()]);
 
     // Clinics are created for one of the caller's organisations only.
     let mut clinic = leeds_clinic.clone();
@@ -157,5 +161,5 @@ async fn two_organisations_never_see_or_change_each_others_appointments_and_wait
     let every = pb::ListWaitlistRequest { service_code: "DERM".into(), include_closed: true, ..Default::default() };
     let listed = client.list_waitlist(p.signed(every, &service)).await.unwrap().into_inner().entries;
     assert_eq!(listed.len(), 2, "Leeds' open entry and York's, closed by the booking");
-    assert_eq!(appointment_ids(&p, by_patient(&patients[2]), &service).await.len(), 1, "the accepted offer");
+    assert_eq!(appointment_ids(&p, by_patient(&theirs_p[1]), &service).await.len(), 1, "the accepted offer");
 }

@@ -143,10 +143,9 @@ impl Platform {
         self.patient_of(birth, sex, postcode, "").await
     }
 
-    /// A patient registered for `organisation` ('': none).
+    /// Registers a patient owned by `organisation` ('': none); returns the id.
     pub async fn patient_of(&self, birth: (i32, i32, i32), sex: i32, postcode: &str, organisation: &str) -> String {
         let patient = records_pb::Patient {
-            organisation: organisation.into(),
             given_name: "Test".into(),
             family_name: uuid::Uuid::new_v4().as_bytes().iter().take(10).map(|b| char::from(b'a' + b % 26)).collect(),
             birth_date: Some(Date { year: birth.0, month: birth.1, day: birth.2 }),
@@ -156,6 +155,7 @@ impl Platform {
                 postcode: postcode.into(),
                 ..Default::default()
             }),
+            organisation: organisation.into(),
             ..Default::default()
         };
         let request =

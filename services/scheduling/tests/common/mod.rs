@@ -84,14 +84,21 @@ impl Platform {
 
     /// Registers `count` distinct patients; returns their ids.
     pub async fn patients(&self, count: u32) -> Vec<String> {
+        self.patients_of(0..count, "").await
+    }
+
+    /// Registers distinct patients (`numbers` tell them apart) owned by `organisation` ('': none);
+    /// returns their ids.
+    pub async fn patients_of(&self, numbers: std::ops::Range<u32>, organisation: &str) -> Vec<String> {
         let mut ids = Vec::new();
-        for n in 0..count {
+        for n in numbers {
             let patient = records_pb::Patient {
                 given_name: format!("Given{}", letters(n)),
                 family_name: format!("Family{}", letters(n * 7 + 3)),
                 birth_date: Some(Date { year: 1940 + (n % 60) as i32, month: 1 + (n % 12) as i32, day: 1 + (n % 28) as i32 }),
                 sex: 1 + (n % 2) as i32,
                 address: Some(Address { lines: vec![format!("{} High Street", n + 1)], postcode: "LS1 4AP".into(), ..Default::default() }),
+                organisation: organisation.into(),
                 ..Default::default()
             };
             let request =
