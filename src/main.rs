@@ -6,6 +6,8 @@
 //! - `pac migrate [component]`: create roles and schemas and run migrations.
 //! - `pac token`: a development bearer token for the gateway.
 //! - `pac audit verify`: checks the audit trail's hash chains.
+//! - `pac health`: asks a component's grpc.health.v1 service; exits 0 only when it is SERVING (the
+//!   containers' health check).
 //! - `pac bench <scenario>`: the benchmarks behind BENCHMARKS.md.
 
 mod bench;
@@ -65,6 +67,18 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Ask a component for its health (grpc.health.v1 Check, plain text); exits 0 only when SERVING.
+    Health {
+        /// The component's address: host:port (or an http:// URL).
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        addr: String,
+        /// The service to ask about, e.g. pac.records.v1.PatientRecords; empty asks about the server.
+        #[arg(long, default_value = "")]
+        service: String,
+        /// Seconds to wait for the answer, connecting included.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -110,7 +124,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             migrate(&platform, component).await
         }
         Command::Audit { command: AuditCommand::Verify } => verify_audit().await,
+        Command::Health { addr, service, timeout } => health(&addr, &service, std::time::Duration::from_secs(timeout)).await,
     }
+}
+
+/// One grpc.health.v1 Check: Ok only when the answer is SERVING.
+async fn health(addr: &str, service: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .with_context(|| format!("--addr {addr:?} is not an address"))?
+            .connect_timeout(timeout)
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest { service: service.to_string() })
+            .await
+            .map_err(|status| anyhow::anyhow!("health check at {addr} failed: {:?} {}", status.code(), status.message()))?;
+        anyhow::Ok(response.into_inner().status())
+    };
+    let status = tokio::time::timeout(timeout, check)
+        .await
+        .map_err(|_| anyhow::anyhow!("no health answer from {addr} within {} s", timeout.as_secs_f64()))??;
+    let subject = if service.is_empty() { "server" } else { service };
+    anyhow::ensure!(status == ServingStatus::Serving, "{subject} at {addr} is {}", status.as_str_name());
+    println!("{subject} at {addr}: SERVING");
+    Ok(())
 }
 
 async fn verify_audit() -> anyhow::Result<()> {
