@@ -113,8 +113,11 @@ impl Authenticator {
 
     /// The identity in an `authorization: Bearer …` header value.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Identity, Refusal> {
-        let header = authorization.ok_or(Refusal::Missing)?;
-        let token = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).ok_or(Refusal::Malformed)?.trim();
+        self.verify(bearer(authorization)?).map(|(identity, _)| identity)
+    }
+
+    /// The identity a token carries, and when the token expires (seconds since the Unix epoch).
+    pub fn verify(&self, token: &str) -> Result<(Identity, u64), Refusal> {
         // `alg: none` and unknown algorithms fail here.
         let head = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Algorithm)?;
         let (key, algorithm) = match &self.keys {
@@ -155,8 +158,14 @@ impl Authenticator {
         if claims.sub.trim().is_empty() || claims.orgs.is_empty() || claims.orgs.iter().any(|o| o.trim().is_empty()) {
             return Err(Refusal::Claims);
         }
-        Ok(Identity { subject: claims.sub, role, organisations: claims.orgs })
+        Ok((Identity { subject: claims.sub, role, organisations: claims.orgs }, claims.exp))
     }
+}
+
+/// The token in an `authorization: Bearer …` header value.
+pub fn bearer(authorization: Option<&str>) -> Result<&str, Refusal> {
+    let header = authorization.ok_or(Refusal::Missing)?;
+    Ok(header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).ok_or(Refusal::Malformed)?.trim())
 }
 
 /// A development token (HS256) for `pac token`.

@@ -22,7 +22,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceExt};
 
 use crate::audit::{AuditLog, Entry, Reserved};
-use crate::auth::{Authenticator, Identity, Refusal};
+use crate::auth::{self, Authenticator, Identity, Refusal};
 use crate::policy::{self, Data};
 
 /// Where a call goes: a service over its connections, or an API the gateway serves itself.
@@ -101,11 +101,59 @@ impl RateLimiter {
     }
 }
 
+/// How long a verified token's identity, and the caller context signed for it, is reused (never
+/// past the token's expiry; the signed context lives longer, `policy::CALLER_CONTEXT_TTL`).
+const VERIFIED_FOR: Duration = Duration::from_secs(60);
+/// Most tokens remembered at once.
+const VERIFIED_MAX: usize = 50_000;
+
+/// A token's identity and the signed caller context that stands for it upstream.
+#[derive(Debug, Clone)]
+struct Verified {
+    identity: Identity,
+    context: HeaderValue,
+    until: Instant,
+}
+
+/// Verifies bearer tokens and signs caller contexts, remembering both for a token seen again: a
+/// client sends the same token on every call, and checking a signature and signing a context on
+/// each would cost more than forwarding the call. Refused tokens are not remembered.
+struct Verifications {
+    authenticator: Authenticator,
+    signer: CallerVerifier,
+    seen: Mutex<HashMap<String, Verified>>,
+}
+
+impl Verifications {
+    fn verify(&self, authorization: Option<&str>) -> Result<Verified, Refusal> {
+        let token = auth::bearer(authorization)?;
+        let now = Instant::now();
+        if let Some(verified) = self.seen.lock().expect("verified tokens").get(token).filter(|v| v.until > now) {
+            return Ok(verified.clone());
+        }
+        let (identity, expires) = self.authenticator.verify(token)?;
+        let context = self.signer.sign(&policy::caller(&identity), policy::CALLER_CONTEXT_TTL);
+        let context = HeaderValue::from_str(&context).expect("a signed token is a header value");
+        let left = Duration::from_secs(expires.saturating_sub(jsonwebtoken::get_current_timestamp()));
+        let verified = Verified { identity, context, until: now + left.min(VERIFIED_FOR) };
+        if left > Duration::ZERO {
+            let mut seen = self.seen.lock().expect("verified tokens");
+            if seen.len() >= VERIFIED_MAX {
+                seen.retain(|_, v| v.until > now);
+                if seen.len() >= VERIFIED_MAX {
+                    seen.clear();
+                }
+            }
+            seen.insert(token.to_string(), verified.clone());
+        }
+        Ok(verified)
+    }
+}
+
 #[derive(Clone)]
 pub struct Proxy {
     upstreams: Upstreams,
-    authenticator: Arc<Authenticator>,
-    signer: CallerVerifier,
+    verifications: Arc<Verifications>,
     deadlines: Deadlines,
     in_flight: Arc<Semaphore>,
     rates: Arc<RateLimiter>,
@@ -157,8 +205,7 @@ impl Proxy {
     ) -> Self {
         Self {
             upstreams,
-            authenticator: Arc::new(authenticator),
-            signer,
+            verifications: Arc::new(Verifications { authenticator, signer, seen: Mutex::default() }),
             deadlines,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             rates: Arc::new(RateLimiter { limits, buckets: Mutex::default() }),
@@ -184,7 +231,7 @@ impl Proxy {
             }
         };
         let authorization = request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let identity = self.authenticator.authenticate(authorization).map_err(|refusal: Refusal| Denial {
+        let Verified { identity, context, .. } = self.verifications.verify(authorization).map_err(|refusal: Refusal| Denial {
             status: Status::unauthenticated("a valid bearer token is required"),
             reason: refusal.code(),
             identity: None,
@@ -202,10 +249,9 @@ impl Proxy {
                 .with_retry_after(wait);
             return Err(Denial { status: error.into(), reason: "RATE_LIMITED", identity: Some(identity) });
         }
-        let context = self.signer.sign(&policy::caller(&identity), policy::CALLER_CONTEXT_TTL);
         let headers = request.headers_mut();
         headers.remove(http::header::AUTHORIZATION);
-        headers.insert(CALLER_HEADER, HeaderValue::from_str(&context).expect("a signed token is a header value"));
+        headers.insert(CALLER_HEADER, context);
         let deadline = headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
         let bounded = deadline.unwrap_or(self.deadlines.default).min(self.deadlines.max);
         headers.insert("grpc-timeout", HeaderValue::from_str(&format!("{}m", bounded.as_millis().max(1))).expect("digits"));
@@ -481,6 +527,32 @@ mod tests {
         assert!(limiter.take("b").is_ok(), "another caller is not held back");
         std::thread::sleep(Duration::from_millis(120));
         assert!(limiter.take("a").is_ok(), "refilled");
+    }
+
+    fn verifications() -> Verifications {
+        let signer = CallerVerifier::new(&pac_platform::config::Secret::new(String::from("caller-key")), true);
+        Verifications { authenticator: Authenticator::development(b"token-key", "iss", "aud"), signer, seen: Mutex::default() }
+    }
+
+    fn token(ttl: Duration) -> String {
+        let identity = Identity { subject: "c1".into(), role: policy::Role::Coordinator, organisations: vec!["RR8".into()] };
+        format!("Bearer {}", crate::auth::mint_development(b"token-key", "iss", "aud", &identity, ttl))
+    }
+
+    #[test]
+    fn a_token_seen_again_reuses_its_verification_until_it_expires() {
+        let verifications = verifications();
+        let bearer = token(Duration::from_secs(3600));
+        let first = verifications.verify(Some(&bearer)).unwrap();
+        assert!(first.until <= Instant::now() + VERIFIED_FOR);
+        let again = verifications.verify(Some(&bearer)).unwrap();
+        assert_eq!((again.identity, again.context, again.until), (first.identity, first.context, first.until), "remembered");
+        // A token about to expire is remembered no longer than it lives.
+        let short = verifications.verify(Some(&token(Duration::from_secs(5)))).unwrap();
+        assert!(short.until <= Instant::now() + Duration::from_secs(5));
+        // Refusals are not remembered, and a refused token never matches a remembered one.
+        assert_eq!(verifications.verify(Some(&format!("{bearer}x"))).unwrap_err(), Refusal::Signature);
+        assert_eq!(verifications.seen.lock().unwrap().len(), 2);
     }
 
     #[test]
