@@ -129,6 +129,8 @@ pub(crate) struct Bench {
     pub scheduling: SocketAddr,
     pub referrals: SocketAddr,
     pub gateway: SocketAddr,
+    /// The key the gateway signs caller contexts with, and the services verify them with.
+    pub internal_key: pac_platform::config::Secret,
     shutdown: CancellationToken,
 }
 
@@ -142,6 +144,7 @@ impl Bench {
         }
         let admin_url = server.database(database).to_url_lossy().to_string();
         let platform = PlatformConfig::development(&admin_url);
+        let internal_key = platform.internal_key.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let records = listener.local_addr()?;
         let config = pac_records::RecordsConfig::development(records);
@@ -170,7 +173,7 @@ impl Bench {
         config.limits = pac_gateway::proxy::Limits { max_in_flight: 4096, per_second: 1e9, burst: 1e9 };
         pac_gateway::migrate(&platform).await?;
         tokio::spawn(pac_gateway::serve(platform, config, listener, shutdown.clone()));
-        Ok(Self { _postgres: postgres, admin_url, records, scheduling, referrals, gateway, shutdown })
+        Ok(Self { _postgres: postgres, admin_url, records, scheduling, referrals, gateway, internal_key, shutdown })
     }
 
     /// Separate HTTP/2 connections, as separate clients would have.

@@ -1,11 +1,15 @@
 //! `pac bench gateway`: the gateway's overhead. The same database-bound RPC (SearchPatients by
-//! phone: one indexed look-up among 100,000 patients) called directly on the records service and
-//! through the gateway with a bearer token, in alternating rounds of the same run: throughput with
-//! many calls in flight, and single-call latency.
+//! phone: one indexed look-up among 100,000 patients) by the same caller, called directly on the
+//! records service with the signed caller context the gateway would send, and through the gateway
+//! with a bearer token, in alternating rounds of the same run: throughput with many calls in
+//! flight, and single-call latency.
 
 use std::time::Duration;
 
 use anyhow::bail;
+use pac_gateway::policy;
+use pac_platform::CallerVerifier;
+use pac_platform::caller::CALLER_HEADER;
 use pac_proto::records as pb;
 use pac_proto::records::patient_records_client::PatientRecordsClient;
 use tonic::transport::Channel;
@@ -14,20 +18,21 @@ use crate::bench::{Bench, Latencies, Rng, latencies, median, ms, records_clients
 
 const PATIENTS: i64 = 100_000;
 
-fn search(phone: u64, token: Option<&str>) -> tonic::Request<pb::SearchPatientsRequest> {
+/// How a call says who makes it: a header and its value.
+type Credential = (&'static str, String);
+
+fn search(phone: u64, (header, value): &Credential) -> tonic::Request<pb::SearchPatientsRequest> {
     let mut request = tonic::Request::new(pb::SearchPatientsRequest { phone: format!("+447{phone:09}"), ..Default::default() });
-    if let Some(token) = token {
-        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
-    }
+    request.metadata_mut().insert(*header, value.parse().expect("an ascii token"));
     request
 }
 
-async fn load(clients: &[PatientRecordsClient<Channel>], token: Option<String>, seconds: u64, concurrency: usize) -> anyhow::Result<f64> {
+async fn load(clients: &[PatientRecordsClient<Channel>], credential: Credential, seconds: u64, concurrency: usize) -> anyhow::Result<f64> {
     throughput(clients, seconds, concurrency, "search", move |mut client: PatientRecordsClient<Channel>, worker, n| {
-        let token = token.clone();
+        let credential = credential.clone();
         async move {
             let phone = (worker * 7919 + n * 104_729) % PATIENTS as u64;
-            client.search_patients(search(phone, token.as_deref())).await.map(drop)
+            client.search_patients(search(phone, &credential)).await.map(drop)
         }
     })
     .await
@@ -36,14 +41,14 @@ async fn load(clients: &[PatientRecordsClient<Channel>], token: Option<String>, 
 /// One client, one call at a time: each call's latency.
 async fn single(
     client: &PatientRecordsClient<Channel>,
-    token: Option<String>,
+    credential: Credential,
     calls: usize,
     rng: &mut Rng,
 ) -> anyhow::Result<Vec<Duration>> {
     let queries: Vec<(&'static str, u64)> = (0..calls).map(|_| ("search", rng.below(PATIENTS as usize) as u64)).collect();
     let timings = latencies(std::slice::from_ref(client), queries, move |mut client: PatientRecordsClient<Channel>, phone| {
-        let token = token.clone();
-        async move { client.search_patients(search(phone, token.as_deref())).await.map(drop) }
+        let credential = credential.clone();
+        async move { client.search_patients(search(phone, &credential)).await.map(drop) }
     })
     .await?;
     Ok(timings.into_iter().map(|(_, d, ())| d).collect())
@@ -55,24 +60,34 @@ pub async fn overhead(seconds: u64, concurrency: usize, runs: usize) -> anyhow::
     }
     let bench = Bench::start("pac_bench_gateway").await?;
     bench.seed_patients(PATIENTS).await?;
+    // One RR8 coordinator: a bearer token for the gateway, and for the service directly the
+    // caller context the gateway signs for that token.
     let token = crate::development_token("coordinator", vec!["RR8".into()], None, 3600)?;
+    let identity = pac_gateway::auth::Identity {
+        subject: "dev-coordinator".into(),
+        role: pac_gateway::policy::Role::Coordinator,
+        organisations: vec!["RR8".into()],
+    };
+    let context = CallerVerifier::new(&bench.internal_key, true).sign(&policy::caller(&identity), policy::CALLER_CONTEXT_TTL);
+    let (through_service, through_gateway): (Credential, Credential) =
+        ((CALLER_HEADER, context), ("authorization", format!("Bearer {token}")));
     let direct = records_clients(bench.records, 4).await?;
     let gateway = records_clients(bench.gateway, 4).await?;
-    // Both paths find the patient: the seeded patients are RR8's, whom the token acts for.
-    for (client, token) in [(&direct[0], None), (&gateway[0], Some(token.as_str()))] {
-        let found = client.clone().search_patients(search(7, token)).await?.into_inner().results.len();
+    // Both paths find the patient: the seeded patients are RR8's, whom the caller acts for.
+    for (client, credential) in [(&direct[0], &through_service), (&gateway[0], &through_gateway)] {
+        let found = client.clone().search_patients(search(7, credential)).await?.into_inner().results.len();
         anyhow::ensure!(found == 1, "a search found {found} patients, not 1");
     }
     let mut rng = Rng(0x9a7e_0001);
     // Warm both paths.
-    single(&direct[0], None, 200, &mut rng).await?;
-    single(&gateway[0], Some(token.clone()), 200, &mut rng).await?;
+    single(&direct[0], through_service.clone(), 200, &mut rng).await?;
+    single(&gateway[0], through_gateway.clone(), 200, &mut rng).await?;
     let (mut direct_rps, mut gateway_rps, mut direct_lat, mut gateway_lat) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..runs {
-        let d = load(&direct, None, seconds, concurrency).await?;
-        let g = load(&gateway, Some(token.clone()), seconds, concurrency).await?;
-        direct_lat.extend(single(&direct[0], None, 1000, &mut rng).await?);
-        gateway_lat.extend(single(&gateway[0], Some(token.clone()), 1000, &mut rng).await?);
+        let d = load(&direct, through_service.clone(), seconds, concurrency).await?;
+        let g = load(&gateway, through_gateway.clone(), seconds, concurrency).await?;
+        direct_lat.extend(single(&direct[0], through_service.clone(), 1000, &mut rng).await?);
+        gateway_lat.extend(single(&gateway[0], through_gateway.clone(), 1000, &mut rng).await?);
         eprintln!("round {}: direct {d:.0}/s, through the gateway {g:.0}/s", round + 1);
         direct_rps.push(d);
         gateway_rps.push(g);
