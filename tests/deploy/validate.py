@@ -467,6 +467,8 @@ def hardened(report: Report, label: str, pod: dict, container: dict) -> None:
         str(security),
     )
     report.check(pod.get("automountServiceAccountToken") is False, f"{label}: no service account token mounted")
+    # Service links would add PAC_RECORDS_PORT and the like to the PAC_ settings' namespace.
+    report.check(pod.get("enableServiceLinks") is False, f"{label}: no service-link variables in the environment")
     resources = container.get("resources", {})
     report.check(
         all(resources.get(kind, {}).get(r) for kind in ("requests", "limits") for r in ("cpu", "memory")),
