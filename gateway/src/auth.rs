@@ -155,7 +155,9 @@ impl Authenticator {
             .claims;
         let role = Role::from_name(&claims.role).ok_or(Refusal::Claims)?;
         // A caller acts for at least one organisation: what it may see is scoped to them.
-        if claims.sub.trim().is_empty() || claims.orgs.is_empty() || claims.orgs.iter().any(|o| o.trim().is_empty()) {
+        // Names are recorded in the audit trail: printable and of sensible length.
+        let name = |n: &str| !n.trim().is_empty() && n.len() <= 256 && !n.chars().any(char::is_control);
+        if !name(&claims.sub) || claims.orgs.is_empty() || !claims.orgs.iter().all(|o| name(o)) {
             return Err(Refusal::Claims);
         }
         Ok((Identity { subject: claims.sub, role, organisations: claims.orgs }, claims.exp))
@@ -263,6 +265,9 @@ mod tests {
         check(sign(&Claims { aud: "someone-else".into(), ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::Audience);
         check(sign(&Claims { iss: "https://evil.example".into(), ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::Issuer);
         check(sign(&Claims { role: "superuser".into(), ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::Claims);
+        check(sign(&Claims { sub: "a\u{0}b".into(), ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::Claims);
+        check(sign(&Claims { orgs: vec!["RR8\n".into()], ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::Claims);
+        check(sign(&Claims { sub: "x".repeat(257), ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::Claims);
         check(sign(&claims(300), Algorithm::ES256, Some("nobody"), &ec), Refusal::UnknownKey);
         check(sign(&claims(300), Algorithm::ES256, None, &ec), Refusal::UnknownKey);
         // A valid token whose payload was changed after signing.

@@ -250,3 +250,38 @@ async fn no_role_can_change_the_trail_and_tampering_is_found() {
     let verification = pac_gateway::audit::verify(&pool).await.unwrap();
     assert!(verification.problems.iter().any(|p| p.contains("records missing")), "{:?}", verification.problems);
 }
+
+#[tokio::test]
+async fn records_are_stored_exactly_whatever_characters_they_hold() {
+    let p = start_with(|_| {}).await;
+    let pool = p.admin_pool().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (log, writer) = pac_gateway::audit::start(pool.clone(), stop.clone());
+    let awkward = "tab\there \\ back\\slash\nline \"quoted\" {braces},comma é \r end";
+    for n in 0..3 {
+        let entry = pac_gateway::audit::Entry {
+            subject: format!("{awkward}#{n}"),
+            role: "coordinator".into(),
+            organisation: "RR8".into(),
+            action: "/pac.records.v1.PatientRecords/GetPatient".into(),
+            patient_ids: vec![awkward.into(), "\\N".into(), "".into(), "NULL".into()],
+            outcome: "OK".into(),
+            reason: awkward.into(),
+            request_id: format!("awkward-{n}"),
+            trace_id: String::new(),
+        };
+        log.reserve().expect("room in the queue").record(entry);
+    }
+    stop.cancel();
+    // A batch the database refused would be retried for ever.
+    tokio::time::timeout(Duration::from_secs(20), writer).await.expect("the writer stored every record and stopped").unwrap();
+    for n in 0..3 {
+        let query = pac_gateway::audit::Query { subject: Some(format!("{awkward}#{n}")), limit: 10, ..Default::default() };
+        let stored = pac_gateway::audit::list(&pool, &query).await.unwrap();
+        assert_eq!(stored.len(), 1, "#{n}");
+        assert_eq!(stored[0].patient_ids, vec![awkward.to_string(), "\\N".into(), "".into(), "NULL".into()]);
+        assert_eq!((stored[0].reason.as_str(), stored[0].trace_id.as_str()), (awkward, ""));
+    }
+    let verification = pac_gateway::audit::verify(&pool).await.unwrap();
+    assert!(verification.problems.is_empty() && verification.records >= 3, "{verification:?}");
+}
