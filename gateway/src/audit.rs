@@ -232,7 +232,7 @@ fn copy_rows(records: &[Record]) -> String {
     fn field(out: &mut String, value: &str) {
         for c in value.chars() {
             match c {
-                '\\' => out.push_str("\\"),
+                '\\' => out.push_str("\\\\"),
                 '\t' => out.push_str("\\t"),
                 '\n' => out.push_str("\\n"),
                 '\r' => out.push_str("\\r"),
