@@ -211,7 +211,7 @@ async fn stored_up_to(pool: &PgPool, writer: &str) -> Result<i64, sqlx::Error> {
 
 async fn insert(pool: &PgPool, records: &[Record]) -> Result<(), sqlx::Error> {
     use sqlx::postgres::PgPoolCopyExt;
-    // COPY: one statement per batch, and far less work per row for the database than an INSERT.
+    // COPY: one statement per batch, and less work per row for the database than an INSERT.
     let mut copy = pool
         .copy_in_raw(
             "COPY audit.events (writer, sequence, occurred_at, subject, role, organisation, action, patient_ids, \

@@ -116,8 +116,8 @@ struct Verified {
 }
 
 /// Verifies bearer tokens and signs caller contexts, remembering both for a token seen again: a
-/// client sends the same token on every call, and checking a signature and signing a context on
-/// each would cost more than forwarding the call. Refused tokens are not remembered.
+/// client sends the same token on every call, and checking a signature and signing a context for
+/// each would be a large share of the gateway's work. Refused tokens are not remembered.
 struct Verifications {
     authenticator: Authenticator,
     signer: CallerVerifier,
