@@ -53,10 +53,10 @@ fn query(request: &pb::ListAuditEventsRequest) -> Result<(audit::Query, [u8; 8])
     };
     let from = collect(request.start_time.as_ref().map(|t| parse_timestamp("start_time", t)).transpose());
     let before = collect(request.end_time.as_ref().map(|t| parse_timestamp("end_time", t)).transpose());
-    if let (Some(from), Some(before)) = (from, before) {
-        if before <= from {
-            violations.push(FieldViolation::new("end_time", "TIME_RANGE_INVALID", "must be after start_time"));
-        }
+    if let (Some(from), Some(before)) = (from, before)
+        && before <= from
+    {
+        violations.push(FieldViolation::new("end_time", "TIME_RANGE_INVALID", "must be after start_time"));
     }
     let patient_id = match request.patient_id.as_str() {
         "" => None,

@@ -21,10 +21,10 @@ where
             ids.push(id.to_string());
         }
     }
-    if !ids.is_empty() {
-        if let Ok(value) = MetadataValue::try_from(ids.join(",")) {
-            response.metadata_mut().insert(PATIENTS_HEADER, value);
-        }
+    if !ids.is_empty()
+        && let Ok(value) = MetadataValue::try_from(ids.join(","))
+    {
+        response.metadata_mut().insert(PATIENTS_HEADER, value);
     }
     response
 }
