@@ -62,12 +62,12 @@ pub async fn overhead(seconds: u64, concurrency: usize, runs: usize) -> anyhow::
     bench.seed_patients(PATIENTS).await?;
     // One RR8 coordinator: a bearer token for the gateway, and for the service directly the
     // caller context the gateway signs for that token.
-    let token = crate::development_token("coordinator", vec!["RR8".into()], None, 3600)?;
     let identity = pac_gateway::auth::Identity {
-        subject: "dev-coordinator".into(),
-        role: pac_gateway::policy::Role::Coordinator,
+        subject: "bench-coordinator".into(),
+        role: policy::Role::Coordinator,
         organisations: vec!["RR8".into()],
     };
+    let token = crate::development_token(identity.role.name(), identity.organisations.clone(), Some(identity.subject.clone()), 3600)?;
     let context = CallerVerifier::new(&bench.internal_key, true).sign(&policy::caller(&identity), policy::CALLER_CONTEXT_TTL);
     let (through_service, through_gateway): (Credential, Credential) =
         ((CALLER_HEADER, context), ("authorization", format!("Bearer {token}")));

@@ -252,11 +252,11 @@ pub fn development_token(role: &str, orgs: Vec<String>, subject: Option<String>,
     let role = pac_gateway::policy::Role::from_name(role)
         .ok_or_else(|| anyhow::anyhow!("--role must be coordinator, clinician, integration, auditor or admin"))?;
     anyhow::ensure!((1..=7 * 24 * 3600).contains(&ttl), "--ttl must be 1 second to 7 days");
-    // As the gateway reads them: an empty setting is an unset one.
-    let setting = |name: &str, default: &str| std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.into());
-    let key = setting("PAC_GATEWAY_DEV_TOKEN_KEY", pac_gateway::DEVELOPMENT_TOKEN_KEY);
-    let issuer = setting("PAC_GATEWAY_ISSUER", pac_gateway::DEVELOPMENT_ISSUER);
-    let audience = setting("PAC_GATEWAY_AUDIENCE", "pac-gateway");
+    // Read as the gateway reads them (an empty setting is an unset one).
+    use pac_platform::config::var;
+    let key = var("PAC_GATEWAY_DEV_TOKEN_KEY", pac_gateway::DEVELOPMENT_TOKEN_KEY.to_string())?;
+    let issuer = var("PAC_GATEWAY_ISSUER", pac_gateway::DEVELOPMENT_ISSUER.to_string())?;
+    let audience = var("PAC_GATEWAY_AUDIENCE", "pac-gateway".to_string())?;
     let identity = Identity { subject: subject.unwrap_or_else(|| format!("dev-{}", role.name())), role, organisations: orgs };
     Ok(mint_development(key.as_bytes(), &issuer, &audience, &identity, std::time::Duration::from_secs(ttl)))
 }
