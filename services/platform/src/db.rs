@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::{ConnectOptions, Connection, PgPool};
 use tracing::Instrument;
 
 use crate::config::{DbConfig, Secret};
@@ -112,6 +112,9 @@ pub fn service_connect_options(
     })
 }
 
+/// A pooled connection idle for longer than this is pinged before it is handed out.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// Opens the service's pool: its schema first on the search path, statement and idle-in-transaction
 /// timeouts set on every connection.
 pub async fn connect(config: &DbConfig, service: ServiceSchema, options: PgConnectOptions) -> anyhow::Result<PgPool> {
@@ -127,6 +130,19 @@ pub async fn connect(config: &DbConfig, service: ServiceSchema, options: PgConne
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
     PgPoolOptions::new()
+        // A connection in steady use is not pinged before each use: that round trip cost a
+        // registration about a fifth of its rate (BENCHMARKS.md). One that sat idle for a while,
+        // where a restart or a network drop would show, still is; a connection that breaks while
+        // in use fails its query and is dropped from the pool either way.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_AFTER_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .max_connections(config.max_connections)
         .min_connections(config.min_connections)
         .acquire_timeout(config.acquire_timeout)

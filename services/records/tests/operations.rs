@@ -149,3 +149,25 @@ async fn detached_work_is_never_cut_short_inside_begin() {
         assert!(!inside_transaction(&pool).await, "attempt {attempt}: connection returned inside a transaction");
     }
 }
+
+/// Pooled connections are not pinged before every use, only after sitting idle: one the server ended
+/// while it was idle is then found dead and replaced, rather than handed out to fail its query.
+#[tokio::test]
+async fn a_pooled_connection_ended_while_idle_is_replaced_not_handed_out() {
+    use std::str::FromStr;
+    let db = pac_platform::testkit::TestDatabase::create().await;
+    let mut config = db.platform_config().db;
+    (config.max_connections, config.min_connections) = (1, 0);
+    let options = sqlx::postgres::PgConnectOptions::from_str(&db.admin_url).unwrap();
+    let pool = pac_platform::db::connect(&config, pac_platform::db::ServiceSchema::new("public", "postgres"), options).await.unwrap();
+    let backend = || async { sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()").fetch_one(&pool).await };
+    let first = backend().await.unwrap();
+    let admin = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&db.admin_url).await.unwrap();
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(first).fetch_one(&admin).await.unwrap();
+    assert!(ended);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = backend().await.expect("the dead connection was replaced");
+    assert_ne!(first, second);
+    pool.close().await;
+    admin.close().await;
+}
