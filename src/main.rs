@@ -97,6 +97,7 @@ enum Component {
     All,
 }
 
+/// Every component runs in this binary; why mimalloc: the root Cargo.toml.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -130,10 +130,10 @@ pub async fn connect(config: &DbConfig, service: ServiceSchema, options: PgConne
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
     PgPoolOptions::new()
-        // A connection in steady use is not pinged before each use: that round trip cost a
-        // registration about a fifth of its rate (BENCHMARKS.md). One that sat idle for a while,
-        // where a restart or a network drop would show, still is; a connection that breaks while
-        // in use fails its query and is dropped from the pool either way.
+        // A connection in steady use is not pinged before each use: that round trip was two of a
+        // registration's four (BENCHMARKS.md). One that sat idle for a while, where a restart or a
+        // network drop would show, still is; a connection that breaks while in use fails its query
+        // and is dropped from the pool either way.
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {
