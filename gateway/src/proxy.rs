@@ -172,7 +172,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(20);
 fn retry_budget() -> TpsBudget {
     TpsBudget::new(Duration::from_secs(10), 10, 0.2)
 }
-/// Largest read a retry keeps a copy of (reads are small; larger ones are sent once).
+/// Largest read request the gateway forwards: it keeps a copy of each read to send again on a retry,
+/// and refuses a larger one with `OUT_OF_RANGE` (reads are small: ids and search terms).
 const RETRY_BODY_LIMIT: usize = 64 * 1024;
 
 /// Header naming one call, from the caller or made by the gateway; answered back and audited.

@@ -365,6 +365,10 @@ async fn reads_are_retried_on_another_replica_and_writes_are_not() {
     assert_eq!(up_calls.load(SeqCst), 4, "every read answered by the replica that is up");
     assert!(down_calls.load(SeqCst) >= 1, "the replicas were taken in turn");
     let before = (down_calls.load(SeqCst), up_calls.load(SeqCst));
+    // A read too large to keep a copy of for a retry is refused, and reaches no replica.
+    let huge = records_pb::SearchPatientsRequest { phone: "1".repeat(70 * 1024), ..Default::default() };
+    assert_eq!(records.search_patients(with_token(huge, Some(&coordinator))).await.unwrap_err().code(), Code::OutOfRange);
+    assert_eq!((down_calls.load(SeqCst), up_calls.load(SeqCst)), before, "nothing forwarded");
     let mut codes = Vec::new();
     for _ in 0..4 {
         let write = with_token(common::registration("Retry"), Some(&coordinator));
