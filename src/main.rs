@@ -260,7 +260,7 @@ pub fn development_token(role: &str, orgs: Vec<String>, subject: Option<String>,
     use pac_platform::config::var;
     let key = var("PAC_GATEWAY_DEV_TOKEN_KEY", pac_gateway::DEVELOPMENT_TOKEN_KEY.to_string())?;
     let issuer = var("PAC_GATEWAY_ISSUER", pac_gateway::DEVELOPMENT_ISSUER.to_string())?;
-    let audience = var("PAC_GATEWAY_AUDIENCE", "pac-gateway".to_string())?;
+    let audience = var("PAC_GATEWAY_AUDIENCE", pac_gateway::DEFAULT_AUDIENCE.to_string())?;
     let identity = Identity { subject: subject.unwrap_or_else(|| format!("dev-{}", role.name())), role, organisations: orgs };
     Ok(mint_development(key.as_bytes(), &issuer, &audience, &identity, std::time::Duration::from_secs(ttl)))
 }

@@ -48,6 +48,8 @@ pub const DATABASE: ServiceSchema = ServiceSchema::new("gateway", "pac_gateway")
 /// The development token key: `pac token` signs with it, `pac dev`'s gateway accepts it.
 pub const DEVELOPMENT_TOKEN_KEY: &str = "pac-development-token-key-not-for-production-use";
 pub const DEVELOPMENT_ISSUER: &str = "pac-dev";
+/// The audience tokens must name when `PAC_GATEWAY_AUDIENCE` is unset.
+pub const DEFAULT_AUDIENCE: &str = "pac-gateway";
 /// The organisation `pac token` acts for by default, and that `pac dev`'s demo data belongs to.
 pub const DEVELOPMENT_ORGANISATION: &str = "RR8";
 
@@ -159,7 +161,7 @@ impl GatewayConfig {
             referrals_url: var("PAC_REFERRALS_URL", "http://127.0.0.1:50053".to_string())?,
             keys,
             issuer: var("PAC_GATEWAY_ISSUER", DEVELOPMENT_ISSUER.to_string())?,
-            audience: var("PAC_GATEWAY_AUDIENCE", "pac-gateway".to_string())?,
+            audience: var("PAC_GATEWAY_AUDIENCE", DEFAULT_AUDIENCE.to_string())?,
             deadlines,
             limits,
             link_wait: Duration::from_millis(var("PAC_GATEWAY_LINK_WAIT_MS", 2_000)?),
@@ -178,7 +180,7 @@ impl GatewayConfig {
             referrals_url,
             keys: TokenKeys::Development(DEVELOPMENT_TOKEN_KEY.into()),
             issuer: DEVELOPMENT_ISSUER.into(),
-            audience: "pac-gateway".into(),
+            audience: DEFAULT_AUDIENCE.into(),
             deadlines: Deadlines { default: Duration::from_secs(10), max: Duration::from_secs(30) },
             limits: DEFAULT_LIMITS,
             link_wait: Duration::from_secs(2),
