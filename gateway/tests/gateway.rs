@@ -379,3 +379,57 @@ async fn reads_are_retried_on_another_replica_and_writes_are_not() {
     assert!(codes.contains(&Code::Unavailable), "a write to the replica that is down is not retried: {codes:?}");
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn writes_carry_on_while_a_service_closes_its_older_connections() {
+    // A stand-in records service that answers every call after a moment, and closes each
+    // connection 100 ms after it opened, as services do (`PAC_GRPC_MAX_CONNECTION_AGE_MS`) so that
+    // connections spread over new replicas.
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let service = tower::service_fn(move |_: http::Request<axum::body::Body>| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok::<_, std::convert::Infallible>(tonic::Status::new(Code::AlreadyExists, "stand-in").into_http::<axum::body::Body>())
+        }
+    });
+    let (service_listener, url) = listener().await;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .max_connection_age(Duration::from_millis(100))
+            .add_routes(tonic::service::Routes::from(axum::Router::new().fallback_service(service)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(service_listener)),
+    );
+    let db = TestDatabase::create().await;
+    let shutdown = CancellationToken::new();
+    let (gateway_listener, gateway_url) = listener().await;
+    let mut config = GatewayConfig::development(gateway_listener.local_addr().unwrap(), url.clone(), url.clone(), url);
+    config.connections = 1;
+    pac_gateway::migrate(&db.platform_config()).await.unwrap();
+    tokio::spawn(pac_gateway::serve(db.platform_config(), config, gateway_listener, shutdown.clone()));
+    let records = PatientRecordsClient::new(tonic::transport::Endpoint::from_shared(gateway_url).unwrap().connect_lazy());
+    let coordinator = token(Role::Coordinator, Duration::from_secs(60));
+    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    let mut callers = Vec::new();
+    for _ in 0..8 {
+        let (mut records, coordinator) = (records.clone(), coordinator.clone());
+        callers.push(tokio::spawn(async move {
+            let mut codes = Vec::new();
+            while std::time::Instant::now() < until {
+                let write = with_token(common::registration("Aged"), Some(&coordinator));
+                codes.push(records.register_patient(write).await.unwrap_err().code());
+            }
+            codes
+        }));
+    }
+    let mut codes = Vec::new();
+    for caller in callers {
+        codes.extend(caller.await.unwrap());
+    }
+    let failed: Vec<_> = codes.iter().filter(|c| **c != Code::AlreadyExists).collect();
+    assert!(failed.is_empty(), "{} of {} writes failed: {failed:?}", failed.len(), codes.len());
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), codes.len(), "each write reached the service once");
+    assert!(codes.len() > 200, "{} writes", codes.len());
+    shutdown.cancel();
+}
