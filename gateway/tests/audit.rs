@@ -252,6 +252,76 @@ async fn no_role_can_change_the_trail_and_tampering_is_found() {
 }
 
 #[tokio::test]
+async fn a_call_without_a_request_id_is_given_a_time_ordered_one_answered_and_audited() {
+    let p = start_with(|_| {}).await;
+    knee_clinic(&p).await;
+    let (patient, _) = referred_patient(&p, "Requested", false).await;
+    let coordinator = token(Role::Coordinator, Duration::from_secs(60));
+    let mut records = PatientRecordsClient::new(p.gateway.clone());
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let request = with_token(records_pb::GetPatientRequest { id: patient.clone() }, Some(&coordinator));
+        let answered = records.get_patient(request).await.unwrap();
+        let id = answered.metadata().get("x-request-id").expect("a request id is answered").to_str().unwrap().to_string();
+        assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7, "{id}");
+        ids.push(id);
+    }
+    assert!(ids[0] < ids[1], "made in order, they sort in order: {ids:?}");
+    // A caller's own id is kept.
+    let answered = records.get_patient(tagged(records_pb::GetPatientRequest { id: patient.clone() }, Some(&coordinator), "caller-7")).await.unwrap();
+    assert_eq!(answered.metadata().get("x-request-id").unwrap(), "caller-7");
+    ids.push("caller-7".into());
+    let pool = p.admin_pool().await;
+    for id in &ids {
+        let mut stored = 0i64;
+        for _ in 0..100 {
+            stored = sqlx::query_scalar("SELECT count(*) FROM audit.events WHERE request_id = $1 AND $2 = ANY(patient_ids)")
+                .bind(id)
+                .bind(&patient)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            if stored > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(stored, 1, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn the_database_refuses_a_record_whose_hash_is_not_64_lowercase_hex_digits() {
+    let p = start_with(|_| {}).await;
+    let pool = p.admin_pool().await;
+    let good = "0123456789abcdef".repeat(4);
+    let insert = |sequence: i64, previous: String, hash: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO audit.events (writer, sequence, occurred_at, subject, role, organisation, action, outcome, \
+                                           request_id, previous_hash, hash) \
+                 VALUES ('w', $1, now(), 's', 'coordinator', 'RR8', '/a', 'OK', 'r', $2, $3)",
+            )
+            .bind(sequence)
+            .bind(previous)
+            .bind(hash)
+            .execute(&pool)
+            .await
+        }
+    };
+    let bad = [good[1..].to_string(), format!("{good}0"), good.to_uppercase(), "é".repeat(32), format!("{}g", &good[1..])];
+    for (n, value) in bad.iter().enumerate() {
+        for (previous, hash) in [(value.clone(), good.clone()), (good.clone(), value.clone())] {
+            let refused = insert(n as i64 + 1, previous, hash).await.unwrap_err();
+            let code = refused.as_database_error().and_then(|e| e.code()).map(|c| c.to_string());
+            assert_eq!(code.as_deref(), Some("23514"), "{value:?}: {refused}");
+        }
+    }
+    insert(1, good.clone(), good).await.expect("64 lowercase hex digits are taken");
+}
+
+#[tokio::test]
 async fn records_are_stored_exactly_whatever_characters_they_hold() {
     let p = start_with(|_| {}).await;
     let pool = p.admin_pool().await;
