@@ -229,7 +229,12 @@ async fn insert(pool: &PgPool, records: &[Record]) -> Result<(), sqlx::Error> {
 /// Records as rows of COPY's text format: tab-separated, one per line, with `\`, tab and line
 /// breaks escaped; patient ids as an array literal of quoted elements.
 fn copy_rows(records: &[Record]) -> String {
+    use std::fmt::Write;
     fn field(out: &mut String, value: &str) {
+        if !value.contains(['\\', '\t', '\n', '\r']) {
+            out.push_str(value);
+            return;
+        }
         for c in value.chars() {
             match c {
                 '\\' => out.push_str("\\\\"),
@@ -241,13 +246,32 @@ fn copy_rows(records: &[Record]) -> String {
         }
     }
     let mut out = String::with_capacity(records.len() * 512);
+    let mut ids = String::new();
     for r in records {
-        let ids: Vec<String> = r.patient_ids.iter().map(|id| format!("\"{}\"", id.replace('\\', "\\\\").replace('"', "\\\""))).collect();
-        let at = r.occurred_at.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string();
-        let (sequence, ids) = (r.sequence.to_string(), format!("{{{}}}", ids.join(",")));
-        let fields = [&r.writer, &sequence, &at, &r.subject, &r.role, &r.organisation, &r.action, &ids];
-        let rest = [&r.outcome, &r.reason, &r.request_id, &r.trace_id, &r.previous_hash, &r.hash];
-        for (i, value) in fields.into_iter().chain(rest).enumerate() {
+        ids.clear();
+        ids.push('{');
+        for (i, id) in r.patient_ids.iter().enumerate() {
+            if i > 0 {
+                ids.push(',');
+            }
+            ids.push('"');
+            for c in id.chars() {
+                if c == '\\' || c == '"' {
+                    ids.push('\\');
+                }
+                ids.push(c);
+            }
+            ids.push('"');
+        }
+        ids.push('}');
+        field(&mut out, &r.writer);
+        let at = r.occurred_at.naive_utc();
+        write!(out, "\t{}\t{} {}+00\t", r.sequence, at.date(), at.time()).expect("writing to a string");
+        for (i, value) in [&r.subject, &r.role, &r.organisation, &r.action, &ids, &r.outcome, &r.reason, &r.request_id]
+            .into_iter()
+            .chain([&r.trace_id, &r.previous_hash, &r.hash])
+            .enumerate()
+        {
             if i > 0 {
                 out.push('\t');
             }
@@ -399,5 +423,25 @@ mod tests {
         let mut changed = second.clone();
         changed.outcome = "PERMISSION_DENIED".into();
         assert_ne!(changed.compute_hash(), second.hash, "any change breaks the hash");
+    }
+
+    #[test]
+    fn copy_rows_escape_what_copy_reads_specially() {
+        let mut chain = Chain { writer: "w".into(), sequence: 0, last_hash: GENESIS.into() };
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let mut awkward = entry("/a\tb");
+        awkward.patient_ids = vec!["p\"1".into(), "q\\".into()];
+        awkward.reason = "line\nbreak\r\tand \\".into();
+        let records = [chain.seal(entry("/a"), at("2026-12-02T10:00:00Z")), chain.seal(awkward, at("2026-12-02T10:00:00.000123Z"))];
+        let rows = copy_rows(&records);
+        let fields: Vec<Vec<&str>> = rows.lines().map(|line| line.split('\t').collect()).collect();
+        assert_eq!(fields.len(), 2);
+        assert!(fields.iter().all(|f| f.len() == 14), "{rows}");
+        assert_eq!(&fields[0][..3], ["w", "1", "2026-12-02 10:00:00+00"]);
+        assert_eq!(&fields[1][..3], ["w", "2", "2026-12-02 10:00:00.000123+00"]);
+        assert_eq!(fields[1][6], "/a\\tb");
+        assert_eq!(fields[1][7], r#"{"p\\"1","q\\\\"}"#);
+        assert_eq!(fields[1][9], "line\\nbreak\\r\\tand \\\\");
+        assert_eq!(fields[1][13], records[1].hash);
     }
 }

@@ -40,7 +40,7 @@ impl Balanced {
         for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
             let uri: Uri = url.parse().map_err(|_| anyhow::anyhow!("{url} is not a URL"))?;
             let authority = match (uri.scheme(), uri.authority()) {
-                (Some(scheme), Some(authority)) if *scheme == Scheme::HTTP => authority.clone(),
+                (Some(scheme), Some(authority)) if *scheme == Scheme::HTTP && authority.port().is_some() => authority.clone(),
                 _ => anyhow::bail!("{url}: a service URL is http://host:port"),
             };
             for _ in 0..connections.max(1) {
@@ -127,5 +127,20 @@ impl Service<Request<Body>> for Balanced {
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
         Box::pin(self.connections[index].clone().send(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_urls_are_http_with_a_port() {
+        let balanced = Balanced::new("http://records-a:50051, http://records-b:50051", 2).unwrap();
+        let to: Vec<&str> = balanced.connections.iter().map(|c| c.authority.as_str()).collect();
+        assert_eq!(to, ["records-a:50051", "records-a:50051", "records-b:50051", "records-b:50051"]);
+        for bad in ["https://records:50051", "http://records", "records:50051", " , ", "http://"] {
+            assert!(Balanced::new(bad, 2).is_err(), "{bad}");
+        }
     }
 }

@@ -268,7 +268,8 @@ async fn a_call_without_a_request_id_is_given_a_time_ordered_one_answered_and_au
     }
     assert!(ids[0] < ids[1], "made in order, they sort in order: {ids:?}");
     // A caller's own id is kept.
-    let answered = records.get_patient(tagged(records_pb::GetPatientRequest { id: patient.clone() }, Some(&coordinator), "caller-7")).await.unwrap();
+    let answered =
+        records.get_patient(tagged(records_pb::GetPatientRequest { id: patient.clone() }, Some(&coordinator), "caller-7")).await.unwrap();
     assert_eq!(answered.metadata().get("x-request-id").unwrap(), "caller-7");
     ids.push("caller-7".into());
     let pool = p.admin_pool().await;
