@@ -17,9 +17,9 @@ use pac_proto::{records, referrals as refs, scheduling as sched};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::balance::Balanced;
 use crate::guide;
-use crate::proxy::parse_grpc_timeout;
+use pac_platform::balance::Balanced;
+use pac_platform::grpc::parse_grpc_timeout;
 
 /// Past appointments a journey shows.
 const PAST_SHOWN: usize = 20;

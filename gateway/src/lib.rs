@@ -18,7 +18,6 @@
 pub mod access;
 pub mod audit;
 pub mod auth;
-pub mod balance;
 pub mod guide;
 pub mod policy;
 pub mod proxy;
@@ -37,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 use crate::auth::Authenticator;
-use crate::balance::Balanced;
 use crate::proxy::{Deadlines, Limits, Proxy, Upstreams};
+use pac_platform::balance::Balanced;
 use pac_proto::access::access_server::AccessServer;
 use pac_proto::audit::audit_trail_server::AuditTrailServer;
 

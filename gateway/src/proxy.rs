@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use pac_platform::caller::CALLER_HEADER;
+use pac_platform::grpc::parse_grpc_timeout;
 use pac_platform::{ApiError, CallerVerifier};
 use tokio::sync::Semaphore;
 use tonic::body::Body;
@@ -382,9 +383,13 @@ async fn forward(mut upstream: Upstream, request: Request<Body>) -> Response<Bod
         Ok(upstream) => upstream.call(request).await,
         Err(error) => Err(error),
     };
-    forwarded.unwrap_or_else(|error| {
-        tracing::warn!(error = %error, rpc = %path, "forwarding to the service failed");
-        Status::unavailable("the service did not answer; retry").into_http()
+    forwarded.unwrap_or_else(|error| match error.downcast::<Status>() {
+        // Ended at its deadline by the connection (`pac_platform::balance`).
+        Ok(status) => status.into_http(),
+        Err(error) => {
+            tracing::warn!(error = %error, rpc = %path, "forwarding to the service failed");
+            Status::unavailable("the service did not answer; retry").into_http()
+        }
     })
 }
 
@@ -422,27 +427,6 @@ fn with_request_id(mut response: Response<Body>, request_id: &str) -> Response<B
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     response
-}
-
-/// A `grpc-timeout` header value: up to 8 digits and a unit (H, M, S, m, u, n).
-pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if !value.is_ascii() {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 impl<B> Service<Request<B>> for Proxy
@@ -554,15 +538,5 @@ mod tests {
         // Refusals are not remembered, and a refused token never matches a remembered one.
         assert_eq!(verifications.verify(Some(&format!("{bearer}x"))).unwrap_err(), Refusal::Signature);
         assert_eq!(verifications.seen.lock().unwrap().len(), 2);
-    }
-
-    #[test]
-    fn grpc_timeouts_parse() {
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        for bad in ["", "m", "123456789S", "5x", "-5S", "5 S", "5é"] {
-            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
-        }
     }
 }

@@ -433,3 +433,24 @@ async fn writes_carry_on_while_a_service_closes_its_older_connections() {
     assert!(codes.len() > 200, "{} writes", codes.len());
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn a_call_to_a_service_that_never_answers_ends_at_its_deadline() {
+    // The connections services and the gateway call each other over: a call with a deadline ends
+    // with DEADLINE_EXCEEDED shortly after it, even when the service never answers (here: a
+    // process that accepts connections and then reads nothing).
+    let (hung, url) = listener().await;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = hung.accept().await {
+            held.push(connection);
+        }
+    });
+    let mut records = PatientRecordsClient::new(pac_platform::balance::Balanced::new(&url, 1).unwrap());
+    let mut request = tonic::Request::new(records_pb::GetPatientRequest { id: uuid::Uuid::now_v7().to_string() });
+    request.set_timeout(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let status = records.get_patient(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "ended after {:?}", started.elapsed());
+}

@@ -1,22 +1,12 @@
-//! Calling another service: a lazily connected channel, and requests that carry this service's
-//! signed caller context, a deadline and the current trace context.
+//! Calling another service: requests that carry this service's signed caller context, a deadline
+//! and the current trace context (the connections are `balance`).
 
 use std::time::Duration;
 
 use tonic::Request;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::caller::{Actor, CALLER_HEADER, Caller, CallerVerifier};
 use crate::config::Secret;
-
-/// A channel to `url`, connected on first use and reconnected as needed.
-pub fn lazy_channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .connect_lazy())
-}
 
 /// Makes requests as this service.
 #[derive(Clone)]

@@ -4,6 +4,7 @@
 //! idempotency, calling other services, and serving over gRPC.
 
 pub mod audit;
+pub mod balance;
 pub mod caller;
 pub mod client;
 pub mod config;

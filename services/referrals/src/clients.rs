@@ -5,14 +5,14 @@
 use std::time::Duration;
 
 use chrono::NaiveDate;
+use pac_platform::balance::Balanced;
 use pac_platform::caller::PERMISSION_RESTRICTED_READ;
-use pac_platform::client::{ServiceIdentity, lazy_channel};
+use pac_platform::client::ServiceIdentity;
 use pac_platform::config::Secret;
 use pac_proto::records::patient_records_client::PatientRecordsClient;
 use pac_proto::scheduling::scheduling_client::SchedulingClient;
 use pac_proto::{records as records_pb, scheduling as scheduling_pb};
 use tonic::Code;
-use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::domain::eligibility::Sex;
@@ -35,8 +35,8 @@ pub struct PatientFacts {
 
 #[derive(Clone)]
 pub struct Clients {
-    records: PatientRecordsClient<Channel>,
-    scheduling: SchedulingClient<Channel>,
+    records: PatientRecordsClient<Balanced>,
+    scheduling: SchedulingClient<Balanced>,
     identity: ServiceIdentity,
     timeout: Duration,
 }
@@ -46,8 +46,8 @@ impl Clients {
     /// restricted records' postcodes for catchment checks; it never returns them.
     pub fn new(records_url: &str, scheduling_url: &str, internal_key: &Secret, timeout: Duration) -> anyhow::Result<Self> {
         Ok(Self {
-            records: PatientRecordsClient::new(lazy_channel(records_url)?),
-            scheduling: SchedulingClient::new(lazy_channel(scheduling_url)?),
+            records: PatientRecordsClient::new(Balanced::new(records_url, 1)?),
+            scheduling: SchedulingClient::new(Balanced::new(scheduling_url, 1)?),
             identity: ServiceIdentity::new(internal_key, SUBJECT, &[PERMISSION_RESTRICTED_READ]),
             timeout,
         })

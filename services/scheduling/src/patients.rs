@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
+use pac_platform::balance::Balanced;
 use pac_platform::caller::{Actor, within};
-use pac_platform::client::{ServiceIdentity, lazy_channel};
+use pac_platform::client::ServiceIdentity;
 use pac_platform::config::Secret;
 use pac_proto::records as records_pb;
 use pac_proto::records::patient_records_client::PatientRecordsClient;
 use tonic::Code;
-use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::error::SchedulingError;
@@ -24,7 +24,7 @@ pub fn service_actor() -> Actor {
 
 #[derive(Clone)]
 pub struct Patients {
-    client: PatientRecordsClient<Channel>,
+    client: PatientRecordsClient<Balanced>,
     identity: ServiceIdentity,
     timeout: Duration,
 }
@@ -33,7 +33,7 @@ impl Patients {
     /// A client for the records service at `url` (connected on first use, reconnected as needed).
     pub fn new(url: &str, internal_key: &Secret, timeout: Duration) -> anyhow::Result<Self> {
         let identity = ServiceIdentity::new(internal_key, SUBJECT, &[]);
-        Ok(Self { client: PatientRecordsClient::new(lazy_channel(url)?), identity, timeout })
+        Ok(Self { client: PatientRecordsClient::new(Balanced::new(url, 1)?), identity, timeout })
     }
 
     /// The current record for `id`: itself, or the survivor it was merged into. Asked as this

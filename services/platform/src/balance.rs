@@ -1,12 +1,16 @@
-//! Spreading calls over several HTTP/2 connections. One connection is drained by one core of a
-//! service; several connections (to one service, and to each of its replicas when its URL lists
-//! several) share the load round-robin.
+//! Connections to other services: the gateway's to each service it forwards to, and a service's
+//! to the services it calls. Calls are spread over several HTTP/2 connections: one connection is
+//! drained by one core of a service; several connections (to one service, and to each of its
+//! replicas when its URL lists several) share the load round-robin.
 //!
 //! Each connection is opened on first use and again after it closes. A service closes its older
 //! connections now and then (`PAC_GRPC_MAX_CONNECTION_AGE_MS`), and a call sent just as that happens
 //! finds the connection gone before the call was written to it: such a call is sent again on a
 //! new connection, whether or not it is a read, since the service cannot have seen it. A call
 //! that may have reached the service is never sent twice here.
+//!
+//! A call with a deadline (`grpc-timeout`) that the service has not answered shortly after it is
+//! ended here with `DEADLINE_EXCEEDED`, should the service not end it itself.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,6 +30,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Sends of one call on connections that closed before it was written, before it fails.
 const SENDS: usize = 3;
+/// How long past a call's deadline the service's own answer is waited for.
+const DEADLINE_GRACE: Duration = Duration::from_millis(250);
 
 #[derive(Clone)]
 pub struct Balanced {
@@ -92,7 +98,17 @@ impl Connection {
         Ok(sender)
     }
 
-    async fn send(self, mut request: Request<Body>) -> Result<Response<Body>, BoxError> {
+    async fn send(self, request: Request<Body>) -> Result<Response<Body>, BoxError> {
+        let deadline = request.headers().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(crate::grpc::parse_grpc_timeout);
+        match deadline {
+            Some(deadline) => tokio::time::timeout(deadline + DEADLINE_GRACE, self.send_now(request))
+                .await
+                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("the service did not answer within the deadline").into())),
+            None => self.send_now(request).await,
+        }
+    }
+
+    async fn send_now(self, mut request: Request<Body>) -> Result<Response<Body>, BoxError> {
         let mut uri = std::mem::take(request.uri_mut()).into_parts();
         (uri.scheme, uri.authority) = (Some(Scheme::HTTP), Some(self.authority.clone()));
         *request.uri_mut() = Uri::from_parts(uri)?;
