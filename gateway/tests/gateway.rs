@@ -279,27 +279,18 @@ async fn slow_service() -> (String, tokio::sync::mpsc::UnboundedReceiver<(Option
             Ok::<_, std::convert::Infallible>(tonic::Status::ok("").into_http::<axum::body::Body>())
         }
     });
-    let (listener, url) = listener().await;
-    let routes = tonic::service::Routes::from(axum::Router::new().fallback_service(service));
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let url = stand_in(tonic::transport::Server::builder(), service).await;
     (url, receiver)
 }
 
 #[tokio::test]
 async fn the_callers_deadline_reaches_the_service_and_ends_its_work() {
     let (url, mut seen) = slow_service().await;
-    let db = TestDatabase::create().await;
-    let shutdown = CancellationToken::new();
-    let (gateway_listener, gateway_url) = listener().await;
-    let mut config = GatewayConfig::development(gateway_listener.local_addr().unwrap(), url.clone(), url.clone(), url);
-    config.deadlines = pac_gateway::proxy::Deadlines { default: Duration::from_millis(700), max: Duration::from_millis(1500) };
-    pac_gateway::migrate(&db.platform_config()).await.unwrap();
-    tokio::spawn(pac_gateway::serve(db.platform_config(), config, gateway_listener, shutdown.clone()));
-    let mut records = PatientRecordsClient::new(tonic::transport::Endpoint::from_shared(gateway_url).unwrap().connect_lazy());
+    let (gateway, _db, shutdown) = gateway_in_front_of(url.clone(), url, |config| {
+        config.deadlines = pac_gateway::proxy::Deadlines { default: Duration::from_millis(700), max: Duration::from_millis(1500) };
+    })
+    .await;
+    let mut records = PatientRecordsClient::new(gateway);
     let coordinator = token(Role::Coordinator, Duration::from_secs(60));
     let mut call = async |deadline: Option<Duration>| {
         let mut request = with_token(records_pb::GetPatientRequest { id: uuid::Uuid::now_v7().to_string() }, Some(&coordinator));
@@ -325,6 +316,37 @@ async fn the_callers_deadline_reaches_the_service_and_ends_its_work() {
     shutdown.cancel();
 }
 
+/// Serves `service` (answering every path) with `server`'s settings on a new port; its URL.
+async fn stand_in<S>(mut server: tonic::transport::Server, service: S) -> String
+where
+    S: tower::Service<http::Request<axum::body::Body>, Error = std::convert::Infallible> + Clone + Send + Sync + 'static,
+    S::Response: axum::response::IntoResponse,
+    S::Future: Send + 'static,
+{
+    let (listener, url) = listener().await;
+    let routes = tonic::service::Routes::from(axum::Router::new().fallback_service(service));
+    tokio::spawn(server.add_routes(routes).serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
+    url
+}
+
+/// A gateway with one connection to each service URL: `records` for records, `others` for
+/// scheduling and referrals. Its channel, its database and its shutdown.
+async fn gateway_in_front_of(
+    records: String,
+    others: String,
+    adjust: impl FnOnce(&mut GatewayConfig),
+) -> (tonic::transport::Channel, TestDatabase, CancellationToken) {
+    let db = TestDatabase::create().await;
+    let shutdown = CancellationToken::new();
+    let (gateway_listener, gateway_url) = listener().await;
+    let mut config = GatewayConfig::development(gateway_listener.local_addr().unwrap(), records, others.clone(), others);
+    config.connections = 1;
+    adjust(&mut config);
+    pac_gateway::migrate(&db.platform_config()).await.unwrap();
+    tokio::spawn(pac_gateway::serve(db.platform_config(), config, gateway_listener, shutdown.clone()));
+    (tonic::transport::Endpoint::from_shared(gateway_url).unwrap().connect_lazy(), db, shutdown)
+}
+
 /// A stand-in service answering every call with `code`, counting the calls.
 async fn answering(code: Code) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -333,13 +355,7 @@ async fn answering(code: Code) -> (String, std::sync::Arc<std::sync::atomic::Ato
         counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         async move { Ok::<_, std::convert::Infallible>(tonic::Status::new(code, "stand-in").into_http::<axum::body::Body>()) }
     });
-    let (listener, url) = listener().await;
-    let routes = tonic::service::Routes::from(axum::Router::new().fallback_service(service));
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let url = stand_in(tonic::transport::Server::builder(), service).await;
     (url, calls)
 }
 
@@ -348,15 +364,9 @@ async fn reads_are_retried_on_another_replica_and_writes_are_not() {
     use std::sync::atomic::Ordering::SeqCst;
     let (down, down_calls) = answering(Code::Unavailable).await;
     let (up, up_calls) = answering(Code::NotFound).await;
-    let db = TestDatabase::create().await;
-    let shutdown = CancellationToken::new();
-    let (gateway_listener, gateway_url) = listener().await;
     // Two replicas of records, one connection each, taken in turn; one of them is down.
-    let mut config = GatewayConfig::development(gateway_listener.local_addr().unwrap(), format!("{down},{up}"), up.clone(), up);
-    config.connections = 1;
-    pac_gateway::migrate(&db.platform_config()).await.unwrap();
-    tokio::spawn(pac_gateway::serve(db.platform_config(), config, gateway_listener, shutdown.clone()));
-    let mut records = PatientRecordsClient::new(tonic::transport::Endpoint::from_shared(gateway_url).unwrap().connect_lazy());
+    let (gateway, _db, shutdown) = gateway_in_front_of(format!("{down},{up}"), up, |_| {}).await;
+    let mut records = PatientRecordsClient::new(gateway);
     let coordinator = token(Role::Coordinator, Duration::from_secs(60));
     for _ in 0..4 {
         let read = with_token(records_pb::GetPatientRequest { id: uuid::Uuid::now_v7().to_string() }, Some(&coordinator));
@@ -394,21 +404,9 @@ async fn writes_carry_on_while_a_service_closes_its_older_connections() {
             Ok::<_, std::convert::Infallible>(tonic::Status::new(Code::AlreadyExists, "stand-in").into_http::<axum::body::Body>())
         }
     });
-    let (service_listener, url) = listener().await;
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .max_connection_age(Duration::from_millis(100))
-            .add_routes(tonic::service::Routes::from(axum::Router::new().fallback_service(service)))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(service_listener)),
-    );
-    let db = TestDatabase::create().await;
-    let shutdown = CancellationToken::new();
-    let (gateway_listener, gateway_url) = listener().await;
-    let mut config = GatewayConfig::development(gateway_listener.local_addr().unwrap(), url.clone(), url.clone(), url);
-    config.connections = 1;
-    pac_gateway::migrate(&db.platform_config()).await.unwrap();
-    tokio::spawn(pac_gateway::serve(db.platform_config(), config, gateway_listener, shutdown.clone()));
-    let records = PatientRecordsClient::new(tonic::transport::Endpoint::from_shared(gateway_url).unwrap().connect_lazy());
+    let url = stand_in(tonic::transport::Server::builder().max_connection_age(Duration::from_millis(100)), service).await;
+    let (gateway, _db, shutdown) = gateway_in_front_of(url.clone(), url, |_| {}).await;
+    let records = PatientRecordsClient::new(gateway);
     let coordinator = token(Role::Coordinator, Duration::from_secs(60));
     let until = std::time::Instant::now() + Duration::from_millis(1500);
     let mut callers = Vec::new();
