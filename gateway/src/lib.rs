@@ -85,6 +85,9 @@ pub struct GatewayConfig {
     /// its new appointment before answering `linked = false` (the link still completes).
     pub link_wait: Duration,
     /// `PAC_GATEWAY_CONNECTIONS`: HTTP/2 connections to each service URL, used round-robin.
+    /// One by default: calls sharing a connection share its reads and writes, so a single
+    /// service is served with the least work; Kubernetes needs several, to spread them over
+    /// the replicas behind a Service name (see `deploy/`).
     pub connections: usize,
     /// `PAC_GATEWAY_TLS_CERT_FILE`, `PAC_GATEWAY_TLS_KEY_FILE`, `PAC_GATEWAY_TLS_CLIENT_CA_FILE`.
     pub tls: Option<TlsSettings>,
@@ -126,6 +129,7 @@ impl TlsSettings {
     }
 }
 
+const DEFAULT_CONNECTIONS: usize = 1;
 const DEFAULT_LIMITS: Limits = Limits { max_in_flight: 2048, per_second: 500.0, burst: 1000.0 };
 
 impl GatewayConfig {
@@ -164,7 +168,7 @@ impl GatewayConfig {
             deadlines,
             limits,
             link_wait: Duration::from_millis(var("PAC_GATEWAY_LINK_WAIT_MS", 2_000)?),
-            connections: var("PAC_GATEWAY_CONNECTIONS", 2usize)?.clamp(1, 64),
+            connections: var("PAC_GATEWAY_CONNECTIONS", DEFAULT_CONNECTIONS)?.clamp(1, 64),
             tls: TlsSettings::from_env()?,
         })
     }
@@ -183,7 +187,7 @@ impl GatewayConfig {
             deadlines: Deadlines { default: Duration::from_secs(10), max: Duration::from_secs(30) },
             limits: DEFAULT_LIMITS,
             link_wait: Duration::from_secs(2),
-            connections: 2,
+            connections: DEFAULT_CONNECTIONS,
             tls: None,
         }
     }

@@ -1,7 +1,8 @@
 //! Connections to other services: the gateway's to each service it forwards to, and a service's
-//! to the services it calls. Calls are spread over several HTTP/2 connections: one connection is
-//! drained by one core of a service; several connections (to one service, and to each of its
-//! replicas when its URL lists several) share the load round-robin.
+//! to the services it calls. Calls are sent round-robin over the HTTP/2 connections to a service
+//! (to each of its replicas when its URL lists several). Calls sharing a connection share its
+//! reads and writes, so one connection per address costs the least; several to one address are
+//! for a load balancer in between (Kubernetes' Service) to place on different replicas.
 //!
 //! Each connection is opened on first use and again after it closes. A service closes its older
 //! connections now and then (`PAC_GRPC_MAX_CONNECTION_AGE_MS`), and a call sent just as that happens
