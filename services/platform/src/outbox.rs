@@ -5,6 +5,10 @@
 //! transaction (`pg_snapshot_xmin`): identity values are handed out before commit, so a plain
 //! "id > cursor" reader would skip an event whose transaction commits after a later one. Delivery is
 //! at-least-once; the cursor is the position of the last event the consumer has seen.
+//!
+//! The order is the transaction id's numeric value (`xid8`), in SQL and in [`Cursor`] alike. The id
+//! travels as text (sqlx has no `xid8` type), under a name of its own: an output column named `txid`
+//! would be what `ORDER BY txid` sorts, as text, and "10000" sorts before "9999".
 
 use std::fmt;
 use std::str::FromStr;
@@ -114,12 +118,12 @@ impl Outbox {
     /// Events after `after` whose transactions have all finished, oldest first.
     pub async fn read_after(&self, pool: &PgPool, after: Cursor, limit: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
         let sql = format!(
-            "SELECT txid::text AS txid, id, event_id, event_type, aggregate_id, payload, actor_subject, actor_role, \
-                    actor_organisation, request_id, trace_id, occurred_at \
-             FROM {}.outbox \
-             WHERE (txid, id) > ($1::text::xid8, $2) \
-               AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
-             ORDER BY txid, id LIMIT $3",
+            "SELECT o.txid::text AS txid_digits, o.id, o.event_id, o.event_type, o.aggregate_id, o.payload, o.actor_subject, \
+                    o.actor_role, o.actor_organisation, o.request_id, o.trace_id, o.occurred_at \
+             FROM {}.outbox o \
+             WHERE (o.txid, o.id) > ($1::text::xid8, $2) \
+               AND o.txid < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY o.txid, o.id LIMIT $3",
             self.schema
         );
         let rows: Vec<OutboxRow> =
@@ -175,7 +179,7 @@ impl Outbox {
 
 #[derive(sqlx::FromRow)]
 struct OutboxRow {
-    txid: String,
+    txid_digits: String,
     id: i64,
     event_id: Uuid,
     event_type: String,
@@ -191,7 +195,7 @@ struct OutboxRow {
 
 impl OutboxRow {
     fn into_event(self) -> Result<StoredEvent, sqlx::Error> {
-        let txid = self.txid.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        let txid = self.txid_digits.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         Ok(StoredEvent {
             cursor: Cursor { txid, id: self.id },
             event_id: self.event_id,
