@@ -41,6 +41,8 @@ pub struct Entry {
     pub reason: String,
     pub request_id: String,
     pub trace_id: String,
+    /// What else the record says, as JSON (e.g. a stream's cursors and counts); empty for a call.
+    pub detail: String,
 }
 
 /// One stored record: an entry with its place in its writer's chain.
@@ -59,6 +61,9 @@ pub struct Record {
     pub reason: String,
     pub request_id: String,
     pub trace_id: String,
+    /// Hashed only when present, so records written before it existed verify as they were written.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
     pub previous_hash: String,
     #[serde(skip)]
     pub hash: String,
@@ -99,6 +104,7 @@ impl Chain {
             reason: entry.reason,
             request_id: entry.request_id,
             trace_id: entry.trace_id,
+            detail: entry.detail,
             previous_hash: std::mem::take(&mut self.last_hash),
             hash: String::new(),
         };
@@ -121,6 +127,13 @@ pub struct AuditLog {
 pub struct Reserved(mpsc::OwnedPermit<Queued>);
 
 impl AuditLog {
+    /// A log whose records go to the returned receiver, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> (Self, mpsc::Receiver<(Entry, DateTime<Utc>)>) {
+        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        (Self { queue }, receiver)
+    }
+
     /// Room for one call's record, or `None` when the writer is behind (or stopped).
     pub fn reserve(&self) -> Option<Reserved> {
         self.queue.clone().try_reserve_owned().ok().map(Reserved)
@@ -215,7 +228,7 @@ async fn insert(pool: &PgPool, records: &[Record]) -> Result<(), sqlx::Error> {
     let mut copy = pool
         .copy_in_raw(
             "COPY audit.events (writer, sequence, occurred_at, subject, role, organisation, action, patient_ids, \
-                                outcome, reason, request_id, trace_id, previous_hash, hash) FROM STDIN",
+                                outcome, reason, request_id, trace_id, previous_hash, hash, detail) FROM STDIN",
         )
         .await?;
     if let Err(error) = copy.send(copy_rows(records).into_bytes()).await {
@@ -269,7 +282,7 @@ fn copy_rows(records: &[Record]) -> String {
         write!(out, "\t{}\t{} {}+00\t", r.sequence, at.date(), at.time()).expect("writing to a string");
         for (i, value) in [&r.subject, &r.role, &r.organisation, &r.action, &ids, &r.outcome, &r.reason, &r.request_id]
             .into_iter()
-            .chain([&r.trace_id, &r.previous_hash, &r.hash])
+            .chain([&r.trace_id, &r.previous_hash, &r.hash, &r.detail])
             .enumerate()
         {
             if i > 0 {
@@ -436,7 +449,7 @@ mod tests {
         let rows = copy_rows(&records);
         let fields: Vec<Vec<&str>> = rows.lines().map(|line| line.split('\t').collect()).collect();
         assert_eq!(fields.len(), 2);
-        assert!(fields.iter().all(|f| f.len() == 14), "{rows}");
+        assert!(fields.iter().all(|f| f.len() == 15), "{rows}");
         assert_eq!(&fields[0][..3], ["w", "1", "2026-12-02 10:00:00+00"]);
         assert_eq!(&fields[1][..3], ["w", "2", "2026-12-02 10:00:00.000123+00"]);
         assert_eq!(fields[1][6], "/a\\tb");

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod guide;
 pub mod policy;
 pub mod proxy;
+pub mod streams;
 pub mod trail;
 
 use std::net::SocketAddr;

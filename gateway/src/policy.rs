@@ -53,14 +53,16 @@ impl Role {
     }
 }
 
-/// What an RPC touches: patient data (every call is audited) or the directory and streams.
+/// What an RPC touches: patient data (every call is audited), an event stream (audited when it
+/// opens and when it closes, with what it delivered: `crate::streams`) or the directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Data {
     Patient,
+    Stream,
     Other,
 }
 
-use Data::{Other as O, Patient as P};
+use Data::{Other as O, Patient as P, Stream as S};
 use Role::{Admin as A, Auditor as AU, Clinician as CL, Coordinator as CO, Integration as IN};
 
 /// Every RPC, what it touches and the roles that may call it. Anything not listed is refused.
@@ -74,7 +76,7 @@ pub const POLICY: &[(&str, Data, &[Role])] = &[
     ("/pac.records.v1.PatientRecords/MatchPatients", P, &[CO, IN, A]),
     ("/pac.records.v1.PatientRecords/MergePatients", P, &[A]),
     ("/pac.records.v1.PatientRecords/UnmergePatient", P, &[A]),
-    ("/pac.records.v1.PatientRecords/WatchEvents", O, &[IN]),
+    ("/pac.records.v1.PatientRecords/WatchEvents", S, &[IN]),
     // Scheduling.
     ("/pac.scheduling.v1.Scheduling/CreateLocation", O, &[A]),
     ("/pac.scheduling.v1.Scheduling/CreateClinic", O, &[A]),
@@ -94,7 +96,7 @@ pub const POLICY: &[(&str, Data, &[Role])] = &[
     ("/pac.scheduling.v1.Scheduling/AddToWaitlist", P, &[CO, IN]),
     ("/pac.scheduling.v1.Scheduling/ListWaitlist", P, &[CO]),
     ("/pac.scheduling.v1.Scheduling/RespondToOffer", P, &[CO, IN]),
-    ("/pac.scheduling.v1.Scheduling/WatchEvents", O, &[IN]),
+    ("/pac.scheduling.v1.Scheduling/WatchEvents", S, &[IN]),
     // Referrals. Triage decisions also need the triage permission, checked by the service, so a
     // coordinator may call TriageReferral only to record that requested information arrived.
     ("/pac.referrals.v1.Referrals/CreateService", O, &[A]),
@@ -109,7 +111,7 @@ pub const POLICY: &[(&str, Data, &[Role])] = &[
     ("/pac.referrals.v1.Referrals/AddNote", P, &[CO, CL]),
     ("/pac.referrals.v1.Referrals/CompleteTask", P, &[CO, CL]),
     ("/pac.referrals.v1.Referrals/RecordClockEvent", P, &[CL]),
-    ("/pac.referrals.v1.Referrals/WatchEvents", O, &[IN]),
+    ("/pac.referrals.v1.Referrals/WatchEvents", S, &[IN]),
     // Served by the gateway itself.
     ("/pac.access.v1.Access/GetPatientJourney", P, &[CO, CL]),
     ("/pac.access.v1.Access/BookReferralAppointment", P, &[CO, IN]),

@@ -25,6 +25,7 @@ use tower::{BoxError, Service, ServiceExt};
 use crate::audit::{AuditLog, Entry, Reserved};
 use crate::auth::{self, Authenticator, Identity, Refusal};
 use crate::policy::{self, Data};
+use crate::streams::{self, Tally};
 
 /// Where a call goes: a service over its connections, or an API the gateway serves itself.
 pub type Upstream = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
@@ -322,10 +323,11 @@ fn status_in(headers: &HeaderMap) -> Option<&'static str> {
 }
 
 /// A response body that records its call in the audit trail when it ends (or is dropped by a caller
-/// who went away), with the status from its trailers.
+/// who went away), with the status from its trailers; for an event stream, with what it delivered.
 struct AuditedBody {
     inner: Body,
     pending: Option<(Reserved, Entry)>,
+    stream: Option<Tally>,
 }
 
 impl AuditedBody {
@@ -333,6 +335,9 @@ impl AuditedBody {
         if let Some((slot, mut entry)) = self.pending.take() {
             if entry.outcome.is_empty() {
                 entry.outcome = outcome.to_string();
+            }
+            if let Some(stream) = &mut self.stream {
+                entry = stream.closed(&entry.outcome);
             }
             slot.record(entry);
         }
@@ -347,6 +352,9 @@ impl http_body::Body for AuditedBody {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
+                if let (Some(stream), Some(data)) = (&mut self.stream, frame.data_ref()) {
+                    stream.feed(data);
+                }
                 if let Some(outcome) = frame.trailers_ref().and_then(status_in) {
                     self.finish(outcome);
                 }
@@ -393,15 +401,23 @@ async fn forward(mut upstream: Upstream, request: Request<Body>) -> Response<Bod
     })
 }
 
+/// A read's request, whole, or `OUT_OF_RANGE` when it is over [`RETRY_BODY_LIMIT`].
+async fn read_whole(request: Request<Body>) -> Result<(http::request::Parts, Bytes), Status> {
+    use http_body_util::BodyExt;
+    let (parts, body) = request.into_parts();
+    match http_body_util::Limited::new(body, RETRY_BODY_LIMIT).collect().await {
+        Ok(collected) => Ok((parts, collected.to_bytes())),
+        Err(_) => Err(Status::out_of_range("the request is too large for a read")),
+    }
+}
+
 /// Sends a read upstream, again (within the budget and the deadline) while the service answers
 /// `UNAVAILABLE`: a restarting replica or a dropped connection costs the caller nothing.
 async fn forward_read(upstream: Upstream, request: Request<Body>, deadline: Instant, budget: &TpsBudget) -> Response<Body> {
-    use http_body_util::BodyExt;
     budget.deposit();
-    let (parts, body) = request.into_parts();
-    let body = match http_body_util::Limited::new(body, RETRY_BODY_LIMIT).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return Status::out_of_range("the request is too large for a read").into_http(),
+    let (parts, body) = match read_whole(request).await {
+        Ok(whole) => whole,
+        Err(status) => return status.into_http(),
     };
     let mut pause = RETRY_PAUSE;
     let mut attempt = 0;
@@ -420,6 +436,11 @@ async fn forward_read(upstream: Upstream, request: Request<Body>, deadline: Inst
         tokio::time::sleep(pause).await;
         pause *= 4;
     }
+}
+
+/// The answer when there is no room for another call, or for its audit records.
+fn overloaded() -> Status {
+    ApiError::unavailable("OVERLOADED", "the gateway is at capacity; retry shortly").with_retry_after(Duration::from_millis(100)).into()
 }
 
 fn with_request_id(mut response: Response<Body>, request_id: &str) -> Response<Body> {
@@ -445,15 +466,14 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         // Overloaded, or unable to record calls: shed at once rather than queue.
         let (Ok(permit), Some(slot)) = (self.in_flight.clone().try_acquire_owned(), self.audit.reserve()) else {
-            let error = ApiError::unavailable("OVERLOADED", "the gateway is at capacity; retry shortly")
-                .with_retry_after(Duration::from_millis(100));
-            return Box::pin(async move { Ok(Status::from(error).into_http()) });
+            return Box::pin(async move { Ok(overloaded().into_http()) });
         };
         let path = request.uri().path().to_string();
         let request_id = request_id(request.headers());
         let trace_id = pac_platform::telemetry::current_trace_id().unwrap_or_default();
         let admitted = self.admit(request.map(Body::new), &path);
         let retries = self.retries.clone();
+        let audit = self.audit.clone();
         Box::pin(async move {
             let _permit = permit;
             let Admitted { upstream, mut request, identity, data, deadline } = match admitted {
@@ -469,6 +489,26 @@ where
                 }
             };
             request.headers_mut().insert(REQUEST_ID_HEADER, HeaderValue::from_str(&request_id).expect("checked characters"));
+            let mut record = entry(Some(&identity), &path, &request_id, &trace_id);
+            // A stream leaves a record when it opens as well as when it closes: room for both.
+            let mut stream = None;
+            if data == Data::Stream {
+                let refused = |status: Status, reason: &str, mut record: Entry, slot: Reserved| {
+                    (record.outcome, record.reason) = (code_name(status.code()).to_string(), reason.to_string());
+                    slot.record(record);
+                    Ok(with_request_id(status.into_http(), &request_id))
+                };
+                let Some(opening) = audit.reserve() else {
+                    return refused(overloaded(), "OVERLOADED", record, slot);
+                };
+                let (parts, body) = match read_whole(request).await {
+                    Ok(whole) => whole,
+                    Err(status) => return refused(status, "REQUEST_TOO_LARGE", record, slot),
+                };
+                let after = streams::after_cursor(&body).unwrap_or_default();
+                request = Request::from_parts(parts, Body::new(http_body_util::Full::new(body)));
+                stream = Some((opening, Tally::new(audit.clone(), record.clone(), identity.organisations.clone(), after)));
+            }
             let forwarding = async {
                 if policy::is_idempotent_read(&path) {
                     forward_read(upstream, request, deadline, &retries).await
@@ -484,15 +524,24 @@ where
             });
             let (mut parts, body) = response.into_parts();
             let patients = parts.headers.remove(pac_platform::audit::PATIENTS_HEADER);
-            let response = if data == Data::Patient {
-                let mut record = entry(Some(&identity), &path, &request_id, &trace_id);
-                record.patient_ids =
-                    patients.as_ref().and_then(|v| v.to_str().ok()).map(pac_platform::audit::patients_in).unwrap_or_default();
-                // A trailers-only answer (an error) carries its status in the headers.
-                record.outcome = status_in(&parts.headers).map(String::from).unwrap_or_default();
-                Response::from_parts(parts, Body::new(AuditedBody { inner: body, pending: Some((slot, record)) }))
-            } else {
-                Response::from_parts(parts, body)
+            // A trailers-only answer (an error, or a stream refused) carries its status in the headers.
+            let answered = status_in(&parts.headers).map(String::from).unwrap_or_default();
+            let response = match (data, stream) {
+                (Data::Patient, _) => {
+                    record.patient_ids =
+                        patients.as_ref().and_then(|v| v.to_str().ok()).map(pac_platform::audit::patients_in).unwrap_or_default();
+                    record.outcome = answered;
+                    Response::from_parts(parts, Body::new(AuditedBody { inner: body, pending: Some((slot, record)), stream: None }))
+                }
+                (Data::Stream, Some((opening, tally))) => {
+                    if answered.is_empty() {
+                        opening.record(tally.opened());
+                    }
+                    record.outcome = answered;
+                    let audited = AuditedBody { inner: body, pending: Some((slot, record)), stream: Some(tally) };
+                    Response::from_parts(parts, Body::new(audited))
+                }
+                _ => Response::from_parts(parts, body),
             };
             Ok(with_request_id(response, &request_id))
         })

@@ -39,6 +39,7 @@ fn event(record: Record) -> pb::AuditEvent {
         trace_id: record.trace_id,
         previous_hash: record.previous_hash,
         hash: record.hash,
+        detail: record.detail,
     }
 }
 

@@ -340,6 +340,7 @@ async fn records_are_stored_exactly_whatever_characters_they_hold() {
             reason: awkward.into(),
             request_id: format!("awkward-{n}"),
             trace_id: String::new(),
+            detail: format!("{{\"note\": \"{}\"}}", awkward.escape_default()),
         };
         log.reserve().expect("room in the queue").record(entry);
     }
@@ -352,6 +353,7 @@ async fn records_are_stored_exactly_whatever_characters_they_hold() {
         assert_eq!(stored.len(), 1, "#{n}");
         assert_eq!(stored[0].patient_ids, vec![awkward.to_string(), "\\N".into(), "".into(), "NULL".into()]);
         assert_eq!((stored[0].reason.as_str(), stored[0].trace_id.as_str()), (awkward, ""));
+        assert_eq!(stored[0].detail, format!("{{\"note\": \"{}\"}}", awkward.escape_default()));
     }
     let verification = pac_gateway::audit::verify(&pool).await.unwrap();
     assert!(verification.problems.is_empty() && verification.records >= 3, "{verification:?}");

@@ -49,7 +49,7 @@ fn actor() -> Actor {
 }
 
 fn event(aggregate_id: Uuid, actor: &Actor) -> NewEvent<'_> {
-    NewEvent { event_type: "PatientUpdated", aggregate_id, payload: vec![], actor, request_id: None }
+    NewEvent { event_type: "PatientUpdated", aggregate_id, organisation: "RR8", patient_ids: &[], payload: vec![], actor, request_id: None }
 }
 
 /// The server's next transaction id.
@@ -161,7 +161,7 @@ async fn a_follower_crosses_the_next_digit_boundary_with_real_transactions() {
     // A reader follows from the start while events are written across the boundary, one
     // transaction holding an early id open until the end.
     let shutdown = CancellationToken::new();
-    let mut stream = f.outbox.watch(f.pool.clone(), Cursor::default(), Duration::from_millis(20), shutdown.clone());
+    let mut stream = f.outbox.watch(f.pool.clone(), Cursor::default(), None, Duration::from_millis(20), shutdown.clone());
     let actor = actor();
     let mut late = f.pool.begin().await.unwrap();
     let late_id = Uuid::now_v7();

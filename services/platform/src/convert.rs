@@ -75,6 +75,8 @@ pub fn envelope(event: &StoredEvent) -> EventEnvelope {
         actor: Some(actor(&event.actor)),
         request_id: event.request_id.clone().unwrap_or_default(),
         trace_id: event.trace_id.clone().unwrap_or_default(),
+        organisation: event.organisation.clone(),
+        patient_ids: event.patient_ids.iter().map(Uuid::to_string).collect(),
     }
 }
 

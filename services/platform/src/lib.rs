@@ -15,6 +15,7 @@ pub mod follow;
 pub mod grpc;
 pub mod idempotency;
 pub mod local_postgres;
+pub mod merges;
 pub mod outbox;
 pub mod paging;
 pub mod telemetry;

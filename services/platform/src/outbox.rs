@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::caller::Actor;
+use crate::caller::{Actor, within};
 use crate::error::ApiError;
 
 /// A position in a service's event stream.
@@ -53,6 +53,11 @@ impl FromStr for Cursor {
 pub struct NewEvent<'a> {
     pub event_type: &'static str,
     pub aggregate_id: Uuid,
+    /// The organisation (ODS code) that owns what the event is about; `''` for none. A stream
+    /// delivers the event only to callers who see that organisation.
+    pub organisation: &'a str,
+    /// The patients the event is about (recorded in the audit trail of the streams that deliver it).
+    pub patient_ids: &'a [Uuid],
     /// The service's encoded event message.
     pub payload: Vec<u8>,
     pub actor: &'a Actor,
@@ -66,6 +71,8 @@ pub struct StoredEvent {
     pub event_id: Uuid,
     pub event_type: String,
     pub aggregate_id: Uuid,
+    pub organisation: String,
+    pub patient_ids: Vec<Uuid>,
     pub payload: Vec<u8>,
     pub actor: Actor,
     pub request_id: Option<String>,
@@ -92,7 +99,8 @@ impl Outbox {
         let event_id = Uuid::now_v7();
         let sql = format!(
             "INSERT INTO {}.outbox (event_id, event_type, aggregate_id, payload, actor_subject, actor_role, \
-             actor_organisation, request_id, trace_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             actor_organisation, request_id, trace_id, organisation, patient_ids) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             self.schema
         );
         sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -105,6 +113,8 @@ impl Outbox {
             .bind(&event.actor.organisation)
             .bind(event.request_id)
             .bind(crate::telemetry::current_trace_id())
+            .bind(event.organisation)
+            .bind(event.patient_ids)
             .execute(conn)
             .await?;
         Ok(event_id)
@@ -119,7 +129,7 @@ impl Outbox {
     pub async fn read_after(&self, pool: &PgPool, after: Cursor, limit: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
         let sql = format!(
             "SELECT o.txid::text AS txid_digits, o.id, o.event_id, o.event_type, o.aggregate_id, o.payload, o.actor_subject, \
-                    o.actor_role, o.actor_organisation, o.request_id, o.trace_id, o.occurred_at \
+                    o.actor_role, o.actor_organisation, o.request_id, o.trace_id, o.occurred_at, o.organisation, o.patient_ids \
              FROM {}.outbox o \
              WHERE (o.txid, o.id) > ($1::text::xid8, $2) \
                AND o.txid < pg_snapshot_xmin(pg_current_snapshot()) \
@@ -131,12 +141,15 @@ impl Outbox {
         rows.into_iter().map(OutboxRow::into_event).collect()
     }
 
-    /// Streams events after `after`, then follows new ones until the receiver is dropped or
-    /// `shutdown` fires. A slow receiver slows the reader (bounded buffer), never drops events.
+    /// Streams the events after `after` of the organisations in `scope` (`None`: every event, see
+    /// [`crate::Caller::scope`]), then follows new ones until the receiver is dropped or `shutdown`
+    /// fires. A slow receiver slows the reader (bounded buffer), never drops events. Events of other
+    /// organisations are read past, not delivered, so a scoped stream costs what an unscoped one does.
     pub fn watch(
         &self,
         pool: PgPool,
         after: Cursor,
+        scope: Option<Vec<String>>,
         poll_interval: Duration,
         shutdown: CancellationToken,
     ) -> ReceiverStream<Result<StoredEvent, ApiError>> {
@@ -158,6 +171,9 @@ impl Outbox {
                 let full = batch.len() as i64 == BATCH;
                 for event in batch {
                     cursor = event.cursor;
+                    if !within(scope.as_deref(), &event.organisation) {
+                        continue;
+                    }
                     if sender.send(Ok(event)).await.is_err() {
                         return;
                     }
@@ -191,6 +207,8 @@ struct OutboxRow {
     request_id: Option<String>,
     trace_id: Option<String>,
     occurred_at: DateTime<Utc>,
+    organisation: String,
+    patient_ids: Vec<Uuid>,
 }
 
 impl OutboxRow {
@@ -201,6 +219,8 @@ impl OutboxRow {
             event_id: self.event_id,
             event_type: self.event_type,
             aggregate_id: self.aggregate_id,
+            organisation: self.organisation,
+            patient_ids: self.patient_ids,
             payload: self.payload,
             actor: Actor { subject: self.actor_subject, role: self.actor_role, organisation: self.actor_organisation },
             request_id: self.request_id,

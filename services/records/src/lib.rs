@@ -12,8 +12,8 @@
 //! patient is NOT_FOUND, never a search hit or a candidate. An NHS number or local identifier is
 //! unique across organisations, so registering one held elsewhere is still ALREADY_EXISTS, without
 //! naming the other organisation's record. Service-to-service calls (role `service`) and anonymous
-//! development calls are unscoped. `WatchEvents` is not scoped: it is the change feed for
-//! integration system accounts and the other services.
+//! development calls are unscoped. `WatchEvents` delivers a scoped caller only its organisations'
+//! events; the other services follow the whole feed.
 
 pub mod convert;
 pub mod domain;

@@ -254,7 +254,7 @@ impl Records {
         store::update(&mut tx, &self.pool, &updated, changed.iter().any(|f| f == "local_identifiers"), scope).await?;
         let event =
             Event::PatientUpdated(pb::PatientUpdated { patient: Some(convert::patient(&updated, true)), changed_fields: changed.clone() });
-        self.append(&mut tx, "PatientUpdated", updated.id, event, &u.caller, None).await?;
+        self.append(&mut tx, "PatientUpdated", &updated, &[updated.id], event, &u.caller, None).await?;
         tx.commit().await?;
         self.outbox.committed();
         tracing::info!(patient_id = %updated.id, changed_fields = ?changed, "patient updated");
@@ -301,7 +301,8 @@ impl Records {
         store::insert_merge(&mut tx, &merge, snapshot(&survivor), snapshot(&merged)).await?;
         store::set_merged_into(&mut tx, merged.id, Some(survivor.id), now).await?;
         let event = Event::PatientMerged(pb::PatientMerged { merge: Some(convert::merge(&merge)) });
-        self.append(&mut tx, "PatientMerged", merged.id, event, &m.caller, m.request_id.as_deref()).await?;
+        let patients = [merged.id, survivor.id];
+        self.append(&mut tx, "PatientMerged", &merged, &patients, event, &m.caller, m.request_id.as_deref()).await?;
         let response = pb::MergePatientsResponse {
             survivor: Some(convert::patient(&survivor, reveals_contact(&m.caller))),
             merge: Some(convert::merge(&merge)),
@@ -328,7 +329,8 @@ impl Records {
         store::set_merged_into(&mut tx, u.merged_id, None, now).await?;
         let restored = store::find(&mut *tx, u.merged_id, None).await?.ok_or(RecordsError::NotFound(u.merged_id))?;
         let event = Event::PatientUnmerged(pb::PatientUnmerged { merge: Some(convert::merge(&merge)) });
-        self.append(&mut tx, "PatientUnmerged", restored.id, event, &u.caller, u.request_id.as_deref()).await?;
+        let patients = [restored.id, merge.survivor_id];
+        self.append(&mut tx, "PatientUnmerged", &restored, &patients, event, &u.caller, u.request_id.as_deref()).await?;
         let response = pb::UnmergePatientResponse {
             patient: Some(convert::patient(&restored, reveals_contact(&u.caller))),
             merge: Some(convert::merge(&merge)),
@@ -355,17 +357,28 @@ impl Records {
         Ok(())
     }
 
+    /// Appends an event about `record` (and its organisation's), naming `patients`.
+    #[allow(clippy::too_many_arguments)]
     async fn append(
         &self,
         conn: &mut sqlx::PgConnection,
         event_type: &'static str,
-        aggregate_id: Uuid,
+        record: &PatientRecord,
+        patients: &[Uuid],
         event: Event,
         caller: &Caller,
         request_id: Option<&str>,
     ) -> Result<(), RecordsError> {
-        let payload = event_payload(event);
-        self.outbox.append(conn, NewEvent { event_type, aggregate_id, payload, actor: &caller.actor, request_id }).await?;
+        let new = NewEvent {
+            event_type,
+            aggregate_id: record.id,
+            organisation: &record.organisation,
+            patient_ids: patients,
+            payload: event_payload(event),
+            actor: &caller.actor,
+            request_id,
+        };
+        self.outbox.append(conn, new).await?;
         Ok(())
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! The caller's organisation scope goes with every operation into its SQL (see `records`); a new
 //! patient belongs to the organisation `Caller::owning_organisation` picks from `patient.organisation`.
-//! `WatchEvents` is the whole service's change feed and is not scoped: it serves integration system
-//! accounts and the platform's own services (the gateway lets only integration accounts call it).
+//! `WatchEvents` is scoped too: a caller acting for organisations receives only their events (the
+//! gateway lets only integration accounts call it, and audits each stream); the platform's own
+//! services follow the whole feed.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -257,10 +258,11 @@ impl PatientRecords for RecordsService {
         let caller = self.caller(&request)?;
         let after: Cursor = request.get_ref().after_cursor.parse()?;
         let reveal = records::reveals_contact(&caller);
+        let scope = caller.scope().map(<[String]>::to_vec);
         let events = self
             .records
             .outbox
-            .watch(self.records.pool.clone(), after, self.poll_interval, self.shutdown.clone())
+            .watch(self.records.pool.clone(), after, scope, self.poll_interval, self.shutdown.clone())
             .map(move |item| item.map_err(Status::from).and_then(|event| event_message(event, reveal)));
         Ok(Response::new(Box::pin(events)))
     }

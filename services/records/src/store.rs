@@ -194,8 +194,9 @@ pub async fn insert_registration(pool: &PgPool, r: Registration<'_>) -> Result<R
             SELECT t.issuer, t.value, patient.id FROM patient, unnest(${issuers}::text[], ${values}::text[]) AS t(issuer, value) \
          ), event AS ( \
             INSERT INTO records.outbox (event_id, event_type, aggregate_id, payload, actor_subject, actor_role, \
-                                        actor_organisation, request_id, trace_id) \
-            SELECT ${eid}, 'PatientRegistered', patient.id, ${payload}, ${subject}, ${role}, ${org}, ${rid}, ${trace} FROM patient \
+                                        actor_organisation, request_id, trace_id, organisation, patient_ids) \
+            SELECT ${eid}, 'PatientRegistered', patient.id, ${payload}, ${subject}, ${role}, ${org}, ${rid}, ${trace}, \
+                   ${owner}, ARRAY[patient.id] FROM patient \
          ) \
          SELECT count(*) FROM patient",
         demographics = placeholders(2, n),

@@ -102,7 +102,15 @@ async fn an_event_committed_late_is_not_skipped() {
     let pool = pac_records::connect(&server.platform, &pac_records::RecordsConfig::development(server.addr)).await.unwrap();
     let outbox = Outbox::new("records");
     let actor = Actor { subject: "test".into(), role: "test".into(), organisation: "RR8".into() };
-    let event = |id| NewEvent { event_type: "PatientUpdated", aggregate_id: id, payload: vec![], actor: &actor, request_id: None };
+    let event = |id| NewEvent {
+        event_type: "PatientUpdated",
+        aggregate_id: id,
+        organisation: "RR8",
+        patient_ids: &[],
+        payload: vec![],
+        actor: &actor,
+        request_id: None,
+    };
 
     // Transaction A appends first (lower id) but commits last.
     let (first, second) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
@@ -141,6 +149,8 @@ async fn restricted_patients_are_redacted_in_events() {
     let mut client = server.client();
     let mut input = patient(43);
     input.restricted = true;
+    // Of the organisation the privileged caller acts for: a stream delivers only its events.
+    input.organisation = "RR8".into();
     client.register_patient(register(input, "")).await.unwrap();
     let mut anonymous = client.watch_events(pb::WatchEventsRequest::default()).await.unwrap().into_inner();
     let Some(Event::PatientRegistered(registered)) = next(&mut anonymous).await.event else { panic!("not a registration") };

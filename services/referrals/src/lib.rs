@@ -18,8 +18,8 @@
 //! made, only for patients the caller sees in the records service (registered by one of their
 //! organisations): the reasons would describe the patient, so another organisation's patient is
 //! PATIENT_NOT_FOUND, as an unknown one is. Service-to-service calls, the followers of other
-//! services' events and anonymous development calls are unscoped; `WatchEvents` is the unscoped
-//! change feed for integration system accounts and the other services.
+//! services' events and anonymous development calls are unscoped; `WatchEvents` delivers a scoped
+//! caller (an integration account) only its organisations' events.
 
 pub mod clients;
 pub mod convert;

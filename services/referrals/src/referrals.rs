@@ -15,6 +15,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use pac_platform::Actor;
 use pac_platform::caller::within;
 use pac_platform::idempotency::IdempotencyStore;
+use pac_platform::merges;
 use pac_platform::outbox::{NewEvent, Outbox};
 use pac_proto::referrals as pb;
 use pac_proto::referrals::watch_events_response::Event;
@@ -208,7 +209,15 @@ impl Referrals {
         actor: &Actor,
         request_id: Option<&str>,
     ) -> Result<()> {
-        let new = NewEvent { event_type: event_type(&event), aggregate_id: referral.id, payload: event_payload(event), actor, request_id };
+        let new = NewEvent {
+            event_type: event_type(&event),
+            aggregate_id: referral.id,
+            organisation: &referral.organisation,
+            patient_ids: &[referral.patient_id],
+            payload: event_payload(event),
+            actor,
+            request_id,
+        };
         self.outbox.append(conn, new).await?;
         Ok(())
     }
@@ -287,8 +296,10 @@ impl Referrals {
             Started::Replay(r) => return Ok(r),
             Started::Fresh(tx) => tx,
         };
+        // The patient as this service has followed their merges (the check above ran outside).
+        let patient_id = merges::current_patient(&mut tx, patient.id).await?;
         let now = pac_platform::now();
-        let referral = new_referral(&new, patient.id, &service, Clock::start(local_date(new.received_at)), new.received_at, now);
+        let referral = new_referral(&new, patient_id, &service, Clock::start(local_date(new.received_at)), new.received_at, now);
         store::insert_referral(&mut tx, &referral).await?;
         store::insert_clock_event(&mut tx, referral.id, &referral.clock, referral.clock.started, "received", &write.actor.subject).await?;
         let event = Event::ReferralReceived(referral_event(&referral, ""));
@@ -721,6 +732,7 @@ impl Referrals {
     /// A patient merge: the merged-away record's referrals move to the survivor.
     pub async fn apply_merge(&self, merge_id: Uuid, merged: Uuid, survivor: Uuid, stream: &str, cursor: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        merges::record_merge(&mut tx, merge_id, merged, survivor).await?;
         let moved = store::repoint_patient(&mut tx, merge_id, merged, survivor).await?;
         self.announce_moves(&mut tx, &moved, "patient records merged").await?;
         pac_platform::follow::save_stream_cursor(&mut *tx, stream, cursor).await?;
@@ -733,6 +745,7 @@ impl Referrals {
     /// A merge reversed: what it moved goes back. Idempotent.
     pub async fn apply_unmerge(&self, merge_id: Uuid, stream: &str, cursor: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        merges::forget_merge(&mut tx, merge_id).await?;
         let moved = store::unrepoint_patient(&mut tx, merge_id).await?;
         self.announce_moves(&mut tx, &moved, "patient merge reversed").await?;
         pac_platform::follow::save_stream_cursor(&mut *tx, stream, cursor).await?;

@@ -4,8 +4,8 @@
 //! trail (`pac_platform::audit`).
 //!
 //! The caller's organisation scope goes with every referral operation into its SQL (see
-//! `referrals`). `WatchEvents` is the whole service's change feed and is not scoped: it serves
-//! integration system accounts and the platform's own services.
+//! `referrals`), and into `WatchEvents`: a caller acting for organisations receives only their
+//! referrals' events; the platform's own services follow the whole feed.
 
 use std::pin::Pin;
 use std::time::Duration as StdDuration;
@@ -715,14 +715,13 @@ impl ReferralsApi for ReferralsService {
 
     type WatchEventsStream = EventStream;
 
-    /// Not scoped by organisation (see the module docs).
     async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Result<Response<Self::WatchEventsStream>, Status> {
-        self.caller(&request)?;
+        let scope = self.caller(&request)?.scope().map(<[String]>::to_vec);
         let after: Cursor = request.get_ref().after_cursor.parse()?;
         let events = self
             .referrals
             .outbox
-            .watch(self.referrals.pool.clone(), after, self.poll_interval, self.shutdown.clone())
+            .watch(self.referrals.pool.clone(), after, scope, self.poll_interval, self.shutdown.clone())
             .map(|item| item.map_err(Status::from).and_then(event_message));
         Ok(Response::new(Box::pin(events)))
     }

@@ -327,3 +327,43 @@ async fn a_mis_marked_no_show_corrected_to_attended_takes_its_effect_back() {
     assert_eq!((again.attended_appointments, status(&again)), (0, pb::ReferralStatus::AwaitingBooking));
     assert_eq!(again.clock.unwrap().status_code, 33);
 }
+
+#[tokio::test]
+async fn a_referral_that_checked_its_patient_before_a_merge_and_commits_after_it_is_the_survivors() {
+    use sqlx::Connection;
+    let p = Platform::start().await;
+    p.open_service("KNEE", pb::LaterDnaPolicy::Rebook).await;
+    let (survivor, merged) = (p.adult().await, p.adult().await);
+    // The referral's request id is held (as a concurrent retry would hold it): the referral waits in
+    // its transaction after its patient check, before it writes anything.
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let key = format!("referrals:CreateReferral:{request_id}");
+    let mut blocker = sqlx::PgConnection::connect(&p.db.admin_url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))").bind(&key).execute(&mut blocker).await.unwrap();
+    let mut request = p.new_referral(&merged, "KNEE");
+    request.request_id = request_id;
+    let mut client = p.client();
+    let creating = tokio::spawn(async move { client.create_referral(request).await });
+    let admin = p.admin().await;
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pac-referrals' AND wait_event_type = 'Lock'";
+    for _ in 0..100 {
+        if sqlx::query_scalar::<_, i64>(waiting).fetch_one(&admin).await.unwrap() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    p.records()
+        .merge_patients(records_pb::MergePatientsRequest {
+            survivor_id: survivor.clone(),
+            merged_id: merged.clone(),
+            reason: "duplicate".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    // The merge is followed (nothing of the merged record's to move) while the referral waits.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))").bind(&key).execute(&mut blocker).await.unwrap();
+    let referral = creating.await.unwrap().expect("the referral is made").into_inner().referral.unwrap();
+    p.referral_becomes(&referral.id, |r| r.patient_id == survivor).await;
+}

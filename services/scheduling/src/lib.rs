@@ -17,8 +17,8 @@
 //! A freed slot is offered only to entries of its own organisation. The patient of a hold, booking
 //! or waitlist entry must be one the caller sees in the records service (registered by one of their
 //! organisations): another organisation's patient is PATIENT_NOT_FOUND, as an unknown one is.
-//! Service-to-service calls and anonymous development calls are unscoped; `WatchEvents` is the
-//! unscoped change feed for integration system accounts and the other services.
+//! Service-to-service calls and anonymous development calls are unscoped; `WatchEvents` delivers a
+//! scoped caller (an integration account) only its organisations' events.
 
 pub mod convert;
 pub mod domain;

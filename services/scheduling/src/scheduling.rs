@@ -13,6 +13,7 @@ use chrono::{DateTime, Duration, Utc};
 use pac_platform::Actor;
 use pac_platform::caller::within;
 use pac_platform::idempotency::IdempotencyStore;
+use pac_platform::merges;
 use pac_platform::outbox::{NewEvent, Outbox};
 use pac_proto::scheduling as pb;
 use pac_proto::scheduling::watch_events_response::Event;
@@ -160,6 +161,23 @@ fn event_type(event: &Event) -> &'static str {
     }
 }
 
+/// The organisation that owns what an event is about, and its patient: the appointment's, or the
+/// waitlist entry's.
+fn event_owner(event: &Event) -> (String, Option<Uuid>) {
+    let (organisation, patient_id) = match event {
+        Event::AppointmentHeld(e)
+        | Event::AppointmentBooked(e)
+        | Event::AppointmentRescheduled(e)
+        | Event::AppointmentCancelled(e)
+        | Event::AppointmentStatusChanged(e)
+        | Event::AppointmentPatientChanged(e) => {
+            e.appointment.as_ref().map(|a| (a.organisation.clone(), a.patient_id.as_str())).unwrap_or_default()
+        }
+        Event::OfferMade(made) => made.entry.as_ref().map(|e| (e.organisation.clone(), e.patient_id.as_str())).unwrap_or_default(),
+    };
+    (organisation, Uuid::parse_str(patient_id).ok())
+}
+
 fn appointment_event(a: &Appointment, previous_slot: Option<Uuid>, reason: &str) -> pb::AppointmentEvent {
     pb::AppointmentEvent {
         appointment: Some(convert::appointment(a)),
@@ -220,9 +238,12 @@ impl Scheduling {
 
     async fn emit(&self, conn: &mut PgConnection, aggregate_id: Uuid, event: Event, write: &Write) -> Result<()> {
         let event_type = event_type(&event);
+        let (organisation, patient) = event_owner(&event);
         let new = NewEvent {
             event_type,
             aggregate_id,
+            organisation: &organisation,
+            patient_ids: &patient.into_iter().collect::<Vec<_>>(),
             payload: event_payload(event),
             actor: &write.actor,
             request_id: write.request_id.as_deref(),
@@ -426,7 +447,7 @@ impl Scheduling {
         };
         let (appointment, slot) =
             self.place(&mut tx, slot_id, patient_id, book.referral_id, Placement::Booking, book.write.scope()).await?;
-        store::close_entries_for(&mut tx, patient_id, &slot, "booked").await?;
+        store::close_entries_for(&mut tx, appointment.patient_id, &slot, "booked").await?;
         self.emit(&mut tx, appointment.id, Event::AppointmentBooked(appointment_event(&appointment, None, "")), &book.write).await?;
         let response = pb::BookAppointmentResponse { appointment: Some(convert::appointment(&appointment)) };
         self.finish(tx, "BookAppointment", &book.write, &response).await?;
@@ -435,8 +456,9 @@ impl Scheduling {
     }
 
     /// Takes a place in a future slot of a clinic in `scope` and writes the appointment (booked, or
-    /// pending for a hold), of the clinic's organisation. On an error nothing stays written: the
-    /// caller's transaction is not committed.
+    /// pending for a hold), of the clinic's organisation, for the patient's current record (see
+    /// `pac_platform::merges`). On an error nothing stays written: the caller's transaction is not
+    /// committed.
     async fn place(
         &self,
         conn: &mut PgConnection,
@@ -446,6 +468,7 @@ impl Scheduling {
         placement: Placement<'_>,
         scope: Scope<'_>,
     ) -> Result<(Appointment, Slot)> {
+        let patient_id = merges::current_patient(conn, patient_id).await?;
         let slot = store::take_place(conn, slot_id).await?;
         check_slot_in_scope(&slot, scope)?;
         let now = pac_platform::now();
@@ -709,6 +732,7 @@ impl Scheduling {
             Started::Replay(r) => return Ok(r),
             Started::Fresh(tx) => tx,
         };
+        entry.patient_id = merges::current_patient(&mut tx, entry.patient_id).await?;
         if let Some(existing) = store::insert_entry(&mut tx, &entry).await? {
             return Err(SchedulingError::WaitlistEntryExists { existing });
         }
@@ -849,6 +873,7 @@ impl Scheduling {
     /// duplicate booking of the same person and is cancelled. Idempotent.
     pub async fn apply_merge(&self, merge_id: Uuid, merged: Uuid, survivor: Uuid, cursor: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        merges::record_merge(&mut tx, merge_id, merged, survivor).await?;
         let system = Write::system();
         for clash in store::lock_clashing_appointments(&mut tx, merged, survivor).await? {
             self.cancel_in(&mut tx, clash, "DUPLICATE_PATIENT_RECORD", CancelledBy::System, OfferOutcome::Withdrawn, &system).await?;
@@ -865,6 +890,7 @@ impl Scheduling {
     /// A merge reversed: what it moved goes back. Idempotent.
     pub async fn apply_unmerge(&self, merge_id: Uuid, cursor: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        merges::forget_merge(&mut tx, merge_id).await?;
         let moved = store::unrepoint_patient(&mut tx, merge_id).await?;
         self.announce_patient_change(&mut tx, &moved, "patient merge reversed").await?;
         pac_platform::follow::save_stream_cursor(&mut *tx, crate::RECORDS_STREAM, cursor).await?;

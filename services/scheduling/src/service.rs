@@ -3,9 +3,9 @@
 //! the answer, naming the patients it touched for the audit trail (`pac_platform::audit`).
 //!
 //! The caller's organisation scope goes with every appointment, waitlist and offer operation into
-//! its SQL (see `scheduling`). `WatchEvents` is the whole service's change feed and is not scoped: it
-//! serves integration system accounts and the platform's own services (referrals follows it as a
-//! service).
+//! its SQL (see `scheduling`), and into `WatchEvents`: a caller acting for organisations receives
+//! only their appointments' and waitlist entries' events; the platform's own services (referrals
+//! follows the feed) receive all.
 
 use std::pin::Pin;
 use std::time::Duration as StdDuration;
@@ -631,14 +631,13 @@ impl SchedulingApi for SchedulingService {
 
     type WatchEventsStream = EventStream;
 
-    /// Not scoped by organisation (see the module docs).
     async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Result<Response<Self::WatchEventsStream>, Status> {
-        self.caller(&request)?;
+        let scope = self.caller(&request)?.scope().map(<[String]>::to_vec);
         let after: Cursor = request.get_ref().after_cursor.parse()?;
         let events = self
             .scheduling
             .outbox
-            .watch(self.scheduling.pool.clone(), after, self.poll_interval, self.shutdown.clone())
+            .watch(self.scheduling.pool.clone(), after, scope, self.poll_interval, self.shutdown.clone())
             .map(|item| item.map_err(Status::from).and_then(event_message));
         Ok(Response::new(Box::pin(events)))
     }

@@ -5,6 +5,8 @@ mod common;
 
 use std::time::Duration;
 
+use sqlx::Connection;
+
 use common::{Platform, assert_error, eventually};
 use futures::StreamExt;
 use pac_proto::scheduling as pb;
@@ -278,4 +280,124 @@ async fn the_scheduling_role_cannot_touch_another_schema() {
     }
     // Its own schema is its own.
     sqlx::query("SELECT count(*) FROM scheduling.slots").execute(&pool).await.unwrap();
+}
+
+/// Live appointments still naming `patient`.
+async fn live_appointments_of(pool: &sqlx::PgPool, patient: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM scheduling.appointments WHERE patient_id = $1::uuid AND status IN ('pending', 'booked', 'arrived', 'checked-in')",
+    )
+    .bind(patient)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn merge(p: &Platform, survivor: &str, merged: &str) {
+    p.records()
+        .merge_patients(pac_proto::records::MergePatientsRequest {
+            survivor_id: survivor.into(),
+            merged_id: merged.into(),
+            reason: "duplicate registration".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_booking_that_checked_its_patient_before_a_merge_and_commits_after_it_lands_on_the_survivor() {
+    let p = Platform::start().await;
+    let clinic = p.clinic("TO-FRACTURE").await;
+    p.session(&clinic, 9, 11, 30, 1).await;
+    let slots = p.free_slots(&clinic).await;
+    let patients = p.patients(2).await;
+    let (survivor, merged) = (patients[0].clone(), patients[1].clone());
+    let admin = p.admin().await;
+
+    // The booking's request id is held (as a concurrent retry of it would hold it), so the booking
+    // waits inside its transaction after its patient check and before it writes anything: a
+    // transaction that had written would hold back the delivery of the merge event until it ended.
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let mut blocker = sqlx::PgConnection::connect(&p.db.admin_url).await.unwrap();
+    let key = format!("scheduling:BookAppointment:{request_id}");
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))").bind(&key).execute(&mut blocker).await.unwrap();
+    let booking = tokio::spawn({
+        let (client, slot, patient) = (p.client(), slots[0].id.clone(), merged.clone());
+        async move {
+            let mut client = client;
+            let target = Some(pb::book_appointment_request::Target::SlotId(slot));
+            client.book_appointment(pb::BookAppointmentRequest { target, patient_id: patient, request_id, ..Default::default() }).await
+        }
+    });
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pac-scheduling' AND wait_event_type = 'Lock'";
+    let blocked = eventually(Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, i64>(waiting).fetch_one(&admin).await.unwrap() > 0
+    })
+    .await;
+    assert!(blocked, "the booking did not reach its request id's lock");
+    // The merge commits in records and scheduling's follower has every chance to apply it.
+    merge(&p, &survivor, &merged).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))").bind(&key).execute(&mut blocker).await.unwrap();
+
+    let booked = booking.await.unwrap();
+    let settled = eventually(Duration::from_secs(15), || async { live_appointments_of(&admin, &merged).await == 0 }).await;
+    assert!(settled, "a live appointment stays on the merged-away record: {booked:?}");
+    let appointment = booked.expect("the booking goes through, for the survivor").into_inner().appointment.unwrap();
+    let now = p.get(&appointment.id).await;
+    assert_eq!((now.patient_id.as_str(), now.status), (survivor.as_str(), pb::AppointmentStatus::Booked as i32));
+}
+
+#[tokio::test]
+async fn bookings_racing_merges_of_their_patients_all_end_on_survivors() {
+    let p = Platform::start().await;
+    let clinic = p.clinic("TO-FRACTURE").await;
+    p.session(&clinic, 9, 17, 15, 1).await;
+    let slots = p.free_slots(&clinic).await;
+    let patients = p.patients(24).await;
+    let mut races = Vec::new();
+    for (pair, slot) in patients.chunks(2).zip(&slots) {
+        let (survivor, merged) = (pair[0].clone(), pair[1].clone());
+        let booking = {
+            let (mut client, slot) = (p.client(), slot.id.clone());
+            let patient = merged.clone();
+            tokio::spawn(async move {
+                let target = Some(pb::book_appointment_request::Target::SlotId(slot));
+                client.book_appointment(pb::BookAppointmentRequest { target, patient_id: patient, ..Default::default() }).await.is_ok()
+            })
+        };
+        let merging = {
+            let mut records = p.records();
+            let (survivor, merged) = (survivor.clone(), merged.clone());
+            tokio::spawn(async move {
+                let request = pac_proto::records::MergePatientsRequest {
+                    survivor_id: survivor,
+                    merged_id: merged,
+                    reason: "duplicate".into(),
+                    ..Default::default()
+                };
+                records.merge_patients(request).await.unwrap();
+            })
+        };
+        races.push((merged, booking, merging));
+    }
+    let admin = p.admin().await;
+    let mut booked = 0;
+    let mut merged_ids = Vec::new();
+    for (merged, booking, merging) in races {
+        booked += booking.await.unwrap() as usize;
+        merging.await.unwrap();
+        merged_ids.push(merged);
+    }
+    assert!(booked > 0, "some bookings went through");
+    let settled = eventually(Duration::from_secs(15), || async {
+        let mut left = 0;
+        for merged in &merged_ids {
+            left += live_appointments_of(&admin, merged).await;
+        }
+        left == 0
+    })
+    .await;
+    assert!(settled, "live appointments stay on merged-away records");
 }
