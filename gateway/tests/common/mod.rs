@@ -81,7 +81,7 @@ pub fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
 
 impl Platform {
     pub async fn admin_pool(&self) -> sqlx::PgPool {
-        sqlx::PgPool::connect(self.db.platform_config().db.admin_url.expose()).await.unwrap()
+        self.db.admin_pool().await
     }
 }
 

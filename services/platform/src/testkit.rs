@@ -11,6 +11,10 @@ use uuid::Uuid;
 use crate::config::PlatformConfig;
 use crate::local_postgres::LocalPostgres;
 
+/// Connections of each component's pool in tests: with four components (three services and the
+/// gateway) and two tests at once, a test binary stays under 30 connections.
+pub const POOL_SIZE: u32 = 3;
+
 /// Port of the private test cluster, when one has to be started.
 const TEST_CLUSTER_PORT: u16 = 54329;
 
@@ -48,9 +52,18 @@ impl TestDatabase {
         Self { name, admin_url, server_url }
     }
 
-    /// Development settings pointed at this database.
+    /// Development settings pointed at this database, with small pools: tests share the server with
+    /// other test binaries and running platforms (`max_connections` is 100 by default), and a test
+    /// starts up to four components (see [`POOL_SIZE`]).
     pub fn platform_config(&self) -> PlatformConfig {
-        PlatformConfig::development(&self.admin_url)
+        let mut config = PlatformConfig::development(&self.admin_url);
+        config.db.max_connections = POOL_SIZE;
+        config
+    }
+
+    /// A small administrator pool on this database, for a test's own queries.
+    pub async fn admin_pool(&self) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&self.admin_url).await.expect("connect to the test database")
     }
 }
 

@@ -83,7 +83,7 @@ impl TestServer {
 
     /// Admin connection to this test's database.
     pub async fn admin(&self) -> sqlx::PgPool {
-        sqlx::PgPool::connect(&self.db.admin_url).await.unwrap()
+        self.db.admin_pool().await
     }
 
     pub async fn patient_count(&self) -> i64 {

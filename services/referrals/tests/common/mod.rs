@@ -122,7 +122,7 @@ impl Platform {
     }
 
     pub async fn admin(&self) -> sqlx::PgPool {
-        sqlx::PgPool::connect(&self.db.admin_url).await.unwrap()
+        self.db.admin_pool().await
     }
 
     /// A signed caller context with `permissions`.

@@ -1,0 +1,10 @@
+//! The fault suite: the platform's promises kept under the faults a hospital's platform meets (see
+//! RELIABILITY.md for each promise, its test and its last measured result).
+//!
+//! `cargo test --test faults` runs the quick part (also run by `cargo test --workspace`);
+//! `cargo test --release --test faults -- --include-ignored --nocapture` runs all of it, with the
+//! figures printed.
+
+mod common;
+mod deadlines;
+mod stream_order;
