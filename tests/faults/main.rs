@@ -7,4 +7,5 @@
 
 mod common;
 mod deadlines;
+mod followers;
 mod stream_order;
