@@ -6,6 +6,7 @@
 //! figures printed.
 
 mod common;
+mod database;
 mod deadlines;
 mod followers;
 mod stream_order;

@@ -64,6 +64,67 @@ impl LocalPostgres {
     }
 }
 
+impl LocalPostgres {
+    /// A private cluster in `data_dir` on `port`, whatever else answers: the fault suite crashes,
+    /// pauses and restarts it. Stopped when dropped.
+    pub async fn start_private(data_dir: &Path, port: u16) -> anyhow::Result<Self> {
+        let cluster = tokio::task::spawn_blocking({
+            let data_dir = data_dir.to_path_buf();
+            move || start_private(&data_dir, port)
+        })
+        .await??;
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        for _ in 0..100 {
+            if answers(&url).await {
+                let origin = Origin::Private { data_dir: cluster.data_dir.clone(), port };
+                return Ok(Self { url, origin, private: Some(PrivateCluster { stop_on_drop: true, ..cluster }) });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("started a private Postgres in {} but it does not answer on port {port}", data_dir.display())
+    }
+
+    fn cluster(&self) -> anyhow::Result<&PrivateCluster> {
+        self.private.as_ref().context("not a private cluster of this process")
+    }
+
+    /// Stops the private cluster as a crash would (`pg_ctl stop -m immediate`: no checkpoint, the
+    /// next start recovers from the write-ahead log).
+    pub fn crash(&self) -> anyhow::Result<()> {
+        let cluster = self.cluster()?;
+        let output = pg_command(&cluster.bin_dir, "pg_ctl")
+            .args(["-D", &cluster.data_dir.to_string_lossy(), "-m", "immediate", "-w", "stop"])
+            .output()?;
+        anyhow::ensure!(output.status.success(), "pg_ctl stop failed: {}", String::from_utf8_lossy(&output.stderr));
+        Ok(())
+    }
+
+    /// Starts the private cluster again after [`Self::crash`].
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        let Origin::Private { data_dir, port } = self.origin.clone() else { bail!("not a private cluster") };
+        tokio::task::spawn_blocking(move || start_private(&data_dir, port)).await??;
+        Ok(())
+    }
+
+    /// The private cluster's server processes: the postmaster and its children (to pause them all).
+    pub fn server_processes(&self) -> anyhow::Result<Vec<u32>> {
+        let cluster = self.cluster()?;
+        let pid_file = std::fs::read_to_string(cluster.data_dir.join("postmaster.pid"))?;
+        let postmaster: u32 = pid_file.lines().next().context("empty postmaster.pid")?.trim().parse()?;
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc")?.filter_map(Result::ok) {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            // /proc/<pid>/stat: "pid (comm) state ppid ...", comm may hold spaces.
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+            if parent == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        Ok(pids)
+    }
+}
+
 impl Drop for LocalPostgres {
     fn drop(&mut self) {
         if let Some(cluster) = &self.private

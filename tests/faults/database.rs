@@ -1,0 +1,175 @@
+//! The database goes away under load, on a private Postgres of the test's own: stopped as in a
+//! crash (`pg_ctl stop -m immediate`) and paused (every server process SIGSTOPped). Callers are told
+//! UNAVAILABLE (or DEADLINE_EXCEEDED when their deadline passes first), never INTERNAL; health goes
+//! NOT_SERVING; and the service answers again within 5 s of the database coming back, without a
+//! restart. Every registration acknowledged before, during or after is there at the end.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pac_platform::local_postgres::{LocalPostgres, ensure_database};
+use pac_proto::records::patient_records_client::PatientRecordsClient;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::common::{channel, free_port, registration};
+
+/// What the load saw: each call's outcome, by when it ended.
+#[derive(Default)]
+struct Observed {
+    outcomes: Vec<(Instant, Option<Code>)>,
+    acknowledged: Vec<String>,
+}
+
+async fn serving(health: &mut HealthClient<tonic::transport::Channel>) -> bool {
+    let request = tonic_health::pb::HealthCheckRequest { service: "pac.records.v1.PatientRecords".into() };
+    health.check(request).await.is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+}
+
+/// How long after `since` the first successful call ended.
+fn recovered_after(observed: &Observed, since: Instant) -> Option<Duration> {
+    observed.outcomes.iter().find(|(at, code)| *at > since && code.is_none()).map(|(at, _)| *at - since)
+}
+
+fn codes_between(observed: &Observed, from: Instant, to: Instant) -> BTreeMap<String, usize> {
+    let mut codes = BTreeMap::new();
+    for (_, code) in observed.outcomes.iter().filter(|(at, _)| *at >= from && *at < to) {
+        *codes.entry(code.map_or("OK".to_string(), |c| format!("{c:?}"))).or_default() += 1;
+    }
+    codes
+}
+
+fn signal(pids: &[u32], signal: &str) {
+    for pid in pids {
+        let _ = std::process::Command::new("kill").args([signal, &pid.to_string()]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_or_paused_database_is_unavailable_never_internal_and_recovers_within_five_seconds() {
+    let data_dir = std::env::temp_dir().join(format!("pac-fault-postgres-{}", uuid::Uuid::now_v7().simple()));
+    let server = LocalPostgres::start_private(&data_dir, free_port().port()).await.expect("a private Postgres");
+    let url = ensure_database(&server.url, "pac_faults").await.unwrap();
+    let mut platform = pac_platform::PlatformConfig::development(&url);
+    platform.db.max_connections = 3;
+    platform.db.acquire_timeout = Duration::from_secs(2);
+    let shutdown = CancellationToken::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = pac_records::RecordsConfig::development(addr);
+    pac_records::migrate(&platform, &config).await.unwrap();
+    tokio::spawn(pac_records::serve(platform.clone(), config, listener, shutdown.clone()));
+    let records = PatientRecordsClient::new(channel(addr));
+    let mut health = HealthClient::new(channel(addr));
+
+    // Load: registrations with request ids (a failed one is retried under the same id), each with a
+    // one-second deadline, four at a time.
+    let observed = Arc::new(Mutex::new(Observed::default()));
+    let load = CancellationToken::new();
+    let mut workers = Vec::new();
+    for worker in 0..4u32 {
+        let (mut records, observed, load) = (records.clone(), observed.clone(), load.clone());
+        workers.push(tokio::spawn(async move {
+            let mut n = worker;
+            let mut request_id = uuid::Uuid::now_v7().to_string();
+            while !load.is_cancelled() {
+                let mut request = tonic::Request::new(registration(n, request_id.clone()));
+                request.set_timeout(Duration::from_secs(1));
+                let outcome = records.register_patient(request).await;
+                {
+                    let mut observed = observed.lock().unwrap();
+                    match outcome {
+                        Ok(response) => {
+                            observed.outcomes.push((Instant::now(), None));
+                            observed.acknowledged.push(response.into_inner().patient.unwrap().id);
+                            n += 4;
+                            request_id = uuid::Uuid::now_v7().to_string();
+                        }
+                        // The caller's own deadline, enforced by the client: as DEADLINE_EXCEEDED.
+                        Err(status) if status.code() == Code::Cancelled && status.message().contains("Timeout expired") => {
+                            observed.outcomes.push((Instant::now(), Some(Code::DeadlineExceeded)))
+                        }
+                        Err(status) => observed.outcomes.push((Instant::now(), Some(status.code()))),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(serving(&mut health).await, "serving before the fault");
+
+    // 1. A crash.
+    let crashed = Instant::now();
+    server.crash().expect("pg_ctl stop -m immediate");
+    let not_serving = crate::common::eventually(Duration::from_secs(10), || {
+        let mut health = health.clone();
+        async move { !serving(&mut health).await }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let back = Instant::now();
+    server.restart().await.expect("Postgres starts again");
+    let serving_again = crate::common::eventually(Duration::from_secs(15), || {
+        let mut health = health.clone();
+        async move { serving(&mut health).await }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // 2. A pause.
+    let pids = server.server_processes().unwrap();
+    let paused = Instant::now();
+    signal(&pids, "-STOP");
+    let not_serving_paused = crate::common::eventually(Duration::from_secs(10), || {
+        let mut health = health.clone();
+        async move { !serving(&mut health).await }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let resumed = Instant::now();
+    signal(&pids, "-CONT");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    load.cancel();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+
+    let observed = observed.lock().unwrap();
+    let crash_codes = codes_between(&observed, crashed, back);
+    let pause_codes = codes_between(&observed, paused, resumed);
+    let after_crash = recovered_after(&observed, back);
+    let after_pause = recovered_after(&observed, resumed);
+    eprintln!(
+        "crash: {crash_codes:?} while down, answering again {after_crash:?} after Postgres restarted; \
+         pause: {pause_codes:?} while paused, answering again {after_pause:?} after it resumed"
+    );
+    let wrong: Vec<_> = observed.outcomes.iter().filter_map(|(_, c)| *c).filter(|c| !matches!(c, Code::Unavailable | Code::DeadlineExceeded)).collect();
+    assert!(wrong.is_empty(), "callers were told {wrong:?}");
+    assert!(not_serving && not_serving_paused, "health did not go NOT_SERVING (crash: {not_serving}, pause: {not_serving_paused})");
+    assert!(serving_again, "health did not come back after the crash");
+    assert!(crash_codes.keys().any(|c| c == "Unavailable"), "the crash was not noticed: {crash_codes:?}");
+    assert!(after_crash.is_some_and(|d| d <= Duration::from_secs(5)), "recovery after the crash took {after_crash:?}");
+    assert!(after_pause.is_some_and(|d| d <= Duration::from_secs(5)), "recovery after the pause took {after_pause:?}");
+
+    // Every acknowledged registration is there, once.
+    let check = sqlx::PgPool::connect(&url).await.unwrap();
+    let ids: Vec<uuid::Uuid> = observed.acknowledged.iter().map(|id| id.parse().unwrap()).collect();
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM records.patients WHERE id = ANY($1)").bind(&ids).fetch_one(&check).await.unwrap();
+    assert_eq!(stored as usize, ids.len(), "acknowledged registrations lost");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM records.outbox WHERE event_type = 'PatientRegistered' AND aggregate_id = ANY($1)")
+        .bind(&ids)
+        .fetch_one(&check)
+        .await
+        .unwrap();
+    assert_eq!(events as usize, ids.len(), "one event per registration");
+    check.close().await;
+    shutdown.cancel();
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
