@@ -6,6 +6,7 @@
 //! figures printed.
 
 mod common;
+mod crashes;
 mod database;
 mod deadlines;
 mod followers;

@@ -193,7 +193,7 @@ impl Processes {
             [Component::Records, Component::Scheduling, Component::Referrals, Component::Gateway].into_iter().map(|c| (c, free_port())).collect();
         let mut processes = Self { db, addrs, running: HashMap::new(), restarts: Vec::new() };
         let migrated = processes.command().args(["migrate", "all"]).output().expect("pac migrate");
-        assert!(migrated.status.success(), "pac migrate all: {}", String::from_utf8_lossy(&migrated.stderr));
+        assert!(migrated.status.success(), "pac migrate all: {}{}", String::from_utf8_lossy(&migrated.stdout), String::from_utf8_lossy(&migrated.stderr));
         for component in [Component::Records, Component::Scheduling, Component::Referrals, Component::Gateway] {
             processes.spawn(component);
         }
@@ -209,6 +209,7 @@ impl Processes {
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PAC_ENVIRONMENT", "development")
             .env("DATABASE_URL", &self.db.admin_url)
             .env("PAC_DB_MAX_CONNECTIONS", pac_platform::testkit::POOL_SIZE.to_string())
             .env("PAC_RECORDS_ADDR", self.addrs[&Component::Records].to_string())
@@ -221,14 +222,13 @@ impl Processes {
             .env("PAC_OUTBOX_POLL_MS", "100")
             .env("PAC_SHUTDOWN_GRACE_MS", "1000")
             .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdin(Stdio::null());
         command
     }
 
     fn spawn(&mut self, component: Component) {
-        let child = self.command().args(["serve", component.name()]).spawn().expect("pac serve");
+        let child =
+            self.command().args(["serve", component.name()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("pac serve");
         self.running.insert(component, child);
     }
 
