@@ -2,8 +2,8 @@
 //! RELIABILITY.md for each promise, its test and its last measured result).
 //!
 //! `cargo test --test faults` runs the quick part (also run by `cargo test --workspace`);
-//! `cargo test --release --test faults -- --include-ignored --nocapture` runs all of it, with the
-//! figures printed.
+//! `PAC_TEST_XID_BUDGET=10000000 cargo test --test faults -- --include-ignored --nocapture` runs
+//! all of it, with the figures printed.
 
 mod common;
 mod crashes;

@@ -119,6 +119,7 @@ async fn events_straddling_every_digit_boundary_are_delivered_once_in_numeric_or
         let ids: Vec<Uuid> = delivered.iter().map(|e| e.aggregate_id).collect();
         assert_eq!(ids, expected, "batches of {batch}: every event once, in transaction id order");
     }
+    eprintln!("{} events around the digit boundaries {boundaries:?} delivered once each, in order", expected.len());
     // Resuming just before each boundary delivers exactly the rest.
     let all = read_all(&f.outbox, &f.pool, Cursor::default(), 256).await;
     for (at, event) in all.iter().enumerate() {
@@ -190,6 +191,7 @@ async fn a_follower_crosses_the_next_digit_boundary_with_real_transactions() {
     assert_eq!(delivered[0].aggregate_id, late_id, "the transaction with the earliest id comes first, though it committed last");
     let delivered_ids: HashSet<Uuid> = delivered.iter().map(|e| e.aggregate_id).collect();
     assert_eq!(delivered_ids, written.iter().copied().collect(), "every event once");
+    eprintln!("{} events from transactions {}..{} crossed {boundary} live, delivered once each, in order", delivered.len(), txids[0], txids[txids.len() - 1]);
     // Nothing more is pending.
     assert!(read_all(&f.outbox, &f.pool, delivered.last().unwrap().cursor, 256).await.is_empty());
 }
@@ -280,5 +282,11 @@ async fn random_commit_interleavings_deliver_every_committed_event_once_in_order
     assert_eq!(applied.len(), follower.applied.len(), "no event under two cursors");
     assert!(applied.is_disjoint(&rolled_back), "a rolled-back event was delivered");
     assert_eq!(applied, committed, "every committed event delivered");
+    eprintln!(
+        "{} committed and {} rolled-back events in random interleavings; a reader restarted {} times applied each committed one once",
+        committed.len(),
+        rolled_back.len(),
+        follower.restarts
+    );
     assert!(follower.restarts >= 100, "the follower restarted {} times", follower.restarts);
 }
