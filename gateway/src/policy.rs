@@ -186,6 +186,21 @@ mod tests {
         }
     }
 
+    /// Every RPC that streams its answer is audited as a stream (`crate::streams`), and only those.
+    #[test]
+    fn every_streaming_rpc_is_audited_as_a_stream() {
+        let set = prost_types::FileDescriptorSet::decode(pac_proto::FILE_DESCRIPTOR_SET).unwrap();
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                    let streams = method.server_streaming();
+                    assert_eq!(rule(&path).map(|r| r.0 == Data::Stream), Some(streams), "{path}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn default_deny_and_role_boundaries() {
         assert!(!allows("/pac.records.v1.PatientRecords/NoSuchMethod", Role::Admin));

@@ -489,7 +489,10 @@ where
                 }
             };
             request.headers_mut().insert(REQUEST_ID_HEADER, HeaderValue::from_str(&request_id).expect("checked characters"));
-            let mut record = entry(Some(&identity), &path, &request_id, &trace_id);
+            let mut record = match data {
+                Data::Other => Entry::default(),
+                Data::Patient | Data::Stream => entry(Some(&identity), &path, &request_id, &trace_id),
+            };
             // A stream leaves a record when it opens as well as when it closes: room for both.
             let mut stream = None;
             if data == Data::Stream {
