@@ -9,7 +9,7 @@ use pac_proto::scheduling as sched;
 use pac_proto::scheduling::scheduling_client::SchedulingClient;
 use rand::{Rng, SeedableRng};
 
-use crate::common::{InProcess, clinic, idle_in_transaction, register, registration};
+use crate::common::{InProcess, clinic, register, registration, stuck_in_transaction};
 
 const CALLS: u32 = 3_000;
 
@@ -67,20 +67,12 @@ async fn calls_abandoned_at_random_deadlines_leave_no_session_idle_in_transactio
     assert!(expired > CALLS as usize / 10, "the deadlines were too long to test anything: {expired}");
     assert!(internal.is_empty(), "a deadline is never INTERNAL: {:?}", &internal[..internal_count.min(5)]);
 
-    // A work unit already started finishes on its own task; give those a moment, then nothing may
-    // be left inside a transaction.
+    // A unit of work already started finishes on its own task (the backlog of abandoned calls takes
+    // a moment to drain); then no session may sit inside a transaction.
     let admin = p.db.admin_pool().await;
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    let left: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT application_name, query, (now() - state_change)::text FROM pg_stat_activity \
-         WHERE datname = $1 AND state LIKE 'idle in transaction%'",
-    )
-    .bind(&p.db.name)
-    .fetch_all(&admin)
-    .await
-    .unwrap();
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let left = stuck_in_transaction(&admin, &p.db.name).await;
     assert!(left.is_empty(), "sessions left idle in a transaction: {left:?}");
-    assert_eq!(idle_in_transaction(&admin, &p.db.name).await, 0);
     // And every pool still answers.
     register(&mut records, CALLS + 1).await;
     let book = sched::BookAppointmentRequest {
@@ -89,4 +81,34 @@ async fn calls_abandoned_at_random_deadlines_leave_no_session_idle_in_transactio
         ..Default::default()
     };
     scheduling.book_appointment(book).await.expect("a booking after the storm");
+}
+
+/// A caller that abandons hundreds of calls at once (an engine whose timeouts all fire together)
+/// keeps its connection: the server does not take the cancellations for an attack and close it
+/// under the caller's other calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_abandoned_calls_does_not_close_the_callers_connection() {
+    let p = InProcess::start().await;
+    let mut records = PatientRecordsClient::new(p.records.clone());
+    register(&mut records, 0).await;
+    for round in 0..5 {
+        let outcomes = futures::stream::iter(0..400u32)
+            .map(|n| {
+                let mut records = records.clone();
+                async move {
+                    let mut request = tonic::Request::new(pac_proto::records::SearchPatientsRequest {
+                        name: "fault tester".into(),
+                        ..Default::default()
+                    });
+                    request.set_timeout(Duration::from_micros(200 + u64::from(n % 5) * 100));
+                    records.search_patients(request).await.err().map(|s| (s.code(), s.message().to_string()))
+                }
+            })
+            .buffer_unordered(400)
+            .collect::<Vec<_>>()
+            .await;
+        let broken: Vec<_> = outcomes.iter().flatten().filter(|(code, _)| !matches!(code, tonic::Code::Cancelled | tonic::Code::DeadlineExceeded)).collect();
+        assert!(broken.is_empty(), "round {round}: {} calls failed otherwise than at their deadline, e.g. {:?}", broken.len(), broken.first());
+        register(&mut records, round + 1).await;
+    }
 }

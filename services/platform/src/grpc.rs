@@ -91,6 +91,7 @@ pub async fn serve(
         .timeout(config.request_timeout)
         .max_connection_age(config.max_connection_age)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
         .layer(layers)
         .layer(tower::util::option_layer(serving.grpc_web.then(tonic_web::GrpcWebLayer::new)))
         .add_routes(routes)
@@ -210,6 +211,13 @@ impl Extractor for HeaderExtractor<'_> {
         self.0.keys().map(HeaderName::as_str).collect()
     }
 }
+
+/// Streams a client may cancel before the server has taken them up, on one connection, before the
+/// server closes it as an attack (HTTP/2 "rapid reset"). h2's default of 20 closed the connection of
+/// a caller whose timeouts fired together (an engine under load, or the gateway relaying many
+/// cancelled calls over its one connection to a service), failing its other calls in flight with
+/// them. This still bounds the attack (`tests/faults/deadlines.rs`).
+const MAX_PENDING_ACCEPT_RESETS: usize = 1024;
 
 /// Keeps the health service in step with the database: SERVING while it answers, NOT_SERVING when it
 /// does not and from the moment shutdown begins.

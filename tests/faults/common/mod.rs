@@ -128,13 +128,18 @@ pub async fn register(records: &mut PatientRecordsClient<Channel>, n: u32) -> St
     records.register_patient(registration(n, String::new())).await.unwrap().into_inner().patient.unwrap().id
 }
 
-/// Sessions of the test's database still inside a transaction with nothing running.
-pub async fn idle_in_transaction(admin: &sqlx::PgPool, database: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state LIKE 'idle in transaction%'")
-        .bind(database)
-        .fetch_one(admin)
-        .await
-        .unwrap()
+/// Sessions of the test's database that have sat inside a transaction, doing nothing, for over two
+/// seconds (a live transaction passes through that state between its statements): application,
+/// last statement, how long.
+pub async fn stuck_in_transaction(admin: &sqlx::PgPool, database: &str) -> Vec<(String, String, String)> {
+    sqlx::query_as(
+        "SELECT application_name, query, (now() - state_change)::text FROM pg_stat_activity \
+         WHERE datname = $1 AND state LIKE 'idle in transaction%' AND state_change < now() - interval '2 seconds'",
+    )
+    .bind(database)
+    .fetch_all(admin)
+    .await
+    .unwrap()
 }
 
 /// Polls `check` until it is true or `timeout` passes; whether it became true.
