@@ -214,9 +214,8 @@ impl Extractor for HeaderExtractor<'_> {
 
 /// Streams a client may cancel before the server has taken them up, on one connection, before the
 /// server closes it as an attack (HTTP/2 "rapid reset"). h2's default of 20 closed the connection of
-/// a caller whose timeouts fired together (an engine under load, or the gateway relaying many
-/// cancelled calls over its one connection to a service), failing its other calls in flight with
-/// them. This still bounds the attack (`tests/faults/deadlines.rs`).
+/// a caller whose timeouts fired together (an engine under load), failing its other calls in flight
+/// with them (`tests/faults/deadlines.rs`). This still bounds the attack.
 const MAX_PENDING_ACCEPT_RESETS: usize = 1024;
 
 /// Keeps the health service in step with the database: SERVING while it answers, NOT_SERVING when it
