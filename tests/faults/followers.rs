@@ -65,16 +65,19 @@ impl Follower for Recorder {
             return Ok(false);
         }
         let mut tx = self.pool.begin().await.map_err(failed)?;
-        sqlx::query("INSERT INTO applied (event_id, cursor) VALUES ($1::uuid, $2)")
-            .bind(&envelope.event_id)
-            .bind(cursor)
-            .execute(&mut *tx)
-            .await
-            .map_err(failed)?;
-        follow::save_stream_cursor(&mut *tx, STREAM, cursor).await.map_err(failed)?;
+        let applied = record(&mut tx, &envelope.event_id, cursor).await.map_err(failed)?;
         tx.commit().await.map_err(failed)?;
-        Ok(true)
+        Ok(applied)
     }
+}
+
+/// What applying an event does, inside the applying transaction.
+async fn record(tx: &mut sqlx::PgConnection, event_id: &str, cursor: &str) -> Result<bool, sqlx::Error> {
+    if !follow::advance_stream_cursor(&mut *tx, STREAM, cursor).await? {
+        return Ok(false);
+    }
+    sqlx::query("INSERT INTO applied (event_id, cursor) VALUES ($1::uuid, $2)").bind(event_id).bind(cursor).execute(&mut *tx).await?;
+    Ok(true)
 }
 
 /// A pool of the follower's own (two connections), in its schema.
@@ -83,18 +86,56 @@ async fn follower_pool(url: &str) -> PgPool {
     PgPoolOptions::new().max_connections(2).connect_with(options).await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_killed_a_hundred_times_applies_each_of_ten_thousand_events_once() {
-    let p = InProcess::start().await;
-    let admin = p.db.admin_pool().await;
+async fn follower_schema(admin: &PgPool) {
     sqlx::raw_sql(
         "CREATE SCHEMA follower_faults; \
          CREATE TABLE follower_faults.consumed_streams (stream text PRIMARY KEY, cursor text NOT NULL, updated_at timestamptz NOT NULL); \
          CREATE TABLE follower_faults.applied (seq bigint GENERATED ALWAYS AS IDENTITY, event_id uuid NOT NULL, cursor text NOT NULL)",
     )
-    .execute(&admin)
+    .execute(admin)
     .await
     .unwrap();
+}
+
+/// A follower killed while committing an event, and started again before the commit lands (a
+/// slow database): the new life reads the cursor saved before the event, receives the event again,
+/// and must not apply it a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_life_of_a_follower_does_not_apply_what_the_last_one_was_committing() {
+    let db = pac_platform::testkit::TestDatabase::create().await;
+    let admin = db.admin_pool().await;
+    follower_schema(&admin).await;
+    let (event_id, cursor) = (Uuid::now_v7().to_string(), "5000.7");
+    follow::save_stream_cursor(&follower_pool(&db.admin_url).await, STREAM, "5000.6").await.unwrap();
+
+    // The first life has written all of its transaction and sent the commit.
+    let first = follower_pool(&db.admin_url).await;
+    let mut committing = first.begin().await.unwrap();
+    assert!(record(&mut committing, &event_id, cursor).await.unwrap());
+    // The second life receives the same event and applies it.
+    let second = Recorder { pool: follower_pool(&db.admin_url).await, records: PatientRecordsClient::new(crate::common::channel(crate::common::free_port())) };
+    let envelope = pac_proto::common::EventEnvelope { cursor: cursor.into(), event_id: event_id.clone(), event_type: "PatientUpdated".into(), ..Default::default() };
+    let message = pb::WatchEventsResponse { envelope: Some(envelope), event: None };
+    let applying = tokio::spawn(async move { second.apply(message, cursor).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    committing.commit().await.unwrap();
+    let second_applied = applying.await.unwrap().unwrap();
+
+    let times: i64 = sqlx::query_scalar("SELECT count(*) FROM follower_faults.applied WHERE event_id = $1::uuid")
+        .bind(&event_id)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!((times, second_applied), (1, false), "the event was applied by both lives");
+    let saved: String = sqlx::query_scalar("SELECT cursor FROM follower_faults.consumed_streams").fetch_one(&admin).await.unwrap();
+    assert_eq!(saved, cursor);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_a_hundred_times_applies_each_of_ten_thousand_events_once() {
+    let p = InProcess::start().await;
+    let admin = p.db.admin_pool().await;
+    follower_schema(&admin).await;
 
     // The writer: events in transactions of 50, half of them for the follower to apply.
     let writer = tokio::spawn({

@@ -1,14 +1,19 @@
 //! Following another service's `WatchEvents` stream. The consumer keeps its cursor in its own
-//! schema: an event that changes something saves the cursor in the same transaction as the change
-//! (so a replayed event changes nothing twice), and events passed over move the saved cursor every
-//! few hundred events or when the stream goes quiet. A broken stream is reopened from the saved
-//! cursor with a growing pause, so nothing is lost while either side is down.
+//! schema: an event that changes something moves the cursor first in the same transaction as the
+//! change ([`advance_stream_cursor`], which refuses to move it back, so a replayed event changes
+//! nothing twice, even one replayed by a new life of the follower while the last one's commit was
+//! on its way), and events passed over move the saved cursor every few hundred events or when the
+//! stream goes quiet. A broken stream is reopened from the saved cursor with a growing pause, so
+//! nothing is lost while either side is down.
 
 use std::future::Future;
 use std::time::Duration;
 
 use futures::StreamExt;
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
+
+use crate::outbox::Cursor;
 
 /// Events passed over between cursor saves.
 const SAVE_EVERY: u32 = 256;
@@ -31,7 +36,8 @@ pub trait Follower: Send + Sync {
     /// The message's resume position.
     fn cursor_of(message: &Self::Message) -> String;
 
-    /// Applies a message. `Ok(true)` when it changed something and saved `cursor` with the change;
+    /// Applies a message. `Ok(true)` when it changed something and moved the saved cursor to `cursor`
+    /// in the change's transaction (see [`advance_stream_cursor`]);
     /// `Ok(false)` when it was passed over. An error pauses the follower and retries from the saved
     /// cursor.
     fn apply(&self, message: Self::Message, cursor: &str) -> impl Future<Output = Result<bool, String>> + Send;
@@ -103,15 +109,35 @@ pub async fn stream_cursor(executor: impl sqlx::PgExecutor<'_>, stream: &str) ->
     sqlx::query_scalar("SELECT cursor FROM consumed_streams WHERE stream = $1").bind(stream).fetch_optional(executor).await
 }
 
-/// Saves the cursor of `stream`; inside a transaction, it moves with the change it belongs to.
-pub async fn save_stream_cursor(executor: impl sqlx::PgExecutor<'_>, stream: &str, cursor: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO consumed_streams (stream, cursor, updated_at) VALUES ($1, $2, now()) \
-         ON CONFLICT (stream) DO UPDATE SET cursor = EXCLUDED.cursor, updated_at = now()",
-    )
-    .bind(stream)
-    .bind(cursor)
-    .execute(executor)
-    .await?;
-    Ok(())
+/// Moves the saved position of `stream` (in the `consumed_streams` table of the connection's schema)
+/// forward to `cursor`, never back; `false` when it is there or beyond already. A follower applying
+/// an event calls it first, inside the event's transaction, and applies nothing when it answers
+/// `false`: it holds the position's row lock to the end of the transaction, so a new life of the
+/// follower (started while the last one's commit was still on its way) waits for that commit, then
+/// finds the event applied.
+pub async fn advance_stream_cursor(conn: &mut PgConnection, stream: &str, cursor: &str) -> Result<bool, sqlx::Error> {
+    let to: Cursor = cursor.parse().map_err(|_| sqlx::Error::Protocol(format!("not a stream cursor: {cursor:?}")))?;
+    sqlx::query("INSERT INTO consumed_streams (stream, cursor, updated_at) VALUES ($1, '', now()) ON CONFLICT DO NOTHING")
+        .bind(stream)
+        .execute(&mut *conn)
+        .await?;
+    let saved: String =
+        sqlx::query_scalar("SELECT cursor FROM consumed_streams WHERE stream = $1 FOR UPDATE").bind(stream).fetch_one(&mut *conn).await?;
+    if saved.parse::<Cursor>().is_ok_and(|saved| saved >= to) {
+        return Ok(false);
+    }
+    sqlx::query("UPDATE consumed_streams SET cursor = $2, updated_at = now() WHERE stream = $1")
+        .bind(stream)
+        .bind(cursor)
+        .execute(conn)
+        .await?;
+    Ok(true)
+}
+
+/// Saves the position reached by passing events over (no change of the follower's goes with it):
+/// forward only, as [`advance_stream_cursor`].
+pub async fn save_stream_cursor(pool: &PgPool, stream: &str, cursor: &str) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    advance_stream_cursor(&mut tx, stream, cursor).await?;
+    tx.commit().await
 }

@@ -15,7 +15,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use pac_platform::Actor;
 use pac_platform::caller::within;
 use pac_platform::idempotency::IdempotencyStore;
-use pac_platform::merges;
+use pac_platform::{follow, merges};
 use pac_platform::outbox::{NewEvent, Outbox};
 use pac_proto::referrals as pb;
 use pac_proto::referrals::watch_events_response::Event;
@@ -569,6 +569,9 @@ impl Referrals {
     /// referral here (nothing written).
     pub async fn apply_appointment(&self, change: AppointmentChange, stream: &str, cursor: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
+        if !follow::advance_stream_cursor(&mut tx, stream, cursor).await? {
+            return Ok(false);
+        }
         let found = match (&change.kind, change.referral_id) {
             (AppointmentChangeKind::Booked, Some(referral_id)) => store::lock_referral(&mut tx, referral_id, None).await?,
             (AppointmentChangeKind::Booked, None) => None,
@@ -584,7 +587,7 @@ impl Referrals {
             AppointmentChangeKind::DidNotAttend if referral.missed.contains(&appointment) => return Ok(false),
             AppointmentChangeKind::Attended if referral.missed.contains(&appointment) => {
                 self.correct_to_attended(&mut tx, &mut referral, &service, &change).await?;
-                return self.finish_followed(tx, &referral, Event::ReferralUpdated, "attendance corrected", stream, cursor).await;
+                return self.finish_followed(tx, &referral, Event::ReferralUpdated, "attendance corrected").await;
             }
             // Corrected to a no-show: the attendance is taken back, then the no-show applies.
             AppointmentChangeKind::DidNotAttend => referral.attended.retain(|a| *a != appointment),
@@ -599,7 +602,7 @@ impl Referrals {
             outcomes.push(appointment);
             let status = referral.status;
             self.save(&mut tx, &mut referral, status, &service, pac_platform::now()).await?;
-            return self.finish_followed(tx, &referral, Event::ReferralUpdated, "attendance recorded", stream, cursor).await;
+            return self.finish_followed(tx, &referral, Event::ReferralUpdated, "attendance recorded").await;
         }
         let first = referral.attended.is_empty() && referral.missed.is_empty();
         if matches!(change.kind, AppointmentChangeKind::Booked) && referral.status.is_terminal() {
@@ -674,22 +677,20 @@ impl Referrals {
         }
         self.save(&mut tx, &mut referral, to, &service, pac_platform::now()).await?;
         let event = if to == Status::Completed { Event::ClockStopped } else { out };
-        self.finish_followed(tx, &referral, event, &appointment.to_string(), stream, cursor).await
+        self.finish_followed(tx, &referral, event, &appointment.to_string()).await
     }
 
-    /// Emits the referral's event for a followed change, saves the stream cursor with it, commits.
+    /// Emits the referral's event for a followed change and commits it (with the stream cursor the
+    /// change's transaction moved first).
     async fn finish_followed(
         &self,
         mut tx: Tx,
         referral: &Referral,
         event: fn(pb::ReferralEvent) -> Event,
         reason: &str,
-        stream: &str,
-        cursor: &str,
     ) -> Result<bool> {
         let system = self.clients.actor().clone();
         self.emit(&mut tx, referral, event(referral_event(referral, reason)), &system, None).await?;
-        pac_platform::follow::save_stream_cursor(&mut *tx, stream, cursor).await?;
         tx.commit().await?;
         self.outbox.committed();
         tracing::info!(referral_id = %referral.id, status = referral.status.code(), reason, "followed an appointment event");
@@ -732,10 +733,12 @@ impl Referrals {
     /// A patient merge: the merged-away record's referrals move to the survivor.
     pub async fn apply_merge(&self, merge_id: Uuid, merged: Uuid, survivor: Uuid, stream: &str, cursor: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        if !follow::advance_stream_cursor(&mut tx, stream, cursor).await? {
+            return Ok(());
+        }
         merges::record_merge(&mut tx, merge_id, merged, survivor).await?;
         let moved = store::repoint_patient(&mut tx, merge_id, merged, survivor).await?;
         self.announce_moves(&mut tx, &moved, "patient records merged").await?;
-        pac_platform::follow::save_stream_cursor(&mut *tx, stream, cursor).await?;
         tx.commit().await?;
         self.outbox.committed();
         tracing::info!(merge_id = %merge_id, referrals_moved = moved.len(), "followed a patient merge");
@@ -745,10 +748,12 @@ impl Referrals {
     /// A merge reversed: what it moved goes back. Idempotent.
     pub async fn apply_unmerge(&self, merge_id: Uuid, stream: &str, cursor: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        if !follow::advance_stream_cursor(&mut tx, stream, cursor).await? {
+            return Ok(());
+        }
         merges::forget_merge(&mut tx, merge_id).await?;
         let moved = store::unrepoint_patient(&mut tx, merge_id).await?;
         self.announce_moves(&mut tx, &moved, "patient merge reversed").await?;
-        pac_platform::follow::save_stream_cursor(&mut *tx, stream, cursor).await?;
         tx.commit().await?;
         self.outbox.committed();
         tracing::info!(merge_id = %merge_id, referrals_moved = moved.len(), "followed a merge reversal");

@@ -13,7 +13,7 @@ use chrono::{DateTime, Duration, Utc};
 use pac_platform::Actor;
 use pac_platform::caller::within;
 use pac_platform::idempotency::IdempotencyStore;
-use pac_platform::merges;
+use pac_platform::{follow, merges};
 use pac_platform::outbox::{NewEvent, Outbox};
 use pac_proto::scheduling as pb;
 use pac_proto::scheduling::watch_events_response::Event;
@@ -873,6 +873,9 @@ impl Scheduling {
     /// duplicate booking of the same person and is cancelled. Idempotent.
     pub async fn apply_merge(&self, merge_id: Uuid, merged: Uuid, survivor: Uuid, cursor: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        if !follow::advance_stream_cursor(&mut tx, crate::RECORDS_STREAM, cursor).await? {
+            return Ok(());
+        }
         merges::record_merge(&mut tx, merge_id, merged, survivor).await?;
         let system = Write::system();
         for clash in store::lock_clashing_appointments(&mut tx, merged, survivor).await? {
@@ -880,7 +883,6 @@ impl Scheduling {
         }
         let moved = store::repoint_patient(&mut tx, merge_id, merged, survivor).await?;
         self.announce_patient_change(&mut tx, &moved, "patient records merged").await?;
-        pac_platform::follow::save_stream_cursor(&mut *tx, crate::RECORDS_STREAM, cursor).await?;
         tx.commit().await?;
         self.outbox.committed();
         tracing::info!(merge_id = %merge_id, appointments_moved = moved.len(), "followed a patient merge");
@@ -890,10 +892,12 @@ impl Scheduling {
     /// A merge reversed: what it moved goes back. Idempotent.
     pub async fn apply_unmerge(&self, merge_id: Uuid, cursor: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        if !follow::advance_stream_cursor(&mut tx, crate::RECORDS_STREAM, cursor).await? {
+            return Ok(());
+        }
         merges::forget_merge(&mut tx, merge_id).await?;
         let moved = store::unrepoint_patient(&mut tx, merge_id).await?;
         self.announce_patient_change(&mut tx, &moved, "patient merge reversed").await?;
-        pac_platform::follow::save_stream_cursor(&mut *tx, crate::RECORDS_STREAM, cursor).await?;
         tx.commit().await?;
         self.outbox.committed();
         tracing::info!(merge_id = %merge_id, appointments_moved = moved.len(), "followed a merge reversal");
