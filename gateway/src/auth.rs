@@ -120,8 +120,14 @@ impl Authenticator {
 
     /// The identity a token carries, and when the token expires (seconds since the Unix epoch).
     pub fn verify(&self, token: &str) -> Result<(Identity, u64), Refusal> {
-        // `alg: none` and unknown algorithms fail here.
-        let head = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Algorithm)?;
+        // `alg: none` and unknown algorithms fail here; so does what is not a JWT at all.
+        let head = jsonwebtoken::decode_header(token).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::InvalidToken | K::Base64(_) | K::Utf8(_) => Refusal::Malformed,
+                _ => Refusal::Algorithm,
+            }
+        })?;
         let (key, algorithm) = match &self.keys {
             Keys::Development(key) => (key, Algorithm::HS256),
             Keys::Jwks(keys) => {

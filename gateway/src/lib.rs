@@ -52,6 +52,9 @@ pub const DEVELOPMENT_ISSUER: &str = "pac-dev";
 pub const DEFAULT_AUDIENCE: &str = "pac-gateway";
 /// The organisation `pac token` acts for by default, and that `pac dev`'s demo data belongs to.
 pub const DEVELOPMENT_ORGANISATION: &str = "RR8";
+/// `ErrorInfo.domain` of the gateway's own refusals (no or bad token, role, limits), so a client
+/// tells them from a service's errors (`pac_platform::error::ERROR_DOMAIN`).
+pub const ERROR_DOMAIN: &str = "pac.gateway";
 
 /// How the gateway knows callers.
 #[derive(Debug, Clone)]

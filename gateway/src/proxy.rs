@@ -188,6 +188,18 @@ struct Denial {
     identity: Option<Identity>,
 }
 
+impl Denial {
+    fn new(error: ApiError, identity: Option<Identity>) -> Self {
+        Self { reason: error.reason, status: error.into(), identity }
+    }
+}
+
+/// A refusal of the gateway's own, with `ErrorInfo`: a stable reason in the gateway's domain
+/// ([`crate::ERROR_DOMAIN`]).
+fn refusal(code: Code, reason: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(code, reason, message).with_domain(crate::ERROR_DOMAIN)
+}
+
 /// A call let through: where it goes, as what, and whether it is audited.
 struct Admitted {
     upstream: Upstream,
@@ -229,28 +241,29 @@ impl Proxy {
         let (upstream, (data, roles)) = match (self.upstreams.for_path(path), policy::rule(path)) {
             (Some(upstream), Some(rule)) => (upstream, rule),
             _ => {
-                let status = Status::unimplemented(format!("no such method: {path}"));
-                return Err(Denial { status, reason: "UNKNOWN_METHOD", identity: None });
+                return Err(Denial::new(refusal(Code::Unimplemented, "UNKNOWN_METHOD", format!("no such method: {path}")), None));
             }
         };
         let authorization = request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let Verified { identity, context, .. } = self.verifications.verify(authorization).map_err(|refusal: Refusal| Denial {
-            status: Status::unauthenticated("a valid bearer token is required"),
-            reason: refusal.code(),
-            identity: None,
+        let Verified { identity, context, .. } = self.verifications.verify(authorization).map_err(|why: Refusal| {
+            let message = match why {
+                Refusal::Missing => "a bearer token is required",
+                Refusal::Expired => "the bearer token has expired",
+                _ => "the bearer token is not valid",
+            };
+            Denial::new(refusal(Code::Unauthenticated, why.code(), message), None)
         })?;
         if identity.role == policy::Role::Integration && self.integration_certificates && !has_client_certificate(&request) {
-            let status = Status::unauthenticated("integration accounts must present a client certificate");
-            return Err(Denial { status, reason: "CLIENT_CERTIFICATE_REQUIRED", identity: Some(identity) });
+            let error = refusal(Code::Unauthenticated, "CLIENT_CERTIFICATE_REQUIRED", "integration accounts must present a client certificate");
+            return Err(Denial::new(error, Some(identity)));
         }
         if !roles.contains(&identity.role) {
-            let status = Status::permission_denied(format!("the {} role may not call {path}", identity.role.name()));
-            return Err(Denial { status, reason: "ROLE_NOT_PERMITTED", identity: Some(identity) });
+            let message = format!("the {} role may not call {path}", identity.role.name());
+            return Err(Denial::new(refusal(Code::PermissionDenied, "ROLE_NOT_PERMITTED", message), Some(identity)));
         }
         if let Err(wait) = self.rates.take(&identity.subject) {
-            let error = ApiError::new(Code::ResourceExhausted, "RATE_LIMITED", "too many calls from this caller; retry later")
-                .with_retry_after(wait);
-            return Err(Denial { status: error.into(), reason: "RATE_LIMITED", identity: Some(identity) });
+            let error = refusal(Code::ResourceExhausted, "RATE_LIMITED", "too many calls from this caller; retry later").with_retry_after(wait);
+            return Err(Denial::new(error, Some(identity)));
         }
         let headers = request.headers_mut();
         headers.remove(http::header::AUTHORIZATION);
@@ -396,7 +409,7 @@ async fn forward(mut upstream: Upstream, request: Request<Body>) -> Response<Bod
         Ok(status) => status.into_http(),
         Err(error) => {
             tracing::warn!(error = %error, rpc = %path, "forwarding to the service failed");
-            Status::unavailable("the service did not answer; retry").into_http()
+            Status::from(refusal(Code::Unavailable, "SERVICE_UNAVAILABLE", "the service did not answer; retry")).into_http()
         }
     })
 }
@@ -407,7 +420,7 @@ async fn read_whole(request: Request<Body>) -> Result<(http::request::Parts, Byt
     let (parts, body) = request.into_parts();
     match http_body_util::Limited::new(body, RETRY_BODY_LIMIT).collect().await {
         Ok(collected) => Ok((parts, collected.to_bytes())),
-        Err(_) => Err(Status::out_of_range("the request is too large for a read")),
+        Err(_) => Err(refusal(Code::OutOfRange, "REQUEST_TOO_LARGE", "the request is too large for a read").into()),
     }
 }
 
@@ -440,7 +453,7 @@ async fn forward_read(upstream: Upstream, request: Request<Body>, deadline: Inst
 
 /// The answer when there is no room for another call, or for its audit records.
 fn overloaded() -> Status {
-    ApiError::unavailable("OVERLOADED", "the gateway is at capacity; retry shortly").with_retry_after(Duration::from_millis(100)).into()
+    refusal(Code::Unavailable, "OVERLOADED", "the gateway is at capacity; retry shortly").with_retry_after(Duration::from_millis(100)).into()
 }
 
 fn with_request_id(mut response: Response<Body>, request_id: &str) -> Response<Body> {
@@ -523,7 +536,8 @@ where
             let backstop = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(250);
             let response = tokio::time::timeout(backstop, forwarding).await.unwrap_or_else(|_| {
                 tracing::warn!(rpc = %path, "the service did not answer within the deadline");
-                Status::deadline_exceeded("the service did not answer within the deadline").into_http()
+                Status::from(refusal(Code::DeadlineExceeded, "SERVICE_DEADLINE_EXCEEDED", "the service did not answer within the deadline"))
+                    .into_http()
             });
             let (mut parts, body) = response.into_parts();
             let patients = parts.headers.remove(pac_platform::audit::PATIENTS_HEADER);

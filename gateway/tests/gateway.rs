@@ -21,13 +21,21 @@ use tonic::Code;
 async fn only_valid_tokens_of_permitted_roles_get_through() {
     let p = start().await;
     let mut records = PatientRecordsClient::new(p.gateway.clone());
-    let mut check = async |token: Option<&str>, expected: Code| {
+    // Each refusal says why, as the services' errors do: ErrorInfo with a stable reason, in the
+    // gateway's domain.
+    let mut check = async |token: Option<&str>, expected: Code, reason: &str| {
+        use tonic_types::StatusExt;
         let outcome = records.register_patient(with_token(common::registration("Gateway"), token)).await;
         assert_eq!(outcome.as_ref().err().map_or(Code::Ok, |s| s.code()), expected, "{outcome:?}");
+        if let Err(status) = &outcome {
+            let details = status.get_error_details();
+            let info = details.error_info().unwrap_or_else(|| panic!("no ErrorInfo: {status:?}"));
+            assert_eq!((info.reason.as_str(), info.domain.as_str()), (reason, pac_gateway::ERROR_DOMAIN), "{status:?}");
+        }
         outcome.ok().map(|r| r.into_inner().patient.unwrap())
     };
-    check(None, Code::Unauthenticated).await;
-    check(Some("not-a-jwt"), Code::Unauthenticated).await;
+    check(None, Code::Unauthenticated, "TOKEN_MISSING").await;
+    check(Some("not-a-jwt"), Code::Unauthenticated, "TOKEN_MALFORMED").await;
     let forged = mint_development(
         b"some other key",
         DEVELOPMENT_ISSUER,
@@ -35,10 +43,19 @@ async fn only_valid_tokens_of_permitted_roles_get_through() {
         &Identity { subject: "x".into(), role: Role::Admin, organisations: vec![] },
         Duration::from_secs(60),
     );
-    check(Some(&forged), Code::Unauthenticated).await;
-    check(Some(&token(Role::Auditor, Duration::from_secs(60))), Code::PermissionDenied).await;
-    check(Some(&token(Role::Clinician, Duration::from_secs(60))), Code::PermissionDenied).await;
-    let created = check(Some(&token(Role::Coordinator, Duration::from_secs(60))), Code::Ok).await.unwrap();
+    check(Some(&forged), Code::Unauthenticated, "TOKEN_SIGNATURE_INVALID").await;
+    // Expired two minutes ago, past the gateway's leeway for clock skew.
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = serde_json::json!({
+        "sub": "x", "role": "coordinator", "orgs": ["RR8"], "iss": DEVELOPMENT_ISSUER, "aud": "pac-gateway",
+        "exp": now - 120, "iat": now - 600,
+    });
+    let key = jsonwebtoken::EncodingKey::from_secret(DEVELOPMENT_TOKEN_KEY.as_bytes());
+    let expired = jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key).unwrap();
+    check(Some(&expired), Code::Unauthenticated, "TOKEN_EXPIRED").await;
+    check(Some(&token(Role::Auditor, Duration::from_secs(60))), Code::PermissionDenied, "ROLE_NOT_PERMITTED").await;
+    check(Some(&token(Role::Clinician, Duration::from_secs(60))), Code::PermissionDenied, "ROLE_NOT_PERMITTED").await;
+    let created = check(Some(&token(Role::Coordinator, Duration::from_secs(60))), Code::Ok, "").await.unwrap();
 
     // The service saw the caller the token named.
     let mut events = records
@@ -60,6 +77,8 @@ async fn only_valid_tokens_of_permitted_roles_get_through() {
     let request = with_token((), Some(&token(Role::Admin, Duration::from_secs(60))));
     let status = grpc.unary::<(), (), _>(request, path, tonic_prost::ProstCodec::default()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
+    use tonic_types::StatusExt;
+    assert_eq!(status.get_error_details().error_info().map(|i| i.reason.as_str()), Some("UNKNOWN_METHOD"));
 }
 
 #[tokio::test]
@@ -248,6 +267,8 @@ async fn a_busy_caller_is_slowed_and_an_overloaded_gateway_sheds() {
     records.search_patients(search(&busy)).await.unwrap();
     let limited = records.search_patients(search(&busy)).await.unwrap_err();
     assert_eq!(limited.code(), Code::ResourceExhausted);
+    let info = limited.get_error_details().error_info().cloned().expect("error info");
+    assert_eq!((info.reason.as_str(), info.domain.as_str()), ("RATE_LIMITED", pac_gateway::ERROR_DOMAIN));
     let wait = limited.get_error_details().retry_info().and_then(|r| r.retry_delay).expect("retry info");
     assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
     // Another caller is not held back.
@@ -257,6 +278,7 @@ async fn a_busy_caller_is_slowed_and_an_overloaded_gateway_sheds() {
     let mut records = PatientRecordsClient::new(shedding.gateway.clone());
     let shed = records.search_patients(search(&busy)).await.unwrap_err();
     assert_eq!(shed.code(), Code::Unavailable);
+    assert_eq!(shed.get_error_details().error_info().map(|i| (i.reason.clone(), i.domain.clone())), Some(("OVERLOADED".into(), pac_gateway::ERROR_DOMAIN.into())));
     assert!(shed.get_error_details().retry_info().is_some());
 }
 

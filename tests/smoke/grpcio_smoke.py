@@ -232,6 +232,11 @@ def through_gateway(address: str, suffix: str) -> None:
         sys.exit("the gateway let a call without a token through")
     except grpc.RpcError as error:
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error
+        # The refusal says why, in the gateway's domain.
+        rich = status_pb2.Status.FromString(dict(error.trailing_metadata()).get("grpc-status-details-bin"))
+        info = error_details_pb2.ErrorInfo()
+        assert any(detail.Unpack(info) for detail in rich.details if detail.Is(info.DESCRIPTOR)), rich
+        assert (info.reason, info.domain) == ("TOKEN_MISSING", "pac.gateway"), info
     created = records.RegisterPatient(records_pb2.RegisterPatientRequest(patient=patient, allow_possible_duplicate=True),
                                       timeout=5, metadata=auth).patient
     scheduling = scheduling_pb2_grpc.SchedulingStub(channel)

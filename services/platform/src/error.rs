@@ -47,6 +47,8 @@ pub struct ApiError {
     pub retry_after: Option<Duration>,
     /// The underlying failure of an INTERNAL or UNAVAILABLE error; logged, never sent.
     pub source: Option<anyhow::Error>,
+    /// `ErrorInfo.domain`: [`ERROR_DOMAIN`] but for the gateway's own refusals.
+    pub domain: &'static str,
 }
 
 impl ApiError {
@@ -61,6 +63,7 @@ impl ApiError {
             metadata: HashMap::new(),
             retry_after: None,
             source: None,
+            domain: ERROR_DOMAIN,
         }
     }
 
@@ -132,6 +135,11 @@ impl ApiError {
         self.retry_after = Some(delay);
         self
     }
+
+    pub fn with_domain(mut self, domain: &'static str) -> Self {
+        self.domain = domain;
+        self
+    }
 }
 
 impl From<ApiError> for Status {
@@ -141,7 +149,7 @@ impl From<ApiError> for Status {
             tracing::error!(code = ?error.code, reason = error.reason, error = format!("{source:#}"), "request failed");
         }
         let mut details = ErrorDetails::new();
-        details.set_error_info(error.reason, ERROR_DOMAIN, error.metadata);
+        details.set_error_info(error.reason, error.domain, error.metadata);
         if !error.field_violations.is_empty() {
             // Each violation carries its own stable reason, as well as the words.
             let violations = error.field_violations.iter().map(|v| tonic_types::FieldViolation {
