@@ -25,16 +25,19 @@ pub mod streams;
 pub mod trail;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use pac_platform::config::{Secret, var};
 use pac_platform::db::{self, ServiceSchema};
 use pac_platform::grpc::{self, Serving};
+use pac_platform::input::{Contracts, InputCheckLayer};
 use pac_platform::{CallerVerifier, PlatformConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+use tower::Layer;
 
 use crate::auth::Authenticator;
 use crate::proxy::{Deadlines, Limits, Proxy, Upstreams};
@@ -226,12 +229,15 @@ pub async fn serve(
     let scheduling = Balanced::new(&config.scheduling_url, config.connections)?;
     let referrals = Balanced::new(&config.referrals_url, config.connections)?;
     let access = access::AccessService::new(records.clone(), scheduling.clone(), referrals.clone(), config.link_wait);
+    // The services check the text of what is forwarded to them; the APIs served here are checked here.
+    let contracts = Arc::new(Contracts::from_descriptor_sets(&[pac_proto::FILE_DESCRIPTOR_SET])?);
+    let input_check = InputCheckLayer::new(contracts, platform.grpc.max_message_bytes);
     let upstreams = Upstreams::default()
         .route("/pac.records.v1.", records)
         .route("/pac.scheduling.v1.", scheduling)
         .route("/pac.referrals.v1.", referrals)
-        .route("/pac.access.v1.", AccessServer::new(access))
-        .route("/pac.audit.v1.", AuditTrailServer::new(trail::AuditTrailService::new(pool.clone())));
+        .route("/pac.access.v1.", input_check.layer(AccessServer::new(access)))
+        .route("/pac.audit.v1.", input_check.layer(AuditTrailServer::new(trail::AuditTrailService::new(pool.clone()))));
     let signer = CallerVerifier::new(&platform.internal_key, false);
     let mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     let proxy =
@@ -250,6 +256,7 @@ pub async fn serve(
         database: Some(pool),
         grpc_web: true,
         tls: config.tls.as_ref().map(TlsSettings::server_config),
+        check_inputs: false,
     };
     let served = grpc::serve(&platform.grpc, listener, routes, serving, shutdown).await;
     // Every call has ended: write what is queued, then stop.

@@ -10,4 +10,5 @@ mod crashes;
 mod database;
 mod deadlines;
 mod followers;
+mod inputs;
 mod stream_order;

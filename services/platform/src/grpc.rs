@@ -2,6 +2,7 @@
 //! while the database is unreachable), reflection v1 and v1alpha, connection limits, graceful shutdown.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, Request, Response};
@@ -22,6 +23,7 @@ use tracing::{Span, field};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::GrpcConfig;
+use crate::input::{Contracts, InputCheckLayer};
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -37,6 +39,9 @@ pub struct Serving {
     pub grpc_web: bool,
     /// Serve TLS (and verify client certificates, when it names a client CA): the gateway may.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Check every request's text against the descriptor sets before the services see it
+    /// (`crate::input`). The services do; the gateway checks only the APIs it serves itself.
+    pub check_inputs: bool,
 }
 
 /// Serves `routes` on `listener` until `shutdown` fires, then drains in-flight calls for at most the
@@ -68,6 +73,10 @@ pub async fn serve(
     let reflection_v1alpha = reflection.build_v1alpha()?;
 
     let routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+    let input_check = match serving.check_inputs {
+        true => Some(InputCheckLayer::new(Arc::new(Contracts::from_descriptor_sets(&serving.descriptor_sets)?), config.max_message_bytes)),
+        false => None,
+    };
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, TimeOrderedRequestId))
         .layer(
@@ -78,7 +87,8 @@ pub async fn serve(
                 .on_eos(on_end_of_stream)
                 .on_failure(()),
         )
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER));
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
+        .option_layer(input_check);
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut builder = Server::builder();

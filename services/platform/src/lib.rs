@@ -14,6 +14,7 @@ pub mod error;
 pub mod follow;
 pub mod grpc;
 pub mod idempotency;
+pub mod input;
 pub mod local_postgres;
 pub mod merges;
 pub mod outbox;

@@ -129,6 +129,7 @@ pub async fn serve(
         database: Some(pool),
         grpc_web: false,
         tls: None,
+        check_inputs: true,
     };
     grpc::serve(&platform.grpc, listener, routes, serving, shutdown).await
 }
