@@ -101,7 +101,8 @@ async fn seed_patients(pool: &sqlx::PgPool) -> anyhow::Result<()> {
 }
 
 /// The statements BookAppointment runs for a direct booking with a request id, the records
-/// service's patient lookup first, as one pgbench transaction.
+/// service's patient lookup first, as one pgbench transaction (with the patient's merge guard and
+/// merged-record lookup, `pac_platform::merges`).
 fn pgbench_booking_script() -> String {
     format!(
         r#"\set s random({first}, {last})
@@ -111,10 +112,12 @@ SELECT p.id, p.version, p.nhs_number, p.nhs_number_status, p.given_name, p.famil
 BEGIN;
 SELECT pg_advisory_xact_lock(hashtextextended('scheduling' || chr(58) || 'BookAppointment' || chr(58) || 'pgb-' || CAST(:s AS text) || '-' || CAST(:r AS text), 0));
 SELECT request_hash, response FROM scheduling.idempotency WHERE operation = 'BookAppointment' AND request_id = 'pgb-' || CAST(:s AS text) || '-' || CAST(:r AS text);
+SELECT pg_advisory_xact_lock_shared(hashtextextended('scheduling' || '.patient' || chr(58) || ('00000000-0000-4000-9000-' || lpad(to_hex(:p::bigint), 12, '0')), 0));
+SELECT survivor_id FROM scheduling.merged_patients WHERE merged_id = ('00000000-0000-4000-9000-' || lpad(to_hex(:p::bigint), 12, '0'))::uuid;
 UPDATE scheduling.slots SET occupied = occupied + 1 WHERE id = ('00000000-0000-4000-8000-' || lpad(to_hex(:s::bigint), 12, '0'))::uuid AND withdrawn_at IS NULL RETURNING id, clinic_id, service_code, location_id, start_time, end_time, local_date, local_start, capacity, occupied \gset slot_
 INSERT INTO scheduling.appointments (id, version, slot_id, clinic_id, patient_id, referral_id, status, start_time, end_time, hold_expires_at, created_at, updated_at) VALUES (gen_random_uuid(), 1, :slot_id::uuid, :slot_clinic_id::uuid, gen_random_uuid(), NULL, 'booked', :slot_start_time::timestamptz, :slot_end_time::timestamptz, NULL, now(), now());
 UPDATE scheduling.waitlist_entries SET closed_at = now(), close_reason = 'booked' WHERE patient_id = gen_random_uuid() AND closed_at IS NULL AND (clinic_id = :slot_clinic_id::uuid OR service_code = :slot_service_code);
-INSERT INTO scheduling.outbox (event_id, event_type, aggregate_id, payload, actor_subject, actor_role, actor_organisation, request_id, trace_id) VALUES (gen_random_uuid(), 'AppointmentBooked', gen_random_uuid(), decode(repeat('0a', 260), 'hex'), 'anonymous', 'anonymous', '', 'pgb-' || CAST(:s AS text) || '-' || CAST(:r AS text), NULL);
+INSERT INTO scheduling.outbox (event_id, event_type, aggregate_id, payload, actor_subject, actor_role, actor_organisation, request_id, trace_id, organisation, patient_ids) VALUES (gen_random_uuid(), 'AppointmentBooked', gen_random_uuid(), decode(repeat('0a', 260), 'hex'), 'anonymous', 'anonymous', '', 'pgb-' || CAST(:s AS text) || '-' || CAST(:r AS text), NULL, '', ARRAY[gen_random_uuid()]);
 INSERT INTO scheduling.idempotency (operation, request_id, request_hash, response) VALUES ('BookAppointment', 'pgb-' || CAST(:s AS text) || '-' || CAST(:r AS text), decode(repeat('ab', 32), 'hex'), decode(repeat('0a', 250), 'hex')) ON CONFLICT DO NOTHING;
 END;
 "#,
