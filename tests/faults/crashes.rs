@@ -207,7 +207,8 @@ async fn kill_services_under_load(kills: usize) {
     }
     let elapsed = started.elapsed();
 
-    let acknowledged = acknowledged.lock().unwrap();
+    // Every worker has stopped: what they acknowledged is this test's alone now.
+    let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
     let pool = processes.db.admin_pool().await;
     let (patients, referrals, appointments) = (acknowledged.patients.len() as i64, acknowledged.referrals.len() as i64, acknowledged.appointments.len() as i64);
     let restarts: Vec<u128> = processes.restarts.iter().map(|(_, took)| took.as_millis()).collect();

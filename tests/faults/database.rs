@@ -153,7 +153,8 @@ async fn database_faults(crash_count: usize) {
         worker.await.unwrap();
     }
 
-    let observed = observed.lock().unwrap();
+    // Every worker has stopped: what they saw is this test's alone now.
+    let observed = std::mem::take(&mut *observed.lock().unwrap());
     let pause_codes = codes_between(&observed, paused, resumed);
     let after_pause = recovered_after(&observed, resumed);
     for (n, (crashed, back, not_serving, serving_again)) in crashes.iter().enumerate() {

@@ -28,7 +28,7 @@ async fn calls_abandoned_at_random_deadlines_leave_no_session_idle_in_transactio
             async move {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(n.into());
                 let deadline = Duration::from_micros(if n % 2 == 0 { rng.random_range(500..20_000) } else { rng.random_range(1_000..300_000) });
-                let code = match n % 3 {
+                match n % 3 {
                     0 => {
                         let mut request = tonic::Request::new(registration(n + 1, uuid::Uuid::now_v7().to_string()));
                         request.set_timeout(deadline);
@@ -52,8 +52,7 @@ async fn calls_abandoned_at_random_deadlines_leave_no_session_idle_in_transactio
                         request.set_timeout(deadline);
                         records.search_patients(request).await.err().map(|s| (s.code(), s.message().to_string()))
                     }
-                };
-                code
+                }
             }
         })
         .buffer_unordered(16)
