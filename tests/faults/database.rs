@@ -1,8 +1,9 @@
 //! The database goes away under load, on a private Postgres of the test's own: stopped as in a
 //! crash (`pg_ctl stop -m immediate`) and paused (every server process SIGSTOPped). Callers are told
-//! UNAVAILABLE (or DEADLINE_EXCEEDED when their deadline passes first), never INTERNAL; health goes
-//! NOT_SERVING; and the service answers again within 5 s of the database coming back, without a
-//! restart. Every registration acknowledged before, during or after is there at the end.
+//! UNAVAILABLE once a call has waited `PAC_DB_ACQUIRE_TIMEOUT_MS` for a connection (a caller whose
+//! deadline is shorter hears DEADLINE_EXCEEDED first), never INTERNAL; health goes NOT_SERVING; and
+//! the service answers again within 5 s of the database coming back, without a restart. Every
+//! registration acknowledged before, during or after is there at the end.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -66,7 +67,9 @@ async fn database_faults(crash_count: usize) {
     let url = ensure_database(&server.url, "pac_faults").await.unwrap();
     let mut platform = pac_platform::PlatformConfig::development(&url);
     platform.db.max_connections = 3;
-    platform.db.acquire_timeout = Duration::from_secs(2);
+    // A call waits this long for a connection before it is told UNAVAILABLE: within the callers'
+    // deadline, so the service, not the deadline, answers while the database is away.
+    platform.db.acquire_timeout = Duration::from_secs(1);
     let shutdown = CancellationToken::new();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -77,7 +80,7 @@ async fn database_faults(crash_count: usize) {
     let mut health = HealthClient::new(channel(addr));
 
     // Load: registrations with request ids (a failed one is retried under the same id), each with a
-    // one-second deadline, four at a time.
+    // three-second deadline, four at a time.
     let observed = Arc::new(Mutex::new(Observed::default()));
     let load = CancellationToken::new();
     let mut workers = Vec::new();
@@ -88,7 +91,7 @@ async fn database_faults(crash_count: usize) {
             let mut request_id = uuid::Uuid::now_v7().to_string();
             while !load.is_cancelled() {
                 let mut request = tonic::Request::new(registration(n, request_id.clone()));
-                request.set_timeout(Duration::from_secs(1));
+                request.set_timeout(Duration::from_secs(3));
                 let outcome = records.register_patient(request).await;
                 {
                     let mut observed = observed.lock().unwrap();
@@ -163,7 +166,8 @@ async fn database_faults(crash_count: usize) {
         eprintln!("crash {}: {crash_codes:?} while down, answering again {after_crash:?} after Postgres restarted", n + 1);
         assert!(*not_serving, "health did not go NOT_SERVING after crash {}", n + 1);
         assert!(*serving_again, "health did not come back after crash {}", n + 1);
-        assert!(crash_codes.keys().any(|c| c == "Unavailable" || c == "DeadlineExceeded"), "the crash was not noticed: {crash_codes:?}");
+        assert!(crash_codes.contains_key("Unavailable"), "the crash was not noticed: {crash_codes:?}");
+        assert!(crash_codes.keys().all(|c| c == "Unavailable" || c == "OK"), "while down, callers are told UNAVAILABLE: {crash_codes:?}");
         assert!(after_crash.is_some_and(|d| d <= Duration::from_secs(5)), "recovery after crash {} took {after_crash:?}", n + 1);
     }
     eprintln!("pause: {pause_codes:?} while paused, answering again {after_pause:?} after it resumed");
