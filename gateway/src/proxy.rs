@@ -451,6 +451,29 @@ async fn forward_read(upstream: Upstream, request: Request<Body>, deadline: Inst
     }
 }
 
+/// Records a call refused here, and answers it.
+fn refuse(slot: Reserved, mut record: Entry, status: Status, reason: &str, request_id: &str) -> Response<Body> {
+    (record.outcome, record.reason) = (code_name(status.code()).to_string(), reason.to_string());
+    slot.record(record);
+    with_request_id(status.into_http(), request_id)
+}
+
+/// Makes ready the audit of a stream, which leaves a record when it opens as well as when it closes:
+/// room for the opening record, and the cursor the stream starts after (from the request, which is
+/// read whole and passed on).
+async fn open_stream(
+    request: Request<Body>,
+    audit: &AuditLog,
+    record: &Entry,
+    identity: &Identity,
+) -> Result<(Request<Body>, Reserved, Tally), (Status, &'static str)> {
+    let opening = audit.reserve().ok_or_else(|| (overloaded(), "OVERLOADED"))?;
+    let (parts, body) = read_whole(request).await.map_err(|status| (status, "REQUEST_TOO_LARGE"))?;
+    let after = streams::after_cursor(&body).unwrap_or_default();
+    let tally = Tally::new(audit.clone(), record.clone(), identity.organisations.clone(), after);
+    Ok((Request::from_parts(parts, Body::new(http_body_util::Full::new(body))), opening, tally))
+}
+
 /// The answer when there is no room for another call, or for its audit records.
 fn overloaded() -> Status {
     refusal(Code::Unavailable, "OVERLOADED", "the gateway is at capacity; retry shortly").with_retry_after(Duration::from_millis(100)).into()
@@ -493,12 +516,10 @@ where
                 Ok(admitted) => admitted,
                 Err(Denial { status, reason, identity }) => {
                     tracing::info!(reason, rpc = %path, "call refused");
-                    if status.code() != Code::Unimplemented {
-                        let mut denied = entry(identity.as_ref(), &path, &request_id, &trace_id);
-                        (denied.outcome, denied.reason) = (code_name(status.code()).to_string(), reason.to_string());
-                        slot.record(denied);
+                    if status.code() == Code::Unimplemented {
+                        return Ok(with_request_id(status.into_http(), &request_id));
                     }
-                    return Ok(with_request_id(status.into_http(), &request_id));
+                    return Ok(refuse(slot, entry(identity.as_ref(), &path, &request_id, &trace_id), status, reason, &request_id));
                 }
             };
             request.headers_mut().insert(REQUEST_ID_HEADER, HeaderValue::from_str(&request_id).expect("checked characters"));
@@ -506,24 +527,12 @@ where
                 Data::Other => Entry::default(),
                 Data::Patient | Data::Stream => entry(Some(&identity), &path, &request_id, &trace_id),
             };
-            // A stream leaves a record when it opens as well as when it closes: room for both.
             let mut stream = None;
             if data == Data::Stream {
-                let refused = |status: Status, reason: &str, mut record: Entry, slot: Reserved| {
-                    (record.outcome, record.reason) = (code_name(status.code()).to_string(), reason.to_string());
-                    slot.record(record);
-                    Ok(with_request_id(status.into_http(), &request_id))
-                };
-                let Some(opening) = audit.reserve() else {
-                    return refused(overloaded(), "OVERLOADED", record, slot);
-                };
-                let (parts, body) = match read_whole(request).await {
-                    Ok(whole) => whole,
-                    Err(status) => return refused(status, "REQUEST_TOO_LARGE", record, slot),
-                };
-                let after = streams::after_cursor(&body).unwrap_or_default();
-                request = Request::from_parts(parts, Body::new(http_body_util::Full::new(body)));
-                stream = Some((opening, Tally::new(audit.clone(), record.clone(), identity.organisations.clone(), after)));
+                match open_stream(request, &audit, &record, &identity).await {
+                    Ok((opened, opening, tally)) => (request, stream) = (opened, Some((opening, tally))),
+                    Err((status, reason)) => return Ok(refuse(slot, record, status, reason, &request_id)),
+                }
             }
             let forwarding = async {
                 if policy::is_idempotent_read(&path) {

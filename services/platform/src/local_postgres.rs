@@ -47,6 +47,18 @@ impl LocalPostgres {
         if answers(DEFAULT_URL).await {
             return Ok(Self { url: DEFAULT_URL.into(), origin: Origin::DefaultPort, private: None });
         }
+        Self::private(data_dir, port, stop_on_drop).await
+    }
+
+    /// A private cluster in `data_dir` on `port`, whatever else answers: the fault suite crashes,
+    /// pauses and restarts it. Stopped when dropped.
+    pub async fn start_private(data_dir: &Path, port: u16) -> anyhow::Result<Self> {
+        Self::private(data_dir, port, true).await
+    }
+
+    /// Starts (initialising it the first time) the private cluster in `data_dir` and waits until it
+    /// answers.
+    async fn private(data_dir: &Path, port: u16, stop_on_drop: bool) -> anyhow::Result<Self> {
         let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
         let cluster = tokio::task::spawn_blocking({
             let data_dir = data_dir.to_path_buf();
@@ -57,27 +69,6 @@ impl LocalPostgres {
             if answers(&url).await {
                 let origin = Origin::Private { data_dir: cluster.data_dir.clone(), port };
                 return Ok(Self { url, origin, private: Some(PrivateCluster { stop_on_drop, ..cluster }) });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!("started a private Postgres in {} but it does not answer on port {port}", data_dir.display())
-    }
-}
-
-impl LocalPostgres {
-    /// A private cluster in `data_dir` on `port`, whatever else answers: the fault suite crashes,
-    /// pauses and restarts it. Stopped when dropped.
-    pub async fn start_private(data_dir: &Path, port: u16) -> anyhow::Result<Self> {
-        let cluster = tokio::task::spawn_blocking({
-            let data_dir = data_dir.to_path_buf();
-            move || start_private(&data_dir, port)
-        })
-        .await??;
-        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-        for _ in 0..100 {
-            if answers(&url).await {
-                let origin = Origin::Private { data_dir: cluster.data_dir.clone(), port };
-                return Ok(Self { url, origin, private: Some(PrivateCluster { stop_on_drop: true, ..cluster }) });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

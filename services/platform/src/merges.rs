@@ -16,17 +16,18 @@ use uuid::Uuid;
 /// Deepest chain of merges followed to a current record.
 const MAX_MERGE_DEPTH: usize = 8;
 
-/// The guard's key: the schema's own, so two services' guards never meet.
-const KEY: &str = "hashtextextended(current_schema() || '.patient:' || $1::text, 0)";
+/// The guard, shared by writes and taken alone by following a merge. Its key is the schema's own,
+/// so two services' guards never meet.
+const SHARED_GUARD: &str = "SELECT pg_advisory_xact_lock_shared(hashtextextended(current_schema() || '.patient:' || $1::text, 0))";
+const EXCLUSIVE_GUARD: &str = "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || '.patient:' || $1::text, 0))";
 
 /// The record a write for `patient` is to be made for: the survivor when this service has followed
 /// a merge of `patient` (through a chain of merges, the last survivor). Holds the guard of each
 /// record it passes until the transaction ends.
 pub async fn current_patient(conn: &mut PgConnection, patient: Uuid) -> Result<Uuid, sqlx::Error> {
-    let guard = format!("SELECT pg_advisory_xact_lock_shared({KEY})");
     let mut current = patient;
     for _ in 0..MAX_MERGE_DEPTH {
-        sqlx::query(sqlx::AssertSqlSafe(guard.as_str())).bind(current).execute(&mut *conn).await?;
+        sqlx::query(SHARED_GUARD).bind(current).execute(&mut *conn).await?;
         // A statement of its own: its snapshot is taken once the guard is held.
         let survivor: Option<Uuid> =
             sqlx::query_scalar("SELECT survivor_id FROM merged_patients WHERE merged_id = $1").bind(current).fetch_optional(&mut *conn).await?;
@@ -41,7 +42,7 @@ pub async fn current_patient(conn: &mut PgConnection, patient: Uuid) -> Result<U
 /// Records a merge being followed, first waiting for the writes in flight that hold the merged
 /// record's guard (they commit first, and the merge then moves what they wrote). Idempotent.
 pub async fn record_merge(conn: &mut PgConnection, merge_id: Uuid, merged: Uuid, survivor: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query(sqlx::AssertSqlSafe(format!("SELECT pg_advisory_xact_lock({KEY})"))).bind(merged).execute(&mut *conn).await?;
+    sqlx::query(EXCLUSIVE_GUARD).bind(merged).execute(&mut *conn).await?;
     sqlx::query("INSERT INTO merged_patients (merged_id, survivor_id, merge_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
         .bind(merged)
         .bind(survivor)

@@ -243,7 +243,7 @@ impl Scheduling {
             event_type,
             aggregate_id,
             organisation: &organisation,
-            patient_ids: &patient.into_iter().collect::<Vec<_>>(),
+            patient_ids: patient.as_slice(),
             payload: event_payload(event),
             actor: &write.actor,
             request_id: write.request_id.as_deref(),
