@@ -21,7 +21,7 @@ use pac_proto::scheduling::scheduling_client::SchedulingClient;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{Component, Processes, eventually, registration};
+use crate::common::{Component, Processes, clinic, eventually, registration};
 
 fn token(role: Role) -> String {
     let identity = Identity { subject: format!("fault-{}", role.name()), role, organisations: vec!["RR8".into()] };
@@ -69,60 +69,17 @@ struct Acknowledged {
     retried: u32,
 }
 
+/// RR8's fracture clinic and referral service, made directly with the services (development
+/// deployments take unsigned calls); the clinic's free slots.
 async fn setup(processes: &Processes) -> Vec<sched::Slot> {
-    let admin = token(Role::Admin);
-    let mut scheduling = SchedulingClient::new(processes.channel(Component::Gateway));
-    let id = || uuid::Uuid::now_v7().to_string();
-    let location = sched::Location { name: "Fault Hospital".into(), ..Default::default() };
-    let location = scheduling
-        .create_location(call(sched::CreateLocationRequest { location: Some(location), request_id: id() }, &admin, &id()))
-        .await
-        .unwrap()
-        .into_inner()
-        .location
-        .unwrap();
-    let clinic = sched::Clinic {
-        location_id: location.id,
-        name: "Knee clinic".into(),
-        specialty: "Trauma and orthopaedics".into(),
-        service_code: "KNEE".into(),
-        time_zone: "Europe/London".into(),
-        ..Default::default()
-    };
-    let clinic = scheduling
-        .create_clinic(call(sched::CreateClinicRequest { clinic: Some(clinic), request_id: id() }, &admin, &id()))
-        .await
-        .unwrap()
-        .into_inner()
-        .clinic
-        .unwrap();
-    let today = chrono::Utc::now().date_naive();
-    for weekday in 1..=7 {
-        let template = sched::SessionTemplate {
-            clinic_id: clinic.id.clone(),
-            weekday,
-            start: Some(sched::LocalTime { hours: 8, minutes: 0 }),
-            end: Some(sched::LocalTime { hours: 18, minutes: 0 }),
-            slot_minutes: 30,
-            capacity: 100,
-            valid_from: Some(pac_platform::convert::date(today + chrono::Duration::days(1))),
-            ..Default::default()
-        };
-        let request = sched::CreateSessionTemplateRequest { session_template: Some(template), request_id: id() };
-        scheduling.create_session_template(call(request, &admin, &id())).await.unwrap();
-    }
-    let service = refs::Service { code: "KNEE".into(), name: "Knee".into(), target_wait_days: 42, ..Default::default() };
-    ReferralsClient::new(processes.channel(Component::Gateway))
-        .create_service(call(refs::CreateServiceRequest { service: Some(service), request_id: id() }, &admin, &id()))
+    let (_, slots) = clinic(&mut SchedulingClient::new(processes.channel(Component::Scheduling)), 100).await;
+    let service =
+        refs::Service { code: "TO-FRACTURE".into(), name: "Fractures".into(), target_wait_days: 42, organisation: "RR8".into(), ..Default::default() };
+    ReferralsClient::new(processes.channel(Component::Referrals))
+        .create_service(refs::CreateServiceRequest { service: Some(service), request_id: String::new() })
         .await
         .unwrap();
-    let coordinator = token(Role::Coordinator);
-    let search = sched::SearchSlotsRequest {
-        target: Some(sched::search_slots_request::Target::ClinicId(clinic.id.clone())),
-        page_size: 100,
-        ..Default::default()
-    };
-    scheduling.search_slots(call(search, &coordinator, &id())).await.unwrap().into_inner().slots
+    slots
 }
 
 /// One patient's way in: registered, referred, booked; each write acknowledged.
@@ -141,7 +98,7 @@ async fn admit(gateway: tonic::transport::Channel, n: u32, slot: String, acknowl
     let request_id = uuid::Uuid::now_v7().to_string();
     let create = refs::CreateReferralRequest {
         patient_id: patient_id.clone(),
-        service_code: "KNEE".into(),
+        service_code: "TO-FRACTURE".into(),
         priority: refs::Priority::Routine as i32,
         referrer: Some(refs::Referrer { organisation: "B86001".into(), clinician: String::new() }),
         source: "GP".into(),

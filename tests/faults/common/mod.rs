@@ -77,8 +77,8 @@ pub fn registration(n: u32, request_id: String) -> records_pb::RegisterPatientRe
     }
 }
 
-/// A clinic open every day, 08:00–18:00 in 30-minute slots, each with room for `capacity`
-/// patients; returns it and its free slots (the first hundred).
+/// A clinic of RR8 (service `TO-FRACTURE`) open every day from tomorrow, 08:00–18:00 in 30-minute
+/// slots, each with room for `capacity` patients; returns it and its free slots (the first hundred).
 pub async fn clinic(scheduling: &mut SchedulingClient<Channel>, capacity: i32) -> (sched::Clinic, Vec<sched::Slot>) {
     let location = sched::Location { name: "Fault Hospital".into(), ..Default::default() };
     let location = scheduling
@@ -94,6 +94,7 @@ pub async fn clinic(scheduling: &mut SchedulingClient<Channel>, capacity: i32) -
         specialty: "Trauma and orthopaedics".into(),
         service_code: "TO-FRACTURE".into(),
         time_zone: "Europe/London".into(),
+        organisation: "RR8".into(),
         ..Default::default()
     };
     let clinic =
