@@ -153,11 +153,13 @@ impl Bench {
         tokio::spawn(pac_records::serve(platform.clone(), config, listener, shutdown.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let scheduling = listener.local_addr()?;
-        let config = pac_scheduling::SchedulingConfig::development(scheduling, format!("http://{records}"));
+        let referrals_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let referrals = referrals_listener.local_addr()?;
+        let mut config = pac_scheduling::SchedulingConfig::development(scheduling, format!("http://{records}"));
+        config.referrals_url = format!("http://{referrals}");
         pac_scheduling::migrate(&platform, &config).await?;
         tokio::spawn(pac_scheduling::serve(platform.clone(), config, listener, shutdown.clone()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let referrals = listener.local_addr()?;
+        let listener = referrals_listener;
         let config = pac_referrals::ReferralsConfig::development(referrals, format!("http://{records}"), format!("http://{scheduling}"));
         pac_referrals::migrate(&platform, &config).await?;
         tokio::spawn(pac_referrals::serve(platform.clone(), config, listener, shutdown.clone()));

@@ -62,6 +62,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         gateway.scheduling_url = format!("http://{scheduling_addr}");
     }
     if std::env::var("PAC_REFERRALS_URL").is_err() {
+        scheduling.referrals_url = format!("http://{referrals_addr}");
         gateway.referrals_url = format!("http://{referrals_addr}");
     }
     let mut servers = tokio::task::JoinSet::new();

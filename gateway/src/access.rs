@@ -163,17 +163,12 @@ impl Access for AccessService {
         }
         let [referral_id, slot_id, request_id] = checked.map(|c| c.expect("checked"));
 
+        // The referral, as the caller may see it (another organisation's is NOT_FOUND), gives the
+        // booking its patient. The scheduling service checks the rest before it books, in the
+        // transaction that takes the place (`pac_platform::links`): the referral must be awaiting
+        // booking or booked (else REFERRAL_NOT_BOOKABLE) and the slot a clinic of its service and
+        // organisation (else REFERRAL_SERVICE_MISMATCH); nothing is written when it does not fit.
         let referral = self.referral(&onward, &referral_id).await?;
-        use refs::ReferralStatus as S;
-        if !matches!(S::try_from(referral.status), Ok(S::AwaitingBooking | S::Booked)) {
-            let status = S::try_from(referral.status).map(|s| s.as_str_name()).unwrap_or("UNKNOWN");
-            return Err(ApiError::failed_precondition(
-                "REFERRAL_NOT_ACCEPTED",
-                format!("the referral is not accepted for booking (status {status})"),
-            )
-            .with_precondition("REFERRAL_STATUS", format!("referrals/{referral_id}"), "must be awaiting booking or booked")
-            .into());
-        }
         // The booking names the referral: should the link below not be seen in time, the referrals
         // service still links it from scheduling's event stream (and cancels it, should the referral
         // have closed meanwhile), so a booking is never left beside an orphaned referral.

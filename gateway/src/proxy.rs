@@ -254,7 +254,8 @@ impl Proxy {
             Denial::new(refusal(Code::Unauthenticated, why.code(), message), None)
         })?;
         if identity.role == policy::Role::Integration && self.integration_certificates && !has_client_certificate(&request) {
-            let error = refusal(Code::Unauthenticated, "CLIENT_CERTIFICATE_REQUIRED", "integration accounts must present a client certificate");
+            let error =
+                refusal(Code::Unauthenticated, "CLIENT_CERTIFICATE_REQUIRED", "integration accounts must present a client certificate");
             return Err(Denial::new(error, Some(identity)));
         }
         if !roles.contains(&identity.role) {
@@ -262,7 +263,8 @@ impl Proxy {
             return Err(Denial::new(refusal(Code::PermissionDenied, "ROLE_NOT_PERMITTED", message), Some(identity)));
         }
         if let Err(wait) = self.rates.take(&identity.subject) {
-            let error = refusal(Code::ResourceExhausted, "RATE_LIMITED", "too many calls from this caller; retry later").with_retry_after(wait);
+            let error =
+                refusal(Code::ResourceExhausted, "RATE_LIMITED", "too many calls from this caller; retry later").with_retry_after(wait);
             return Err(Denial::new(error, Some(identity)));
         }
         let headers = request.headers_mut();
@@ -476,7 +478,9 @@ async fn open_stream(
 
 /// The answer when there is no room for another call, or for its audit records.
 fn overloaded() -> Status {
-    refusal(Code::Unavailable, "OVERLOADED", "the gateway is at capacity; retry shortly").with_retry_after(Duration::from_millis(100)).into()
+    refusal(Code::Unavailable, "OVERLOADED", "the gateway is at capacity; retry shortly")
+        .with_retry_after(Duration::from_millis(100))
+        .into()
 }
 
 fn with_request_id(mut response: Response<Body>, request_id: &str) -> Response<Body> {

@@ -195,7 +195,10 @@ mod tests {
         let detail: serde_json::Value = serde_json::from_str(&closed.detail).unwrap();
         assert_eq!(detail["events"], 3);
         assert_eq!(detail["patients"], 3);
-        assert_eq!((detail["after_cursor"].as_str(), detail["first_cursor"].as_str(), detail["last_cursor"].as_str()), (Some("5.1"), Some("10.1"), Some("11.1")));
+        assert_eq!(
+            (detail["after_cursor"].as_str(), detail["first_cursor"].as_str(), detail["last_cursor"].as_str()),
+            (Some("5.1"), Some("10.1"), Some("11.1"))
+        );
         assert_eq!(detail["organisations"], serde_json::json!(["RR8"]));
 
         let mut whole = Tally::new(tally.audit.clone(), Entry::default(), vec![], String::new());
@@ -217,6 +220,10 @@ mod tests {
         let closed = tally.closed("OK");
         let detail: serde_json::Value = serde_json::from_str(&closed.detail).unwrap();
         assert_eq!(closed.patient_ids.len(), 10);
-        assert_eq!(detail["after_cursor"].as_str(), Some(format!("1.{}", PATIENTS_PER_RECORD - 1).as_str()), "the range goes on from the last record");
+        assert_eq!(
+            detail["after_cursor"].as_str(),
+            Some(format!("1.{}", PATIENTS_PER_RECORD - 1).as_str()),
+            "the range goes on from the last record"
+        );
     }
 }

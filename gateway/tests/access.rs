@@ -9,7 +9,9 @@ use pac_gateway::policy::Role;
 use pac_proto::access as pb;
 use pac_proto::access::access_client::AccessClient;
 use pac_proto::referrals::ReferralStatus;
+use pac_proto::referrals::{self as refs, referrals_client::ReferralsClient};
 use pac_proto::scheduling::AppointmentStatus;
+use pac_proto::scheduling::{self as sched, scheduling_client::SchedulingClient};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -31,7 +33,7 @@ async fn a_coordinator_books_an_accepted_referral_and_explains_the_appointment()
     let refused =
         access.book_referral_appointment(with_token(book(&waiting.id, &slots[0].id, &request_id), Some(&coordinator))).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);
-    assert_eq!(refused.get_error_details().error_info().unwrap().reason, "REFERRAL_NOT_ACCEPTED");
+    assert_eq!(refused.get_error_details().error_info().unwrap().reason, "REFERRAL_NOT_BOOKABLE");
 
     // Accepted: booked and linked.
     let (patient_id, referral) = referred_patient(&p, "Booked", true).await;
@@ -89,6 +91,66 @@ async fn a_coordinator_books_an_accepted_referral_and_explains_the_appointment()
     assert!(guide.how_to_change.contains(&guide.reference), "{}", guide.how_to_change);
     let local_hour: u32 = guide.local_start[11..13].parse().unwrap();
     assert!((8..18).contains(&local_hour), "a slot of an 08:00-18:00 session in local time: {}", guide.local_start);
+}
+
+/// Found: a TO-FRACTURE referral booked into a DERM-GENERAL slot was accepted and the referral
+/// became BOOKED. A slot of another service's clinic is refused and nothing changes.
+#[tokio::test]
+async fn a_referral_is_booked_only_into_a_clinic_of_its_service() {
+    let p = start().await;
+    let knee = knee_clinic(&p).await;
+    let admin = token(Role::Admin, Duration::from_secs(600));
+    let coordinator = token(Role::Coordinator, Duration::from_secs(600));
+    let mut scheduling = SchedulingClient::new(p.gateway.clone());
+    let derm = sched::Clinic {
+        location_id: knee.location_id.clone(),
+        name: "Dermatology".into(),
+        specialty: "Dermatology".into(),
+        service_code: "DERM-GENERAL".into(),
+        time_zone: "Europe/London".into(),
+        ..Default::default()
+    };
+    let derm = scheduling
+        .create_clinic(with_token(sched::CreateClinicRequest { clinic: Some(derm), request_id: String::new() }, Some(&admin)))
+        .await
+        .unwrap()
+        .into_inner()
+        .clinic
+        .unwrap();
+    let today = chrono::Utc::now().date_naive();
+    for weekday in 1..=7 {
+        let template = sched::SessionTemplate {
+            clinic_id: derm.id.clone(),
+            weekday,
+            start: Some(sched::LocalTime { hours: 8, minutes: 0 }),
+            end: Some(sched::LocalTime { hours: 18, minutes: 0 }),
+            slot_minutes: 15,
+            capacity: 1,
+            valid_from: Some(pac_platform::convert::date(today)),
+            ..Default::default()
+        };
+        let request = sched::CreateSessionTemplateRequest { session_template: Some(template), request_id: String::new() };
+        scheduling.create_session_template(with_token(request, Some(&admin))).await.unwrap();
+    }
+    let derm_slot = free_slots(&p, &derm, 1).await.remove(0);
+    let (patient_id, referral) = referred_patient(&p, "Fracture", true).await;
+
+    let mut access = AccessClient::new(p.gateway.clone());
+    let request = book(&referral.id, &derm_slot.id, &uuid::Uuid::new_v4().to_string());
+    let refused = access.book_referral_appointment(with_token(request, Some(&coordinator))).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(refused.get_error_details().error_info().unwrap().reason, "REFERRAL_SERVICE_MISMATCH");
+
+    // Nothing changed: no appointment, the slot free, the referral still awaiting booking.
+    let listed = sched::ListAppointmentsRequest { patient_id: patient_id.clone(), page_size: 10, ..Default::default() };
+    let listed = scheduling.list_appointments(with_token(listed, Some(&coordinator))).await.unwrap().into_inner();
+    assert!(listed.appointments.is_empty(), "{:?}", listed.appointments);
+    assert_eq!(free_slots(&p, &derm, 1).await[0].id, derm_slot.id);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let get = refs::GetReferralRequest { id: referral.id.clone() };
+    let unchanged = ReferralsClient::new(p.gateway.clone()).get_referral(with_token(get, Some(&coordinator))).await.unwrap();
+    let unchanged = unchanged.into_inner().referral.unwrap();
+    assert_eq!((unchanged.status, unchanged.appointment_ids.len()), (ReferralStatus::AwaitingBooking as i32, 0));
 }
 
 #[tokio::test]

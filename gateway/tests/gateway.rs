@@ -278,7 +278,10 @@ async fn a_busy_caller_is_slowed_and_an_overloaded_gateway_sheds() {
     let mut records = PatientRecordsClient::new(shedding.gateway.clone());
     let shed = records.search_patients(search(&busy)).await.unwrap_err();
     assert_eq!(shed.code(), Code::Unavailable);
-    assert_eq!(shed.get_error_details().error_info().map(|i| (i.reason.clone(), i.domain.clone())), Some(("OVERLOADED".into(), pac_gateway::ERROR_DOMAIN.into())));
+    assert_eq!(
+        shed.get_error_details().error_info().map(|i| (i.reason.clone(), i.domain.clone())),
+        Some(("OVERLOADED".into(), pac_gateway::ERROR_DOMAIN.into()))
+    );
     assert!(shed.get_error_details().retry_info().is_some());
 }
 

@@ -20,12 +20,14 @@ use pac_proto::{access, records, referrals as refs, scheduling as sched};
 use tokio_stream::StreamExt;
 
 fn integration(organisation: &str) -> String {
-    let identity = Identity { subject: format!("engine-{organisation}"), role: Role::Integration, organisations: vec![organisation.into()] };
+    let identity =
+        Identity { subject: format!("engine-{organisation}"), role: Role::Integration, organisations: vec![organisation.into()] };
     mint_development(DEVELOPMENT_TOKEN_KEY.as_bytes(), DEVELOPMENT_ISSUER, "pac-gateway", &identity, Duration::from_secs(600))
 }
 
 fn coordinator_of(organisation: &str) -> String {
-    let identity = Identity { subject: format!("coordinator-{organisation}"), role: Role::Coordinator, organisations: vec![organisation.into()] };
+    let identity =
+        Identity { subject: format!("coordinator-{organisation}"), role: Role::Coordinator, organisations: vec![organisation.into()] };
     mint_development(DEVELOPMENT_TOKEN_KEY.as_bytes(), DEVELOPMENT_ISSUER, "pac-gateway", &identity, Duration::from_secs(600))
 }
 
@@ -51,10 +53,16 @@ async fn watch_all(p: &Platform, token: &str) -> Delivered {
         .await
         .unwrap()
         .into_inner();
-    let scheduling =
-        SchedulingClient::new(p.gateway.clone()).watch_events(with_token(sched::WatchEventsRequest::default(), t)).await.unwrap().into_inner();
-    let referrals =
-        ReferralsClient::new(p.gateway.clone()).watch_events(with_token(refs::WatchEventsRequest::default(), t)).await.unwrap().into_inner();
+    let scheduling = SchedulingClient::new(p.gateway.clone())
+        .watch_events(with_token(sched::WatchEventsRequest::default(), t))
+        .await
+        .unwrap()
+        .into_inner();
+    let referrals = ReferralsClient::new(p.gateway.clone())
+        .watch_events(with_token(refs::WatchEventsRequest::default(), t))
+        .await
+        .unwrap()
+        .into_inner();
     Delivered {
         records: drain(records, |m: &records::WatchEventsResponse| m.envelope.clone()).await,
         scheduling: drain(scheduling, |m: &sched::WatchEventsResponse| m.envelope.clone()).await,
@@ -82,11 +90,12 @@ async fn each_organisation_streams_only_its_own_events_and_every_stream_is_audit
     let clinic = knee_clinic(&p).await;
     let (rr8_patient, referral) = referred_patient(&p, "Streamwell", true).await;
     let slot = free_slots(&p, &clinic, 1).await.remove(0);
-    let booking = access::BookReferralAppointmentRequest { referral_id: referral.id.clone(), slot_id: slot.id, request_id: uuid::Uuid::now_v7().to_string() };
-    AccessClient::new(p.gateway.clone())
-        .book_referral_appointment(with_token(booking, Some(&coordinator_of("RR8"))))
-        .await
-        .unwrap();
+    let booking = access::BookReferralAppointmentRequest {
+        referral_id: referral.id.clone(),
+        slot_id: slot.id,
+        request_id: uuid::Uuid::now_v7().to_string(),
+    };
+    AccessClient::new(p.gateway.clone()).book_referral_appointment(with_token(booking, Some(&coordinator_of("RR8")))).await.unwrap();
     // RAE: a patient of its own, with a restricted record.
     let mut rae_registration = registration("Elsewhere");
     rae_registration.patient.as_mut().unwrap().restricted = true;
@@ -199,5 +208,8 @@ async fn a_refused_stream_is_audited_once_with_its_outcome() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].0, "INVALID_ARGUMENT");
     let detail: serde_json::Value = serde_json::from_str(&rows[0].1).unwrap();
-    assert_eq!((detail["stream"].as_str(), detail["after_cursor"].as_str(), detail["events"].as_u64()), (Some("closed"), Some("not-a-cursor"), Some(0)));
+    assert_eq!(
+        (detail["stream"].as_str(), detail["after_cursor"].as_str(), detail["events"].as_u64()),
+        (Some("closed"), Some("not-a-cursor"), Some(0))
+    );
 }

@@ -808,7 +808,16 @@ def check_compose_structure(report: Report, label: str, services: dict, stages: 
             url = env.get(f"PAC_{other.upper()}_URL")
             if url is None:
                 continue
-            report.check(url == f"http://{other}:{COMPONENTS[other]}" and deps.get(other, {}).get("condition") == "service_healthy", f"{label}: {component} calls {other} at {url} once it is healthy")
+            # Two components that call each other (scheduling asks referrals about a referral;
+            # referrals follows scheduling) cannot each wait for the other: the one that depends on
+            # the other waits, and the other connects on first use.
+            mutual = f"PAC_{component.upper()}_URL" in services.get(other, {}).get("environment", {})
+            waits = deps.get(other, {}).get("condition") == "service_healthy"
+            waited_for = services.get(other, {}).get("depends_on", {}).get(component, {}).get("condition") == "service_healthy"
+            report.check(
+                url == f"http://{other}:{COMPONENTS[other]}" and (waits or (mutual and waited_for)),
+                f"{label}: {component} calls {other} at {url} once it is healthy (or {other} waits for it, when they call each other)",
+            )
         report.check(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") == "http://otel-collector:4317", f"{label}: {component} exports spans to the collector")
         report.check("@" not in env.get("DATABASE_URL", "@"), f"{label}: {component} has no administrator credentials")
         report.check(

@@ -73,8 +73,13 @@ struct Acknowledged {
 /// deployments take unsigned calls); the clinic's free slots.
 async fn setup(processes: &Processes) -> Vec<sched::Slot> {
     let (_, slots) = clinic(&mut SchedulingClient::new(processes.channel(Component::Scheduling)), 100).await;
-    let service =
-        refs::Service { code: "TO-FRACTURE".into(), name: "Fractures".into(), target_wait_days: 42, organisation: "RR8".into(), ..Default::default() };
+    let service = refs::Service {
+        code: "TO-FRACTURE".into(),
+        name: "Fractures".into(),
+        target_wait_days: 42,
+        organisation: "RR8".into(),
+        ..Default::default()
+    };
     ReferralsClient::new(processes.channel(Component::Referrals))
         .create_service(refs::CreateServiceRequest { service: Some(service), request_id: String::new() })
         .await
@@ -141,7 +146,8 @@ async fn kill_services_under_load(kills: usize) {
     let load = CancellationToken::new();
     let mut workers = Vec::new();
     for worker in 0..4u32 {
-        let (gateway, acknowledged, load, slots) = (processes.channel(Component::Gateway), acknowledged.clone(), load.clone(), slots.clone());
+        let (gateway, acknowledged, load, slots) =
+            (processes.channel(Component::Gateway), acknowledged.clone(), load.clone(), slots.clone());
         workers.push(tokio::spawn(async move {
             let mut n = worker;
             while !load.is_cancelled() {
@@ -167,7 +173,8 @@ async fn kill_services_under_load(kills: usize) {
     // Every worker has stopped: what they acknowledged is this test's alone now.
     let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
     let pool = processes.db.admin_pool().await;
-    let (patients, referrals, appointments) = (acknowledged.patients.len() as i64, acknowledged.referrals.len() as i64, acknowledged.appointments.len() as i64);
+    let (patients, referrals, appointments) =
+        (acknowledged.patients.len() as i64, acknowledged.referrals.len() as i64, acknowledged.appointments.len() as i64);
     let restarts: Vec<u128> = processes.restarts.iter().map(|(_, took)| took.as_millis()).collect();
     eprintln!(
         "{kills} kill -9 in {elapsed:?}: {patients} patients, {referrals} referrals and {appointments} appointments acknowledged \
@@ -181,7 +188,10 @@ async fn kill_services_under_load(kills: usize) {
     assert_eq!(count(&pool, "SELECT count(*) FROM referrals.referrals").await, referrals, "referrals");
     assert_eq!(count(&pool, "SELECT count(*) FROM scheduling.appointments").await, appointments, "appointments");
     let ids = |v: &Vec<String>| v.iter().map(|id| id.parse::<uuid::Uuid>().unwrap()).collect::<std::collections::HashSet<_>>().len() as i64;
-    assert_eq!((ids(&acknowledged.patients), ids(&acknowledged.referrals), ids(&acknowledged.appointments)), (patients, referrals, appointments));
+    assert_eq!(
+        (ids(&acknowledged.patients), ids(&acknowledged.referrals), ids(&acknowledged.appointments)),
+        (patients, referrals, appointments)
+    );
     // One event each.
     assert_eq!(count(&pool, "SELECT count(*) FROM records.outbox WHERE event_type = 'PatientRegistered'").await, patients);
     assert_eq!(count(&pool, "SELECT count(*) FROM referrals.outbox WHERE event_type = 'ReferralReceived'").await, referrals);

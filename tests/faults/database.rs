@@ -171,7 +171,8 @@ async fn database_faults(crash_count: usize) {
         assert!(after_crash.is_some_and(|d| d <= Duration::from_secs(5)), "recovery after crash {} took {after_crash:?}", n + 1);
     }
     eprintln!("pause: {pause_codes:?} while paused, answering again {after_pause:?} after it resumed");
-    let wrong: Vec<_> = observed.outcomes.iter().filter_map(|(_, c)| *c).filter(|c| !matches!(c, Code::Unavailable | Code::DeadlineExceeded)).collect();
+    let wrong: Vec<_> =
+        observed.outcomes.iter().filter_map(|(_, c)| *c).filter(|c| !matches!(c, Code::Unavailable | Code::DeadlineExceeded)).collect();
     assert!(wrong.is_empty(), "callers were told {wrong:?}");
     assert!(not_serving_paused, "health did not go NOT_SERVING while the database was paused");
     assert!(after_pause.is_some_and(|d| d <= Duration::from_secs(5)), "recovery after the pause took {after_pause:?}");
@@ -182,11 +183,12 @@ async fn database_faults(crash_count: usize) {
     let stored: i64 =
         sqlx::query_scalar("SELECT count(*) FROM records.patients WHERE id = ANY($1)").bind(&ids).fetch_one(&check).await.unwrap();
     assert_eq!(stored as usize, ids.len(), "acknowledged registrations lost");
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM records.outbox WHERE event_type = 'PatientRegistered' AND aggregate_id = ANY($1)")
-        .bind(&ids)
-        .fetch_one(&check)
-        .await
-        .unwrap();
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM records.outbox WHERE event_type = 'PatientRegistered' AND aggregate_id = ANY($1)")
+            .bind(&ids)
+            .fetch_one(&check)
+            .await
+            .unwrap();
     assert_eq!(events as usize, ids.len(), "one event per registration");
     check.close().await;
     shutdown.cancel();

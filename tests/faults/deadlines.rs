@@ -27,7 +27,8 @@ async fn calls_abandoned_at_random_deadlines_leave_no_session_idle_in_transactio
             let (slot, patient) = (slots[n as usize % slots.len()].id.clone(), patient.clone());
             async move {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(n.into());
-                let deadline = Duration::from_micros(if n % 2 == 0 { rng.random_range(500..20_000) } else { rng.random_range(1_000..300_000) });
+                let deadline =
+                    Duration::from_micros(if n % 2 == 0 { rng.random_range(500..20_000) } else { rng.random_range(1_000..300_000) });
                 match n % 3 {
                     0 => {
                         let mut request = tonic::Request::new(registration(n + 1, uuid::Uuid::now_v7().to_string()));
@@ -62,7 +63,9 @@ async fn calls_abandoned_at_random_deadlines_leave_no_session_idle_in_transactio
     let expired = outcomes.iter().filter(|c| matches!(code(c), Some(tonic::Code::DeadlineExceeded | tonic::Code::Cancelled))).count();
     let internal: Vec<_> = outcomes.iter().filter(|c| matches!(code(c), Some(tonic::Code::Internal | tonic::Code::Unknown))).collect();
     let internal_count = internal.len();
-    eprintln!("{CALLS} calls with deadlines of 0.5–20 ms and 1–300 ms: {expired} ended at their deadline, {internal_count} INTERNAL/UNKNOWN");
+    eprintln!(
+        "{CALLS} calls with deadlines of 0.5–20 ms and 1–300 ms: {expired} ended at their deadline, {internal_count} INTERNAL/UNKNOWN"
+    );
     assert!(expired > CALLS as usize / 10, "the deadlines were too long to test anything: {expired}");
     assert!(internal.is_empty(), "a deadline is never INTERNAL: {:?}", &internal[..internal_count.min(5)]);
 
@@ -106,8 +109,14 @@ async fn a_burst_of_abandoned_calls_does_not_close_the_callers_connection() {
             .buffer_unordered(400)
             .collect::<Vec<_>>()
             .await;
-        let broken: Vec<_> = outcomes.iter().flatten().filter(|(code, _)| !matches!(code, tonic::Code::Cancelled | tonic::Code::DeadlineExceeded)).collect();
-        assert!(broken.is_empty(), "round {round}: {} calls failed otherwise than at their deadline, e.g. {:?}", broken.len(), broken.first());
+        let broken: Vec<_> =
+            outcomes.iter().flatten().filter(|(code, _)| !matches!(code, tonic::Code::Cancelled | tonic::Code::DeadlineExceeded)).collect();
+        assert!(
+            broken.is_empty(),
+            "round {round}: {} calls failed otherwise than at their deadline, e.g. {:?}",
+            broken.len(),
+            broken.first()
+        );
         register(&mut records, round + 1).await;
     }
 }

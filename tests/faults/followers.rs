@@ -113,8 +113,16 @@ async fn a_new_life_of_a_follower_does_not_apply_what_the_last_one_was_committin
     let mut committing = first.begin().await.unwrap();
     assert!(record(&mut committing, &event_id, cursor).await.unwrap());
     // The second life receives the same event and applies it.
-    let second = Recorder { pool: follower_pool(&db.admin_url).await, records: PatientRecordsClient::new(crate::common::channel(crate::common::free_port())) };
-    let envelope = pac_proto::common::EventEnvelope { cursor: cursor.into(), event_id: event_id.clone(), event_type: "PatientUpdated".into(), ..Default::default() };
+    let second = Recorder {
+        pool: follower_pool(&db.admin_url).await,
+        records: PatientRecordsClient::new(crate::common::channel(crate::common::free_port())),
+    };
+    let envelope = pac_proto::common::EventEnvelope {
+        cursor: cursor.into(),
+        event_id: event_id.clone(),
+        event_type: "PatientUpdated".into(),
+        ..Default::default()
+    };
     let message = pb::WatchEventsResponse { envelope: Some(envelope), event: None };
     let applying = tokio::spawn(async move { second.apply(message, cursor).await });
     tokio::time::sleep(Duration::from_millis(300)).await;

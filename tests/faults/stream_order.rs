@@ -191,7 +191,12 @@ async fn a_follower_crosses_the_next_digit_boundary_with_real_transactions() {
     assert_eq!(delivered[0].aggregate_id, late_id, "the transaction with the earliest id comes first, though it committed last");
     let delivered_ids: HashSet<Uuid> = delivered.iter().map(|e| e.aggregate_id).collect();
     assert_eq!(delivered_ids, written.iter().copied().collect(), "every event once");
-    eprintln!("{} events from transactions {}..{} crossed {boundary} live, delivered once each, in order", delivered.len(), txids[0], txids[txids.len() - 1]);
+    eprintln!(
+        "{} events from transactions {}..{} crossed {boundary} live, delivered once each, in order",
+        delivered.len(),
+        txids[0],
+        txids[txids.len() - 1]
+    );
     // Nothing more is pending.
     assert!(read_all(&f.outbox, &f.pool, delivered.last().unwrap().cursor, 256).await.is_empty());
 }

@@ -48,7 +48,8 @@ pub async fn start_with(adjust: impl FnOnce(&mut GatewayConfig)) -> Platform {
     let config = pac_records::RecordsConfig::development(records_listener.local_addr().unwrap());
     pac_records::migrate(&platform, &config).await.unwrap();
     tokio::spawn(pac_records::serve(platform.clone(), config, records_listener, shutdown.clone()));
-    let config = pac_scheduling::SchedulingConfig::development(scheduling_listener.local_addr().unwrap(), records_url.clone());
+    let mut config = pac_scheduling::SchedulingConfig::development(scheduling_listener.local_addr().unwrap(), records_url.clone());
+    config.referrals_url = referrals_url.clone();
     pac_scheduling::migrate(&platform, &config).await.unwrap();
     tokio::spawn(pac_scheduling::serve(platform.clone(), config, scheduling_listener, shutdown.clone()));
     let config =

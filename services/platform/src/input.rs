@@ -244,7 +244,8 @@ where
             let body: Bytes = match http_body_util::Limited::new(body, limit + 5).collect().await {
                 Ok(collected) => collected.to_bytes(),
                 Err(_) => {
-                    let error = ApiError::new(tonic::Code::OutOfRange, "REQUEST_TOO_LARGE", "the request is larger than this server accepts");
+                    let error =
+                        ApiError::new(tonic::Code::OutOfRange, "REQUEST_TOO_LARGE", "the request is larger than this server accepts");
                     return Ok(tonic::Status::from(error).into_http());
                 }
             };

@@ -15,6 +15,7 @@ pub mod follow;
 pub mod grpc;
 pub mod idempotency;
 pub mod input;
+pub mod links;
 pub mod local_postgres;
 pub mod merges;
 pub mod outbox;

@@ -29,8 +29,10 @@ pub async fn current_patient(conn: &mut PgConnection, patient: Uuid) -> Result<U
     for _ in 0..MAX_MERGE_DEPTH {
         sqlx::query(SHARED_GUARD).bind(current).execute(&mut *conn).await?;
         // A statement of its own: its snapshot is taken once the guard is held.
-        let survivor: Option<Uuid> =
-            sqlx::query_scalar("SELECT survivor_id FROM merged_patients WHERE merged_id = $1").bind(current).fetch_optional(&mut *conn).await?;
+        let survivor: Option<Uuid> = sqlx::query_scalar("SELECT survivor_id FROM merged_patients WHERE merged_id = $1")
+            .bind(current)
+            .fetch_optional(&mut *conn)
+            .await?;
         match survivor {
             Some(survivor) => current = survivor,
             None => break,

@@ -90,6 +90,9 @@ fn appointment_change(message: &scheduling_pb::WatchEventsResponse) -> Option<Ap
     Some(AppointmentChange {
         appointment_id: uuid(&appointment.id)?,
         referral_id: uuid(&appointment.referral_id),
+        patient_id: uuid(&appointment.patient_id)?,
+        organisation: appointment.organisation.clone(),
+        service_code: appointment.service_code.clone(),
         kind,
         on: local_date(on),
     })

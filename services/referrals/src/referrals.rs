@@ -15,8 +15,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use pac_platform::Actor;
 use pac_platform::caller::within;
 use pac_platform::idempotency::IdempotencyStore;
-use pac_platform::{follow, merges};
+use pac_platform::links::{self, Mismatch, Owner};
 use pac_platform::outbox::{NewEvent, Outbox};
+use pac_platform::{follow, merges};
 use pac_proto::referrals as pb;
 use pac_proto::referrals::watch_events_response::Event;
 use prost::Message;
@@ -105,6 +106,10 @@ impl Decision {
 pub struct AppointmentChange {
     pub appointment_id: Uuid,
     pub referral_id: Option<Uuid>,
+    /// The appointment's patient, organisation and clinic's service code.
+    pub patient_id: Uuid,
+    pub organisation: String,
+    pub service_code: String,
     pub kind: AppointmentChangeKind,
     /// The day it happened (the appointment's day for attendance).
     pub on: NaiveDate,
@@ -567,6 +572,32 @@ impl Referrals {
 
     /// Applies an appointment event with the stream cursor; `false` when it does not concern a
     /// referral here (nothing written).
+    /// Whether a booked appointment fits the referral it names (`pac_platform::links`). Patients are
+    /// compared as current records: through the merges this service followed, then, should they still
+    /// differ, as the records service resolves them now (a merge not yet followed here).
+    async fn link_check(
+        &self,
+        tx: &mut PgConnection,
+        referral: &Referral,
+        change: &AppointmentChange,
+    ) -> Result<std::result::Result<(), Mismatch>> {
+        let mut patients = [merges::current_patient(tx, referral.patient_id).await?, merges::current_patient(tx, change.patient_id).await?];
+        if patients[0] != patients[1] {
+            for patient in &mut patients {
+                *patient = match self.clients.patient(*patient).await {
+                    Ok(current) => current.id,
+                    Err(ReferralsError::PatientNotFound(_)) => *patient,
+                    Err(error) => return Err(error),
+                };
+            }
+        }
+        let owner = |patient_id, organisation, service_code| Owner { patient_id, organisation, service_code };
+        Ok(links::check(
+            owner(patients[0], &referral.organisation, &referral.service_code),
+            owner(patients[1], &change.organisation, &change.service_code),
+        ))
+    }
+
     pub async fn apply_appointment(&self, change: AppointmentChange, stream: &str, cursor: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         if !follow::advance_stream_cursor(&mut tx, stream, cursor).await? {
@@ -580,6 +611,15 @@ impl Referrals {
             _ => store::lock_by_appointment(&mut tx, change.appointment_id).await?,
         };
         let Some(mut referral) = found else { return Ok(false) };
+        if matches!(change.kind, AppointmentChangeKind::Booked)
+            && let Err(mismatch) = self.link_check(&mut tx, &referral, &change).await?
+        {
+            // Another patient's, service's or organisation's appointment names this referral: it is
+            // not linked, and the appointment (someone's real booking) is left as it is.
+            tracing::warn!(referral_id = %referral.id, appointment_id = %change.appointment_id, reason = mismatch.reason(),
+                "a booking names a referral it does not fit; not linked");
+            return Ok(false);
+        }
         let service = self.service_in(&mut tx, &referral.service_code).await?;
         let appointment = change.appointment_id;
         match change.kind {
@@ -682,13 +722,7 @@ impl Referrals {
 
     /// Emits the referral's event for a followed change and commits it (with the stream cursor the
     /// change's transaction moved first).
-    async fn finish_followed(
-        &self,
-        mut tx: Tx,
-        referral: &Referral,
-        event: fn(pb::ReferralEvent) -> Event,
-        reason: &str,
-    ) -> Result<bool> {
+    async fn finish_followed(&self, mut tx: Tx, referral: &Referral, event: fn(pb::ReferralEvent) -> Event, reason: &str) -> Result<bool> {
         let system = self.clients.actor().clone();
         self.emit(&mut tx, referral, event(referral_event(referral, reason)), &system, None).await?;
         tx.commit().await?;

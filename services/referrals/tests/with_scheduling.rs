@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Platform;
+use common::{Platform, assert_error};
 use pac_proto::records as records_pb;
 use pac_proto::referrals as pb;
 use pac_proto::scheduling as sched;
@@ -79,10 +79,11 @@ async fn bookings_and_cancellations_move_the_referral() {
     assert_eq!(lost.rebook_reason, pb::RebookReason::CancelledByPatient as i32);
     assert_eq!(lost.appointment_ids, [first.id.clone(), second.id.clone()]);
 
-    // A booking for a referral not yet accepted is not applied.
+    // A booking for a referral not yet accepted is refused, and books nothing.
     let untriaged = p.refer(&patient, "KNEE").await;
-    p.book(&slots[2].id, &untriaged).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = p.try_book(&slots[2].id, &untriaged).await.unwrap_err();
+    assert_error(&refused, tonic::Code::FailedPrecondition, "REFERRAL_NOT_BOOKABLE");
+    assert_eq!(p.occupied(&slots[2].id).await, 0);
     assert_eq!(status(&p.get(&untriaged.id).await), pb::ReferralStatus::AwaitingTriage);
 }
 
@@ -154,31 +155,38 @@ async fn cancelling_a_referral_cancels_its_appointment() {
 }
 
 #[tokio::test]
-async fn bookings_made_while_referrals_is_stopped_are_applied_once_on_restart() {
+async fn changes_made_while_referrals_is_stopped_are_applied_once_on_restart() {
     let mut p = Platform::start().await;
     p.open_service("KNEE", pb::LaterDnaPolicy::Rebook).await;
     let slots = p.slots("KNEE").await;
     let patient = p.adult().await;
     let mut referrals = Vec::new();
-    for _ in 0..3 {
-        referrals.push(p.accept(&p.refer(&patient, "KNEE").await).await);
+    let mut booked = Vec::new();
+    for n in 0..3 {
+        let referral = p.accept(&p.refer(&patient, "KNEE").await).await;
+        let appointment = p.book(&slots[n].id, &referral).await;
+        p.referral_becomes(&referral.id, |r| r.current_appointment_id == appointment.id).await;
+        referrals.push(referral);
+        booked.push(appointment);
     }
-    // Scheduling's stream position is saved before the stop.
-    let warm = p.accept(&p.refer(&patient, "KNEE").await).await;
-    p.book(&slots[5].id, &warm).await;
-    p.referral_becomes(&warm.id, |r| status(r) == pb::ReferralStatus::Booked).await;
 
     p.stop_referrals().await;
-    let mut booked = Vec::new();
-    for (n, referral) in referrals.iter().enumerate() {
-        booked.push(p.book(&slots[n].id, referral).await);
+    // A booking naming a referral needs the referrals service to check it: refused, nothing written.
+    let waiting = &referrals[0];
+    let refused = p.try_book(&slots[5].id, waiting).await.unwrap_err();
+    assert_error(&refused, tonic::Code::Unavailable, "REFERRALS_UNAVAILABLE");
+    assert_eq!(p.occupied(&slots[5].id).await, 0);
+    // Cancellations need no referral check: made while it is stopped, followed when it is back.
+    for appointment in &booked {
+        cancel(&p, appointment, sched::CancelledBy::Patient).await;
     }
     p.start_referrals(None).await;
     for (referral, appointment) in referrals.iter().zip(&booked) {
-        let after = p.referral_becomes(&referral.id, |r| status(r) == pb::ReferralStatus::Booked).await;
+        let after = p.referral_becomes(&referral.id, |r| status(r) == pb::ReferralStatus::AwaitingBooking).await;
         assert_eq!(after.appointment_ids, std::slice::from_ref(&appointment.id));
+        assert_eq!(after.rebook_reason, pb::RebookReason::CancelledByPatient as i32);
     }
-    // Exactly once: one ReferralBooked event each, and the restart again replays nothing.
+    // Exactly once: the restart again replays nothing.
     p.stop_referrals().await;
     p.start_referrals(None).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -186,9 +194,9 @@ async fn bookings_made_while_referrals_is_stopped_are_applied_once_on_restart() 
         .fetch_one(&p.admin().await)
         .await
         .unwrap();
-    assert_eq!(events, 4);
+    assert_eq!(events, 3);
     for referral in &referrals {
-        assert_eq!(p.get(&referral.id).await.etag, "3", "accepted, booked; nothing twice");
+        assert_eq!(p.get(&referral.id).await.etag, "4", "accepted, booked, cancelled; nothing twice");
     }
 }
 
@@ -273,8 +281,13 @@ async fn a_referral_keeps_one_live_appointment_and_none_once_closed() {
     assert_eq!((status(&treated), treated.current_appointment_id.as_str()), (pb::ReferralStatus::Completed, ""));
     cancelled_for(&p, &second.id, "REFERRAL_CLOSED").await;
 
-    // A booking that arrives for a closed referral is cancelled, the referral unchanged.
-    let late = p.book(&slots[2].id, &referral).await;
+    // A closed referral cannot be booked.
+    let refused = p.try_book(&slots[2].id, &referral).await.unwrap_err();
+    assert_error(&refused, tonic::Code::FailedPrecondition, "REFERRAL_NOT_BOOKABLE");
+    // A booking that arrives for it all the same (checked just before it closed) is cancelled, the
+    // referral unchanged: an appointment booked without the referral, its event naming it.
+    let late = p.book_without_referral(&slots[2].id, &referral.patient_id).await;
+    p.append_booked_event(sched::Appointment { referral_id: referral.id.clone(), ..late.clone() }).await;
     cancelled_for(&p, &late.id, "REFERRAL_CLOSED").await;
     assert_eq!(p.get(&referral.id).await.etag, treated.etag);
 

@@ -150,6 +150,7 @@ pub fn appointment(a: &Appointment) -> pb::Appointment {
         create_time: Some(timestamp(a.created_at)),
         update_time: Some(timestamp(a.updated_at)),
         organisation: a.organisation.clone(),
+        service_code: a.service_code.clone(),
     }
 }
 

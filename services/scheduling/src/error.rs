@@ -1,6 +1,7 @@
 //! The scheduling service's errors, and their one mapping to gRPC status with rich details.
 
 use pac_platform::error::{ApiError, FieldViolation};
+use pac_platform::links::{self, Mismatch};
 use tonic::{Code, Status};
 use uuid::Uuid;
 
@@ -44,6 +45,20 @@ pub enum SchedulingError {
     },
     /// The records service did not answer.
     RecordsUnavailable,
+    /// The named referral is unknown, or of an organisation outside the caller's scope.
+    ReferralNotFound(Uuid),
+    /// The named referral does not fit: another patient's, or another service's (see `pac_platform::links`).
+    ReferralMismatch {
+        referral_id: Uuid,
+        mismatch: Mismatch,
+    },
+    /// The named referral is not awaiting booking (nor booked).
+    ReferralNotBookable {
+        referral_id: Uuid,
+        status: String,
+    },
+    /// The referrals service did not answer.
+    ReferralsUnavailable,
     /// A concurrent change got there first; retrying will give a definite answer.
     Conflict,
     Platform(ApiError),
@@ -136,6 +151,30 @@ impl From<SchedulingError> for ApiError {
             )
             .with_metadata("max_holds_per_caller", limit.to_string()),
             RecordsUnavailable => ApiError::unavailable("RECORDS_UNAVAILABLE", "the patient records service did not answer; retry")
+                .with_retry_after(std::time::Duration::from_secs(1)),
+            ReferralNotFound(id) => ApiError::failed_precondition(links::REFERRAL_NOT_FOUND, format!("no referral {id}"))
+                .with_precondition(links::REFERRAL_NOT_FOUND, id.to_string(), "name a referral of an organisation the caller acts for")
+                .with_metadata("referral_id", id.to_string()),
+            ReferralMismatch { referral_id, mismatch } => {
+                let (message, description) = match mismatch {
+                    Mismatch::Patient => ("the referral is another patient's", "the referral must be the same patient's"),
+                    Mismatch::Service => (
+                        "the referral is for another service than the slot's clinic",
+                        "the slot must be of a clinic of the referral's service and organisation",
+                    ),
+                };
+                ApiError::failed_precondition(mismatch.reason(), format!("referral {referral_id}: {message}"))
+                    .with_precondition(mismatch.reason(), referral_id.to_string(), description)
+                    .with_metadata("referral_id", referral_id.to_string())
+            }
+            ReferralNotBookable { referral_id, status } => ApiError::failed_precondition(
+                links::REFERRAL_NOT_BOOKABLE,
+                format!("referral {referral_id} cannot be booked (status {status})"),
+            )
+            .with_precondition(links::REFERRAL_NOT_BOOKABLE, referral_id.to_string(), "the referral must be awaiting booking or booked")
+            .with_metadata("referral_id", referral_id.to_string())
+            .with_metadata("referral_status", status),
+            ReferralsUnavailable => ApiError::unavailable("REFERRALS_UNAVAILABLE", "the referrals service did not answer; retry")
                 .with_retry_after(std::time::Duration::from_secs(1)),
             Conflict => ApiError::aborted("CONCURRENT_UPDATE", "a concurrent change conflicted with this one; retry"),
             Platform(error) => error,

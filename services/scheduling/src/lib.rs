@@ -1,7 +1,9 @@
 //! The scheduling service (`pac.scheduling.v1.Scheduling`): clinics and their sessions, slots
 //! generated ahead for a horizon, holds that lapse on their own, bookings that never overfill a slot,
 //! reschedules, cancellations, attendance, a waitlist that offers freed slots, and a resumable event
-//! stream. Patients are checked with the records service over gRPC, and its merges are followed.
+//! stream. Patients are checked with the records service over gRPC, and its merges are followed; a
+//! referral a booking, reschedule or waitlist entry names is checked with the referrals service
+//! (`pac_platform::links`: the same patient's, the slot's organisation and service, bookable).
 //!
 //! A library first: [`serve`] runs it on a listener until a shutdown token fires, so `pac dev`, the
 //! tests and the container all start the same thing.
@@ -26,6 +28,7 @@ pub mod error;
 pub mod follow;
 pub mod model;
 pub mod patients;
+pub mod referrals;
 pub mod scheduling;
 pub mod service;
 pub mod store;
@@ -48,12 +51,15 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 use crate::patients::Patients;
+use crate::referrals::Referrals;
 use crate::scheduling::{Policy, Scheduling};
 
 pub const SCHEMA: &str = "scheduling";
 pub const DATABASE: ServiceSchema = ServiceSchema::new(SCHEMA, "pac_scheduling");
 pub const SERVICE_NAME: &str = "pac.scheduling.v1.Scheduling";
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50052";
+/// Where the referrals service answers unless `PAC_REFERRALS_URL` says otherwise.
+const DEFAULT_REFERRALS_URL: &str = "http://127.0.0.1:50053";
 /// The records service's event stream, as named in `consumed_streams`.
 pub const RECORDS_STREAM: &str = "records";
 
@@ -70,6 +76,10 @@ pub struct SchedulingConfig {
     pub records_url: String,
     /// `PAC_RECORDS_TIMEOUT_MS`: deadline of a patient check.
     pub records_timeout: Duration,
+    /// `PAC_REFERRALS_URL`: where the referrals service answers.
+    pub referrals_url: String,
+    /// `PAC_REFERRALS_TIMEOUT_MS`: deadline of a referral check.
+    pub referrals_timeout: Duration,
     /// `PAC_SLOT_HORIZON_DAYS`, `PAC_LATE_CANCELLATION_HOURS`, `PAC_OFFER_HOLD_SECONDS`, `PAC_OFFER_MIN_NOTICE_MINUTES`,
     /// `PAC_SCHEDULING_MAX_HOLDS_PER_CALLER` (live holds one caller may have at once, default 20).
     pub policy: Policy,
@@ -97,19 +107,24 @@ impl SchedulingConfig {
             database_url: std::env::var("PAC_SCHEDULING_DATABASE_URL").ok().filter(|u| !u.is_empty()).map(Secret::new),
             records_url: var("PAC_RECORDS_URL", "http://127.0.0.1:50051".to_string())?,
             records_timeout: Duration::from_millis(var("PAC_RECORDS_TIMEOUT_MS", 2_000)?),
+            referrals_url: var("PAC_REFERRALS_URL", DEFAULT_REFERRALS_URL.to_string())?,
+            referrals_timeout: Duration::from_millis(var("PAC_REFERRALS_TIMEOUT_MS", 2_000)?),
             policy,
             hold_sweep_interval: Duration::from_millis(var("PAC_HOLD_SWEEP_MS", 1_000)?),
             follow_records: var("PAC_FOLLOW_RECORDS", true)?,
         })
     }
 
-    /// Development defaults on the given address, calling records at `records_url` (tests, `pac dev`).
+    /// Development defaults on the given address, calling records at `records_url` and referrals at
+    /// its default address (tests, `pac dev`; set `referrals_url` where referrals runs elsewhere).
     pub fn development(listen: SocketAddr, records_url: String) -> Self {
         Self {
             listen,
             database_url: None,
             records_url,
             records_timeout: Duration::from_secs(2),
+            referrals_url: DEFAULT_REFERRALS_URL.to_string(),
+            referrals_timeout: Duration::from_secs(2),
             policy: Policy::default(),
             hold_sweep_interval: Duration::from_millis(500),
             follow_records: true,
@@ -145,7 +160,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let pool = connect(&platform, &config).await?;
     let patients = Patients::new(&config.records_url, &platform.internal_key, config.records_timeout)?;
-    let scheduling = Scheduling::new(pool.clone(), Outbox::new(SCHEMA), patients, config.policy.clone());
+    let referrals = Referrals::new(&config.referrals_url, &platform.internal_key, config.referrals_timeout)?;
+    let scheduling = Scheduling::new(pool.clone(), Outbox::new(SCHEMA), patients, referrals, config.policy.clone());
     let verifier = CallerVerifier::new(&platform.internal_key, platform.require_caller_context);
     let service = service::SchedulingService::new(scheduling.clone(), verifier, platform.outbox_poll_interval, shutdown.clone());
 

@@ -94,6 +94,8 @@ pub struct Appointment {
     pub updated_at: DateTime<Utc>,
     /// Its clinic's organisation (copied from the slot; a reschedule takes the new slot's).
     pub organisation: String,
+    /// Its clinic's service code (copied from the slot, as the organisation is).
+    pub service_code: String,
     /// The subject of the caller whose HoldSlot made it; `None` for anything else (bookings,
     /// waitlist offers). Counts towards that caller's live holds while it is pending.
     pub held_by: Option<String>,
@@ -122,6 +124,7 @@ impl Appointment {
             created_at: now,
             updated_at: now,
             organisation: slot.organisation.clone(),
+            service_code: slot.service_code.clone(),
             held_by: None,
         }
     }

@@ -13,8 +13,9 @@ use chrono::{DateTime, Duration, Utc};
 use pac_platform::Actor;
 use pac_platform::caller::within;
 use pac_platform::idempotency::IdempotencyStore;
-use pac_platform::{follow, merges};
+use pac_platform::links::{self, Owner};
 use pac_platform::outbox::{NewEvent, Outbox};
+use pac_platform::{follow, merges};
 use pac_proto::scheduling as pb;
 use pac_proto::scheduling::watch_events_response::Event;
 use prost::Message;
@@ -30,6 +31,7 @@ use crate::domain::waitlist;
 use crate::error::SchedulingError;
 use crate::model::*;
 use crate::patients::{Patients, service_actor};
+use crate::referrals::{ReferralFacts, Referrals};
 use crate::store::{self, Change, Scope};
 
 type Result<T> = std::result::Result<T, SchedulingError>;
@@ -67,6 +69,7 @@ pub struct Scheduling {
     pub pool: PgPool,
     pub outbox: Outbox,
     pub patients: Patients,
+    pub referrals: Referrals,
     pub policy: Policy,
     idempotency: IdempotencyStore,
 }
@@ -94,6 +97,25 @@ impl Write {
 enum Started<R> {
     Fresh(Tx),
     Replay(R),
+}
+
+/// The referral a new appointment names.
+enum Naming<'a> {
+    Nothing,
+    /// Named by the caller: checked against the slot when the place is taken.
+    Checked(&'a ReferralFacts),
+    /// A waitlist entry's, checked when the entry was added.
+    Entry(Option<Uuid>),
+}
+
+impl Naming<'_> {
+    fn id(&self) -> Option<Uuid> {
+        match self {
+            Naming::Nothing => None,
+            Naming::Checked(facts) => Some(facts.id),
+            Naming::Entry(id) => *id,
+        }
+    }
 }
 
 /// What a place taken in a slot becomes.
@@ -206,11 +228,45 @@ fn check_slot_in_scope(slot: &Slot, scope: Scope<'_>) -> Result<()> {
     }
 }
 
+/// Whether the referral `facts` describe may be named by an appointment or waitlist entry of
+/// `patient` (the current record), at `organisation`, for `service_code`: see `pac_platform::links`.
+/// The referral's patient is followed through the merges this service knows of, as the appointment's
+/// is.
+async fn check_referral(conn: &mut PgConnection, facts: &ReferralFacts, holder: Owner<'_>) -> Result<()> {
+    let patient_id =
+        if facts.patient_id == holder.patient_id { facts.patient_id } else { merges::current_patient(conn, facts.patient_id).await? };
+    let referral = Owner { patient_id, organisation: &facts.organisation, service_code: &facts.service_code };
+    links::check(referral, holder).map_err(|mismatch| SchedulingError::ReferralMismatch { referral_id: facts.id, mismatch })?;
+    if !facts.bookable {
+        return Err(SchedulingError::ReferralNotBookable { referral_id: facts.id, status: facts.status.clone() });
+    }
+    Ok(())
+}
+
+fn owner(appointment: &Appointment) -> Owner<'_> {
+    Owner { patient_id: appointment.patient_id, organisation: &appointment.organisation, service_code: &appointment.service_code }
+}
+
 const APPOINTMENT: &str = "pac.scheduling.v1.Appointment";
 
 impl Scheduling {
-    pub fn new(pool: PgPool, outbox: Outbox, patients: Patients, policy: Policy) -> Self {
-        Self { pool, outbox, patients, policy, idempotency: IdempotencyStore::new(crate::SCHEMA) }
+    pub fn new(pool: PgPool, outbox: Outbox, patients: Patients, referrals: Referrals, policy: Policy) -> Self {
+        Self { pool, outbox, patients, referrals, policy, idempotency: IdempotencyStore::new(crate::SCHEMA) }
+    }
+
+    /// The referral a write names, asked of the referrals service and held to the caller's scope.
+    /// Its patient is resolved with the records service when it is not `patient` (the write's
+    /// current record), so a merge the referrals service has not followed yet is no mismatch.
+    async fn named_referral(&self, id: Option<Uuid>, patient: Option<Uuid>, scope: Scope<'_>) -> Result<Option<ReferralFacts>> {
+        let Some(id) = id else { return Ok(None) };
+        let mut facts = self.referrals.facts(id, scope).await?;
+        if patient != Some(facts.patient_id) {
+            facts.patient_id = match self.patients.resolve(facts.patient_id, None).await {
+                Err(SchedulingError::PatientNotFound(_)) => facts.patient_id,
+                resolved => resolved?,
+            };
+        }
+        Ok(Some(facts))
     }
 
     // -----------------------------------------------------------------------------------------
@@ -408,7 +464,7 @@ impl Scheduling {
                 return Err(SchedulingError::TooManyHolds { limit });
             }
             let placement = Placement::Hold { ttl, held_by: Some(holder) };
-            let (appointment, _) = self.place(&mut tx, slot_id, patient_id, None, placement, write.scope()).await?;
+            let (appointment, _) = self.place(&mut tx, slot_id, patient_id, Naming::Nothing, placement, write.scope()).await?;
             self.emit(&mut tx, appointment.id, Event::AppointmentHeld(appointment_event(&appointment, None, "")), &write).await?;
             let response = pb::HoldSlotResponse { appointment: Some(convert::appointment(&appointment)) };
             self.finish(tx, "HoldSlot", &write, &response).await?;
@@ -426,27 +482,35 @@ impl Scheduling {
             Some(id) => Some(self.patients.resolve(id, book.write.scope()).await?),
             None => None,
         };
+        let referral = self.named_referral(book.referral_id, patient_id, book.write.scope()).await?;
+        let referral = referral.as_ref();
         match book.target {
             BookTarget::Slot(slot_id) => {
                 let patient_id = patient_id.ok_or_else(|| SchedulingError::invalid("patient_id", "ID_REQUIRED", "is required"))?;
-                match self.book_slot(slot_id, patient_id, &book).await {
+                match self.book_slot(slot_id, patient_id, referral, &book).await {
                     Err(SchedulingError::SlotUnavailable { .. }) if self.expire_lapsed_holds(Some(slot_id)).await? > 0 => {
-                        self.book_slot(slot_id, patient_id, &book).await
+                        self.book_slot(slot_id, patient_id, referral, &book).await
                     }
                     result => result,
                 }
             }
-            BookTarget::Hold(appointment_id) => self.confirm_hold(appointment_id, patient_id, &book).await,
+            BookTarget::Hold(appointment_id) => self.confirm_hold(appointment_id, patient_id, referral, &book).await,
         }
     }
 
-    async fn book_slot(&self, slot_id: Uuid, patient_id: Uuid, book: &Book) -> Result<pb::BookAppointmentResponse> {
+    async fn book_slot(
+        &self,
+        slot_id: Uuid,
+        patient_id: Uuid,
+        referral: Option<&ReferralFacts>,
+        book: &Book,
+    ) -> Result<pb::BookAppointmentResponse> {
         let mut tx = match self.start("BookAppointment", &book.write).await? {
             Started::Replay(r) => return Ok(r),
             Started::Fresh(tx) => tx,
         };
-        let (appointment, slot) =
-            self.place(&mut tx, slot_id, patient_id, book.referral_id, Placement::Booking, book.write.scope()).await?;
+        let naming = referral.map_or(Naming::Nothing, Naming::Checked);
+        let (appointment, slot) = self.place(&mut tx, slot_id, patient_id, naming, Placement::Booking, book.write.scope()).await?;
         store::close_entries_for(&mut tx, appointment.patient_id, &slot, "booked").await?;
         self.emit(&mut tx, appointment.id, Event::AppointmentBooked(appointment_event(&appointment, None, "")), &book.write).await?;
         let response = pb::BookAppointmentResponse { appointment: Some(convert::appointment(&appointment)) };
@@ -457,20 +521,24 @@ impl Scheduling {
 
     /// Takes a place in a future slot of a clinic in `scope` and writes the appointment (booked, or
     /// pending for a hold), of the clinic's organisation, for the patient's current record (see
-    /// `pac_platform::merges`). On an error nothing stays written: the caller's transaction is not
-    /// committed.
+    /// `pac_platform::merges`), naming a referral that fits it. On an error nothing stays written:
+    /// the caller's transaction is not committed.
     async fn place(
         &self,
         conn: &mut PgConnection,
         slot_id: Uuid,
         patient_id: Uuid,
-        referral_id: Option<Uuid>,
+        referral: Naming<'_>,
         placement: Placement<'_>,
         scope: Scope<'_>,
     ) -> Result<(Appointment, Slot)> {
         let patient_id = merges::current_patient(conn, patient_id).await?;
         let slot = store::take_place(conn, slot_id).await?;
         check_slot_in_scope(&slot, scope)?;
+        if let Naming::Checked(facts) = referral {
+            let holder = Owner { patient_id, organisation: &slot.organisation, service_code: &slot.service_code };
+            check_referral(conn, facts, holder).await?;
+        }
         let now = pac_platform::now();
         if slot.start_time <= now {
             return Err(SchedulingError::SlotUnavailable { slot_id, why: "has already started" });
@@ -481,13 +549,19 @@ impl Scheduling {
         };
         let appointment = Appointment {
             held_by: held_by.map(str::to_string),
-            ..Appointment::new(&slot, patient_id, referral_id, status, hold_expires_at)
+            ..Appointment::new(&slot, patient_id, referral.id(), status, hold_expires_at)
         };
         store::insert_appointment(conn, &appointment).await?;
         Ok((appointment, slot))
     }
 
-    async fn confirm_hold(&self, id: Uuid, patient_id: Option<Uuid>, book: &Book) -> Result<pb::BookAppointmentResponse> {
+    async fn confirm_hold(
+        &self,
+        id: Uuid,
+        patient_id: Option<Uuid>,
+        referral: Option<&ReferralFacts>,
+        book: &Book,
+    ) -> Result<pb::BookAppointmentResponse> {
         let mut tx = match self.start("BookAppointment", &book.write).await? {
             Started::Replay(r) => return Ok(r),
             Started::Fresh(tx) => tx,
@@ -505,10 +579,13 @@ impl Scheduling {
         if appointment.hold_expires_at.is_some_and(|at| at <= Utc::now()) {
             return Err(SchedulingError::HoldExpired(id));
         }
+        if let Some(facts) = referral {
+            check_referral(&mut tx, facts, owner(&appointment)).await?;
+            appointment.referral_id = Some(facts.id);
+        }
         let now = pac_platform::now();
         appointment.status = Status::Booked;
         appointment.hold_expires_at = None;
-        appointment.referral_id = book.referral_id.or(appointment.referral_id);
         appointment.version += 1;
         appointment.updated_at = now;
         store::update_appointment(&mut tx, &appointment).await?;
@@ -529,6 +606,11 @@ impl Scheduling {
     /// Book the new slot, then release the old, in one transaction: if the new slot is taken nothing
     /// changes.
     pub async fn reschedule(&self, r: Reschedule) -> Result<pb::RescheduleAppointmentResponse> {
+        // The referral the appointment names must fit the new slot too: asked first, as a booking's.
+        let named = match store::find_appointment(&self.pool, r.appointment_id, r.write.scope()).await? {
+            Some(current) => self.named_referral(current.referral_id, Some(current.patient_id), r.write.scope()).await?,
+            None => None,
+        };
         let mut tx = match self.start("RescheduleAppointment", &r.write).await? {
             Started::Replay(response) => return Ok(response),
             Started::Fresh(tx) => tx,
@@ -536,6 +618,9 @@ impl Scheduling {
         let mut appointment =
             store::lock_appointment(&mut tx, r.appointment_id, r.write.scope()).await?.ok_or(not_found(APPOINTMENT, r.appointment_id))?;
         check_etag(&appointment, Some(&r.etag))?;
+        if appointment.referral_id != named.as_ref().map(|f| f.id) {
+            return Err(SchedulingError::Conflict);
+        }
         if appointment.status != Status::Booked {
             return Err(SchedulingError::InvalidTransition(appointment::TransitionError::NotAllowed {
                 from: appointment.status,
@@ -547,6 +632,11 @@ impl Scheduling {
         }
         let new_slot = store::take_place(&mut tx, r.new_slot_id).await?;
         check_slot_in_scope(&new_slot, r.write.scope())?;
+        if let Some(facts) = &named {
+            let holder =
+                Owner { patient_id: appointment.patient_id, organisation: &new_slot.organisation, service_code: &new_slot.service_code };
+            check_referral(&mut tx, facts, holder).await?;
+        }
         if new_slot.start_time <= Utc::now() {
             return Err(SchedulingError::SlotUnavailable { slot_id: new_slot.id, why: "has already started" });
         }
@@ -555,6 +645,7 @@ impl Scheduling {
         appointment.slot_id = new_slot.id;
         appointment.clinic_id = new_slot.clinic_id;
         appointment.organisation = new_slot.organisation.clone();
+        appointment.service_code = new_slot.service_code.clone();
         appointment.start_time = new_slot.start_time;
         appointment.end_time = new_slot.end_time;
         appointment.version += 1;
@@ -711,6 +802,10 @@ impl Scheduling {
     /// scope, and agree with `requested_organisation` when one was given); for a service code it
     /// keeps the organisation the handler chose.
     pub async fn add_to_waitlist(&self, mut entry: Entry, requested_organisation: &str, write: Write) -> Result<pb::AddToWaitlistResponse> {
+        let mut service_code = match &entry.target {
+            Target::Clinic(_) => String::new(),
+            Target::Service(code) => code.clone(),
+        };
         if let Target::Clinic(clinic_id) = entry.target {
             let clinic = store::find_clinic(&self.pool, clinic_id)
                 .await?
@@ -726,13 +821,19 @@ impl Scheduling {
                 return Err(SchedulingError::OtherOrganisation { resource: "pac.scheduling.v1.Clinic", id: clinic_id });
             }
             entry.organisation = clinic.organisation;
+            service_code = clinic.service_code;
         }
         entry.patient_id = self.patients.resolve(entry.patient_id, write.scope()).await?;
+        let referral = self.named_referral(entry.referral_id, Some(entry.patient_id), write.scope()).await?;
         let mut tx = match self.start("AddToWaitlist", &write).await? {
             Started::Replay(r) => return Ok(r),
             Started::Fresh(tx) => tx,
         };
         entry.patient_id = merges::current_patient(&mut tx, entry.patient_id).await?;
+        if let Some(facts) = &referral {
+            let holder = Owner { patient_id: entry.patient_id, organisation: &entry.organisation, service_code: &service_code };
+            check_referral(&mut tx, facts, holder).await?;
+        }
         if let Some(existing) = store::insert_entry(&mut tx, &entry).await? {
             return Err(SchedulingError::WaitlistEntryExists { existing });
         }
@@ -820,7 +921,7 @@ impl Scheduling {
         let entry = &candidates[rankings.iter().position(|r| std::ptr::eq(r, best)).expect("best is one of them")];
         let mut savepoint = conn.begin().await?;
         let offer_hold = Placement::Hold { ttl: self.policy.offer_hold, held_by: None };
-        let held = self.place(&mut savepoint, slot.id, entry.patient_id, entry.referral_id, offer_hold, None).await;
+        let held = self.place(&mut savepoint, slot.id, entry.patient_id, Naming::Entry(entry.referral_id), offer_hold, None).await;
         let appointment = match held {
             Ok((appointment, _)) => appointment,
             Err(SchedulingError::PatientDoubleBooked | SchedulingError::SlotUnavailable { .. }) => {

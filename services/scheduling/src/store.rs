@@ -342,11 +342,12 @@ struct AppointmentRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     organisation: String,
+    service_code: String,
     held_by: Option<String>,
 }
 
 const APPOINTMENT_COLUMNS: &str = "id, version, slot_id, clinic_id, patient_id, referral_id, status, start_time, end_time, \
-    hold_expires_at, cancel_reason_code, cancelled_by, cancel_late, cancelled_at, created_at, updated_at, organisation, held_by";
+    hold_expires_at, cancel_reason_code, cancelled_by, cancel_late, cancelled_at, created_at, updated_at, organisation, service_code, held_by";
 
 /// The scope predicate on appointments, with the scope bound as `$2`.
 const APPOINTMENT_SCOPED: &str = "($2::text[] IS NULL OR organisation = ANY($2))";
@@ -374,6 +375,7 @@ impl TryFrom<AppointmentRow> for Appointment {
             created_at: r.created_at,
             updated_at: r.updated_at,
             organisation: r.organisation,
+            service_code: r.service_code,
             held_by: r.held_by,
         })
     }
@@ -393,8 +395,8 @@ fn double_booking(error: sqlx::Error) -> SchedulingError {
 pub async fn insert_appointment(conn: &mut PgConnection, a: &Appointment) -> Result<()> {
     sqlx::query(
         "INSERT INTO appointments (id, version, slot_id, clinic_id, patient_id, referral_id, status, start_time, end_time, \
-                                   hold_expires_at, created_at, updated_at, organisation, held_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                                   hold_expires_at, created_at, updated_at, organisation, service_code, held_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(a.id)
     .bind(a.version)
@@ -409,6 +411,7 @@ pub async fn insert_appointment(conn: &mut PgConnection, a: &Appointment) -> Res
     .bind(a.created_at)
     .bind(a.updated_at)
     .bind(&a.organisation)
+    .bind(&a.service_code)
     .bind(a.held_by.as_deref())
     .execute(conn)
     .await
@@ -436,7 +439,8 @@ pub async fn update_appointment(conn: &mut PgConnection, a: &Appointment) -> Res
     sqlx::query(
         "UPDATE appointments SET version = $2, slot_id = $3, clinic_id = $4, patient_id = $5, referral_id = $6, \
              status = $7, start_time = $8, end_time = $9, hold_expires_at = $10, cancel_reason_code = $11, \
-             cancelled_by = $12, cancel_late = $13, cancelled_at = $14, updated_at = $15, organisation = $16 \
+             cancelled_by = $12, cancel_late = $13, cancelled_at = $14, updated_at = $15, organisation = $16, \
+             service_code = $17 \
          WHERE id = $1",
     )
     .bind(a.id)
@@ -455,6 +459,7 @@ pub async fn update_appointment(conn: &mut PgConnection, a: &Appointment) -> Res
     .bind(c.map(|c| c.at))
     .bind(a.updated_at)
     .bind(&a.organisation)
+    .bind(&a.service_code)
     .execute(conn)
     .await
     .map_err(double_booking)?;

@@ -82,9 +82,10 @@ async fn a_patient_cannot_hold_two_overlapping_live_appointments() {
         async move {
             sqlx::query(
                 "INSERT INTO scheduling.appointments (id, slot_id, clinic_id, patient_id, status, start_time, end_time, \
-                 hold_expires_at, cancel_reason_code, cancelled_by, created_at, updated_at) \
+                 hold_expires_at, cancel_reason_code, cancelled_by, created_at, updated_at, service_code) \
                  SELECT $1, s.id, s.clinic_id, $2, $3, $4, $4 + interval '20 minutes', now() + interval '10 minutes', \
-                        CASE WHEN $3 = 'cancelled' THEN 'PATIENT_UNWELL' END, CASE WHEN $3 = 'cancelled' THEN 1 END, now(), now() \
+                        CASE WHEN $3 = 'cancelled' THEN 'PATIENT_UNWELL' END, CASE WHEN $3 = 'cancelled' THEN 1 END, now(), now(), \
+                        s.service_code \
                  FROM scheduling.slots s WHERE s.id = $5",
             )
             .bind(Uuid::now_v7())

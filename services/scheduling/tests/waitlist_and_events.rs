@@ -177,14 +177,13 @@ async fn events_carry_what_consumers_need_and_resume_after_a_cursor() {
     p.session(&clinic, 9, 10, 30, 1).await;
     let slots = p.free_slots(&clinic).await;
     let patients = p.patients(1).await;
-    let referral = uuid::Uuid::now_v7().to_string();
     let booked = p
         .client()
         .book_appointment(pb::BookAppointmentRequest {
             target: Some(pb::book_appointment_request::Target::SlotId(slots[0].id.clone())),
             patient_id: patients[0].clone(),
-            referral_id: referral.clone(),
             request_id: "book-events-1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -207,7 +206,7 @@ async fn events_carry_what_consumers_need_and_resume_after_a_cursor() {
     assert_eq!((envelope.event_type.as_str(), envelope.request_id.as_str()), ("AppointmentBooked", "book-events-1"));
     let Some(Event::AppointmentBooked(event)) = first.event else { panic!("{first:?}") };
     let a = event.appointment.unwrap();
-    assert_eq!((a.patient_id.as_str(), a.referral_id.as_str()), (patients[0].as_str(), referral.as_str()));
+    assert_eq!((a.patient_id.as_str(), a.service_code.as_str()), (patients[0].as_str(), "TO-FRACTURE"));
     assert!(a.start_time.is_some() && a.end_time.is_some());
     drop(stream);
 
@@ -331,10 +330,8 @@ async fn a_booking_that_checked_its_patient_before_a_merge_and_commits_after_it_
         }
     });
     let waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pac-scheduling' AND wait_event_type = 'Lock'";
-    let blocked = eventually(Duration::from_secs(10), || async {
-        sqlx::query_scalar::<_, i64>(waiting).fetch_one(&admin).await.unwrap() > 0
-    })
-    .await;
+    let blocked =
+        eventually(Duration::from_secs(10), || async { sqlx::query_scalar::<_, i64>(waiting).fetch_one(&admin).await.unwrap() > 0 }).await;
     assert!(blocked, "the booking did not reach its request id's lock");
     // The merge commits in records and scheduling's follower has every chance to apply it.
     merge(&p, &survivor, &merged).await;

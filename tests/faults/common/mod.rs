@@ -97,8 +97,13 @@ pub async fn clinic(scheduling: &mut SchedulingClient<Channel>, capacity: i32) -
         organisation: "RR8".into(),
         ..Default::default()
     };
-    let clinic =
-        scheduling.create_clinic(sched::CreateClinicRequest { clinic: Some(clinic), request_id: String::new() }).await.unwrap().into_inner().clinic.unwrap();
+    let clinic = scheduling
+        .create_clinic(sched::CreateClinicRequest { clinic: Some(clinic), request_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .clinic
+        .unwrap();
     let today = chrono::Utc::now().date_naive();
     for weekday in 1..=7 {
         let template = sched::SessionTemplate {
@@ -195,11 +200,18 @@ pub struct Processes {
 impl Processes {
     pub async fn start() -> Self {
         let db = TestDatabase::create().await;
-        let addrs: HashMap<Component, SocketAddr> =
-            [Component::Records, Component::Scheduling, Component::Referrals, Component::Gateway].into_iter().map(|c| (c, free_port())).collect();
+        let addrs: HashMap<Component, SocketAddr> = [Component::Records, Component::Scheduling, Component::Referrals, Component::Gateway]
+            .into_iter()
+            .map(|c| (c, free_port()))
+            .collect();
         let mut processes = Self { db, addrs, running: HashMap::new(), restarts: Vec::new() };
         let migrated = processes.command().args(["migrate", "all"]).output().expect("pac migrate");
-        assert!(migrated.status.success(), "pac migrate all: {}{}", String::from_utf8_lossy(&migrated.stdout), String::from_utf8_lossy(&migrated.stderr));
+        assert!(
+            migrated.status.success(),
+            "pac migrate all: {}{}",
+            String::from_utf8_lossy(&migrated.stdout),
+            String::from_utf8_lossy(&migrated.stderr)
+        );
         for component in [Component::Records, Component::Scheduling, Component::Referrals, Component::Gateway] {
             processes.spawn(component);
         }

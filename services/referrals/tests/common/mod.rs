@@ -52,12 +52,14 @@ impl Platform {
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let scheduling_addr = listener.local_addr().unwrap();
-        let config = SchedulingConfig::development(scheduling_addr, format!("http://{records_addr}"));
+        let referrals_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let referrals_addr = referrals_listener.local_addr().unwrap();
+        let mut config = SchedulingConfig::development(scheduling_addr, format!("http://{records_addr}"));
+        config.referrals_url = format!("http://{referrals_addr}");
         pac_scheduling::migrate(&platform, &config).await.expect("migrate scheduling");
         tokio::spawn(pac_scheduling::serve(platform.clone(), config, listener, shutdown.clone()));
 
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let referrals_addr = listener.local_addr().unwrap();
+        let listener = referrals_listener;
         let referrals_config =
             ReferralsConfig::development(referrals_addr, format!("http://{records_addr}"), format!("http://{scheduling_addr}"));
         pac_referrals::migrate(&platform, &referrals_config).await.expect("migrate referrals");
@@ -250,6 +252,11 @@ impl Platform {
 
     /// A clinic for `service_code` with a daily one-place session from tomorrow; its free slots.
     pub async fn slots(&self, service_code: &str) -> Vec<sched::Slot> {
+        self.slots_of(service_code, "").await
+    }
+
+    /// As [`Self::slots`], for a clinic run by `organisation` ('': none).
+    pub async fn slots_of(&self, service_code: &str, organisation: &str) -> Vec<sched::Slot> {
         let mut client = self.scheduling();
         let location = client
             .create_location(sched::CreateLocationRequest {
@@ -268,6 +275,7 @@ impl Platform {
                     name: "Clinic".into(),
                     service_code: service_code.into(),
                     time_zone: "Europe/London".into(),
+                    organisation: organisation.into(),
                     ..Default::default()
                 }),
                 request_id: String::new(),
@@ -307,18 +315,59 @@ impl Platform {
     }
 
     pub async fn book(&self, slot_id: &str, referral: &pb::Referral) -> sched::Appointment {
-        self.scheduling()
-            .book_appointment(sched::BookAppointmentRequest {
-                target: Some(sched::book_appointment_request::Target::SlotId(slot_id.into())),
-                patient_id: referral.patient_id.clone(),
-                referral_id: referral.id.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("book")
-            .into_inner()
-            .appointment
-            .unwrap()
+        self.try_book(slot_id, referral).await.expect("book")
+    }
+
+    pub async fn try_book(&self, slot_id: &str, referral: &pb::Referral) -> Result<sched::Appointment, Status> {
+        let request = sched::BookAppointmentRequest {
+            target: Some(sched::book_appointment_request::Target::SlotId(slot_id.into())),
+            patient_id: referral.patient_id.clone(),
+            referral_id: referral.id.clone(),
+            ..Default::default()
+        };
+        self.scheduling().book_appointment(request).await.map(|r| r.into_inner().appointment.unwrap())
+    }
+
+    pub async fn book_without_referral(&self, slot_id: &str, patient_id: &str) -> sched::Appointment {
+        let referral = pb::Referral { patient_id: patient_id.into(), ..Default::default() };
+        self.book(slot_id, &referral).await
+    }
+
+    /// The places taken in a slot.
+    pub async fn occupied(&self, slot_id: &str) -> i32 {
+        let admin = self.admin().await;
+        let occupied =
+            sqlx::query_scalar("SELECT occupied FROM scheduling.slots WHERE id = $1::uuid").bind(slot_id).fetch_one(&admin).await;
+        admin.close().await;
+        occupied.expect("slot")
+    }
+
+    /// Writes an AppointmentBooked event for `appointment` straight into scheduling's outbox, as an
+    /// older release, a race or a replayed stream would have it: what referrals does with a booking
+    /// scheduling would refuse today.
+    pub async fn append_booked_event(&self, appointment: sched::Appointment) {
+        use prost::Message;
+        use sched::watch_events_response::Event;
+        let id = uuid::Uuid::parse_str(&appointment.id).unwrap();
+        let patient = uuid::Uuid::parse_str(&appointment.patient_id).unwrap();
+        let organisation = appointment.organisation.clone();
+        let event = sched::AppointmentEvent { appointment: Some(appointment), ..Default::default() };
+        let payload = sched::WatchEventsResponse { envelope: None, event: Some(Event::AppointmentBooked(event)) }.encode_to_vec();
+        let actor = Actor { subject: "pac-scheduling".into(), role: "service".into(), organisation: String::new() };
+        let event = pac_platform::outbox::NewEvent {
+            event_type: "AppointmentBooked",
+            aggregate_id: id,
+            organisation: &organisation,
+            patient_ids: &[patient],
+            payload,
+            actor: &actor,
+            request_id: None,
+        };
+        let admin = self.admin().await;
+        let mut conn = admin.acquire().await.unwrap();
+        pac_platform::outbox::Outbox::new("scheduling").append(&mut conn, event).await.expect("append an event");
+        drop(conn);
+        admin.close().await;
     }
 
     /// Waits until the referral satisfies `check` (events arrive asynchronously).
