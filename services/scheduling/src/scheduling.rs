@@ -941,7 +941,15 @@ impl Scheduling {
             expires_at,
             outcome: OfferOutcome::Open,
         };
-        store::insert_offer(&mut savepoint, &offer).await?;
+        match store::insert_offer(&mut savepoint, &offer).await {
+            Ok(()) => {}
+            Err(SchedulingError::Conflict) => {
+                // A concurrent change offered the entry a slot first: this one is not offered now.
+                savepoint.rollback().await?;
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
         let system = Write::system();
         self.emit(&mut savepoint, appointment.id, Event::AppointmentHeld(appointment_event(&appointment, None, "waitlist offer")), &system)
             .await?;

@@ -798,8 +798,10 @@ fn offers(rows: Vec<OfferRow>) -> Result<Vec<Offer>> {
         .collect()
 }
 
+/// Records an offer. One made concurrently to the same entry (or of the same slot to it) that
+/// committed first is `Conflict`: the entry already has its offer.
 pub async fn insert_offer(conn: &mut PgConnection, o: &Offer) -> Result<()> {
-    sqlx::query(
+    let inserted = sqlx::query(
         "INSERT INTO offers (id, entry_id, appointment_id, slot_id, offered_at, notice_hours, expires_at, outcome) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
@@ -812,8 +814,19 @@ pub async fn insert_offer(conn: &mut PgConnection, o: &Offer) -> Result<()> {
     .bind(o.expires_at)
     .bind(o.outcome.code())
     .execute(conn)
-    .await?;
-    Ok(())
+    .await;
+    match inserted {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                violated_constraint(&e),
+                Some((ErrorKind::UniqueViolation, "offers_one_open_per_entry" | "offers_once_per_entry_and_slot"))
+            ) =>
+        {
+            Err(SchedulingError::Conflict)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Offers made to these entries, oldest first.

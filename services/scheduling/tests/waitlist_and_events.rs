@@ -398,3 +398,43 @@ async fn bookings_racing_merges_of_their_patients_all_end_on_survivors() {
     .await;
     assert!(settled, "live appointments stay on merged-away records");
 }
+
+/// Found by the referral-link property test: cancellations (or reschedules) freeing slots at once
+/// both offered them to the same waiting patient; the second offer met the one-open-offer index and
+/// the caller's cancellation failed INTERNAL. A freed slot whose offer loses that race is simply not
+/// offered; every cancellation succeeds and the patient has one open offer.
+#[tokio::test]
+async fn cancellations_racing_to_offer_one_waiting_patient_all_succeed_with_one_offer() {
+    let p = Platform::start().await;
+    let clinic = p.clinic("TO-FRACTURE").await;
+    for hour in [9, 11, 13, 15] {
+        p.session(&clinic, hour, hour + 1, 20, 1).await;
+    }
+    let patients = p.patients(13).await;
+    let mut booked = Vec::new();
+    for (n, slot) in p.free_slots(&clinic).await.into_iter().take(12).enumerate() {
+        booked.push(p.book(&slot.id, &patients[n]).await.unwrap());
+    }
+    let entry = wait(&p, &clinic, &patients[12], pb::Priority::Urgent).await;
+    for round in 0..4 {
+        let cancels = booked.iter().skip(round * 3).take(3).map(|a| {
+            let mut client = p.client();
+            let request = pb::CancelAppointmentRequest {
+                appointment_id: a.id.clone(),
+                reason_code: "PATIENT_UNWELL".into(),
+                cancelled_by: pb::CancelledBy::Patient as i32,
+                ..Default::default()
+            };
+            async move { client.cancel_appointment(request).await }
+        });
+        for result in futures::future::join_all(cancels).await {
+            result.expect("each cancellation succeeds, whoever gets the offer");
+        }
+        let entries = waitlist(&p, &clinic).await;
+        let ours = entries.iter().find(|e| e.id == entry.id).unwrap();
+        assert_eq!(ours.offers.iter().filter(|o| o.outcome == pb::OfferOutcome::Open as i32).count(), 1, "{ours:?}");
+        // Declined: the entry waits on, to be offered again next round.
+        let offer = open_offer(ours).unwrap().id.clone();
+        p.client().respond_to_offer(pb::RespondToOfferRequest { offer_id: offer, accept: false, ..Default::default() }).await.unwrap();
+    }
+}
