@@ -56,6 +56,20 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// RegisterPatient from an empty table with autovacuum off for it: throughput over the first
+    /// `seconds` against the same run's next `seconds` after ANALYZE (a plan made on the empty
+    /// table must not stay).
+    RegisterFromEmpty {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Throughput is reported for each slice of this many seconds.
+        #[arg(long, default_value_t = 10)]
+        slice: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+    },
     /// BookAppointment throughput on distinct slots against pgbench running the booking's SQL, then
     /// a stampede of clients on few slots.
     Book {
@@ -111,6 +125,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.scenario {
         Scenario::Search { small, large, queries, concurrency } => search(small, large, queries, concurrency).await,
         Scenario::Register { seconds, concurrency, runs } => register(seconds, concurrency, runs).await,
+        Scenario::RegisterFromEmpty { seconds, slice, concurrency, runs } => register_from_empty(seconds, slice, concurrency, runs).await,
         Scenario::Book { seconds, concurrency, runs } => crate::bench_scheduling::book(seconds, concurrency, runs).await,
         Scenario::Slots { small, large, queries, concurrency } => crate::bench_scheduling::slots(small, large, queries, concurrency).await,
         Scenario::Worklist { small, large, queries, concurrency } => {
@@ -595,5 +610,77 @@ async fn register(seconds: u64, concurrency: usize, runs: usize) -> anyhow::Resu
     }
     println!("| median | {:.0} | {:.0} |", median(&baseline), median(&platform));
     println!("\nratio median(gRPC)/median(pgbench): {ratio:.2} (bar: >= 0.40) {}", verdict(ratio >= 0.4));
+    Ok(())
+}
+
+/// Registers for `seconds` in slices of `slice` seconds; the rate of each slice and of the whole.
+async fn register_slices(
+    clients: &[PatientRecordsClient<Channel>],
+    seconds: u64,
+    slice: u64,
+    concurrency: usize,
+    first_round: u64,
+) -> anyhow::Result<(Vec<f64>, f64)> {
+    let slices = seconds.div_ceil(slice);
+    let mut rates = Vec::new();
+    for n in 0..slices {
+        rates.push(register_load(clients, slice, concurrency, first_round + n).await?);
+    }
+    let overall = rates.iter().sum::<f64>() / rates.len() as f64;
+    Ok((rates, overall))
+}
+
+async fn register_from_empty(seconds: u64, slice: u64, concurrency: usize, runs: usize) -> anyhow::Result<()> {
+    if runs == 0 || slice == 0 || seconds < slice {
+        bail!("--runs and --slice must be at least 1, and --seconds at least --slice");
+    }
+    let mut ratios = Vec::new();
+    let mut table = Vec::new();
+    for run in 0..runs {
+        let bench = Bench::start("pac_bench_register_empty").await?;
+        let admin = bench.admin().await?;
+        // Whatever the server's setting, nothing refreshes these tables' statistics but the ANALYZE below.
+        let tables: Vec<String> =
+            sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'records'").fetch_all(&admin).await?;
+        for t in &tables {
+            let sql = format!("ALTER TABLE records.{t} SET (autovacuum_enabled = false, toast.autovacuum_enabled = false)");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&admin).await?;
+        }
+        let clients = bench.clients(4).await?;
+        let round = (run as u64) << 12;
+        let (cold, cold_rate) = register_slices(&clients, seconds, slice, concurrency, round).await?;
+        let patients: i64 = sqlx::query_scalar("SELECT count(*) FROM records.patients").fetch_one(&admin).await?;
+        sqlx::raw_sql("ANALYZE records.patients, records.local_identifiers").execute(&admin).await?;
+        let (warm, warm_rate) = register_slices(&clients, seconds, slice, concurrency, round + 1024).await?;
+        let ratio = cold_rate / warm_rate;
+        let show = |rates: &[f64]| rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" · ");
+        eprintln!(
+            "run {}: from empty {cold_rate:.0}/s ({}), after ANALYZE at {patients} patients {warm_rate:.0}/s ({}): {ratio:.2}",
+            run + 1,
+            show(&cold),
+            show(&warm)
+        );
+        table.push(format!(
+            "| {} | {} | {cold_rate:.0} | {patients} | {} | {warm_rate:.0} | {ratio:.2} |",
+            run + 1,
+            show(&cold),
+            show(&warm)
+        ));
+        ratios.push(ratio);
+        admin.close().await;
+    }
+    println!(
+        "\nRegisterPatient from an empty table, autovacuum off ({concurrency} in flight, 4 connections): the first {seconds} s, then ANALYZE and the next {seconds} s; per-{slice} s slices\n"
+    );
+    println!(
+        "| run | from empty, per slice /s | from empty /s | patients at ANALYZE | after ANALYZE, per slice /s | after ANALYZE /s | ratio |"
+    );
+    println!("|---:|---|---:|---:|---|---:|---:|");
+    for row in &table {
+        println!("{row}");
+    }
+    let (low, high) = ratios.iter().fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+    let ratio = median(&ratios);
+    println!("\nmedian ratio (from empty / after ANALYZE): {ratio:.2}, range {low:.2}-{high:.2} (bar: >= 0.80) {}", verdict(ratio >= 0.8));
     Ok(())
 }

@@ -307,12 +307,19 @@ pub async fn find_by_local_identifier(
 /// cannot deadlock).
 pub async fn lock(conn: &mut PgConnection, ids: &[Uuid], scope: Scope<'_>) -> Result<Vec<PatientRecord>, sqlx::Error> {
     let sql = format!("SELECT {PATIENT_COLUMNS} FROM records.patients p WHERE p.id = ANY($1) AND {SCOPED} ORDER BY p.id FOR UPDATE OF p");
-    let rows: Vec<PatientRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).bind(scope).fetch_all(conn).await?;
+    // Planned afresh each time, as `candidates` is: `= ANY` planned on an empty table is a full scan.
+    let query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).persistent(false);
+    let rows: Vec<PatientRow> = query.bind(ids).bind(scope).fetch_all(conn).await?;
     Ok(rows.into_iter().map(PatientRow::into_record).collect())
 }
 
 /// Records that could be the same person as `profile` (same NHS number, birth date or phone, or the
 /// same family name sound within a year of the birth date), as profiles to score. Active records only.
+///
+/// Planned afresh on every call (an unnamed statement, not a prepared one): a plan made while the
+/// table was empty reads whole indexes once it is not (about 20 ms a call at 10,000 patients, 150 ms
+/// at 50,000), and on a server whose autovacuum is off nothing would ever replace it. A fresh plan
+/// sees the table's current size even with no statistics; it costs about 0.5 ms of planning.
 pub async fn candidates(
     executor: impl PgExecutor<'_>,
     profile: &MatchProfile,
@@ -320,8 +327,7 @@ pub async fn candidates(
     scope: Scope<'_>,
 ) -> Result<Vec<(Uuid, MatchProfile)>, sqlx::Error> {
     let rows: Vec<CandidateRow> = sqlx::query_as(
-        // One arm per index: an OR of the four would, once the statement runs on a generic plan, be
-        // answered by scanning every active record.
+        // One arm per index, each an index look-up whatever the statistics say.
         "SELECT p.id, p.given_name, p.family_name, p.birth_date, p.sex, p.postcode, p.phone, p.nhs_number \
          FROM records.patients p WHERE p.id IN ( \
              SELECT id FROM records.patients WHERE merged_into IS NULL AND birth_date = $1 \
@@ -332,6 +338,7 @@ pub async fn candidates(
          AND ($2::text[] IS NULL OR p.organisation = ANY($2)) \
          LIMIT $6",
     )
+    .persistent(false)
     .bind(profile.birth_date)
     .bind(scope)
     .bind(&profile.family_phonetic)
@@ -371,7 +378,9 @@ struct CandidateRow {
 
 pub async fn find_many(executor: impl PgExecutor<'_>, ids: &[Uuid], scope: Scope<'_>) -> Result<Vec<PatientRecord>, sqlx::Error> {
     let sql = format!("SELECT {PATIENT_COLUMNS} FROM records.patients p WHERE p.id = ANY($1) AND {SCOPED}");
-    let rows: Vec<PatientRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).bind(scope).fetch_all(executor).await?;
+    // Planned afresh each time, as `candidates` is: `= ANY` planned on an empty table is a full scan.
+    let query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).persistent(false);
+    let rows: Vec<PatientRow> = query.bind(ids).bind(scope).fetch_all(executor).await?;
     Ok(rows.into_iter().map(PatientRow::into_record).collect())
 }
 
