@@ -114,11 +114,13 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let pool = connect(&platform, &config).await?;
     let records = records::Records::new(pool.clone(), Outbox::new(SCHEMA), config.thresholds);
+    let plans = records.plans.clone();
     let verifier = CallerVerifier::new(&platform.internal_key, platform.require_caller_context);
     let service =
         service::RecordsService::new(records, verifier, config.accept_test_nhs_numbers, platform.outbox_poll_interval, shutdown.clone());
 
     IdempotencyStore::new(SCHEMA).prune_hourly(pool.clone(), platform.idempotency_retention, shutdown.clone());
+    tokio::spawn(watch_table_size(plans, pool.clone(), shutdown.clone()));
 
     let max = platform.grpc.max_message_bytes;
     let routes = Routes::new(PatientRecordsServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max));
@@ -132,4 +134,20 @@ pub async fn serve(
         check_inputs: true,
     };
     grpc::serve(&platform.grpc, listener, routes, serving, shutdown).await
+}
+
+/// Lets the duplicate-candidate query keep a cached plan once the patients table is big enough
+/// (`store::PlanCache`): checked at start and every five seconds until it is.
+async fn watch_table_size(plans: store::PlanCache, pool: PgPool, shutdown: CancellationToken) {
+    loop {
+        match plans.check(&pool).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(error) => tracing::warn!(error = ?pac_platform::ApiError::from(error).reason, "checking the patients table's size failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+        }
+    }
 }

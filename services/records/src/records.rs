@@ -31,6 +31,8 @@ pub struct Records {
     pub outbox: Outbox,
     idempotency: IdempotencyStore,
     thresholds: Thresholds,
+    /// Whether the candidate query's plan may be cached yet (`store::PlanCache`).
+    pub plans: store::PlanCache,
 }
 
 pub struct Register {
@@ -83,7 +85,7 @@ pub fn reveals_contact(caller: &Caller) -> bool {
 
 impl Records {
     pub fn new(pool: PgPool, outbox: Outbox, thresholds: Thresholds) -> Self {
-        Self { pool, outbox, idempotency: IdempotencyStore::new(crate::SCHEMA), thresholds }
+        Self { pool, outbox, idempotency: IdempotencyStore::new(crate::SCHEMA), thresholds, plans: store::PlanCache::default() }
     }
 
     pub async fn register(&self, r: Register) -> Result<pb::RegisterPatientResponse, RecordsError> {
@@ -170,15 +172,16 @@ impl Records {
     /// Existing active records in `scope` that may be the person in `profile`, best first.
     /// Candidates are scored from their matching fields; only graded ones are read in full.
     pub async fn candidates(&self, profile: &MatchProfile, max: usize, scope: Scope<'_>) -> Result<Vec<Candidate>, RecordsError> {
-        let mut graded: Vec<(Uuid, matching::Score, Grade)> = store::candidates(&self.pool, profile, CANDIDATE_LIMIT, scope)
-            .await?
-            .into_iter()
-            .filter_map(|(id, candidate)| {
-                let score = matching::score(profile, &candidate);
-                let grade = self.thresholds.grade(score.value)?;
-                Some((id, score, grade))
-            })
-            .collect();
+        let mut graded: Vec<(Uuid, matching::Score, Grade)> =
+            store::candidates(&self.pool, profile, CANDIDATE_LIMIT, scope, self.plans.ready())
+                .await?
+                .into_iter()
+                .filter_map(|(id, candidate)| {
+                    let score = matching::score(profile, &candidate);
+                    let grade = self.thresholds.grade(score.value)?;
+                    Some((id, score, grade))
+                })
+                .collect();
         if graded.is_empty() {
             return Ok(Vec::new());
         }

@@ -7,6 +7,9 @@
 //! its `WHERE` clause (`SCOPED`), so another organisation's patient is never read, counted or
 //! returned; it is "not found".
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use chrono::{DateTime, NaiveDate, Utc};
 use pac_platform::Actor;
 use pac_platform::caller::within;
@@ -313,18 +316,47 @@ pub async fn lock(conn: &mut PgConnection, ids: &[Uuid], scope: Scope<'_>) -> Re
     Ok(rows.into_iter().map(PatientRow::into_record).collect())
 }
 
+/// Whether the duplicate-candidate query may keep a plan cached on its connections. A plan made
+/// while `records.patients` was nearly empty reads whole indexes once it is not (about 20 ms a call
+/// at 10,000 patients, 150 ms at 50,000), and on a server whose autovacuum is off nothing ever
+/// replaces it. So until the table holds [`PlanCache::ROWS`] records the query is planned afresh on
+/// every call (an unnamed statement: the planner sees the table's current size even with no
+/// statistics, for about 0.5 ms of planning); from then on it is prepared once per connection, and
+/// the plan made then stays good as the table grows. Records are never deleted, so it never turns back.
+#[derive(Clone, Default)]
+pub struct PlanCache(Arc<AtomicBool>);
+
+impl PlanCache {
+    /// A table this size is planned as the large table it becomes.
+    pub const ROWS: i64 = 5_000;
+
+    pub fn ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Counts (up to [`Self::ROWS`]) the records there are; true once there are enough.
+    pub async fn check(&self, executor: impl PgExecutor<'_>) -> Result<bool, sqlx::Error> {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM records.patients LIMIT $1) t")
+            .bind(Self::ROWS)
+            .persistent(false)
+            .fetch_one(executor)
+            .await?;
+        if rows >= Self::ROWS {
+            self.0.store(true, Ordering::Relaxed);
+        }
+        Ok(self.ready())
+    }
+}
+
 /// Records that could be the same person as `profile` (same NHS number, birth date or phone, or the
-/// same family name sound within a year of the birth date), as profiles to score. Active records only.
-///
-/// Planned afresh on every call (an unnamed statement, not a prepared one): a plan made while the
-/// table was empty reads whole indexes once it is not (about 20 ms a call at 10,000 patients, 150 ms
-/// at 50,000), and on a server whose autovacuum is off nothing would ever replace it. A fresh plan
-/// sees the table's current size even with no statistics; it costs about 0.5 ms of planning.
+/// same family name sound within a year of the birth date), as profiles to score. Active records
+/// only. `cached_plan`: see [`PlanCache`].
 pub async fn candidates(
     executor: impl PgExecutor<'_>,
     profile: &MatchProfile,
     limit: i64,
     scope: Scope<'_>,
+    cached_plan: bool,
 ) -> Result<Vec<(Uuid, MatchProfile)>, sqlx::Error> {
     let rows: Vec<CandidateRow> = sqlx::query_as(
         // One arm per index, each an index look-up whatever the statistics say.
@@ -338,7 +370,7 @@ pub async fn candidates(
          AND ($2::text[] IS NULL OR p.organisation = ANY($2)) \
          LIMIT $6",
     )
-    .persistent(false)
+    .persistent(cached_plan)
     .bind(profile.birth_date)
     .bind(scope)
     .bind(&profile.family_phonetic)

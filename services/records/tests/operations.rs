@@ -171,3 +171,29 @@ async fn a_pooled_connection_ended_while_idle_is_replaced_not_handed_out() {
     pool.close().await;
     admin.close().await;
 }
+
+/// The duplicate-candidate query is planned afresh on every call while the patients table is small
+/// (a plan cached then would read whole indexes once it is not), and keeps a cached plan only once
+/// the table holds `PlanCache::ROWS` records.
+#[tokio::test]
+async fn the_candidate_query_keeps_a_cached_plan_only_once_the_table_is_large() {
+    let server = TestServer::start().await;
+    let admin = server.admin().await;
+    let plans = pac_records::store::PlanCache::default();
+    assert!(!plans.check(&admin).await.unwrap() && !plans.ready(), "an empty table");
+    let rows = pac_records::store::PlanCache::ROWS;
+    sqlx::query(
+        "INSERT INTO records.patients (id, nhs_number_status, given_name, family_name, birth_date, sex, postcode, \
+            postcode_outward, search_name, family_phonetic, organisation, created_at, updated_at) \
+         SELECT gen_random_uuid(), 3, 'Ada', 'Seed' || i, date '1950-01-01' + i, 1, '', '', 'ada seed' || i, 'S3', '', now(), now() \
+         FROM generate_series(1, $1::int - 1) AS i",
+    )
+    .bind(rows as i32)
+    .execute(&admin)
+    .await
+    .unwrap();
+    assert!(!plans.check(&admin).await.unwrap(), "one short of the size");
+    server.client().register_patient(register(patient(1), "plan-cache-1")).await.unwrap();
+    assert!(plans.check(&admin).await.unwrap() && plans.ready());
+    admin.close().await;
+}
