@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{free_slots, knee_clinic, referred_patient, start, token, with_token};
+use common::{clinic_with_daily_sessions, free_slots, knee_clinic, referred_patient, start, token, with_token};
 use pac_gateway::policy::Role;
 use pac_proto::access as pb;
 use pac_proto::access::access_client::AccessClient;
@@ -99,7 +99,6 @@ async fn a_coordinator_books_an_accepted_referral_and_explains_the_appointment()
 async fn a_referral_is_booked_only_into_a_clinic_of_its_service() {
     let p = start().await;
     let knee = knee_clinic(&p).await;
-    let admin = token(Role::Admin, Duration::from_secs(600));
     let coordinator = token(Role::Coordinator, Duration::from_secs(600));
     let mut scheduling = SchedulingClient::new(p.gateway.clone());
     let derm = sched::Clinic {
@@ -110,28 +109,7 @@ async fn a_referral_is_booked_only_into_a_clinic_of_its_service() {
         time_zone: "Europe/London".into(),
         ..Default::default()
     };
-    let derm = scheduling
-        .create_clinic(with_token(sched::CreateClinicRequest { clinic: Some(derm), request_id: String::new() }, Some(&admin)))
-        .await
-        .unwrap()
-        .into_inner()
-        .clinic
-        .unwrap();
-    let today = chrono::Utc::now().date_naive();
-    for weekday in 1..=7 {
-        let template = sched::SessionTemplate {
-            clinic_id: derm.id.clone(),
-            weekday,
-            start: Some(sched::LocalTime { hours: 8, minutes: 0 }),
-            end: Some(sched::LocalTime { hours: 18, minutes: 0 }),
-            slot_minutes: 15,
-            capacity: 1,
-            valid_from: Some(pac_platform::convert::date(today)),
-            ..Default::default()
-        };
-        let request = sched::CreateSessionTemplateRequest { session_template: Some(template), request_id: String::new() };
-        scheduling.create_session_template(with_token(request, Some(&admin))).await.unwrap();
-    }
+    let derm = clinic_with_daily_sessions(&p, derm).await;
     let derm_slot = free_slots(&p, &derm, 1).await.remove(0);
     let (patient_id, referral) = referred_patient(&p, "Fracture", true).await;
 

@@ -174,8 +174,10 @@ def refer(address: str, scheduling_address: str, patient_id: str, suffix: str, s
     assert status.status == health_pb2.HealthCheckResponse.SERVING, status
     referrals = referrals_pb2_grpc.ReferralsStub(channel)
     code = "SMOKE-" + suffix.upper()
+    # Provided by RR8, as its clinic is run by RR8: a booking names only a referral of the slot's
+    # service and organisation.
     referrals.CreateService(r.CreateServiceRequest(service=r.Service(
-        code=code, name="Smoke service", target_wait_days=42,
+        code=code, name="Smoke service", target_wait_days=42, organisation="RR8",
         rules=r.EligibilityRules(min_age=18, sources=["GP"]))), timeout=5)
     answer = referrals.CheckEligibility(r.CheckEligibilityRequest(patient_id=patient_id, service_code=code, source="DENTIST"), timeout=5)
     assert not answer.eligible and answer.reasons[0].code == "SOURCE_NOT_ACCEPTED", answer

@@ -141,6 +141,19 @@ pub async fn knee_clinic(p: &Platform) -> sched::Clinic {
         what_to_bring: vec!["Shorts".into()],
         ..Default::default()
     };
+    let clinic = clinic_with_daily_sessions(p, clinic).await;
+    let service = refs::Service { code: "KNEE".into(), name: "Knee".into(), target_wait_days: 42, ..Default::default() };
+    ReferralsClient::new(p.gateway.clone())
+        .create_service(with_token(refs::CreateServiceRequest { service: Some(service), request_id: String::new() }, Some(&admin)))
+        .await
+        .unwrap();
+    clinic
+}
+
+/// Creates `clinic` (as an administrator) with a session of 15-minute slots, 08:00-18:00, every day.
+pub async fn clinic_with_daily_sessions(p: &Platform, clinic: sched::Clinic) -> sched::Clinic {
+    let admin = token(Role::Admin, Duration::from_secs(600));
+    let mut scheduling = SchedulingClient::new(p.gateway.clone());
     let clinic = scheduling
         .create_clinic(with_token(sched::CreateClinicRequest { clinic: Some(clinic), request_id: String::new() }, Some(&admin)))
         .await
@@ -168,11 +181,6 @@ pub async fn knee_clinic(p: &Platform) -> sched::Clinic {
             .await
             .unwrap();
     }
-    let service = refs::Service { code: "KNEE".into(), name: "Knee".into(), target_wait_days: 42, ..Default::default() };
-    ReferralsClient::new(p.gateway.clone())
-        .create_service(with_token(refs::CreateServiceRequest { service: Some(service), request_id: String::new() }, Some(&admin)))
-        .await
-        .unwrap();
     clinic
 }
 
