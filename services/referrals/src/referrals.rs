@@ -570,8 +570,6 @@ impl Referrals {
     // -----------------------------------------------------------------------------------------
     // Other services' events
 
-    /// Applies an appointment event with the stream cursor; `false` when it does not concern a
-    /// referral here (nothing written).
     /// Whether a booked appointment fits the referral it names (`pac_platform::links`). Patients are
     /// compared as current records: through the merges this service followed, then, should they still
     /// differ, as the records service resolves them now (a merge not yet followed here).
@@ -598,6 +596,8 @@ impl Referrals {
         ))
     }
 
+    /// Applies an appointment event with the stream cursor; `false` when it does not concern a
+    /// referral here (nothing written). A booking is linked only when it fits its referral.
     pub async fn apply_appointment(&self, change: AppointmentChange, stream: &str, cursor: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         if !follow::advance_stream_cursor(&mut tx, stream, cursor).await? {
