@@ -337,6 +337,26 @@ fn status_in(headers: &HeaderMap) -> Option<&'static str> {
     Some(code_name(Code::from_i32(code)))
 }
 
+/// An audited call's record until the service answers: should the call be dropped first (the caller
+/// went away before the answer's headers), the record is written with outcome CANCELLED, so a call
+/// that reached a service is recorded whatever its caller does.
+struct Unanswered(Option<(Reserved, Entry)>);
+
+impl Unanswered {
+    fn answered(mut self) -> Option<(Reserved, Entry)> {
+        self.0.take()
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some((slot, mut entry)) = self.0.take() {
+            entry.outcome = "CANCELLED".into();
+            slot.record(entry);
+        }
+    }
+}
+
 /// A response body that records its call in the audit trail when it ends (or is dropped by a caller
 /// who went away), with the status from its trailers; for an event stream, with what it delivered.
 struct AuditedBody {
@@ -527,7 +547,7 @@ where
                 }
             };
             request.headers_mut().insert(REQUEST_ID_HEADER, HeaderValue::from_str(&request_id).expect("checked characters"));
-            let mut record = match data {
+            let record = match data {
                 Data::Other => Entry::default(),
                 Data::Patient | Data::Stream => entry(Some(&identity), &path, &request_id, &trace_id),
             };
@@ -538,6 +558,7 @@ where
                     Err((status, reason)) => return Ok(refuse(slot, record, status, reason, &request_id)),
                 }
             }
+            let unanswered = Unanswered((data != Data::Other).then_some((slot, record)));
             let forwarding = async {
                 if policy::is_idempotent_read(&path) {
                     forward_read(upstream, request, deadline, &retries).await
@@ -556,14 +577,14 @@ where
             let patients = parts.headers.remove(pac_platform::audit::PATIENTS_HEADER);
             // A trailers-only answer (an error, or a stream refused) carries its status in the headers.
             let answered = status_in(&parts.headers).map(String::from).unwrap_or_default();
-            let response = match (data, stream) {
-                (Data::Patient, _) => {
+            let response = match (unanswered.answered(), stream) {
+                (Some((slot, mut record)), None) => {
                     record.patient_ids =
                         patients.as_ref().and_then(|v| v.to_str().ok()).map(pac_platform::audit::patients_in).unwrap_or_default();
                     record.outcome = answered;
                     Response::from_parts(parts, Body::new(AuditedBody { inner: body, pending: Some((slot, record)), stream: None }))
                 }
-                (Data::Stream, Some((opening, tally))) => {
+                (Some((slot, mut record)), Some((opening, tally))) => {
                     if answered.is_empty() {
                         opening.record(tally.opened());
                     }
@@ -571,7 +592,7 @@ where
                     let audited = AuditedBody { inner: body, pending: Some((slot, record)), stream: Some(tally) };
                     Response::from_parts(parts, Body::new(audited))
                 }
-                _ => Response::from_parts(parts, body),
+                (None, _) => Response::from_parts(parts, body),
             };
             Ok(with_request_id(response, &request_id))
         })

@@ -358,3 +358,62 @@ async fn records_are_stored_exactly_whatever_characters_they_hold() {
     let verification = pac_gateway::audit::verify(&pool).await.unwrap();
     assert!(verification.problems.is_empty() && verification.records >= 3, "{verification:?}");
 }
+
+/// Found: 60 BookAppointment calls cancelled by their client after 1–8 ms created 60 appointments
+/// and 23 audit records. Every call that reaches a service is recorded, whatever its caller does:
+/// one cancelled before the answer's headers as CANCELLED, each with its request id.
+#[tokio::test]
+async fn calls_their_callers_cancel_are_audited_all_the_same() {
+    let p = start_with(|_| {}).await;
+    let clinic = knee_clinic(&p).await;
+    let coordinator = token(Role::Coordinator, Duration::from_secs(600));
+    let (patient_id, _) = referred_patient(&p, "Cancelled", false).await;
+    let slots = common::free_slots(&p, &clinic, 60).await;
+    assert_eq!(slots.len(), 60);
+    let mut sent = Vec::new();
+    for (n, slot) in slots.iter().enumerate() {
+        let request_id = uuid::Uuid::now_v7().to_string();
+        let booking = sched::BookAppointmentRequest {
+            target: Some(sched::book_appointment_request::Target::SlotId(slot.id.clone())),
+            patient_id: patient_id.clone(),
+            referral_id: String::new(),
+            request_id: request_id.clone(),
+        };
+        let mut client = SchedulingClient::new(p.gateway.clone());
+        let call = client.book_appointment(tagged(booking, Some(&coordinator), &request_id));
+        // Dropped at its timeout: the client resets the call, whether or not the service answered.
+        let _ = tokio::time::timeout(Duration::from_millis(1 + (n % 8) as u64), call).await;
+        sent.push(request_id);
+    }
+    // The bookings the service made are each audited, under their request id.
+    let admin = p.admin_pool().await;
+    let mut booked: Vec<String> = Vec::new();
+    let mut audited: HashMap<String, String> = HashMap::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        booked = sqlx::query_scalar(
+            "SELECT o.request_id FROM scheduling.outbox o JOIN scheduling.appointments a ON a.id = o.aggregate_id \
+             WHERE o.event_type = 'AppointmentBooked' AND a.patient_id = $1::uuid",
+        )
+        .bind(&patient_id)
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT request_id, outcome FROM audit.events WHERE action = '/pac.scheduling.v1.Scheduling/BookAppointment'")
+                .fetch_all(&admin)
+                .await
+                .unwrap();
+        audited = rows.into_iter().collect();
+        if !booked.is_empty() && booked.iter().all(|id| audited.contains_key(id)) {
+            break;
+        }
+    }
+    admin.close().await;
+    let missing: Vec<&String> = booked.iter().filter(|id| !audited.contains_key(*id)).collect();
+    println!("{} sent, {} booked, {} audited", sent.len(), booked.len(), audited.len());
+    assert!(!booked.is_empty(), "no booking reached the service");
+    assert!(missing.is_empty(), "{} of {} bookings have no audit record", missing.len(), booked.len());
+    assert!(audited.values().any(|o| o == "CANCELLED"), "no call was cancelled before its answer: {audited:?}");
+    assert!(audited.keys().all(|id| sent.contains(id)));
+}
