@@ -11,4 +11,5 @@ mod database;
 mod deadlines;
 mod followers;
 mod inputs;
+mod production;
 mod stream_order;

@@ -100,6 +100,30 @@ pub struct PlatformConfig {
     pub idempotency_retention: Duration,
 }
 
+/// What production refuses to start with: no internal key or role password, the development values
+/// published in this source (anyone could sign a caller context acting for every organisation, or
+/// log in as a service), or services that accept calls without a caller context.
+fn check_production(internal_key: Option<&str>, role_password: Option<&str>, require_caller_context: bool) -> anyhow::Result<()> {
+    match internal_key {
+        None => bail!("PAC_INTERNAL_KEY must be set in production (32 or more characters)"),
+        Some(DEVELOPMENT_INTERNAL_KEY) => {
+            bail!("PAC_INTERNAL_KEY is the published development key: set a secret of your own in production")
+        }
+        Some(_) => {}
+    }
+    match role_password {
+        None => bail!("PAC_DB_ROLE_PASSWORD must be set in production"),
+        Some(DEVELOPMENT_ROLE_PASSWORD) => {
+            bail!("PAC_DB_ROLE_PASSWORD is the published development password: set a secret of your own in production")
+        }
+        Some(_) => {}
+    }
+    if !require_caller_context {
+        bail!("PAC_REQUIRE_CALLER_CONTEXT=false is refused in production: every call must carry a signed caller context");
+    }
+    Ok(())
+}
+
 impl PlatformConfig {
     /// Reads the environment. `default_environment` applies when `PAC_ENVIRONMENT` is unset: `pac dev`
     /// passes Development, everything else Production.
@@ -108,13 +132,9 @@ impl PlatformConfig {
         let development = environment == Environment::Development;
         let internal_key = std::env::var("PAC_INTERNAL_KEY").ok().filter(|k| !k.is_empty());
         let role_password = std::env::var("PAC_DB_ROLE_PASSWORD").ok().filter(|k| !k.is_empty());
+        let require_caller_context = var("PAC_REQUIRE_CALLER_CONTEXT", !development)?;
         if !development {
-            if internal_key.is_none() {
-                bail!("PAC_INTERNAL_KEY must be set in production (32 or more characters)");
-            }
-            if role_password.is_none() {
-                bail!("PAC_DB_ROLE_PASSWORD must be set in production");
-            }
+            check_production(internal_key.as_deref(), role_password.as_deref(), require_caller_context)?;
         }
         let internal_key = internal_key.unwrap_or_else(|| DEVELOPMENT_INTERNAL_KEY.to_string());
         if internal_key.len() < 32 {
@@ -146,7 +166,7 @@ impl PlatformConfig {
                 otlp_endpoint: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty()),
             },
             internal_key: Secret::new(internal_key),
-            require_caller_context: var("PAC_REQUIRE_CALLER_CONTEXT", !development)?,
+            require_caller_context,
             outbox_poll_interval: millis("PAC_OUTBOX_POLL_MS", 500)?,
             idempotency_retention: Duration::from_secs(3600 * var::<u64>("PAC_IDEMPOTENCY_RETENTION_HOURS", 72)?),
         })
@@ -205,4 +225,22 @@ where
 
 fn millis(name: &str, default: u64) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(var(name, default)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "a-secret-of-this-deployment-of-32-characters";
+
+    #[test]
+    fn production_refuses_the_published_development_secrets_and_calls_without_a_caller_context() {
+        assert!(check_production(Some(KEY), Some("secret"), true).is_ok());
+        let refused = |key, password, require| check_production(key, password, require).unwrap_err().to_string();
+        assert!(refused(None, Some("secret"), true).contains("PAC_INTERNAL_KEY must be set"));
+        assert!(refused(Some(DEVELOPMENT_INTERNAL_KEY), Some("secret"), true).contains("published development key"));
+        assert!(refused(Some(KEY), None, true).contains("PAC_DB_ROLE_PASSWORD must be set"));
+        assert!(refused(Some(KEY), Some(DEVELOPMENT_ROLE_PASSWORD), true).contains("published development password"));
+        assert!(refused(Some(KEY), Some("secret"), false).contains("PAC_REQUIRE_CALLER_CONTEXT=false"));
+    }
 }
