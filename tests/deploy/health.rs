@@ -26,13 +26,16 @@ fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
-/// The environment a records container gets: production settings, its own listen address.
+/// The environment a records container gets: its own listen address, and production's settings
+/// but one: the service roles are shared by every test database on the server, so they keep their
+/// development password, which production refuses; the environment is development, with production's
+/// caller-context requirement.
 fn container_env(command: &mut Command, db: &TestDatabase, addr: SocketAddr) {
     command
         .env_clear()
-        .env("PAC_ENVIRONMENT", "production")
+        .env("PAC_ENVIRONMENT", "development")
+        .env("PAC_REQUIRE_CALLER_CONTEXT", "true")
         .env("DATABASE_URL", &db.admin_url)
-        // The service roles are shared by every test database on the server: keep their password.
         .env("PAC_DB_ROLE_PASSWORD", pac_platform::config::DEVELOPMENT_ROLE_PASSWORD)
         .env("PAC_INTERNAL_KEY", "health-test-internal-key-0123456789abcdef")
         .env("PAC_RECORDS_ADDR", addr.to_string())
