@@ -579,7 +579,10 @@ impl Referrals {
         referral: &Referral,
         change: &AppointmentChange,
     ) -> Result<std::result::Result<(), Mismatch>> {
-        let mut patients = [merges::current_patient(tx, referral.patient_id).await?, merges::current_patient(tx, change.patient_id).await?];
+        let mut patients = [referral.patient_id, change.patient_id];
+        if patients[0] != patients[1] {
+            patients = [merges::current_patient(tx, patients[0]).await?, merges::current_patient(tx, patients[1]).await?];
+        }
         if patients[0] != patients[1] {
             for patient in &mut patients {
                 *patient = match self.clients.patient(*patient).await {

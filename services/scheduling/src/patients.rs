@@ -15,7 +15,8 @@ use uuid::Uuid;
 use crate::error::SchedulingError;
 use crate::store::Scope;
 
-const SUBJECT: &str = "pac-scheduling";
+/// How scheduling names itself to the other services.
+pub const SUBJECT: &str = "pac-scheduling";
 
 /// How scheduling identifies itself in what it records.
 pub fn service_actor() -> Actor {

@@ -14,9 +14,8 @@ use tonic::Code;
 use uuid::Uuid;
 
 use crate::error::SchedulingError;
+use crate::patients::SUBJECT;
 use crate::store::Scope;
-
-const SUBJECT: &str = "pac-scheduling";
 
 /// What a link to a referral is checked against.
 #[derive(Debug, Clone)]
