@@ -436,13 +436,16 @@ async fn forward(mut upstream: Upstream, request: Request<Body>) -> Response<Bod
     })
 }
 
-/// A read's request, whole, or `OUT_OF_RANGE` when it is over [`RETRY_BODY_LIMIT`].
-async fn read_whole(request: Request<Body>) -> Result<(http::request::Parts, Bytes), Status> {
+/// A read's request, whole; `OUT_OF_RANGE` when it is over [`RETRY_BODY_LIMIT`], `CANCELLED` when it
+/// was cut off (`pac_platform::input::unread`).
+async fn read_whole(request: Request<Body>) -> Result<(http::request::Parts, Bytes), Denial> {
     use http_body_util::BodyExt;
     let (parts, body) = request.into_parts();
     match http_body_util::Limited::new(body, RETRY_BODY_LIMIT).collect().await {
         Ok(collected) => Ok((parts, collected.to_bytes())),
-        Err(_) => Err(refusal(Code::OutOfRange, "REQUEST_TOO_LARGE", "the request is too large for a read").into()),
+        Err(error) => {
+            Err(Denial::new(pac_platform::input::unread(&*error, "the request is too large for a read").with_domain(crate::ERROR_DOMAIN), None))
+        }
     }
 }
 
@@ -452,7 +455,7 @@ async fn forward_read(upstream: Upstream, request: Request<Body>, deadline: Inst
     budget.deposit();
     let (parts, body) = match read_whole(request).await {
         Ok(whole) => whole,
-        Err(status) => return status.into_http(),
+        Err(denial) => return denial.status.into_http(),
     };
     let mut pause = RETRY_PAUSE;
     let mut attempt = 0;
@@ -490,7 +493,7 @@ async fn open_stream(
     identity: &Identity,
 ) -> Result<(Request<Body>, Reserved, Tally), (Status, &'static str)> {
     let opening = audit.reserve().ok_or_else(|| (overloaded(), "OVERLOADED"))?;
-    let (parts, body) = read_whole(request).await.map_err(|status| (status, "REQUEST_TOO_LARGE"))?;
+    let (parts, body) = read_whole(request).await.map_err(|denial| (denial.status, denial.reason))?;
     let after = streams::after_cursor(&body).unwrap_or_default();
     let tally = Tally::new(audit.clone(), record.clone(), identity.organisations.clone(), after);
     Ok((Request::from_parts(parts, Body::new(http_body_util::Full::new(body))), opening, tally))

@@ -31,7 +31,10 @@ const MAX_DEPTH: usize = 32;
 enum Kind {
     Text,
     Message(usize),
-    Other,
+    Bytes,
+    /// A number: its wire type (varint 0, fixed64 1, fixed32 5), and whether it repeats (and so
+    /// may also come packed, as wire type 2).
+    Number { wire_type: u64, repeated: bool },
 }
 
 #[derive(Debug)]
@@ -86,10 +89,15 @@ impl Contracts {
                     .field
                     .iter()
                     .map(|field| {
+                        let repeated = field.label() == prost_types::field_descriptor_proto::Label::Repeated;
                         let kind = match field.r#type() {
                             Type::String => Kind::Text,
-                            Type::Message => names.get(field.type_name()).map_or(Kind::Other, |&m| Kind::Message(m)),
-                            _ => Kind::Other,
+                            // A message the contracts do not describe is not read further.
+                            Type::Message => names.get(field.type_name()).map_or(Kind::Bytes, |&m| Kind::Message(m)),
+                            Type::Bytes | Type::Group => Kind::Bytes,
+                            Type::Double | Type::Fixed64 | Type::Sfixed64 => Kind::Number { wire_type: 1, repeated },
+                            Type::Float | Type::Fixed32 | Type::Sfixed32 => Kind::Number { wire_type: 5, repeated },
+                            _ => Kind::Number { wire_type: 0, repeated },
                         };
                         (field.number() as u32, Field { name: field.name().to_string(), kind })
                     })
@@ -109,14 +117,18 @@ impl Contracts {
         Ok(Self { methods, messages })
     }
 
-    /// Checks the request message `body` (one gRPC frame, as sent) of the RPC at `path`.
-    pub fn check(&self, path: &str, body: &[u8]) -> Result<(), ApiError> {
+    /// Checks the request message `body` (one gRPC frame, as sent) of the RPC at `path`; `encoded`
+    /// says whether the request names a content encoding (`grpc-encoding`).
+    pub fn check(&self, path: &str, body: &[u8], encoded: bool) -> Result<(), ApiError> {
         let Some(&message) = self.methods.get(path) else { return Ok(()) };
         let malformed = || ApiError::invalid_field("", "REQUEST_MALFORMED", "the request is not a valid message of this RPC");
         let [compressed, l0, l1, l2, l3, payload @ ..] = body else { return Err(malformed()) };
-        if *compressed != 0 {
-            // Compressed requests are refused by the server itself.
-            return Ok(());
+        match compressed {
+            0 => {}
+            // A compressed message in an encoding the request names: the server itself answers
+            // (it accepts none, and says so with UNIMPLEMENTED).
+            1 if encoded => return Ok(()),
+            _ => return Err(malformed()),
         }
         if u32::from_be_bytes([*l0, *l1, *l2, *l3]) as usize != payload.len() {
             return Err(malformed());
@@ -128,35 +140,73 @@ impl Contracts {
         }
     }
 
+    /// Reads `bytes` as `message` the way the services' decoder will, so that whatever it would
+    /// refuse (a wrong wire type for a known field, field number 0, a truncated value) is refused
+    /// here as the caller's mistake rather than there as a server fault.
     fn walk(&self, message: usize, mut bytes: &[u8], path: &str, depth: usize) -> Result<(), Problem> {
         if depth > MAX_DEPTH {
             return Err(Problem::Malformed);
         }
         while !bytes.is_empty() {
             let key = varint(&mut bytes)?;
-            let (number, wire_type) = ((key >> 3) as u32, key & 7);
-            match wire_type {
+            let (number, wire_type) = (u32::try_from(key >> 3).map_err(|_| Problem::Malformed)?, key & 7);
+            if number == 0 {
+                return Err(Problem::Malformed);
+            }
+            let value = match wire_type {
                 0 => {
                     varint(&mut bytes)?;
+                    None
                 }
-                1 => bytes = bytes.get(8..).ok_or(Problem::Malformed)?,
-                5 => bytes = bytes.get(4..).ok_or(Problem::Malformed)?,
+                1 => Some(take(&mut bytes, 8)?),
+                5 => Some(take(&mut bytes, 4)?),
                 2 => {
                     let length = usize::try_from(varint(&mut bytes)?).map_err(|_| Problem::Malformed)?;
-                    let value = bytes.get(..length).ok_or(Problem::Malformed)?;
-                    bytes = &bytes[length..];
-                    let Some(field) = self.messages[message].get(&number) else { continue };
-                    let name = if path.is_empty() { field.name.clone() } else { format!("{path}.{}", field.name) };
+                    Some(take(&mut bytes, length)?)
+                }
+                _ => return Err(Problem::Malformed),
+            };
+            let Some(field) = self.messages[message].get(&number) else { continue };
+            match (field.kind, wire_type) {
+                (Kind::Number { wire_type: expected, .. }, _) if wire_type == expected => {}
+                (Kind::Number { wire_type: expected, repeated: true }, 2) => packed(value.unwrap_or_default(), expected)?,
+                (Kind::Text | Kind::Message(_) | Kind::Bytes, 2) => {
+                    let value = value.unwrap_or_default();
+                    let name = || if path.is_empty() { field.name.clone() } else { format!("{path}.{}", field.name) };
                     match field.kind {
-                        Kind::Text => check_text(&name, value)?,
-                        Kind::Message(inner) => self.walk(inner, value, &name, depth + 1)?,
-                        Kind::Other => {}
+                        Kind::Text => check_text(&name(), value)?,
+                        Kind::Message(inner) => self.walk(inner, value, &name(), depth + 1)?,
+                        _ => {}
                     }
                 }
                 _ => return Err(Problem::Malformed),
             }
         }
         Ok(())
+    }
+}
+
+fn take<'a>(bytes: &mut &'a [u8], length: usize) -> Result<&'a [u8], Problem> {
+    if bytes.len() < length {
+        return Err(Problem::Malformed);
+    }
+    let (value, rest) = bytes.split_at(length);
+    *bytes = rest;
+    Ok(value)
+}
+
+/// A packed repeated number field's contents: whole values of its wire type.
+fn packed(mut value: &[u8], wire_type: u64) -> Result<(), Problem> {
+    match wire_type {
+        0 => {
+            while !value.is_empty() {
+                varint(&mut value)?;
+            }
+            Ok(())
+        }
+        1 if value.len() % 8 == 0 => Ok(()),
+        5 if value.len() % 4 == 0 => Ok(()),
+        _ => Err(Problem::Malformed),
     }
 }
 
@@ -170,7 +220,11 @@ fn varint(bytes: &mut &[u8]) -> Result<u64, Problem> {
     for shift in (0..70).step_by(7) {
         let (&byte, rest) = bytes.split_first().ok_or(Problem::Malformed)?;
         *bytes = rest;
-        value |= u64::from(byte & 0x7f) << shift.min(63);
+        if shift == 63 && byte > 1 {
+            // More than 64 bits.
+            return Err(Problem::Malformed);
+        }
+        value |= u64::from(byte & 0x7f) << shift;
         if byte & 0x80 == 0 {
             return Ok(value);
         }
@@ -243,17 +297,25 @@ where
             let (parts, body) = request.into_parts();
             let body: Bytes = match http_body_util::Limited::new(body, limit + 5).collect().await {
                 Ok(collected) => collected.to_bytes(),
-                Err(_) => {
-                    let error =
-                        ApiError::new(tonic::Code::OutOfRange, "REQUEST_TOO_LARGE", "the request is larger than this server accepts");
-                    return Ok(tonic::Status::from(error).into_http());
-                }
+                Err(error) => return Ok(tonic::Status::from(unread(&*error, "the request is larger than this server accepts")).into_http()),
             };
-            if let Err(error) = contracts.check(parts.uri.path(), &body) {
+            let encoded = parts.headers.get("grpc-encoding").is_some_and(|e| e.as_bytes() != b"identity");
+            if let Err(error) = contracts.check(parts.uri.path(), &body, encoded) {
                 return Ok(tonic::Status::from(error).into_http());
             }
             inner.call(Request::from_parts(parts, Body::new(http_body_util::Full::new(body)))).await
         })
+    }
+}
+
+/// Why a request's body could not be read whole: over the size limit (`OUT_OF_RANGE`, with
+/// `too_large` as the message), or cut off before its end, most often by a caller who went away or
+/// a connection closed under load (`CANCELLED`; not the caller's mistake, and safe to retry).
+pub fn unread(error: &(dyn std::error::Error + 'static), too_large: &str) -> ApiError {
+    if error.is::<http_body_util::LengthLimitError>() {
+        ApiError::new(tonic::Code::OutOfRange, "REQUEST_TOO_LARGE", too_large)
+    } else {
+        ApiError::new(tonic::Code::Cancelled, "REQUEST_INCOMPLETE", "the request ended before its end; retry")
     }
 }
 
@@ -284,14 +346,14 @@ mod tests {
     #[test]
     fn text_with_control_characters_is_refused_with_the_field_named() {
         let contracts = contracts();
-        assert!(contracts.check(REGISTER, &framed(&registration("Lovelace"))).is_ok(), "tabs and line breaks pass");
+        assert!(contracts.check(REGISTER, &framed(&registration("Lovelace")), false).is_ok(), "tabs and line breaks pass");
         for bad in ["A\u{0}B", "A\u{7}B", "A\u{1b}[31m", "A\u{85}B", "A\u{7f}"] {
-            let error = contracts.check(REGISTER, &framed(&registration(bad))).unwrap_err();
+            let error = contracts.check(REGISTER, &framed(&registration(bad)), false).unwrap_err();
             assert_eq!((error.code, error.reason), (tonic::Code::InvalidArgument, "TEXT_INVALID"), "{bad:?}");
             assert_eq!(error.field_violations[0].field, "patient.family_name");
         }
         let long = "x".repeat(MAX_TEXT_BYTES + 1);
-        assert_eq!(contracts.check(REGISTER, &framed(&registration(&long))).unwrap_err().reason, "TEXT_TOO_LONG");
+        assert_eq!(contracts.check(REGISTER, &framed(&registration(&long)), false).unwrap_err().reason, "TEXT_TOO_LONG");
         // Repeated and nested messages are read too.
         let lookup = pb::LookupPatientRequest {
             identifier: Some(pb::lookup_patient_request::Identifier::LocalIdentifier(pb::LocalIdentifier {
@@ -299,19 +361,37 @@ mod tests {
                 value: "A\u{0}B".into(),
             })),
         };
-        let error = contracts.check("/pac.records.v1.PatientRecords/LookupPatient", &framed(&lookup)).unwrap_err();
+        let error = contracts.check("/pac.records.v1.PatientRecords/LookupPatient", &framed(&lookup), false).unwrap_err();
         assert_eq!(error.field_violations[0].field, "local_identifier.value");
     }
 
     #[test]
     fn what_is_not_a_message_is_refused_and_other_paths_pass() {
         let contracts = contracts();
-        for garbage in [&b""[..], &[0, 0, 0, 0, 9, 1][..], &[0, 0, 0, 0, 2, 0x0a, 0x05][..], &[0, 0, 0, 0, 1, 0x0b][..]] {
-            assert_eq!(contracts.check(REGISTER, garbage).unwrap_err().reason, "REQUEST_MALFORMED", "{garbage:?}");
+        let garbage: [&[u8]; 10] = [
+            b"",
+            &[0, 0, 0, 0, 9, 1],
+            &[0, 0, 0, 0, 2, 0x0a, 0x05],
+            &[0, 0, 0, 0, 1, 0x0b],
+            // Field number 0.
+            &[0, 0, 0, 0, 2, 0x00, 0x01],
+            // The patient (a message) sent as a number.
+            &[0, 0, 0, 0, 2, 0x08, 0x01],
+            // A number of more than 64 bits.
+            &[0, 0, 0, 0, 12, 0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
+            // A compression flag that is not 0 or 1, and 1 with no encoding named.
+            &[2, 0, 0, 0, 0],
+            &[1, 0, 0, 0, 0],
+            // A group, which no contract uses.
+            &[0, 0, 0, 0, 2, 0x53, 0x54],
+        ];
+        for garbage in garbage {
+            assert_eq!(contracts.check(REGISTER, garbage, false).unwrap_err().reason, "REQUEST_MALFORMED", "{garbage:?}");
         }
+        assert!(contracts.check(REGISTER, &[1, 0, 0, 0, 0], true).is_ok(), "an encoding the request names is the server's to refuse");
         // Invalid UTF-8 in a string field.
         let bad_utf8 = [0, 0, 0, 0, 8, 0x0a, 0x06, 0x1a, 0x04, 0x41, 0xff, 0xfe, 0x42];
-        assert_eq!(contracts.check(REGISTER, &bad_utf8).unwrap_err().reason, "TEXT_INVALID");
-        assert!(contracts.check("/grpc.health.v1.Health/Check", b"anything").is_ok());
+        assert_eq!(contracts.check(REGISTER, &bad_utf8, false).unwrap_err().reason, "TEXT_INVALID");
+        assert!(contracts.check("/grpc.health.v1.Health/Check", b"anything", false).is_ok());
     }
 }
