@@ -12,4 +12,5 @@ mod deadlines;
 mod followers;
 mod inputs;
 mod production;
+mod roles;
 mod stream_order;

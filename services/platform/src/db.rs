@@ -66,6 +66,11 @@ pub async fn provision(admin: &PgPool, service: ServiceSchema, password: &Secret
         format!("CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {role}"),
         // Nothing but its own schema: no objects in public, no temporary tables.
         format!("REVOKE CREATE ON SCHEMA public FROM {role}"),
+        // This database admits only the roles provisioned in it (and its owner and administrators):
+        // no other login role on the server may connect, and nobody may create temporary tables.
+        format!(
+            "DO $$ BEGIN                EXECUTE format('REVOKE CONNECT, TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());                EXECUTE format('GRANT CONNECT ON DATABASE %I TO {role}', current_database());              END $$"
+        ),
     ];
     for statement in &statements {
         let mut attempt = 0;
