@@ -255,7 +255,8 @@ pub fn development_token(role: &str, orgs: Vec<String>, subject: Option<String>,
     use pac_gateway::auth::{Identity, mint_development};
     let role = pac_gateway::policy::Role::from_name(role)
         .ok_or_else(|| anyhow::anyhow!("--role must be coordinator, clinician, integration, auditor or admin"))?;
-    anyhow::ensure!((1..=7 * 24 * 3600).contains(&ttl), "--ttl must be 1 second to 7 days");
+    let max = pac_gateway::auth::DEFAULT_MAX_LIFETIME.as_secs();
+    anyhow::ensure!((1..=max).contains(&ttl), "--ttl must be 1 second to {max} seconds (the gateway's longest token lifetime)");
     // Read as the gateway reads them (an empty setting is an unset one).
     use pac_platform::config::var;
     let key = var("PAC_GATEWAY_DEV_TOKEN_KEY", pac_gateway::DEVELOPMENT_TOKEN_KEY.to_string())?;

@@ -12,8 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::Role;
 
-/// Clock skew allowed on expiry and not-before.
+/// Clock skew allowed on expiry, not-before and issue time.
 const LEEWAY_SECONDS: u64 = 30;
+/// Longest lifetime (expiry less issue time) a token may have unless configured otherwise.
+pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Longest token accepted, in bytes; a longer one is refused (and audited) as `TOKEN_TOO_LARGE`.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// Who a valid token says the caller is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +41,11 @@ pub enum Refusal {
     Audience,
     Issuer,
     Claims,
+    /// Expires too long after it was issued.
+    Lifetime,
+    /// Issued in the future (beyond the clock skew allowed).
+    IssuedInFuture,
+    TooLarge,
 }
 
 impl Refusal {
@@ -52,6 +61,9 @@ impl Refusal {
             Self::Audience => "TOKEN_AUDIENCE_WRONG",
             Self::Issuer => "TOKEN_ISSUER_WRONG",
             Self::Claims => "TOKEN_CLAIMS_INVALID",
+            Self::Lifetime => "TOKEN_LIFETIME_TOO_LONG",
+            Self::IssuedInFuture => "TOKEN_ISSUED_IN_FUTURE",
+            Self::TooLarge => "TOKEN_TOO_LARGE",
         }
     }
 }
@@ -81,6 +93,7 @@ pub struct Authenticator {
     keys: Keys,
     issuer: String,
     audience: String,
+    max_lifetime: Duration,
 }
 
 impl Authenticator {
@@ -103,12 +116,23 @@ impl Authenticator {
             keys.insert(kid, (DecodingKey::from_jwk(jwk)?, algorithm));
         }
         anyhow::ensure!(!keys.is_empty(), "the JWKS has no keys");
-        Ok(Self { keys: Keys::Jwks(keys), issuer: issuer.into(), audience: audience.into() })
+        Ok(Self { keys: Keys::Jwks(keys), issuer: issuer.into(), audience: audience.into(), max_lifetime: DEFAULT_MAX_LIFETIME })
     }
 
     /// Development: HS256 tokens signed with `secret`.
     pub fn development(secret: &[u8], issuer: &str, audience: &str) -> Self {
-        Self { keys: Keys::Development(DecodingKey::from_secret(secret)), issuer: issuer.into(), audience: audience.into() }
+        Self {
+            keys: Keys::Development(DecodingKey::from_secret(secret)),
+            issuer: issuer.into(),
+            audience: audience.into(),
+            max_lifetime: DEFAULT_MAX_LIFETIME,
+        }
+    }
+
+    /// Refuses tokens that expire more than `max` after they were issued.
+    pub fn max_lifetime(mut self, max: Duration) -> Self {
+        self.max_lifetime = max;
+        self
     }
 
     /// The identity in an `authorization: Bearer …` header value (the proxy verifies through its
@@ -120,6 +144,9 @@ impl Authenticator {
 
     /// The identity a token carries, and when the token expires (seconds since the Unix epoch).
     pub fn verify(&self, token: &str) -> Result<(Identity, u64), Refusal> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Refusal::TooLarge);
+        }
         // `alg: none` and unknown algorithms fail here; so does what is not a JWT at all.
         let head = jsonwebtoken::decode_header(token).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
@@ -161,15 +188,34 @@ impl Authenticator {
                 }
             })?
             .claims;
+        let now = jsonwebtoken::get_current_timestamp();
+        if claims.iat > now + LEEWAY_SECONDS {
+            return Err(Refusal::IssuedInFuture);
+        }
+        if claims.exp.saturating_sub(claims.iat) > self.max_lifetime.as_secs() {
+            return Err(Refusal::Lifetime);
+        }
         let role = Role::from_name(&claims.role).ok_or(Refusal::Claims)?;
         // A caller acts for at least one organisation: what it may see is scoped to them.
-        // Names are recorded in the audit trail: printable and of sensible length.
-        let name = |n: &str| !n.trim().is_empty() && n.len() <= 256 && !n.chars().any(char::is_control);
+        // Names are recorded in the audit trail and shown to auditors: printable, nothing that
+        // changes how the text around them reads, and of sensible length.
+        let name = |n: &str| !n.trim().is_empty() && n.len() <= 256 && !n.chars().any(|c| c.is_control() || is_format(c));
         if !name(&claims.sub) || claims.orgs.is_empty() || !claims.orgs.iter().all(|o| name(o)) {
             return Err(Refusal::Claims);
         }
         Ok((Identity { subject: claims.sub, role, organisations: claims.orgs }, claims.exp))
     }
+}
+
+/// Unicode's format characters (general category Cf: bidirectional overrides such as U+202E,
+/// zero-width characters, the byte order mark, tags) and the line and paragraph separators: invisible
+/// characters that change how the text around them is shown.
+fn is_format(c: char) -> bool {
+    matches!(c,
+        '\u{AD}' | '\u{600}'..='\u{605}' | '\u{61C}' | '\u{6DD}' | '\u{70F}' | '\u{890}'..='\u{891}' | '\u{8E2}'
+        | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
+        | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{110BD}' | '\u{110CD}' | '\u{13430}'..='\u{1343F}'
+        | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
 }
 
 /// The token in an `authorization: Bearer …` header value.
@@ -276,6 +322,21 @@ mod tests {
         check(sign(&Claims { sub: "a\u{0}b".into(), ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::Claims);
         check(sign(&Claims { orgs: vec!["RR8\n".into()], ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::Claims);
         check(sign(&Claims { sub: "x".repeat(257), ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::Claims);
+        for invisible in ["\u{202E}", "\u{200B}", "\u{FEFF}", "\u{2066}", "\u{E0041}", "\u{2028}", "\u{AD}"] {
+            check(sign(&Claims { sub: format!("clin{invisible}ician"), ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::Claims);
+            check(sign(&Claims { orgs: vec![format!("RR8{invisible}")], ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::Claims);
+        }
+        // Lifetimes: a day is the most by default; issued in the future beyond the clock skew.
+        let now = jsonwebtoken::get_current_timestamp();
+        check(sign(&Claims { iat: now, exp: now + 24 * 3600 + 1, ..claims(0) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::Lifetime);
+        check(sign(&Claims { iat: now + 120, ..claims(600) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::IssuedInFuture);
+        let within = sign(&Claims { iat: now + 20, exp: now + 24 * 3600, ..claims(0) }, Algorithm::ES256, Some("test-ec"), &ec);
+        assert!(auth.authenticate(Some(&bearer(&within))).is_ok(), "a day, issued within the clock skew");
+        let shorter = production().max_lifetime(Duration::from_secs(3600));
+        let two_hours = sign(&claims(7200), Algorithm::ES256, Some("test-ec"), &ec);
+        assert_eq!(shorter.authenticate(Some(&bearer(&two_hours))), Err(Refusal::Lifetime));
+        // Over the size limit, whatever it holds.
+        check(format!("{}.{}.{}", "a".repeat(4000), "b".repeat(4000), "c".repeat(400)), Refusal::TooLarge);
         check(sign(&claims(300), Algorithm::ES256, Some("nobody"), &ec), Refusal::UnknownKey);
         check(sign(&claims(300), Algorithm::ES256, None, &ec), Refusal::UnknownKey);
         // A valid token whose payload was changed after signing.

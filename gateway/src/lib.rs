@@ -84,6 +84,9 @@ pub struct GatewayConfig {
     /// `PAC_GATEWAY_ISSUER`, `PAC_GATEWAY_AUDIENCE`.
     pub issuer: String,
     pub audience: String,
+    /// `PAC_GATEWAY_TOKEN_MAX_LIFETIME_S`: tokens that expire longer than this after they were
+    /// issued are refused.
+    pub token_max_lifetime: Duration,
     /// `PAC_GATEWAY_DEFAULT_DEADLINE_MS`, `PAC_GATEWAY_MAX_DEADLINE_MS`.
     pub deadlines: Deadlines,
     /// `PAC_GATEWAY_MAX_IN_FLIGHT`, `PAC_GATEWAY_RATE_PER_SECOND`, `PAC_GATEWAY_RATE_BURST`.
@@ -137,6 +140,10 @@ impl TlsSettings {
 }
 
 const DEFAULT_CONNECTIONS: usize = 1;
+/// Largest header list a call may carry: enough for any token to reach the token check, which
+/// refuses one over `auth::MAX_TOKEN_BYTES` and audits the refusal. Beyond it HTTP/2 itself answers
+/// 431 before there is a call.
+const MAX_HEADER_LIST_BYTES: u32 = 256 * 1024;
 const DEFAULT_LIMITS: Limits = Limits { max_in_flight: 2048, per_second: 500.0, burst: 1000.0 };
 
 impl GatewayConfig {
@@ -172,6 +179,7 @@ impl GatewayConfig {
             keys,
             issuer: var("PAC_GATEWAY_ISSUER", DEVELOPMENT_ISSUER.to_string())?,
             audience: var("PAC_GATEWAY_AUDIENCE", DEFAULT_AUDIENCE.to_string())?,
+            token_max_lifetime: Duration::from_secs(var("PAC_GATEWAY_TOKEN_MAX_LIFETIME_S", auth::DEFAULT_MAX_LIFETIME.as_secs())?),
             deadlines,
             limits,
             link_wait: Duration::from_millis(var("PAC_GATEWAY_LINK_WAIT_MS", 2_000)?),
@@ -191,6 +199,7 @@ impl GatewayConfig {
             keys: TokenKeys::Development(DEVELOPMENT_TOKEN_KEY.into()),
             issuer: DEVELOPMENT_ISSUER.into(),
             audience: DEFAULT_AUDIENCE.into(),
+            token_max_lifetime: auth::DEFAULT_MAX_LIFETIME,
             deadlines: Deadlines { default: Duration::from_secs(10), max: Duration::from_secs(30) },
             limits: DEFAULT_LIMITS,
             link_wait: Duration::from_secs(2),
@@ -221,7 +230,8 @@ pub async fn serve(
     let authenticator = match &config.keys {
         TokenKeys::Jwks(json) => Authenticator::from_jwks(json, &config.issuer, &config.audience)?,
         TokenKeys::Development(key) => Authenticator::development(key.as_bytes(), &config.issuer, &config.audience),
-    };
+    }
+    .max_lifetime(config.token_max_lifetime);
     let pool = connect(&platform, &config).await?;
     let stop_writer = CancellationToken::new();
     let (audit_log, writer) = audit::start(pool.clone(), stop_writer.clone());
@@ -257,6 +267,7 @@ pub async fn serve(
         grpc_web: true,
         tls: config.tls.as_ref().map(TlsSettings::server_config),
         check_inputs: false,
+        max_header_list_bytes: Some(MAX_HEADER_LIST_BYTES),
     };
     let served = grpc::serve(&platform.grpc, listener, routes, serving, shutdown).await;
     // Every call has ended: write what is queued, then stop.

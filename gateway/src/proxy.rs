@@ -249,6 +249,8 @@ impl Proxy {
             let message = match why {
                 Refusal::Missing => "a bearer token is required",
                 Refusal::Expired => "the bearer token has expired",
+                Refusal::TooLarge => "the bearer token is too large",
+                Refusal::Lifetime => "the bearer token's lifetime is longer than this gateway accepts",
                 _ => "the bearer token is not valid",
             };
             Denial::new(refusal(Code::Unauthenticated, why.code(), message), None)

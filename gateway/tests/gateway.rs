@@ -81,6 +81,52 @@ async fn only_valid_tokens_of_permitted_roles_get_through() {
     assert_eq!(status.get_error_details().error_info().map(|i| i.reason.as_str()), Some("UNKNOWN_METHOD"));
 }
 
+/// Found by an attack: tokens living for weeks, issued in the future, naming callers with
+/// invisible characters that reorder what an auditor reads, or too large to reach the token check
+/// (HTTP 431, seen as UNKNOWN). Each is UNAUTHENTICATED for its reason, and audited.
+#[tokio::test]
+async fn tokens_too_long_lived_from_the_future_with_invisible_names_or_too_large_are_refused_and_audited() {
+    let p = start().await;
+    let mut records = PatientRecordsClient::new(p.gateway.clone());
+    let now = jsonwebtoken::get_current_timestamp();
+    let key = jsonwebtoken::EncodingKey::from_secret(DEVELOPMENT_TOKEN_KEY.as_bytes());
+    let sign = |sub: &str, orgs: &[&str], iat: u64, exp: u64| {
+        let claims = serde_json::json!({
+            "sub": sub, "role": "coordinator", "orgs": orgs, "iss": DEVELOPMENT_ISSUER, "aud": "pac-gateway", "exp": exp, "iat": iat,
+        });
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key).unwrap()
+    };
+    let padded = {
+        let claims = serde_json::json!({
+            "sub": "x".repeat(40_000), "role": "coordinator", "orgs": ["RR8"], "iss": DEVELOPMENT_ISSUER, "aud": "pac-gateway",
+            "exp": now + 60, "iat": now,
+        });
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key).unwrap()
+    };
+    let cases = [
+        (sign("c1", &["RR8"], now, now + 30 * 24 * 3600), "TOKEN_LIFETIME_TOO_LONG"),
+        (sign("c1", &["RR8"], now + 3600, now + 7200), "TOKEN_ISSUED_IN_FUTURE"),
+        (sign("evil\u{202E}rotanidrooc", &["RR8"], now, now + 60), "TOKEN_CLAIMS_INVALID"),
+        (sign("c1", &["RR8\u{200B}"], now, now + 60), "TOKEN_CLAIMS_INVALID"),
+        (padded, "TOKEN_TOO_LARGE"),
+    ];
+    for (token, reason) in &cases {
+        use tonic_types::StatusExt;
+        let status = records.register_patient(with_token(common::registration("Token"), Some(token))).await.unwrap_err();
+        let info = status.get_error_details().error_info().map(|i| i.reason.clone());
+        assert_eq!((status.code(), info.as_deref()), (Code::Unauthenticated, Some(*reason)), "{status:?}");
+    }
+    // A day's token, issued within the clock skew, is good.
+    records.register_patient(with_token(common::registration("Token"), Some(&sign("c1", &["RR8"], now + 10, now + 24 * 3600)))).await.unwrap();
+    let pool = p.admin_pool().await;
+    let audited = wait_for_audit(&pool, cases.len() as i64).await;
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT reason FROM audit.events WHERE outcome = 'UNAUTHENTICATED'").fetch_all(&pool).await.unwrap();
+    for (_, reason) in &cases {
+        assert!(reasons.iter().any(|r| r == reason), "{reason} audited: {reasons:?} {audited:?}");
+    }
+}
+
 #[tokio::test]
 async fn permissions_travel_with_the_role() {
     let p = start().await;

@@ -42,6 +42,9 @@ pub struct Serving {
     /// Check every request's text against the descriptor sets before the services see it
     /// (`crate::input`). The services do; the gateway checks only the APIs it serves itself.
     pub check_inputs: bool,
+    /// Largest header list a request may carry, when not HTTP/2's default (16 KiB): the gateway
+    /// takes more, so that an over-size bearer token reaches it and is refused and audited.
+    pub max_header_list_bytes: Option<u32>,
 }
 
 /// Serves `routes` on `listener` until `shutdown` fires, then drains in-flight calls for at most the
@@ -102,6 +105,7 @@ pub async fn serve(
         .max_connection_age(config.max_connection_age)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
+        .http2_max_header_list_size(serving.max_header_list_bytes)
         .layer(layers)
         .layer(tower::util::option_layer(serving.grpc_web.then(tonic_web::GrpcWebLayer::new)))
         .add_routes(routes)

@@ -132,6 +132,7 @@ pub async fn serve(
         grpc_web: false,
         tls: None,
         check_inputs: true,
+        max_header_list_bytes: None,
     };
     grpc::serve(&platform.grpc, listener, routes, serving, shutdown).await
 }
