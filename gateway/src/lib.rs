@@ -89,7 +89,8 @@ pub struct GatewayConfig {
     pub token_max_lifetime: Duration,
     /// `PAC_GATEWAY_DEFAULT_DEADLINE_MS`, `PAC_GATEWAY_MAX_DEADLINE_MS`.
     pub deadlines: Deadlines,
-    /// `PAC_GATEWAY_MAX_IN_FLIGHT`, `PAC_GATEWAY_RATE_PER_SECOND`, `PAC_GATEWAY_RATE_BURST`.
+    /// `PAC_GATEWAY_MAX_IN_FLIGHT`, `PAC_GATEWAY_RATE_PER_SECOND`, `PAC_GATEWAY_RATE_BURST`,
+    /// `PAC_GATEWAY_SEARCHES_PER_CALLER`.
     pub limits: Limits,
     /// `PAC_GATEWAY_LINK_WAIT_MS`: how long `BookReferralAppointment` waits to see the referral list
     /// its new appointment before answering `linked = false` (the link still completes).
@@ -144,7 +145,7 @@ const DEFAULT_CONNECTIONS: usize = 1;
 /// refuses one over `auth::MAX_TOKEN_BYTES` and audits the refusal. Beyond it HTTP/2 itself answers
 /// 431 before there is a call.
 const MAX_HEADER_LIST_BYTES: u32 = 256 * 1024;
-const DEFAULT_LIMITS: Limits = Limits { max_in_flight: 2048, per_second: 500.0, burst: 1000.0 };
+const DEFAULT_LIMITS: Limits = Limits { max_in_flight: 2048, per_second: 500.0, burst: 1000.0, searches_per_caller: 2 };
 
 impl GatewayConfig {
     pub fn from_env(platform: &PlatformConfig) -> anyhow::Result<Self> {
@@ -165,6 +166,7 @@ impl GatewayConfig {
             max_in_flight: var("PAC_GATEWAY_MAX_IN_FLIGHT", DEFAULT_LIMITS.max_in_flight)?,
             per_second: var("PAC_GATEWAY_RATE_PER_SECOND", DEFAULT_LIMITS.per_second)?,
             burst: var("PAC_GATEWAY_RATE_BURST", DEFAULT_LIMITS.burst)?,
+            searches_per_caller: var("PAC_GATEWAY_SEARCHES_PER_CALLER", DEFAULT_LIMITS.searches_per_caller)?.max(1),
         };
         anyhow::ensure!(
             limits.per_second > 0.0 && limits.burst >= 1.0,

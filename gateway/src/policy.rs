@@ -137,6 +137,14 @@ pub fn is_idempotent_read(path: &str) -> bool {
     rule(path).is_some() && READS.iter().any(|read| method.starts_with(read))
 }
 
+/// Whether the RPC at `path` searches or lists, and so may cost the database far more than a read
+/// of one object: each caller may have only a few in flight at once (`proxy::Limits`).
+pub fn is_expensive(path: &str) -> bool {
+    const SEARCHES: [&str; 4] = ["Search", "Match", "List", "Find"];
+    let method = path.rsplit('/').next().unwrap_or_default();
+    rule(path).is_some() && SEARCHES.iter().any(|search| method.starts_with(search))
+}
+
 /// The signed caller context forwarded to the services for an authenticated identity.
 pub fn caller(identity: &Identity) -> Caller {
     Caller {

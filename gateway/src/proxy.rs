@@ -60,13 +60,52 @@ pub struct Deadlines {
     pub max: Duration,
 }
 
-/// Load limits: calls in flight at once (more are shed at once with UNAVAILABLE), and each caller's
-/// rate (a token bucket: `burst` calls at once, refilled at `per_second`).
+/// Load limits: calls in flight at once (more are shed at once with UNAVAILABLE), each caller's
+/// rate (a token bucket: `burst` calls at once, refilled at `per_second`), and each caller's
+/// searches in flight at once ([`policy::is_expensive`]), so that one caller cannot take the
+/// database from the others.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_in_flight: usize,
     pub per_second: f64,
     pub burst: f64,
+    pub searches_per_caller: usize,
+}
+
+/// Each caller's expensive calls in flight, by subject.
+struct Searches {
+    max: usize,
+    running: Mutex<HashMap<String, usize>>,
+}
+
+/// One caller's place among its searches in flight, given back when dropped.
+struct Searching {
+    searches: Arc<Searches>,
+    subject: String,
+}
+
+impl Searches {
+    fn enter(self: &Arc<Self>, subject: &str) -> Option<Searching> {
+        let mut running = self.running.lock().expect("searches in flight");
+        let count = running.entry(subject.to_string()).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(Searching { searches: self.clone(), subject: subject.to_string() })
+    }
+}
+
+impl Drop for Searching {
+    fn drop(&mut self) {
+        let mut running = self.searches.running.lock().expect("searches in flight");
+        if let Some(count) = running.get_mut(&self.subject) {
+            *count -= 1;
+            if *count == 0 {
+                running.remove(&self.subject);
+            }
+        }
+    }
 }
 
 struct Bucket {
@@ -159,6 +198,7 @@ pub struct Proxy {
     deadlines: Deadlines,
     in_flight: Arc<Semaphore>,
     rates: Arc<RateLimiter>,
+    searches: Arc<Searches>,
     audit: AuditLog,
     retries: Arc<TpsBudget>,
     /// Integration accounts must call over a connection with a verified client certificate.
@@ -207,6 +247,8 @@ struct Admitted {
     identity: Identity,
     data: Data,
     deadline: Instant,
+    /// For an expensive call, the caller's place among its searches in flight.
+    searching: Option<Searching>,
 }
 
 impl Proxy {
@@ -224,6 +266,7 @@ impl Proxy {
             deadlines,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             rates: Arc::new(RateLimiter { limits, buckets: Mutex::default() }),
+            searches: Arc::new(Searches { max: limits.searches_per_caller, running: Mutex::default() }),
             audit,
             retries: Arc::new(retry_budget()),
             integration_certificates: false,
@@ -269,6 +312,14 @@ impl Proxy {
                 refusal(Code::ResourceExhausted, "RATE_LIMITED", "too many calls from this caller; retry later").with_retry_after(wait);
             return Err(Denial::new(error, Some(identity)));
         }
+        let searching = match policy::is_expensive(path) {
+            true => Some(self.searches.enter(&identity.subject).ok_or_else(|| {
+                let message = format!("at most {} searches at once per caller; retry when one has finished", self.searches.max);
+                let error = refusal(Code::ResourceExhausted, "TOO_MANY_SEARCHES", message).with_retry_after(Duration::from_millis(100));
+                Denial::new(error, Some(identity.clone()))
+            })?),
+            false => None,
+        };
         let headers = request.headers_mut();
         headers.remove(http::header::AUTHORIZATION);
         headers.insert(CALLER_HEADER, context);
@@ -279,7 +330,7 @@ impl Proxy {
         let mut metadata = tonic::metadata::MetadataMap::from_headers(std::mem::take(headers));
         pac_platform::telemetry::inject_context(&mut metadata);
         *request.headers_mut() = metadata.into_headers();
-        Ok(Admitted { upstream, request, identity, data, deadline: Instant::now() + bounded })
+        Ok(Admitted { upstream, request, identity, data, deadline: Instant::now() + bounded, searching })
     }
 }
 
@@ -541,7 +592,7 @@ where
         let audit = self.audit.clone();
         Box::pin(async move {
             let _permit = permit;
-            let Admitted { upstream, mut request, identity, data, deadline } = match admitted {
+            let Admitted { upstream, mut request, identity, data, deadline, searching } = match admitted {
                 Ok(admitted) => admitted,
                 Err(Denial { status, reason, identity }) => {
                     tracing::info!(reason, rpc = %path, "call refused");
@@ -578,6 +629,8 @@ where
                 Status::from(refusal(Code::DeadlineExceeded, "SERVICE_DEADLINE_EXCEEDED", "the service did not answer within the deadline"))
                     .into_http()
             });
+            // A search's work is done when the service answers.
+            drop(searching);
             let (mut parts, body) = response.into_parts();
             let patients = parts.headers.remove(pac_platform::audit::PATIENTS_HEADER);
             // A trailers-only answer (an error, or a stream refused) carries its status in the headers.
@@ -610,7 +663,7 @@ mod tests {
 
     #[test]
     fn each_caller_has_a_bucket_of_its_own() {
-        let limiter = RateLimiter { limits: Limits { max_in_flight: 1, per_second: 10.0, burst: 2.0 }, buckets: Mutex::default() };
+        let limiter = RateLimiter { limits: Limits { max_in_flight: 1, per_second: 10.0, burst: 2.0, searches_per_caller: 1 }, buckets: Mutex::default() };
         assert!(limiter.take("a").is_ok() && limiter.take("a").is_ok());
         let wait = limiter.take("a").unwrap_err();
         assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100), "{wait:?}");

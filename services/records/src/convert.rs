@@ -61,11 +61,24 @@ pub fn nhs_number_violation(field: &str, error: NhsNumberError) -> FieldViolatio
     FieldViolation::new(field, reason, error.description())
 }
 
+/// The longest name a search takes, as a person would type one: each word is matched against the
+/// name vocabulary, so a longer one costs the database more for nothing.
+pub const MAX_SEARCH_NAME_CHARS: usize = 100;
+pub const MAX_SEARCH_NAME_WORDS: usize = 8;
+
 /// Search criteria from a request (offset 0; the caller applies the page token). At least one
 /// criterion is required.
 pub fn search_criteria(request: &pb::SearchPatientsRequest, today: NaiveDate) -> Result<SearchCriteria, Vec<FieldViolation>> {
     let mut violations = Vec::new();
     let name_key = match name_key(&request.name) {
+        _ if request.name.chars().count() > MAX_SEARCH_NAME_CHARS => {
+            violations.push(FieldViolation::new("name", "NAME_TOO_LONG", format!("must be at most {MAX_SEARCH_NAME_CHARS} characters")));
+            None
+        }
+        key if key.split(' ').count() > MAX_SEARCH_NAME_WORDS => {
+            violations.push(FieldViolation::new("name", "NAME_TOO_MANY_WORDS", format!("must be at most {MAX_SEARCH_NAME_WORDS} words")));
+            None
+        }
         key if key.is_empty() => None,
         key if key.chars().filter(|c| c.is_alphabetic()).count() < 2 => {
             violations.push(FieldViolation::new("name", "NAME_TOO_SHORT", "needs at least two letters"));
@@ -100,6 +113,12 @@ pub fn match_profile(input: &pb::Patient, today: NaiveDate) -> Result<MatchProfi
     let mut violations = Vec::new();
     if name_key(&input.family_name).is_empty() {
         violations.push(FieldViolation::new("patient.family_name", "NAME_INVALID", "is required for matching"));
+    }
+    for (field, name) in [("patient.family_name", &input.family_name), ("patient.given_name", &input.given_name)] {
+        if name.chars().count() > MAX_SEARCH_NAME_CHARS || name_key(name).split(' ').count() > MAX_SEARCH_NAME_WORDS {
+            let description = format!("must be at most {MAX_SEARCH_NAME_CHARS} characters and {MAX_SEARCH_NAME_WORDS} words");
+            violations.push(FieldViolation::new(field, "NAME_TOO_LONG", description));
+        }
     }
     let birth_date = optional_date(input.birth_date.as_ref(), "patient.birth_date", today, &mut violations);
     let nhs_number = match input.nhs_number.trim() {
