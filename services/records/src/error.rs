@@ -13,8 +13,8 @@ pub enum RecordsError {
     Invalid(Vec<FieldViolation>),
     NotFound(Uuid),
     IdentifierNotFound,
-    /// The NHS number is on file: `existing` names the record when the caller may see it (it may
-    /// belong to another organisation).
+    /// The NHS number is on file in the organisation's records: `existing` names the record when
+    /// the caller may see it.
     NhsNumberExists {
         existing: Option<Uuid>,
     },
@@ -73,7 +73,7 @@ impl From<RecordsError> for ApiError {
             NhsNumberExists { existing: None } => ApiError::new(
                 Code::AlreadyExists,
                 "NHS_NUMBER_EXISTS",
-                "a patient with this NHS number is already registered by another organisation",
+                "a patient with this NHS number is already registered",
             ),
             LocalIdentifierExists { issuer, existing: Some(existing) } => ApiError::new(
                 Code::AlreadyExists,
@@ -85,7 +85,7 @@ impl From<RecordsError> for ApiError {
             LocalIdentifierExists { issuer, existing: None } => ApiError::new(
                 Code::AlreadyExists,
                 "LOCAL_IDENTIFIER_EXISTS",
-                format!("identifier issued by {issuer} already belongs to a patient of another organisation"),
+                format!("identifier issued by {issuer} already belongs to another patient"),
             ),
             PossibleDuplicate(candidates) => {
                 let ids: Vec<String> = candidates.iter().map(|(id, _, _)| id.to_string()).collect();

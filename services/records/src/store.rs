@@ -193,8 +193,8 @@ pub async fn insert_registration(pool: &PgPool, r: Registration<'_>) -> Result<R
             WHERE ${rid}::text IS NULL OR EXISTS (SELECT 1 FROM idem) \
             RETURNING id \
          ), identifiers AS ( \
-            INSERT INTO records.local_identifiers (issuer, value, patient_id) \
-            SELECT t.issuer, t.value, patient.id FROM patient, unnest(${issuers}::text[], ${values}::text[]) AS t(issuer, value) \
+            INSERT INTO records.local_identifiers (issuer, value, patient_id, organisation) \
+            SELECT t.issuer, t.value, patient.id, ${owner} FROM patient, unnest(${issuers}::text[], ${values}::text[]) AS t(issuer, value) \
          ), event AS ( \
             INSERT INTO records.outbox (event_id, event_type, aggregate_id, payload, actor_subject, actor_role, \
                                         actor_organisation, request_id, trace_id, organisation, patient_ids) \
@@ -238,21 +238,29 @@ pub async fn insert_registration(pool: &PgPool, r: Registration<'_>) -> Result<R
         .bind(&r.record.organisation);
     let inserted: i64 = match query.fetch_one(pool).await {
         Ok(row) => sqlx::Row::try_get(&row, 0)?,
-        Err(error) => return Err(identity_conflict(pool, demographics, error, r.scope).await),
+        Err(error) => return Err(identity_conflict(pool, demographics, error, r.scope, &r.record.organisation).await),
     };
     Ok(if inserted == 1 { Registered::Created } else { Registered::RequestIdTaken })
 }
 
 /// Turns a unique violation on the NHS number or a local identifier into a domain error naming the
-/// record that holds it, when the caller may see that record (the identifier is unique across
-/// organisations, so the clash itself cannot be hidden; the other organisation's record is). Looks
-/// it up through the pool: the failed statement's transaction is aborted.
-async fn identity_conflict(pool: &PgPool, demographics: &Demographics, error: sqlx::Error, scope: Scope<'_>) -> RecordsError {
+/// record that holds it. Both are unique within an organisation, so the record is the caller's own
+/// organisation's (`existing` is `None` only for a record the caller's scope does not reach, which
+/// the error never names). Looks it up through the pool: the failed statement's transaction is
+/// aborted.
+async fn identity_conflict(
+    pool: &PgPool,
+    demographics: &Demographics,
+    error: sqlx::Error,
+    scope: Scope<'_>,
+    owner: &str,
+) -> RecordsError {
     let visible = |record: PatientRecord| within(scope, &record.organisation).then_some(record.id);
+    let owner = [owner.to_string()];
     match violated_constraint(&error) {
         Some((ErrorKind::UniqueViolation, "patients_nhs_number_key")) => {
             let Some(nhs_number) = &demographics.nhs_number else { return error.into() };
-            match find_by_nhs_number(pool, nhs_number.as_str(), None).await {
+            match find_by_nhs_number(pool, nhs_number.as_str(), Some(&owner)).await {
                 Ok(Some(existing)) => RecordsError::NhsNumberExists { existing: visible(existing) },
                 Ok(None) => RecordsError::Conflict,
                 Err(error) => error.into(),
@@ -260,7 +268,8 @@ async fn identity_conflict(pool: &PgPool, demographics: &Demographics, error: sq
         }
         Some((ErrorKind::UniqueViolation, "local_identifiers_pkey")) => {
             for identifier in &demographics.local_identifiers {
-                if let Ok(Some(existing)) = find_by_local_identifier(pool, identifier.issuer.as_str(), &identifier.value, None).await {
+                let found = find_by_local_identifier(pool, identifier.issuer.as_str(), &identifier.value, Some(&owner)).await;
+                if let Ok(Some(existing)) = found {
                     let issuer = identifier.issuer.as_str().to_string();
                     return RecordsError::LocalIdentifierExists { issuer, existing: visible(existing) };
                 }
@@ -436,23 +445,24 @@ pub async fn update(
     let query =
         bind_demographics(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(record.id), demographics).bind(record.version).bind(record.updated_at);
     if let Err(error) = query.execute(&mut *conn).await {
-        return Err(identity_conflict(pool, demographics, error, scope).await);
+        return Err(identity_conflict(pool, demographics, error, scope, &record.organisation).await);
     }
     if identifiers_changed {
         sqlx::query("DELETE FROM records.local_identifiers WHERE patient_id = $1").bind(record.id).execute(&mut *conn).await?;
         let (issuers, values): (Vec<&str>, Vec<&str>) =
             demographics.local_identifiers.iter().map(|l| (l.issuer.as_str(), l.value.as_str())).unzip();
         let inserted = sqlx::query(
-            "INSERT INTO records.local_identifiers (issuer, value, patient_id) \
-             SELECT t.issuer, t.value, $3 FROM unnest($1::text[], $2::text[]) AS t(issuer, value)",
+            "INSERT INTO records.local_identifiers (issuer, value, patient_id, organisation) \
+             SELECT t.issuer, t.value, $3, $4 FROM unnest($1::text[], $2::text[]) AS t(issuer, value)",
         )
         .bind(issuers)
         .bind(values)
         .bind(record.id)
+        .bind(&record.organisation)
         .execute(&mut *conn)
         .await;
         if let Err(error) = inserted {
-            return Err(identity_conflict(pool, demographics, error, scope).await);
+            return Err(identity_conflict(pool, demographics, error, scope, &record.organisation).await);
         }
     }
     Ok(())

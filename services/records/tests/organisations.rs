@@ -94,13 +94,35 @@ async fn two_organisations_never_see_or_change_each_others_patients() {
     elsewhere.organisation = "rr8".into();
     let named = client.register_patient(server.signed(register(elsewhere, ""), &leeds)).await.unwrap().into_inner();
     assert_eq!(named.patient.unwrap().organisation, "RR8");
-    // The NHS number is unique nationally: York cannot register it again, and is not told whose it is.
+    // The same person may be treated by both trusts: York registers its own record of the NHS number
+    // (and of Leeds' hospital number, which York also keeps), and is told nothing of Leeds' record.
     let mut same_number = patient(3);
     same_number.nhs_number = "9434765919".into();
+    same_number.local_identifiers = vec![pb::LocalIdentifier { issuer: "RR8".into(), value: "MRN-L1".into() }];
+    let york_own =
+        client.register_patient(server.signed(register(same_number.clone(), ""), &york)).await.unwrap().into_inner().patient.unwrap();
+    assert_eq!(york_own.organisation, "RCB");
+    assert_ne!(york_own.id, ours.id);
+    for (caller, own) in [(&leeds, &ours.id), (&york, &york_own.id)] {
+        for identifier in [
+            Identifier::NhsNumber("9434765919".into()),
+            Identifier::LocalIdentifier(pb::LocalIdentifier { issuer: "RR8".into(), value: "MRN-L1".into() }),
+        ] {
+            let found = client.lookup_patient(server.signed(pb::LookupPatientRequest { identifier: Some(identifier) }, caller)).await;
+            assert_eq!(&found.unwrap().into_inner().patient.unwrap().id, own, "each organisation finds its own record");
+        }
+    }
+    // Within one organisation the NHS number is still unique, and the record holding it is named.
     let status = client.register_patient(server.signed(register(same_number, ""), &york)).await.unwrap_err();
     assert_error(&status, Code::AlreadyExists, "NHS_NUMBER_EXISTS", None);
-    assert!(status.get_error_details().error_info().unwrap().metadata.get("existing_patient_id").is_none());
-    assert!(!status.message().contains(&ours.id));
+    assert_eq!(status.get_error_details().error_info().unwrap().metadata.get("existing_patient_id"), Some(&york_own.id));
+    assert!(!status.message().contains(&ours.id) && !status.message().contains("organisation"), "{}", status.message());
+    // A change that would give a York record Leeds' number clashes with York's own only.
+    let mut renumbered = theirs.clone();
+    renumbered.nhs_number = "9434765919".into();
+    let status = client.update_patient(server.signed(update(renumbered, "nhs_number"), &york)).await.unwrap_err();
+    assert_error(&status, Code::AlreadyExists, "NHS_NUMBER_EXISTS", None);
+    assert_eq!(status.get_error_details().error_info().unwrap().metadata.get("existing_patient_id"), Some(&york_own.id));
 
     // A record owned by no organisation (registered by an unscoped caller) is no scoped caller's.
     let unowned = client.register_patient(register(patient(4), "")).await.unwrap().into_inner().patient.unwrap();
@@ -115,6 +137,8 @@ async fn two_organisations_never_see_or_change_each_others_patients() {
     }
     let hits = client.search_patients(server.signed(by_birth_date, &service)).await.unwrap().into_inner().results;
     assert_eq!(hits.len(), 2, "both organisations' look-alikes");
+    let by_number = pb::LookupPatientRequest { identifier: Some(Identifier::NhsNumber("9434765919".into())) };
+    assert!(client.lookup_patient(server.signed(by_number, &service)).await.is_ok(), "the service finds a record of the number");
     let merged = client.merge_patients(server.signed(merge, &service)).await.unwrap().into_inner();
     assert_eq!(merged.survivor.unwrap().organisation, "RR8");
     // Merged across organisations: York's id now resolves to a survivor York may not see.
