@@ -35,6 +35,8 @@ pub struct Entry {
     pub subject: String,
     pub role: String,
     pub organisation: String,
+    /// Every organisation the caller acts for (`organisation` is the first).
+    pub organisations: Vec<String>,
     pub action: String,
     pub patient_ids: Vec<String>,
     pub outcome: String,
@@ -64,6 +66,9 @@ pub struct Record {
     /// Hashed only when present, so records written before it existed verify as they were written.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub detail: String,
+    /// Hashed only when present, as `detail`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub organisations: Vec<String>,
     pub previous_hash: String,
     #[serde(skip)]
     pub hash: String,
@@ -105,6 +110,7 @@ impl Chain {
             request_id: entry.request_id,
             trace_id: entry.trace_id,
             detail: entry.detail,
+            organisations: entry.organisations,
             previous_hash: std::mem::take(&mut self.last_hash),
             hash: String::new(),
         };
@@ -228,7 +234,7 @@ async fn insert(pool: &PgPool, records: &[Record]) -> Result<(), sqlx::Error> {
     let mut copy = pool
         .copy_in_raw(
             "COPY audit.events (writer, sequence, occurred_at, subject, role, organisation, action, patient_ids, \
-                                outcome, reason, request_id, trace_id, previous_hash, hash, detail) FROM STDIN",
+                                outcome, reason, request_id, trace_id, previous_hash, hash, detail, organisations) FROM STDIN",
         )
         .await?;
     if let Err(error) = copy.send(copy_rows(records).into_bytes()).await {
@@ -258,31 +264,37 @@ fn copy_rows(records: &[Record]) -> String {
             }
         }
     }
+    /// A text array literal of quoted elements.
+    fn array(out: &mut String, values: &[String]) {
+        out.push('{');
+        for (i, value) in values.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push('"');
+            for c in value.chars() {
+                if c == '\\' || c == '"' {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push('"');
+        }
+        out.push('}');
+    }
     let mut out = String::with_capacity(records.len() * 512);
-    let mut ids = String::new();
+    let (mut ids, mut organisations) = (String::new(), String::new());
     for r in records {
         ids.clear();
-        ids.push('{');
-        for (i, id) in r.patient_ids.iter().enumerate() {
-            if i > 0 {
-                ids.push(',');
-            }
-            ids.push('"');
-            for c in id.chars() {
-                if c == '\\' || c == '"' {
-                    ids.push('\\');
-                }
-                ids.push(c);
-            }
-            ids.push('"');
-        }
-        ids.push('}');
+        array(&mut ids, &r.patient_ids);
+        organisations.clear();
+        array(&mut organisations, &r.organisations);
         field(&mut out, &r.writer);
         let at = r.occurred_at.naive_utc();
         write!(out, "\t{}\t{} {}+00\t", r.sequence, at.date(), at.time()).expect("writing to a string");
         for (i, value) in [&r.subject, &r.role, &r.organisation, &r.action, &ids, &r.outcome, &r.reason, &r.request_id]
             .into_iter()
-            .chain([&r.trace_id, &r.previous_hash, &r.hash, &r.detail])
+            .chain([&r.trace_id, &r.previous_hash, &r.hash, &r.detail, &organisations])
             .enumerate()
         {
             if i > 0 {
@@ -347,6 +359,8 @@ pub struct Query {
     /// Keyset: strictly older than this (time, writer, sequence).
     pub after: Option<(DateTime<Utc>, String, i64)>,
     pub limit: i64,
+    /// The organisations whose callers' records may be read; `None` for every record.
+    pub organisations: Option<Vec<String>>,
 }
 
 /// Records matching `query`, newest first.
@@ -362,6 +376,7 @@ pub async fn list(pool: &PgPool, query: &Query) -> Result<Vec<Record>, sqlx::Err
            AND ($3::timestamptz IS NULL OR occurred_at >= $3) \
            AND ($4::timestamptz IS NULL OR occurred_at < $4) \
            AND ($5::timestamptz IS NULL OR (occurred_at, writer, sequence) < ($5, $6::text, $7::bigint)) \
+           AND ($9::text[] IS NULL OR organisations && $9 OR organisation = ANY($9)) \
          ORDER BY occurred_at DESC, writer DESC, sequence DESC \
          LIMIT $8",
     )
@@ -373,6 +388,7 @@ pub async fn list(pool: &PgPool, query: &Query) -> Result<Vec<Record>, sqlx::Err
     .bind(after_writer)
     .bind(after_sequence)
     .bind(query.limit)
+    .bind(query.organisations.as_deref())
     .fetch_all(pool)
     .await
 }
@@ -449,7 +465,7 @@ mod tests {
         let rows = copy_rows(&records);
         let fields: Vec<Vec<&str>> = rows.lines().map(|line| line.split('\t').collect()).collect();
         assert_eq!(fields.len(), 2);
-        assert!(fields.iter().all(|f| f.len() == 15), "{rows}");
+        assert!(fields.iter().all(|f| f.len() == 16), "{rows}");
         assert_eq!(&fields[0][..3], ["w", "1", "2026-12-02 10:00:00+00"]);
         assert_eq!(&fields[1][..3], ["w", "2", "2026-12-02 10:00:00.000123+00"]);
         assert_eq!(fields[1][6], "/a\\tb");

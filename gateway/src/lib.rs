@@ -241,6 +241,9 @@ pub async fn serve(
     let scheduling = Balanced::new(&config.scheduling_url, config.connections)?;
     let referrals = Balanced::new(&config.referrals_url, config.connections)?;
     let access = access::AccessService::new(records.clone(), scheduling.clone(), referrals.clone(), config.link_wait);
+    let signer = CallerVerifier::new(&platform.internal_key, false);
+    // The APIs served here read the caller context the door signed; they are reached only through it.
+    let callers = CallerVerifier::new(&platform.internal_key, true);
     // The services check the text of what is forwarded to them; the APIs served here are checked here.
     let contracts = Arc::new(Contracts::from_descriptor_sets(&[pac_proto::FILE_DESCRIPTOR_SET])?);
     let input_check = InputCheckLayer::new(contracts, platform.grpc.max_message_bytes);
@@ -249,8 +252,7 @@ pub async fn serve(
         .route("/pac.scheduling.v1.", scheduling)
         .route("/pac.referrals.v1.", referrals)
         .route("/pac.access.v1.", input_check.layer(AccessServer::new(access)))
-        .route("/pac.audit.v1.", input_check.layer(AuditTrailServer::new(trail::AuditTrailService::new(pool.clone()))));
-    let signer = CallerVerifier::new(&platform.internal_key, false);
+        .route("/pac.audit.v1.", input_check.layer(AuditTrailServer::new(trail::AuditTrailService::new(pool.clone(), callers))));
     let mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     let proxy =
         Proxy::new(upstreams, authenticator, signer, config.deadlines, config.limits, audit_log).integration_certificates(mutual_tls);

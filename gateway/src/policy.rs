@@ -11,6 +11,8 @@ use crate::auth::Identity;
 
 /// Permission to make triage decisions (checked by the referrals service).
 pub const PERMISSION_TRIAGE: &str = "referral.triage";
+/// Permission to read every organisation's audit records (checked by the audit trail API).
+pub const PERMISSION_AUDIT_ALL: &str = "audit.read.all";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -20,14 +22,17 @@ pub enum Role {
     Clinician,
     /// An integration engine's system account: registers, books, follows event streams.
     Integration,
-    /// Reads the audit trail, nothing else.
+    /// Reads the audit trail of its organisations (calls by their callers), nothing else.
     Auditor,
+    /// Reads the whole platform's audit trail, every organisation's and refusals of callers with no
+    /// organisation: an explicit, separate role.
+    PlatformAuditor,
     /// Directory (clinics, sessions, services) and patient merges.
     Admin,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [Role::Coordinator, Role::Clinician, Role::Integration, Role::Auditor, Role::Admin];
+    pub const ALL: [Role; 6] = [Role::Coordinator, Role::Clinician, Role::Integration, Role::Auditor, Role::PlatformAuditor, Role::Admin];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -35,6 +40,7 @@ impl Role {
             Self::Clinician => "clinician",
             Self::Integration => "integration",
             Self::Auditor => "auditor",
+            Self::PlatformAuditor => "platform-auditor",
             Self::Admin => "admin",
         }
     }
@@ -48,6 +54,7 @@ impl Role {
         match self {
             Self::Clinician => &[PERMISSION_TRIAGE, PERMISSION_RESTRICTED_READ],
             Self::Admin => &[PERMISSION_RESTRICTED_READ],
+            Self::PlatformAuditor => &[PERMISSION_AUDIT_ALL],
             Self::Coordinator | Self::Integration | Self::Auditor => &[],
         }
     }
@@ -63,7 +70,7 @@ pub enum Data {
 }
 
 use Data::{Other as O, Patient as P, Stream as S};
-use Role::{Admin as A, Auditor as AU, Clinician as CL, Coordinator as CO, Integration as IN};
+use Role::{Admin as A, Auditor as AU, Clinician as CL, Coordinator as CO, Integration as IN, PlatformAuditor as PA};
 
 /// Every RPC, what it touches and the roles that may call it. Anything not listed is refused.
 pub const POLICY: &[(&str, Data, &[Role])] = &[
@@ -116,7 +123,7 @@ pub const POLICY: &[(&str, Data, &[Role])] = &[
     ("/pac.access.v1.Access/GetPatientJourney", P, &[CO, CL]),
     ("/pac.access.v1.Access/BookReferralAppointment", P, &[CO, IN]),
     ("/pac.access.v1.Access/GetAppointmentGuide", P, &[CO, CL, IN]),
-    ("/pac.audit.v1.AuditTrail/ListAuditEvents", P, &[AU]),
+    ("/pac.audit.v1.AuditTrail/ListAuditEvents", P, &[AU, PA]),
 ];
 
 /// The policy line of the RPC at `path` (`/package.Service/Method`).
@@ -216,6 +223,7 @@ mod tests {
         for (path, _, _) in POLICY {
             let audit = *path == "/pac.audit.v1.AuditTrail/ListAuditEvents";
             assert_eq!(allows(path, Role::Auditor), audit, "auditors read the audit trail only: {path}");
+            assert_eq!(allows(path, Role::PlatformAuditor), audit, "platform auditors read the audit trail only: {path}");
         }
         assert_eq!(rule("/pac.records.v1.PatientRecords/GetPatient").map(|r| r.0), Some(Data::Patient));
         assert_eq!(rule("/pac.scheduling.v1.Scheduling/SearchSlots").map(|r| r.0), Some(Data::Other));

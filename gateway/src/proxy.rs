@@ -355,6 +355,7 @@ fn entry(identity: Option<&Identity>, path: &str, request_id: &str, trace_id: &s
         subject: identity.map(|i| i.subject.clone()).unwrap_or_default(),
         role: identity.map(|i| i.role.name().to_string()).unwrap_or_default(),
         organisation: identity.and_then(|i| i.organisations.first().cloned()).unwrap_or_default(),
+        organisations: identity.map(|i| i.organisations.clone()).unwrap_or_default(),
         action: path.to_string(),
         request_id: request_id.to_string(),
         trace_id: trace_id.to_string(),

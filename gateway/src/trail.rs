@@ -1,10 +1,13 @@
 //! `pac.audit.v1.AuditTrail`, served by the gateway itself: auditors read the trail by patient,
-//! actor and time. The policy table lets only auditors in; reading is itself audited.
+//! actor and time. The policy table lets only auditors in; an auditor reads the records of calls by
+//! callers acting for its organisations (which are the only calls that can touch their patients),
+//! a platform auditor every record. Reading is itself audited.
 
 use chrono::{DateTime, Utc};
 use pac_platform::convert::{parse_id, parse_timestamp, timestamp};
 use pac_platform::error::{ApiError, FieldViolation};
 use pac_platform::paging;
+use pac_platform::CallerVerifier;
 use pac_proto::audit as pb;
 use pac_proto::audit::audit_trail_server::AuditTrail;
 use sqlx::PgPool;
@@ -17,11 +20,13 @@ const MAX_PAGE: i64 = 500;
 
 pub struct AuditTrailService {
     pool: PgPool,
+    callers: CallerVerifier,
 }
 
 impl AuditTrailService {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// `callers` verifies the caller context the gateway's door signed for the call.
+    pub fn new(pool: PgPool, callers: CallerVerifier) -> Self {
+        Self { pool, callers }
     }
 }
 
@@ -80,7 +85,7 @@ fn query(request: &pb::ListAuditEventsRequest) -> Result<(audit::Query, [u8; 8])
         paging::fingerprint(&[request.patient_id.as_str(), request.actor_subject.as_str(), &format!("{from:?}"), &format!("{before:?}")]);
     let after = paging::decode_key(&request.page_token, fingerprint)?.map(|key| decode_position(&key)).transpose()?;
     let subject = Some(request.actor_subject.clone()).filter(|s| !s.is_empty());
-    Ok((audit::Query { patient_id, subject, from, before, after, limit }, fingerprint))
+    Ok((audit::Query { patient_id, subject, from, before, after, limit, organisations: Some(Vec::new()) }, fingerprint))
 }
 
 /// A position in the newest-first order: time (micros), sequence, writer.
@@ -108,8 +113,13 @@ impl AuditTrail for AuditTrailService {
         &self,
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let caller = self.callers.caller(request.metadata()).map_err(Status::from)?;
         let request = request.into_inner();
         let (mut query, fingerprint) = query(&request)?;
+        query.organisations = match caller.may(crate::policy::PERMISSION_AUDIT_ALL) {
+            true => None,
+            false => Some(caller.organisations),
+        };
         let limit = usize::try_from(query.limit).expect("a page size is positive");
         query.limit += 1;
         let pool = self.pool.clone();

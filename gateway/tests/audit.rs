@@ -334,6 +334,7 @@ async fn records_are_stored_exactly_whatever_characters_they_hold() {
             subject: format!("{awkward}#{n}"),
             role: "coordinator".into(),
             organisation: "RR8".into(),
+            organisations: vec!["RR8".into(), awkward.into(), "NULL".into()],
             action: "/pac.records.v1.PatientRecords/GetPatient".into(),
             patient_ids: vec![awkward.into(), "\\N".into(), "".into(), "NULL".into()],
             outcome: "OK".into(),
@@ -354,6 +355,7 @@ async fn records_are_stored_exactly_whatever_characters_they_hold() {
         assert_eq!(stored[0].patient_ids, vec![awkward.to_string(), "\\N".into(), "".into(), "NULL".into()]);
         assert_eq!((stored[0].reason.as_str(), stored[0].trace_id.as_str()), (awkward, ""));
         assert_eq!(stored[0].detail, format!("{{\"note\": \"{}\"}}", awkward.escape_default()));
+        assert_eq!(stored[0].organisations, vec!["RR8".to_string(), awkward.into(), "NULL".into()]);
     }
     let verification = pac_gateway::audit::verify(&pool).await.unwrap();
     assert!(verification.problems.is_empty() && verification.records >= 3, "{verification:?}");
@@ -446,4 +448,49 @@ async fn calls_their_callers_cancel_are_audited_all_the_same() {
     assert!(missing.is_empty(), "{} of {} bookings have no audit record", missing.len(), booked.len());
     assert!(cancelled > 0, "no call was cancelled before its answer");
     assert!(audited.keys().all(|id| sent.contains(id)));
+}
+
+/// Found by an attack: an RR8 auditor listed another organisation's events, subjects and patient
+/// ids. An auditor reads the records of calls by callers acting for its organisations (the only
+/// calls that can touch their patients); the whole trail is a platform auditor's, a separate role.
+#[tokio::test]
+async fn an_auditor_reads_only_its_organisations_records_and_a_platform_auditor_all() {
+    use pac_gateway::auth::{Identity, mint_development};
+    use pac_gateway::{DEVELOPMENT_ISSUER, DEVELOPMENT_TOKEN_KEY};
+    let p = start_with(|_| {}).await;
+    let as_ = |subject: &str, role: Role, orgs: &[&str]| {
+        let identity = Identity { subject: subject.into(), role, organisations: orgs.iter().map(|o| o.to_string()).collect() };
+        mint_development(DEVELOPMENT_TOKEN_KEY.as_bytes(), DEVELOPMENT_ISSUER, "pac-gateway", &identity, Duration::from_secs(600))
+    };
+    let mut records = PatientRecordsClient::new(p.gateway.clone());
+    let mut registered = HashMap::new();
+    for (subject, orgs) in [("leeds-1", &["RR8"][..]), ("york-1", &["RCB"][..]), ("both-1", &["RCB", "RR8"][..])] {
+        let registration = common::registration("Audited");
+        let patient = records.register_patient(with_token(registration, Some(&as_(subject, Role::Coordinator, orgs)))).await.unwrap();
+        registered.insert(subject, patient.into_inner().patient.unwrap().id);
+    }
+    // A refusal of a caller with no valid token belongs to no organisation.
+    let _ = records.get_patient(with_token(records_pb::GetPatientRequest { id: registered["leeds-1"].clone() }, None)).await;
+    common::wait_for_audit(&p.admin_pool().await, 1).await;
+
+    let mut trail = AuditTrailClient::new(p.gateway.clone());
+    let mut list = async |token: &str, patient_id: &str| {
+        let request = audit_pb::ListAuditEventsRequest { patient_id: patient_id.into(), page_size: 500, ..Default::default() };
+        let events = trail.list_audit_events(with_token(request, Some(token))).await.unwrap().into_inner().events;
+        events
+            .into_iter()
+            .filter(|e| e.action.ends_with("/RegisterPatient") || e.outcome == "UNAUTHENTICATED")
+            .map(|e| e.actor.unwrap().subject)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let leeds_auditor = as_("leeds-auditor", Role::Auditor, &["RR8"]);
+    let york_auditor = as_("york-auditor", Role::Auditor, &["RCB"]);
+    let platform_auditor = as_("platform-auditor", Role::PlatformAuditor, &["RR8"]);
+    let subjects = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(list(&leeds_auditor, "").await, subjects(&["both-1", "leeds-1"]));
+    assert_eq!(list(&york_auditor, "").await, subjects(&["both-1", "york-1"]));
+    assert_eq!(list(&platform_auditor, "").await, subjects(&["", "both-1", "leeds-1", "york-1"]));
+    // By patient: York's patient is nothing to Leeds' auditor.
+    assert!(list(&leeds_auditor, &registered["york-1"]).await.is_empty());
+    assert_eq!(list(&york_auditor, &registered["york-1"]).await, subjects(&["york-1"]));
 }
