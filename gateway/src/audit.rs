@@ -3,8 +3,11 @@
 //!
 //! Each gateway process is one writer: its records are numbered from 1 without gaps and chained,
 //! each hash covering the previous hash and the record, so a changed, removed or inserted record
-//! breaks the chain (`pac audit verify`). Records are queued by the calls and written in batches by
-//! one task; when the queue is full the gateway refuses new calls rather than lose records.
+//! breaks the chain (`pac audit verify`). Records are queued by the calls and written by one task,
+//! a batch of whatever is queued at a time (group commit: one transaction, one flush to disk, for
+//! many calls); a call learns when its record is durable ([`Stored`]), and the proxy holds back an
+//! answer carrying patient data until then. When the queue is full the gateway refuses new calls
+//! rather than lose records.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,7 +21,7 @@ use sha2::{Digest, Sha256};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, PgPool};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// The role that owns the audit schema. Nobody logs in as it.
@@ -120,7 +123,11 @@ impl Chain {
     }
 }
 
-type Queued = (Entry, DateTime<Utc>);
+type Queued = (Entry, DateTime<Utc>, Option<oneshot::Sender<()>>);
+
+/// Resolves when a record is durable: its batch committed. Fails only if the writer stopped
+/// without storing it (it does not, short of the process ending).
+pub type Stored = oneshot::Receiver<()>;
 
 /// The calls' side of the trail. A call reserves room for its record when it is admitted, so a
 /// call that was let in is always recorded; when there is no room the call is refused.
@@ -135,7 +142,7 @@ pub struct Reserved(mpsc::OwnedPermit<Queued>);
 impl AuditLog {
     /// A log whose records go to the returned receiver, for unit tests.
     #[cfg(test)]
-    pub(crate) fn for_tests() -> (Self, mpsc::Receiver<(Entry, DateTime<Utc>)>) {
+    pub(crate) fn for_tests() -> (Self, mpsc::Receiver<Queued>) {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         (Self { queue }, receiver)
     }
@@ -149,16 +156,20 @@ impl AuditLog {
 impl Reserved {
     /// Queues the record of a finished call.
     pub fn record(self, entry: Entry) {
-        self.0.send((entry, Utc::now()));
+        self.0.send((entry, Utc::now(), None));
+    }
+
+    /// Queues the record of a finished call; the answer resolves once it is durable.
+    pub fn record_durably(self, entry: Entry) -> Stored {
+        let (stored, notify) = oneshot::channel();
+        self.0.send((entry, Utc::now(), Some(stored)));
+        notify
     }
 }
 
 /// How many entries may wait for the writer; calls are refused while it is full.
 pub const QUEUE_CAPACITY: usize = 65_536;
 const BATCH: usize = 1_000;
-/// How long the writer waits for more records before writing a batch that is not full: under load,
-/// fewer and larger transactions cost the database (and the calls it serves) less.
-const LINGER: Duration = Duration::from_millis(10);
 
 /// Starts the writer task on `pool` as a new writer. It runs until `stop` fires and the queue is
 /// drained.
@@ -170,9 +181,12 @@ pub fn start(pool: PgPool, stop: CancellationToken) -> (AuditLog, tokio::task::J
     (AuditLog { queue }, task)
 }
 
+/// Writes what is queued, a batch at a time: while one batch is being stored the next gathers, so
+/// under load each flush carries many records, and a lone call's record is written at once.
 async fn write(pool: PgPool, mut chain: Chain, mut receiver: mpsc::Receiver<Queued>, stop: CancellationToken) {
     tracing::info!(writer = %chain.writer, "audit writer started");
     let mut batch = Vec::with_capacity(BATCH);
+    let mut waiting = Vec::with_capacity(BATCH);
     loop {
         let received = tokio::select! {
             biased;
@@ -186,20 +200,17 @@ async fn write(pool: PgPool, mut chain: Chain, mut receiver: mpsc::Receiver<Queu
         if received == 0 {
             break;
         }
-        if !stop.is_cancelled() {
-            // `recv_many` is cancel-safe: what it took before the timeout is in the batch.
-            let _ = tokio::time::timeout(LINGER, async {
-                while batch.len() < BATCH {
-                    let room = BATCH - batch.len();
-                    if receiver.recv_many(&mut batch, room).await == 0 {
-                        break;
-                    }
-                }
+        let records: Vec<Record> = batch
+            .drain(..)
+            .map(|(entry, at, stored)| {
+                waiting.extend(stored);
+                chain.seal(entry, at)
             })
-            .await;
-        }
-        let records: Vec<Record> = batch.drain(..).map(|(entry, at)| chain.seal(entry, at)).collect();
+            .collect();
         insert_until_stored(&pool, &records).await;
+        for stored in waiting.drain(..) {
+            let _ = stored.send(());
+        }
     }
     tracing::info!(writer = %chain.writer, records = chain.sequence, "audit writer stopped");
 }
@@ -228,82 +239,56 @@ async fn stored_up_to(pool: &PgPool, writer: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT coalesce(max(sequence), 0) FROM audit.events WHERE writer = $1").bind(writer).fetch_one(pool).await
 }
 
+/// Inserts a batch in one statement (one round trip: a batch is on its way to disk as soon as it
+/// is sent). Array columns travel as array literals.
 async fn insert(pool: &PgPool, records: &[Record]) -> Result<(), sqlx::Error> {
-    use sqlx::postgres::PgPoolCopyExt;
-    // COPY: one statement per batch, and less work per row for the database than an INSERT.
-    let mut copy = pool
-        .copy_in_raw(
-            "COPY audit.events (writer, sequence, occurred_at, subject, role, organisation, action, patient_ids, \
-                                outcome, reason, request_id, trace_id, previous_hash, hash, detail, organisations) FROM STDIN",
-        )
-        .await?;
-    if let Err(error) = copy.send(copy_rows(records).into_bytes()).await {
-        let _ = copy.abort("the batch could not be sent").await;
-        return Err(error);
-    }
-    copy.finish().await?;
+    let column = |field: fn(&Record) -> &str| records.iter().map(field).collect::<Vec<_>>();
+    sqlx::query(
+        "INSERT INTO audit.events (writer, sequence, occurred_at, subject, role, organisation, action, patient_ids, \
+                                   outcome, reason, request_id, trace_id, previous_hash, hash, detail, organisations) \
+         SELECT $1, s, t, subj, r, org, act, ids::text[], o, rsn, rid, tid, ph, h, d, orgs::text[] \
+         FROM unnest($2::int8[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
+                     $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[]) \
+              AS u(s, t, subj, r, org, act, ids, o, rsn, rid, tid, ph, h, d, orgs)",
+    )
+    .bind(&records.first().expect("a batch is not empty").writer)
+    .bind(records.iter().map(|r| r.sequence).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.occurred_at).collect::<Vec<_>>())
+    .bind(column(|r| &r.subject))
+    .bind(column(|r| &r.role))
+    .bind(column(|r| &r.organisation))
+    .bind(column(|r| &r.action))
+    .bind(records.iter().map(|r| array_literal(&r.patient_ids)).collect::<Vec<_>>())
+    .bind(column(|r| &r.outcome))
+    .bind(column(|r| &r.reason))
+    .bind(column(|r| &r.request_id))
+    .bind(column(|r| &r.trace_id))
+    .bind(column(|r| &r.previous_hash))
+    .bind(column(|r| &r.hash))
+    .bind(column(|r| &r.detail))
+    .bind(records.iter().map(|r| array_literal(&r.organisations)).collect::<Vec<_>>())
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
-/// Records as rows of COPY's text format: tab-separated, one per line, with `\`, tab and line
-/// breaks escaped; patient ids as an array literal of quoted elements.
-fn copy_rows(records: &[Record]) -> String {
-    use std::fmt::Write;
-    fn field(out: &mut String, value: &str) {
-        if !value.contains(['\\', '\t', '\n', '\r']) {
-            out.push_str(value);
-            return;
+/// A text array literal of quoted elements (`{"a","b\"c"}`).
+fn array_literal(values: &[String]) -> String {
+    let mut out = String::from("{");
+    for (i, value) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
         }
+        out.push('"');
         for c in value.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '\t' => out.push_str("\\t"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                c => out.push(c),
+            if c == '\\' || c == '"' {
+                out.push('\\');
             }
+            out.push(c);
         }
+        out.push('"');
     }
-    /// A text array literal of quoted elements.
-    fn array(out: &mut String, values: &[String]) {
-        out.push('{');
-        for (i, value) in values.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push('"');
-            for c in value.chars() {
-                if c == '\\' || c == '"' {
-                    out.push('\\');
-                }
-                out.push(c);
-            }
-            out.push('"');
-        }
-        out.push('}');
-    }
-    let mut out = String::with_capacity(records.len() * 512);
-    let (mut ids, mut organisations) = (String::new(), String::new());
-    for r in records {
-        ids.clear();
-        array(&mut ids, &r.patient_ids);
-        organisations.clear();
-        array(&mut organisations, &r.organisations);
-        field(&mut out, &r.writer);
-        let at = r.occurred_at.naive_utc();
-        write!(out, "\t{}\t{} {}+00\t", r.sequence, at.date(), at.time()).expect("writing to a string");
-        for (i, value) in [&r.subject, &r.role, &r.organisation, &r.action, &ids, &r.outcome, &r.reason, &r.request_id]
-            .into_iter()
-            .chain([&r.trace_id, &r.previous_hash, &r.hash, &r.detail, &organisations])
-            .enumerate()
-        {
-            if i > 0 {
-                out.push('\t');
-            }
-            field(&mut out, value);
-        }
-        out.push('\n');
-    }
+    out.push('}');
     out
 }
 
@@ -455,22 +440,8 @@ mod tests {
     }
 
     #[test]
-    fn copy_rows_escape_what_copy_reads_specially() {
-        let mut chain = Chain { writer: "w".into(), sequence: 0, last_hash: GENESIS.into() };
-        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
-        let mut awkward = entry("/a\tb");
-        awkward.patient_ids = vec!["p\"1".into(), "q\\".into()];
-        awkward.reason = "line\nbreak\r\tand \\".into();
-        let records = [chain.seal(entry("/a"), at("2026-12-02T10:00:00Z")), chain.seal(awkward, at("2026-12-02T10:00:00.000123Z"))];
-        let rows = copy_rows(&records);
-        let fields: Vec<Vec<&str>> = rows.lines().map(|line| line.split('\t').collect()).collect();
-        assert_eq!(fields.len(), 2);
-        assert!(fields.iter().all(|f| f.len() == 16), "{rows}");
-        assert_eq!(&fields[0][..3], ["w", "1", "2026-12-02 10:00:00+00"]);
-        assert_eq!(&fields[1][..3], ["w", "2", "2026-12-02 10:00:00.000123+00"]);
-        assert_eq!(fields[1][6], "/a\\tb");
-        assert_eq!(fields[1][7], r#"{"p\\"1","q\\\\"}"#);
-        assert_eq!(fields[1][9], "line\\nbreak\\r\\tand \\\\");
-        assert_eq!(fields[1][13], records[1].hash);
+    fn array_literals_quote_and_escape_every_element() {
+        assert_eq!(array_literal(&[]), "{}");
+        assert_eq!(array_literal(&["p\"1".into(), "q\\".into(), "".into(), "NULL".into()]), r#"{"p\"1","q\\","","NULL"}"#);
     }
 }

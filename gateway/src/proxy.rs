@@ -22,7 +22,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceExt};
 
-use crate::audit::{AuditLog, Entry, Reserved};
+use crate::audit::{AuditLog, Entry, Reserved, Stored};
 use crate::auth::{self, Authenticator, Identity, Refusal};
 use crate::policy::{self, Data};
 use crate::streams::{self, Tally};
@@ -413,22 +413,42 @@ impl Drop for Unanswered {
 
 /// A response body that records its call in the audit trail when it ends (or is dropped by a caller
 /// who went away), with the status from its trailers; for an event stream, with what it delivered.
+///
+/// Nothing carrying patient data leaves before the record that says so is durable: a unary answer
+/// is held until its trailers arrive, its record is stored and, when it succeeded, committed; a
+/// stream's first event waits for its opening record ([`AuditedBody::after`]).
 struct AuditedBody {
     inner: Body,
     pending: Option<(Reserved, Entry)>,
     stream: Option<Tally>,
+    /// Frames held back until `gate` opens.
+    held: std::collections::VecDeque<http_body::Frame<Bytes>>,
+    gate: Option<Stored>,
+    ended: bool,
 }
 
 impl AuditedBody {
+    fn new(inner: Body, pending: (Reserved, Entry), stream: Option<Tally>) -> Self {
+        Self { inner, pending: Some(pending), stream, held: Default::default(), gate: None, ended: false }
+    }
+
+    /// Holds every frame back until `stored` resolves.
+    fn after(mut self, stored: Stored) -> Self {
+        self.gate = Some(stored);
+        self
+    }
+
+    /// Records the call; for a unary call that succeeded, the answer waits until the record is durable.
     fn finish(&mut self, outcome: &str) {
         if let Some((slot, mut entry)) = self.pending.take() {
             if entry.outcome.is_empty() {
                 entry.outcome = outcome.to_string();
             }
-            if let Some(stream) = &mut self.stream {
-                entry = stream.closed(&entry.outcome);
+            match &mut self.stream {
+                Some(stream) => slot.record(stream.closed(&entry.outcome)),
+                None if entry.outcome == "OK" => self.gate = Some(slot.record_durably(entry)),
+                None => slot.record(entry),
             }
-            slot.record(entry);
         }
     }
 }
@@ -438,28 +458,56 @@ impl http_body::Body for AuditedBody {
     type Error = Status;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        match &frame {
-            Some(Ok(frame)) => {
-                if let (Some(stream), Some(data)) = (&mut self.stream, frame.data_ref()) {
-                    stream.feed(data);
+        loop {
+            if let Some(gate) = &mut self.gate {
+                if ready!(Pin::new(gate).poll(cx)).is_err() {
+                    tracing::error!("the audit writer stopped before storing a record; answering all the same");
                 }
-                if let Some(outcome) = frame.trailers_ref().and_then(status_in) {
-                    self.finish(outcome);
+                self.gate = None;
+            }
+            if let Some(frame) = self.held.pop_front() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    let outcome = frame.trailers_ref().and_then(status_in);
+                    if let Some(stream) = &mut self.stream {
+                        if let Some(data) = frame.data_ref() {
+                            stream.feed(data);
+                        }
+                        if let Some(outcome) = outcome {
+                            self.finish(outcome);
+                        }
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    // A unary answer: held until its record is stored.
+                    self.held.push_back(frame);
+                    if let Some(outcome) = outcome {
+                        self.finish(outcome);
+                    }
+                }
+                Some(Err(error)) => {
+                    self.finish("UNAVAILABLE");
+                    self.held.clear();
+                    return Poll::Ready(Some(Err(error)));
+                }
+                None => {
+                    self.finish("UNKNOWN");
+                    self.ended = true;
                 }
             }
-            Some(Err(_)) => self.finish("UNAVAILABLE"),
-            None => self.finish("UNKNOWN"),
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended && self.held.is_empty() && self.gate.is_none()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        http_body::SizeHint::default()
     }
 }
 
@@ -641,14 +689,15 @@ where
                     record.patient_ids =
                         patients.as_ref().and_then(|v| v.to_str().ok()).map(pac_platform::audit::patients_in).unwrap_or_default();
                     record.outcome = answered;
-                    Response::from_parts(parts, Body::new(AuditedBody { inner: body, pending: Some((slot, record)), stream: None }))
+                    Response::from_parts(parts, Body::new(AuditedBody::new(body, (slot, record), None)))
                 }
                 (Some((slot, mut record)), Some((opening, tally))) => {
-                    if answered.is_empty() {
-                        opening.record(tally.opened());
-                    }
+                    let opened = answered.is_empty().then(|| opening.record_durably(tally.opened()));
                     record.outcome = answered;
-                    let audited = AuditedBody { inner: body, pending: Some((slot, record)), stream: Some(tally) };
+                    let mut audited = AuditedBody::new(body, (slot, record), Some(tally));
+                    if let Some(stored) = opened {
+                        audited = audited.after(stored);
+                    }
                     Response::from_parts(parts, Body::new(audited))
                 }
                 (None, _) => Response::from_parts(parts, body),

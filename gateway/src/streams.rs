@@ -213,7 +213,7 @@ mod tests {
         for n in 0..PATIENTS_PER_RECORD + 10 {
             tally.feed(&event(&format!("1.{n}"), &[&format!("p{n}")]));
         }
-        let (continuing, _) = records.try_recv().expect("a record at a thousand patients");
+        let (continuing, _, _) = records.try_recv().expect("a record at a thousand patients");
         assert_eq!(continuing.patient_ids.len(), PATIENTS_PER_RECORD);
         let detail: serde_json::Value = serde_json::from_str(&continuing.detail).unwrap();
         assert_eq!((detail["stream"].as_str(), detail["events"].as_u64()), (Some("continuing"), Some(PATIENTS_PER_RECORD as u64)));

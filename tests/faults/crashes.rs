@@ -238,3 +238,65 @@ async fn each_service_killed_once_under_load_loses_and_duplicates_nothing() {
 async fn twenty_kills_under_load_lose_and_duplicate_nothing() {
     kill_services_under_load(20).await;
 }
+
+/// `kill -9` of the gateway under load, five times: every call whose answer reached its caller has
+/// its record in the audit trail (an answer carrying patient data, or confirming a change, leaves
+/// only once its record is durable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_killed_under_load_loses_no_answered_calls_record() {
+    use pac_proto::records as records_pb;
+    let mut processes = Processes::start().await;
+    let answered = Arc::new(Mutex::new(Vec::<String>::new()));
+    let load = CancellationToken::new();
+    let mut workers = Vec::new();
+    for worker in 0..8u32 {
+        let (gateway, answered, load) = (processes.channel(Component::Gateway), answered.clone(), load.clone());
+        workers.push(tokio::spawn(async move {
+            let coordinator = token(Role::Coordinator);
+            let mut records = PatientRecordsClient::new(gateway);
+            let mut n = worker;
+            let mut registered: Option<String> = None;
+            while !load.is_cancelled() {
+                let request_id = uuid::Uuid::now_v7().to_string();
+                let outcome = match &registered {
+                    // Reads of a registered patient, and now and then a registration.
+                    Some(id) if n % 4 != 0 => {
+                        let request = call(records_pb::GetPatientRequest { id: id.clone() }, &coordinator, &request_id);
+                        records.get_patient(request).await.map(|_| ())
+                    }
+                    _ => {
+                        let request = call(registration(n, request_id.clone()), &coordinator, &request_id);
+                        records.register_patient(request).await.map(|answer| registered = Some(answer.into_inner().patient.unwrap().id))
+                    }
+                };
+                match outcome {
+                    Ok(()) => answered.lock().unwrap().push(request_id),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+                n += 8;
+            }
+        }));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(18);
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1_500))).await;
+        processes.kill_and_restart(Component::Gateway).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.cancel();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let answered = std::mem::take(&mut *answered.lock().unwrap());
+    let pool = processes.db.admin_pool().await;
+    let recorded: Vec<String> = sqlx::query_scalar("SELECT request_id FROM audit.events WHERE outcome = 'OK' AND request_id = ANY($1)")
+        .bind(&answered)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let recorded: std::collections::HashSet<String> = recorded.into_iter().collect();
+    let missing: Vec<&String> = answered.iter().filter(|id| !recorded.contains(*id)).collect();
+    eprintln!("5 gateway kills: {} calls answered, {} of them with no audit record", answered.len(), missing.len());
+    assert!(answered.len() > 100, "no load got through");
+    assert!(missing.is_empty(), "answered calls with no audit record: {missing:?}");
+}
