@@ -32,6 +32,13 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
+pub mod checkpoint;
+pub mod keys;
+mod verify;
+
+pub use keys::AuditKey;
+pub use verify::{Verification, verify};
+
 /// What one call did, as the proxy saw it.
 #[derive(Debug, Clone, Default)]
 pub struct Entry {
@@ -72,20 +79,29 @@ pub struct Record {
     /// Hashed only when present, as `detail`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub organisations: Vec<String>,
+    /// The key the record is signed with ([`AuditKey::id`]); empty for records written before
+    /// records were signed, whose `hash` is a plain SHA-256.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub key_id: String,
     pub previous_hash: String,
     #[serde(skip)]
     pub hash: String,
 }
 
-fn micros<S: serde::Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn micros<S: serde::Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
 }
 
 impl Record {
-    /// SHA-256 (hex) over the record's fields and the previous hash, in a fixed form.
+    /// The record's fields and the previous hash, in a fixed form: what its hash signs.
+    pub fn canonical(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a record serialises")
+    }
+
+    /// Plain SHA-256 (hex) of the canonical form: the hash of a record written before records
+    /// were signed.
     pub fn compute_hash(&self) -> String {
-        let canonical = serde_json::to_vec(self).expect("a record serialises");
-        format!("{:x}", Sha256::digest(canonical))
+        format!("{:x}", Sha256::digest(self.canonical()))
     }
 }
 
@@ -94,15 +110,25 @@ struct Chain {
     writer: String,
     sequence: i64,
     last_hash: String,
+    /// The time of the last record: a record is never earlier than the one before it, so a chain
+    /// splits between months (partitions) at one place.
+    last_at: DateTime<Utc>,
+    key: AuditKey,
 }
 
 impl Chain {
+    fn new(writer: String, key: AuditKey) -> Self {
+        Self { writer, sequence: 0, last_hash: GENESIS.into(), last_at: DateTime::<Utc>::MIN_UTC, key }
+    }
+
+    /// The next record of the chain, signed.
     fn seal(&mut self, entry: Entry, at: DateTime<Utc>) -> Record {
         self.sequence += 1;
+        self.last_at = at.trunc_subsecs(6).max(self.last_at);
         let mut record = Record {
             writer: self.writer.clone(),
             sequence: self.sequence,
-            occurred_at: at.trunc_subsecs(6),
+            occurred_at: self.last_at,
             subject: entry.subject,
             role: entry.role,
             organisation: entry.organisation,
@@ -114,10 +140,11 @@ impl Chain {
             trace_id: entry.trace_id,
             detail: entry.detail,
             organisations: entry.organisations,
+            key_id: self.key.id().to_string(),
             previous_hash: std::mem::take(&mut self.last_hash),
             hash: String::new(),
         };
-        record.hash = record.compute_hash();
+        record.hash = self.key.sign(&record.canonical());
         self.last_hash = record.hash.clone();
         record
     }
@@ -171,26 +198,33 @@ impl Reserved {
 pub const QUEUE_CAPACITY: usize = 65_536;
 const BATCH: usize = 1_000;
 
-/// Starts the writer task on `pool` as a new writer. It runs until `stop` fires and the queue is
-/// drained.
-pub fn start(pool: PgPool, stop: CancellationToken) -> (AuditLog, tokio::task::JoinHandle<()>) {
+/// Starts the writer task on `pool` as a new writer, signing with `key` and writing a checkpoint of
+/// its chain every `checkpoint_every` while it moves, and a final one when it stops. It runs until
+/// `stop` fires and the queue is drained.
+pub fn start(pool: PgPool, stop: CancellationToken, key: AuditKey, checkpoint_every: Duration) -> (AuditLog, tokio::task::JoinHandle<()>) {
     let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-    let writer = format!("gateway-{}", uuid::Uuid::now_v7());
-    let chain = Chain { writer, sequence: 0, last_hash: GENESIS.into() };
-    let task = tokio::spawn(write(pool, chain, receiver, stop));
+    let chain = Chain::new(format!("gateway-{}", uuid::Uuid::now_v7()), key);
+    let task = tokio::spawn(write(pool, chain, receiver, stop, checkpoint_every));
     (AuditLog { queue }, task)
 }
 
 /// Writes what is queued, a batch at a time: while one batch is being stored the next gathers, so
 /// under load each flush carries many records, and a lone call's record is written at once.
-async fn write(pool: PgPool, mut chain: Chain, mut receiver: mpsc::Receiver<Queued>, stop: CancellationToken) {
+async fn write(pool: PgPool, mut chain: Chain, mut receiver: mpsc::Receiver<Queued>, stop: CancellationToken, every: Duration) {
     tracing::info!(writer = %chain.writer, "audit writer started");
     let mut batch = Vec::with_capacity(BATCH);
     let mut waiting = Vec::with_capacity(BATCH);
+    let mut checkpointed = 0;
+    let mut due = tokio::time::Instant::now() + every;
     loop {
         let received = tokio::select! {
             biased;
             n = receiver.recv_many(&mut batch, BATCH) => n,
+            _ = tokio::time::sleep_until(due) => {
+                checkpoint_if_moved(&pool, &chain, &mut checkpointed).await;
+                due = tokio::time::Instant::now() + every;
+                continue;
+            }
             _ = stop.cancelled() => {
                 // Shutting down: what is queued still gets written.
                 receiver.close();
@@ -211,8 +245,36 @@ async fn write(pool: PgPool, mut chain: Chain, mut receiver: mpsc::Receiver<Queu
         for stored in waiting.drain(..) {
             let _ = stored.send(());
         }
+        if tokio::time::Instant::now() >= due {
+            checkpoint_if_moved(&pool, &chain, &mut checkpointed).await;
+            due = tokio::time::Instant::now() + every;
+        }
+    }
+    if chain.sequence > 0 {
+        // Nothing follows: a final checkpoint, tried a few times.
+        for attempt in 1..=5 {
+            match checkpoint::write(&pool, &chain.key, &chain.writer, chain.sequence, &chain.last_hash, checkpoint::FINAL).await {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::error!(attempt, error = %pac_platform::error::safe_description(&error), "final audit checkpoint not written");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
     }
     tracing::info!(writer = %chain.writer, records = chain.sequence, "audit writer stopped");
+}
+
+/// A checkpoint of the chain, when it has moved since the last one. A checkpoint that cannot be
+/// written now is written at the next interval.
+async fn checkpoint_if_moved(pool: &PgPool, chain: &Chain, checkpointed: &mut i64) {
+    if chain.sequence == *checkpointed {
+        return;
+    }
+    match checkpoint::write(pool, &chain.key, &chain.writer, chain.sequence, &chain.last_hash, checkpoint::INTERVAL).await {
+        Ok(()) => *checkpointed = chain.sequence,
+        Err(error) => tracing::warn!(error = %pac_platform::error::safe_description(&error), "audit checkpoint not written; retrying later"),
+    }
 }
 
 /// Inserts a batch, retrying until the database takes it. A batch whose commit was not
@@ -245,8 +307,8 @@ async fn insert(pool: &PgPool, records: &[Record]) -> Result<(), sqlx::Error> {
     let column = |field: fn(&Record) -> &str| records.iter().map(field).collect::<Vec<_>>();
     sqlx::query(
         "INSERT INTO audit.events (writer, sequence, occurred_at, subject, role, organisation, action, patient_ids, \
-                                   outcome, reason, request_id, trace_id, previous_hash, hash, detail, organisations) \
-         SELECT $1, s, t, subj, r, org, act, ids::text[], o, rsn, rid, tid, ph, h, d, orgs::text[] \
+                                   outcome, reason, request_id, trace_id, previous_hash, hash, detail, organisations, key_id) \
+         SELECT $1, s, t, subj, r, org, act, ids::text[], o, rsn, rid, tid, ph, h, d, orgs::text[], $17 \
          FROM unnest($2::int8[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
                      $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[]) \
               AS u(s, t, subj, r, org, act, ids, o, rsn, rid, tid, ph, h, d, orgs)",
@@ -267,6 +329,8 @@ async fn insert(pool: &PgPool, records: &[Record]) -> Result<(), sqlx::Error> {
     .bind(column(|r| &r.hash))
     .bind(column(|r| &r.detail))
     .bind(records.iter().map(|r| array_literal(&r.organisations)).collect::<Vec<_>>())
+    // One writer, one key.
+    .bind(&records[0].key_id)
     .execute(pool)
     .await?;
     Ok(())
@@ -378,46 +442,6 @@ pub async fn list(pool: &PgPool, query: &Query) -> Result<Vec<Record>, sqlx::Err
     .await
 }
 
-/// What `verify` found.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Verification {
-    pub writers: usize,
-    pub records: u64,
-    /// One line per break: writer, sequence and what is wrong.
-    pub problems: Vec<String>,
-}
-
-/// Walks every writer's chain in order: numbering from 1 without gaps, each record's previous hash
-/// the hash before it, each hash what the record's contents give.
-pub async fn verify(pool: &PgPool) -> Result<Verification, sqlx::Error> {
-    use futures::TryStreamExt;
-    let mut rows = sqlx::query_as::<_, Record>("SELECT * FROM audit.events ORDER BY writer, sequence").fetch(pool);
-    let mut result = Verification::default();
-    let mut current: Option<(String, i64, String)> = None;
-    while let Some(record) = rows.try_next().await? {
-        result.records += 1;
-        let (expected_sequence, expected_previous) = match &current {
-            Some((writer, sequence, hash)) if *writer == record.writer => (sequence + 1, hash.clone()),
-            _ => {
-                result.writers += 1;
-                (1, GENESIS.to_string())
-            }
-        };
-        let at = format!("{} #{}", record.writer, record.sequence);
-        if record.sequence != expected_sequence {
-            result.problems.push(format!("{at}: expected #{expected_sequence} (records missing)"));
-        }
-        if record.previous_hash != expected_previous {
-            result.problems.push(format!("{at}: does not follow the record before it"));
-        }
-        if record.compute_hash() != record.hash {
-            result.problems.push(format!("{at}: contents do not match its hash (changed)"));
-        }
-        current = Some((record.writer, record.sequence, record.hash));
-    }
-    Ok(result)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,15 +452,19 @@ mod tests {
 
     #[test]
     fn each_record_chains_to_the_one_before() {
-        let mut chain = Chain { writer: "w".into(), sequence: 0, last_hash: GENESIS.into() };
+        let key = AuditKey::development();
+        let mut chain = Chain::new("w".into(), key.clone());
         let first = chain.seal(entry("/a"), Utc::now());
-        let second = chain.seal(entry("/b"), Utc::now());
+        let second = chain.seal(entry("/b"), Utc::now() - chrono::Duration::seconds(5));
         assert_eq!((first.sequence, first.previous_hash.as_str()), (1, GENESIS));
         assert_eq!((second.sequence, &second.previous_hash), (2, &first.hash));
-        assert_eq!(second.compute_hash(), second.hash);
+        assert!(second.occurred_at >= first.occurred_at, "never earlier than the record before");
+        assert_eq!((key.sign(&second.canonical()), second.key_id.as_str()), (second.hash.clone(), key.id()));
         let mut changed = second.clone();
         changed.outcome = "PERMISSION_DENIED".into();
-        assert_ne!(changed.compute_hash(), second.hash, "any change breaks the hash");
+        assert_ne!(key.sign(&changed.canonical()), second.hash, "any change breaks the signature");
+        let other = AuditKey::new(b"some other key of thirty-two bytes");
+        assert_ne!(other.sign(&second.canonical()), second.hash, "no other key makes the signature");
     }
 
     #[test]

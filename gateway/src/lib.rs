@@ -87,6 +87,11 @@ pub struct GatewayConfig {
     /// `PAC_GATEWAY_TOKEN_MAX_LIFETIME_S`: tokens that expire longer than this after they were
     /// issued are refused.
     pub token_max_lifetime: Duration,
+    /// `PAC_AUDIT_KEY`: signs the audit trail's records and checkpoints (required in production;
+    /// the development key is refused there).
+    pub audit_key: audit::AuditKey,
+    /// `PAC_AUDIT_CHECKPOINT_MS`: how often the audit writer checkpoints its chain.
+    pub audit_checkpoint_every: Duration,
     /// `PAC_GATEWAY_DEFAULT_DEADLINE_MS`, `PAC_GATEWAY_MAX_DEADLINE_MS`.
     pub deadlines: Deadlines,
     /// `PAC_GATEWAY_MAX_IN_FLIGHT`, `PAC_GATEWAY_RATE_PER_SECOND`, `PAC_GATEWAY_RATE_BURST`,
@@ -141,6 +146,22 @@ impl TlsSettings {
 }
 
 const DEFAULT_CONNECTIONS: usize = 1;
+const DEFAULT_CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+
+/// The audit trail's signing key from `PAC_AUDIT_KEY`: at least 32 bytes, and in production never
+/// the development key published in the source (which development uses when none is set).
+pub fn audit_key_from_env(development: bool) -> anyhow::Result<audit::AuditKey> {
+    use audit::keys::{DEVELOPMENT_AUDIT_KEY, MIN_KEY_BYTES};
+    match std::env::var("PAC_AUDIT_KEY").ok().filter(|k| !k.is_empty()) {
+        Some(key) if key == DEVELOPMENT_AUDIT_KEY && !development => {
+            anyhow::bail!("PAC_AUDIT_KEY is the published development key; production needs a secret of its own")
+        }
+        Some(key) if key.len() < MIN_KEY_BYTES => anyhow::bail!("PAC_AUDIT_KEY must be at least {MIN_KEY_BYTES} bytes"),
+        Some(key) => Ok(audit::AuditKey::new(key.as_bytes())),
+        None if development => Ok(audit::AuditKey::development()),
+        None => anyhow::bail!("PAC_AUDIT_KEY is required outside development (it signs the audit trail)"),
+    }
+}
 /// Largest header list a call may carry: enough for any token to reach the token check, which
 /// refuses one over `auth::MAX_TOKEN_BYTES` and audits the refusal. Beyond it HTTP/2 itself answers
 /// 431 before there is a call.
@@ -150,6 +171,7 @@ const DEFAULT_LIMITS: Limits = Limits { max_in_flight: 2048, per_second: 500.0, 
 impl GatewayConfig {
     pub fn from_env(platform: &PlatformConfig) -> anyhow::Result<Self> {
         let development = platform.environment == pac_platform::config::Environment::Development;
+        let audit_key = audit_key_from_env(development)?;
         let keys = match std::env::var("PAC_GATEWAY_JWKS_FILE").ok().filter(|f| !f.is_empty()) {
             Some(file) => {
                 TokenKeys::Jwks(std::fs::read_to_string(&file).with_context(|| format!("cannot read PAC_GATEWAY_JWKS_FILE {file}"))?)
@@ -182,6 +204,8 @@ impl GatewayConfig {
             issuer: var("PAC_GATEWAY_ISSUER", DEVELOPMENT_ISSUER.to_string())?,
             audience: var("PAC_GATEWAY_AUDIENCE", DEFAULT_AUDIENCE.to_string())?,
             token_max_lifetime: Duration::from_secs(var("PAC_GATEWAY_TOKEN_MAX_LIFETIME_S", auth::DEFAULT_MAX_LIFETIME.as_secs())?),
+            audit_key,
+            audit_checkpoint_every: Duration::from_millis(var("PAC_AUDIT_CHECKPOINT_MS", DEFAULT_CHECKPOINT_EVERY.as_millis() as u64)?.max(10)),
             deadlines,
             limits,
             link_wait: Duration::from_millis(var("PAC_GATEWAY_LINK_WAIT_MS", 2_000)?),
@@ -202,6 +226,8 @@ impl GatewayConfig {
             issuer: DEVELOPMENT_ISSUER.into(),
             audience: DEFAULT_AUDIENCE.into(),
             token_max_lifetime: auth::DEFAULT_MAX_LIFETIME,
+            audit_key: audit::AuditKey::development(),
+            audit_checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
             deadlines: Deadlines { default: Duration::from_secs(10), max: Duration::from_secs(30) },
             limits: DEFAULT_LIMITS,
             link_wait: Duration::from_secs(2),
@@ -236,7 +262,7 @@ pub async fn serve(
     .max_lifetime(config.token_max_lifetime);
     let pool = connect(&platform, &config).await?;
     let stop_writer = CancellationToken::new();
-    let (audit_log, writer) = audit::start(pool.clone(), stop_writer.clone());
+    let (audit_log, writer) = audit::start(pool.clone(), stop_writer.clone(), config.audit_key.clone(), config.audit_checkpoint_every);
     let records = Balanced::new(&config.records_url, config.connections)?;
     let scheduling = Balanced::new(&config.scheduling_url, config.connections)?;
     let referrals = Balanced::new(&config.referrals_url, config.connections)?;

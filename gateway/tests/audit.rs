@@ -151,7 +151,7 @@ async fn every_patient_data_call_and_refusal_has_exactly_one_record() {
     }
     assert_eq!(rows.len(), audited, "nothing recorded beyond the calls");
 
-    let verification = pac_gateway::audit::verify(&pool).await.unwrap();
+    let verification = pac_gateway::audit::verify(&pool, &[pac_gateway::audit::AuditKey::development()]).await.unwrap();
     assert!(verification.problems.is_empty(), "{:?}", verification.problems);
     assert!(verification.records >= audited as u64);
 
@@ -224,7 +224,7 @@ async fn no_role_can_change_the_trail_and_tampering_is_found() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(pac_gateway::audit::verify(&pool).await.unwrap().problems.is_empty());
+    assert!(pac_gateway::audit::verify(&pool, &[pac_gateway::audit::AuditKey::development()]).await.unwrap().problems.is_empty());
 
     // Every service role, and the gateway's own: neither change nor removal.
     let platform = p.db.platform_config();
@@ -244,10 +244,10 @@ async fn no_role_can_change_the_trail_and_tampering_is_found() {
     // Someone with the power to drop the guard changes one record and removes another: found.
     sqlx::query("ALTER TABLE audit.events DISABLE TRIGGER events_append_only").execute(&pool).await.unwrap();
     sqlx::query("UPDATE audit.events SET outcome = 'OK', subject = 'someone' WHERE sequence = 1").execute(&pool).await.unwrap();
-    let verification = pac_gateway::audit::verify(&pool).await.unwrap();
-    assert!(verification.problems.iter().any(|p| p.contains("#1: contents do not match")), "{:?}", verification.problems);
+    let verification = pac_gateway::audit::verify(&pool, &[pac_gateway::audit::AuditKey::development()]).await.unwrap();
+    assert!(verification.problems.iter().any(|p| p.contains("#1: contents do not match its signature")), "{:?}", verification.problems);
     sqlx::query("DELETE FROM audit.events WHERE sequence = 3").execute(&pool).await.unwrap();
-    let verification = pac_gateway::audit::verify(&pool).await.unwrap();
+    let verification = pac_gateway::audit::verify(&pool, &[pac_gateway::audit::AuditKey::development()]).await.unwrap();
     assert!(verification.problems.iter().any(|p| p.contains("records missing")), "{:?}", verification.problems);
 }
 
@@ -327,7 +327,7 @@ async fn records_are_stored_exactly_whatever_characters_they_hold() {
     let p = start_with(|_| {}).await;
     let pool = p.admin_pool().await;
     let stop = tokio_util::sync::CancellationToken::new();
-    let (log, writer) = pac_gateway::audit::start(pool.clone(), stop.clone());
+    let (log, writer) = pac_gateway::audit::start(pool.clone(), stop.clone(), pac_gateway::audit::AuditKey::development(), Duration::from_secs(10));
     let awkward = "tab\there \\ back\\slash\nline \"quoted\" {braces},comma é \r end";
     for n in 0..3 {
         let entry = pac_gateway::audit::Entry {
@@ -357,7 +357,7 @@ async fn records_are_stored_exactly_whatever_characters_they_hold() {
         assert_eq!(stored[0].detail, format!("{{\"note\": \"{}\"}}", awkward.escape_default()));
         assert_eq!(stored[0].organisations, vec!["RR8".to_string(), awkward.into(), "NULL".into()]);
     }
-    let verification = pac_gateway::audit::verify(&pool).await.unwrap();
+    let verification = pac_gateway::audit::verify(&pool, &[pac_gateway::audit::AuditKey::development()]).await.unwrap();
     assert!(verification.problems.is_empty() && verification.records >= 3, "{verification:?}");
 }
 
@@ -493,4 +493,121 @@ async fn an_auditor_reads_only_its_organisations_records_and_a_platform_auditor_
     // By patient: York's patient is nothing to Leeds' auditor.
     assert!(list(&leeds_auditor, &registered["york-1"]).await.is_empty());
     assert_eq!(list(&york_auditor, &registered["york-1"]).await, subjects(&["york-1"]));
+}
+
+/// Found by an attack: logged in as the gateway's own role (which may add rows), a new writer with
+/// three fabricated events ("read patient X") verified as intact, and removing the last events of a
+/// chain went unnoticed. Records and checkpoints are signed with a key the database does not hold;
+/// checkpoints show where each chain reached.
+#[tokio::test]
+async fn forged_records_and_a_truncated_chain_are_found() {
+    use pac_gateway::audit::{AuditKey, Record, verify};
+    let p = start_with(|c| c.audit_checkpoint_every = Duration::from_millis(50)).await;
+    knee_clinic(&p).await;
+    let (patient, _) = referred_patient(&p, "Forged", false).await;
+    let pool = p.admin_pool().await;
+    let key = [AuditKey::development()];
+    // Wait until the gateway's chain is covered by a checkpoint to its end.
+    let mut covered = false;
+    for _ in 0..100 {
+        let (last, checkpointed): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT max(sequence) FROM audit.events), (SELECT max(sequence) FROM audit.checkpoints WHERE kind = 'interval')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if last.is_some() && last == checkpointed {
+            covered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(covered, "the writer checkpoints its chain");
+    let verified = verify(&pool, &key).await.unwrap();
+    assert!(verified.problems.is_empty() && verified.checkpoints > 0, "{verified:?}");
+
+    // As the gateway's role: a new writer of three events, chained with SHA-256 as before, and one
+    // claiming the real key.
+    let platform = p.db.platform_config();
+    let options = service_connect_options(&platform.db, ServiceSchema::new("audit", "pac_gateway"), None).unwrap();
+    let mut gateway_role = options.connect().await.unwrap();
+    let mut previous = pac_gateway::audit::GENESIS.to_string();
+    for sequence in 1..=3 {
+        let mut forged = Record {
+            writer: "gateway-forged".into(),
+            sequence,
+            occurred_at: chrono::Utc::now(),
+            subject: "coordinator-1".into(),
+            role: "coordinator".into(),
+            organisation: "RR8".into(),
+            action: "/pac.records.v1.PatientRecords/GetPatient".into(),
+            patient_ids: vec![patient.clone()],
+            outcome: "OK".into(),
+            reason: String::new(),
+            request_id: format!("forged-{sequence}"),
+            trace_id: String::new(),
+            detail: String::new(),
+            organisations: vec!["RR8".into()],
+            key_id: if sequence == 3 { key[0].id().to_string() } else { String::new() },
+            previous_hash: previous.clone(),
+            hash: String::new(),
+        };
+        forged.hash = match sequence {
+            3 => AuditKey::new(b"a guess at the key, thirty-two bytes").sign(&forged.canonical()),
+            _ => forged.compute_hash(),
+        };
+        previous = forged.hash.clone();
+        sqlx::query(
+            "INSERT INTO audit.events (writer, sequence, occurred_at, subject, role, organisation, action, patient_ids, outcome, \
+             reason, request_id, trace_id, detail, organisations, key_id, previous_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(&forged.writer)
+        .bind(forged.sequence)
+        .bind(forged.occurred_at)
+        .bind(&forged.subject)
+        .bind(&forged.role)
+        .bind(&forged.organisation)
+        .bind(&forged.action)
+        .bind(&forged.patient_ids)
+        .bind(&forged.outcome)
+        .bind(&forged.reason)
+        .bind(&forged.request_id)
+        .bind(&forged.trace_id)
+        .bind(&forged.detail)
+        .bind(&forged.organisations)
+        .bind(&forged.key_id)
+        .bind(&forged.previous_hash)
+        .bind(&forged.hash)
+        .execute(&mut gateway_role)
+        .await
+        .unwrap();
+    }
+    // Without the key, the plain chain looks intact, as every chain did before records were signed.
+    let unkeyed = verify(&pool, &[]).await.unwrap();
+    assert!(unkeyed.problems.is_empty(), "{:?}", unkeyed.problems);
+    // With it, every forged record is found.
+    let problems = verify(&pool, &key).await.unwrap().problems;
+    for expected in ["gateway-forged #1: not signed", "gateway-forged #2: not signed", "gateway-forged #3: contents do not match its signature"]
+    {
+        assert!(problems.iter().any(|p| p.starts_with(expected)), "{expected}: {problems:?}");
+    }
+    assert_eq!(problems.len(), 3, "{problems:?}");
+
+    // Someone able to drop the guard removes the last two records of the real writer's chain.
+    sqlx::query("ALTER TABLE audit.events DISABLE TRIGGER events_append_only").execute(&pool).await.unwrap();
+    let writer: String =
+        sqlx::query_scalar("SELECT writer FROM audit.events WHERE writer <> 'gateway-forged' LIMIT 1").fetch_one(&pool).await.unwrap();
+    sqlx::query("DELETE FROM audit.events WHERE writer = $1 AND sequence > (SELECT max(sequence) - 2 FROM audit.events WHERE writer = $1)")
+        .bind(&writer)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let problems = verify(&pool, &key).await.unwrap().problems;
+    assert!(problems.iter().any(|p| p.starts_with(&format!("{writer}: records #")) && p.contains("removed")), "{problems:?}");
+    // And a checkpoint in the middle of the checkpoints' chain.
+    sqlx::query("ALTER TABLE audit.checkpoints DISABLE TRIGGER checkpoints_append_only").execute(&pool).await.unwrap();
+    sqlx::query("DELETE FROM audit.checkpoints WHERE number = 1").execute(&pool).await.unwrap();
+    let problems = verify(&pool, &key).await.unwrap().problems;
+    assert!(problems.iter().any(|p| p.contains("checkpoints missing")), "{problems:?}");
 }

@@ -297,7 +297,7 @@ async fn authorisation_matrix() {
     let pool = p.admin_pool().await;
     let recorded = wait_for_audit(&pool, denials.values().sum()).await;
     assert_eq!(recorded, denials);
-    let verification = pac_gateway::audit::verify(&pool).await.unwrap();
+    let verification = pac_gateway::audit::verify(&pool, &[pac_gateway::audit::AuditKey::development()]).await.unwrap();
     assert!(verification.problems.is_empty(), "{:?}", verification.problems);
 }
 

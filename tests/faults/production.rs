@@ -40,3 +40,26 @@ fn production_refuses_to_start_with_a_published_development_secret() {
     let (started, stderr) = serve(&[("PAC_INTERNAL_KEY", KEY), ("PAC_DB_ROLE_PASSWORD", "secret")]);
     assert!(!started && !stderr.contains("published"), "{stderr}");
 }
+
+/// The gateway signs the audit trail: production refuses to start without a key of its own.
+#[test]
+fn production_gateway_refuses_the_published_audit_key() {
+    for (key, says) in [(None, "PAC_AUDIT_KEY is required"), (Some(pac_gateway::audit::keys::DEVELOPMENT_AUDIT_KEY), "published development key")] {
+        let mut command = std::process::Command::new(PAC);
+        command
+            .args(["serve", "gateway"])
+            .env("PAC_ENVIRONMENT", "production")
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+            .env("PAC_GATEWAY_ADDR", "127.0.0.1:0")
+            .env("PAC_INTERNAL_KEY", KEY)
+            .env("PAC_DB_ROLE_PASSWORD", "secret")
+            .env_remove("PAC_REQUIRE_CALLER_CONTEXT")
+            .env_remove("PAC_AUDIT_KEY");
+        if let Some(key) = key {
+            command.env("PAC_AUDIT_KEY", key);
+        }
+        let output = command.output().expect("run pac");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(says), "{key:?}: {stderr}");
+    }
+}
