@@ -21,6 +21,7 @@ pub mod auth;
 pub mod guide;
 pub mod policy;
 pub mod proxy;
+pub mod refusals;
 pub mod streams;
 pub mod trail;
 
@@ -40,7 +41,7 @@ use tonic::service::Routes;
 use tower::Layer;
 
 use crate::auth::Authenticator;
-use crate::proxy::{Deadlines, Limits, Proxy, Upstreams};
+use crate::proxy::{DEFAULT_LIMITS, Deadlines, Limits, Proxy, Upstreams};
 use pac_platform::balance::Balanced;
 use pac_proto::access::access_server::AccessServer;
 use pac_proto::audit::audit_trail_server::AuditTrailServer;
@@ -92,10 +93,13 @@ pub struct GatewayConfig {
     pub audit_key: audit::AuditKey,
     /// `PAC_AUDIT_CHECKPOINT_MS`: how often the audit writer checkpoints its chain.
     pub audit_checkpoint_every: Duration,
+    /// `PAC_AUDIT_REFUSALS_MS`: the interval over which calls refused before their caller is known
+    /// are counted into one record per peer and reason.
+    pub refusals_every: Duration,
     /// `PAC_GATEWAY_DEFAULT_DEADLINE_MS`, `PAC_GATEWAY_MAX_DEADLINE_MS`.
     pub deadlines: Deadlines,
     /// `PAC_GATEWAY_MAX_IN_FLIGHT`, `PAC_GATEWAY_RATE_PER_SECOND`, `PAC_GATEWAY_RATE_BURST`,
-    /// `PAC_GATEWAY_SEARCHES_PER_CALLER`.
+    /// `PAC_GATEWAY_SEARCHES_PER_CALLER`, `PAC_GATEWAY_FAILURES_PER_SECOND`, `PAC_GATEWAY_FAILURES_BURST`.
     pub limits: Limits,
     /// `PAC_GATEWAY_LINK_WAIT_MS`: how long `BookReferralAppointment` waits to see the referral list
     /// its new appointment before answering `linked = false` (the link still completes).
@@ -147,6 +151,7 @@ impl TlsSettings {
 
 const DEFAULT_CONNECTIONS: usize = 1;
 const DEFAULT_CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+const DEFAULT_REFUSALS_EVERY: Duration = Duration::from_secs(10);
 
 /// The audit trail's signing key from `PAC_AUDIT_KEY`: at least 32 bytes, and in production never
 /// the development key published in the source (which development uses when none is set).
@@ -166,7 +171,6 @@ pub fn audit_key_from_env(development: bool) -> anyhow::Result<audit::AuditKey> 
 /// refuses one over `auth::MAX_TOKEN_BYTES` and audits the refusal. Beyond it HTTP/2 itself answers
 /// 431 before there is a call.
 const MAX_HEADER_LIST_BYTES: u32 = 256 * 1024;
-const DEFAULT_LIMITS: Limits = Limits { max_in_flight: 2048, per_second: 500.0, burst: 1000.0, searches_per_caller: 2 };
 
 impl GatewayConfig {
     pub fn from_env(platform: &PlatformConfig) -> anyhow::Result<Self> {
@@ -189,6 +193,8 @@ impl GatewayConfig {
             per_second: var("PAC_GATEWAY_RATE_PER_SECOND", DEFAULT_LIMITS.per_second)?,
             burst: var("PAC_GATEWAY_RATE_BURST", DEFAULT_LIMITS.burst)?,
             searches_per_caller: var("PAC_GATEWAY_SEARCHES_PER_CALLER", DEFAULT_LIMITS.searches_per_caller)?.max(1),
+            failures_per_second: var("PAC_GATEWAY_FAILURES_PER_SECOND", DEFAULT_LIMITS.failures_per_second)?,
+            failures_burst: var("PAC_GATEWAY_FAILURES_BURST", DEFAULT_LIMITS.failures_burst)?,
         };
         anyhow::ensure!(
             limits.per_second > 0.0 && limits.burst >= 1.0,
@@ -206,6 +212,7 @@ impl GatewayConfig {
             token_max_lifetime: Duration::from_secs(var("PAC_GATEWAY_TOKEN_MAX_LIFETIME_S", auth::DEFAULT_MAX_LIFETIME.as_secs())?),
             audit_key,
             audit_checkpoint_every: Duration::from_millis(var("PAC_AUDIT_CHECKPOINT_MS", DEFAULT_CHECKPOINT_EVERY.as_millis() as u64)?.max(10)),
+            refusals_every: Duration::from_millis(var("PAC_AUDIT_REFUSALS_MS", DEFAULT_REFUSALS_EVERY.as_millis() as u64)?.max(10)),
             deadlines,
             limits,
             link_wait: Duration::from_millis(var("PAC_GATEWAY_LINK_WAIT_MS", 2_000)?),
@@ -228,6 +235,8 @@ impl GatewayConfig {
             token_max_lifetime: auth::DEFAULT_MAX_LIFETIME,
             audit_key: audit::AuditKey::development(),
             audit_checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            // Soon enough to read back in development and tests.
+            refusals_every: Duration::from_millis(200),
             deadlines: Deadlines { default: Duration::from_secs(10), max: Duration::from_secs(30) },
             limits: DEFAULT_LIMITS,
             link_wait: Duration::from_secs(2),
@@ -281,7 +290,9 @@ pub async fn serve(
         .route("/pac.audit.v1.", input_check.layer(AuditTrailServer::new(trail::AuditTrailService::new(pool.clone(), callers))));
     let mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     let proxy =
-        Proxy::new(upstreams, authenticator, signer, config.deadlines, config.limits, audit_log).integration_certificates(mutual_tls);
+        Proxy::new(upstreams, authenticator, signer, config.deadlines, config.limits, audit_log.clone()).integration_certificates(mutual_tls);
+    let stop_refusals = CancellationToken::new();
+    let refusals = proxy.refusals().start(audit_log.clone(), config.refusals_every, stop_refusals.clone());
     let routes = Routes::from(axum::Router::new().fallback_service(proxy));
     tracing::info!(address = %listener.local_addr()?, "gateway listening");
     let serving = Serving {
@@ -300,7 +311,9 @@ pub async fn serve(
         max_header_list_bytes: Some(MAX_HEADER_LIST_BYTES),
     };
     let served = grpc::serve(&platform.grpc, listener, routes, serving, shutdown).await;
-    // Every call has ended: write what is queued, then stop.
+    // Every call has ended: count the last refusals, write what is queued, then stop.
+    stop_refusals.cancel();
+    let _ = refusals.await;
     stop_writer.cancel();
     if tokio::time::timeout(Duration::from_secs(10), writer).await.is_err() {
         tracing::error!("audit writer did not finish within 10 s of shutdown");

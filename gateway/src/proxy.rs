@@ -25,6 +25,7 @@ use tower::{BoxError, Service, ServiceExt};
 use crate::audit::{AuditLog, Entry, Reserved, Stored};
 use crate::auth::{self, Authenticator, Identity, Refusal};
 use crate::policy::{self, Data};
+use crate::refusals::Refusals;
 use crate::streams::{self, Tally};
 
 /// Where a call goes: a service over its connections, or an API the gateway serves itself.
@@ -61,15 +62,18 @@ pub struct Deadlines {
 }
 
 /// Load limits: calls in flight at once (more are shed at once with UNAVAILABLE), each caller's
-/// rate (a token bucket: `burst` calls at once, refilled at `per_second`), and each caller's
+/// rate (a token bucket: `burst` calls at once, refilled at `per_second`), each caller's
 /// searches in flight at once ([`policy::is_expensive`]), so that one caller cannot take the
-/// database from the others.
+/// database from the others, and each address's calls that fail authentication (a token bucket;
+/// beyond it, its calls with tokens not already verified are refused unverified).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_in_flight: usize,
     pub per_second: f64,
     pub burst: f64,
     pub searches_per_caller: usize,
+    pub failures_per_second: f64,
+    pub failures_burst: f64,
 }
 
 /// Each caller's expensive calls in flight, by subject.
@@ -120,6 +124,20 @@ struct RateLimiter {
 }
 
 impl RateLimiter {
+    fn new(per_second: f64, burst: f64) -> Self {
+        let limits = Limits { per_second, burst, ..DEFAULT_LIMITS };
+        Self { limits, buckets: Mutex::default() }
+    }
+
+    /// Whether `subject` has a token left, taking none.
+    fn has_token(&self, subject: &str) -> bool {
+        let buckets = self.buckets.lock().expect("rate buckets");
+        buckets.get(subject).is_none_or(|bucket| {
+            let refilled = bucket.tokens + Instant::now().duration_since(bucket.at).as_secs_f64() * self.limits.per_second;
+            refilled >= 1.0
+        })
+    }
+
     /// Takes a token for `subject`, or says how long until one is there.
     fn take(&self, subject: &str) -> Result<(), Duration> {
         let now = Instant::now();
@@ -166,12 +184,18 @@ struct Verifications {
 }
 
 impl Verifications {
+    /// The verification of a token seen before and still good.
+    fn remembered(&self, authorization: Option<&str>) -> Option<Verified> {
+        let token = auth::bearer(authorization).ok()?;
+        self.seen.lock().expect("verified tokens").get(token).filter(|v| v.until > Instant::now()).cloned()
+    }
+
     fn verify(&self, authorization: Option<&str>) -> Result<Verified, Refusal> {
+        if let Some(verified) = self.remembered(authorization) {
+            return Ok(verified);
+        }
         let token = auth::bearer(authorization)?;
         let now = Instant::now();
-        if let Some(verified) = self.seen.lock().expect("verified tokens").get(token).filter(|v| v.until > now) {
-            return Ok(verified.clone());
-        }
         let (identity, expires) = self.authenticator.verify(token)?;
         let context = self.signer.sign(&policy::caller(&identity), policy::CALLER_CONTEXT_TTL);
         let context = HeaderValue::from_str(&context).expect("a signed token is a header value");
@@ -199,6 +223,9 @@ pub struct Proxy {
     in_flight: Arc<Semaphore>,
     rates: Arc<RateLimiter>,
     searches: Arc<Searches>,
+    /// Each peer's calls that failed authentication (a token bucket by address).
+    failures: Arc<RateLimiter>,
+    refusals: Refusals,
     audit: AuditLog,
     retries: Arc<TpsBudget>,
     /// Integration accounts must call over a connection with a verified client certificate.
@@ -267,10 +294,18 @@ impl Proxy {
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             rates: Arc::new(RateLimiter { limits, buckets: Mutex::default() }),
             searches: Arc::new(Searches { max: limits.searches_per_caller, running: Mutex::default() }),
+            failures: Arc::new(RateLimiter::new(limits.failures_per_second, limits.failures_burst)),
+            refusals: Refusals::default(),
             audit,
             retries: Arc::new(retry_budget()),
             integration_certificates: false,
         }
+    }
+
+    /// The counts of calls refused before their caller was known, which the gateway writes to the
+    /// audit trail in aggregate (`crate::refusals`).
+    pub fn refusals(&self) -> Refusals {
+        self.refusals.clone()
     }
 
     /// Requires integration accounts to present a client certificate (mutual TLS).
@@ -288,7 +323,21 @@ impl Proxy {
             }
         };
         let authorization = request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let Verified { identity, context, .. } = self.verifications.verify(authorization).map_err(|why: Refusal| {
+        let peer = peer_key(peer_of(&request));
+        // A peer whose calls keep failing authentication: only tokens already verified get through.
+        let remembered = self.verifications.remembered(authorization);
+        if remembered.is_none() && !self.failures.has_token(&peer) {
+            let error = refusal(Code::ResourceExhausted, "RATE_LIMITED", "too many calls from this address failed authentication; retry later")
+                .with_retry_after(Duration::from_secs(1));
+            return Err(Denial::new(error, None));
+        }
+        let verified = match remembered {
+            Some(verified) => Ok(verified),
+            None => self.verifications.verify(authorization).inspect_err(|_| {
+                let _ = self.failures.take(&peer);
+            }),
+        };
+        let Verified { identity, context, .. } = verified.map_err(|why: Refusal| {
             let message = match why {
                 Refusal::Missing => "a bearer token is required",
                 Refusal::Expired => "the bearer token has expired",
@@ -332,6 +381,31 @@ impl Proxy {
         *request.headers_mut() = metadata.into_headers();
         Ok(Admitted { upstream, request, identity, data, deadline: Instant::now() + bounded, searching })
     }
+}
+
+/// The limits unless configured otherwise.
+pub const DEFAULT_LIMITS: Limits = Limits {
+    max_in_flight: 2048,
+    per_second: 500.0,
+    burst: 1000.0,
+    searches_per_caller: 2,
+    failures_per_second: 20.0,
+    failures_burst: 200.0,
+};
+
+/// The address the call came from (the connection's peer; behind a proxy, the proxy's).
+fn peer_of<B>(request: &Request<B>) -> Option<std::net::IpAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let extensions = request.extensions();
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(|info| info.remote_addr())
+        .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|info| info.get_ref().remote_addr()))
+        .map(|addr| addr.ip())
+}
+
+fn peer_key(peer: Option<std::net::IpAddr>) -> String {
+    peer.map_or_else(String::new, |ip| ip.to_string())
 }
 
 /// Whether the connection presented a client certificate that the configured client CA verified.
@@ -634,11 +708,13 @@ where
             return Box::pin(async move { Ok(overloaded().into_http()) });
         };
         let path = request.uri().path().to_string();
+        let peer = peer_of(&request);
         let request_id = request_id(request.headers());
         let trace_id = pac_platform::telemetry::current_trace_id().unwrap_or_default();
         let admitted = self.admit(request.map(Body::new), &path);
         let retries = self.retries.clone();
         let audit = self.audit.clone();
+        let refusals = self.refusals.clone();
         Box::pin(async move {
             let _permit = permit;
             let Admitted { upstream, mut request, identity, data, deadline, searching } = match admitted {
@@ -646,6 +722,11 @@ where
                 Err(Denial { status, reason, identity }) => {
                     tracing::info!(reason, rpc = %path, "call refused");
                     if status.code() == Code::Unimplemented {
+                        return Ok(with_request_id(status.into_http(), &request_id));
+                    }
+                    if identity.is_none() {
+                        // The caller is unknown: counted, and recorded with the others from its address.
+                        refusals.count(peer, code_name(status.code()), reason);
                         return Ok(with_request_id(status.into_http(), &request_id));
                     }
                     return Ok(refuse(slot, entry(identity.as_ref(), &path, &request_id, &trace_id), status, reason, &request_id));
@@ -713,7 +794,7 @@ mod tests {
 
     #[test]
     fn each_caller_has_a_bucket_of_its_own() {
-        let limiter = RateLimiter { limits: Limits { max_in_flight: 1, per_second: 10.0, burst: 2.0, searches_per_caller: 1 }, buckets: Mutex::default() };
+        let limiter = RateLimiter { limits: Limits { max_in_flight: 1, per_second: 10.0, burst: 2.0, ..DEFAULT_LIMITS }, buckets: Mutex::default() };
         assert!(limiter.take("a").is_ok() && limiter.take("a").is_ok());
         let wait = limiter.take("a").unwrap_err();
         assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100), "{wait:?}");

@@ -237,7 +237,8 @@ async fn authorisation_matrix() {
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
     use pac_gateway::policy::POLICY;
 
-    let p = start().await;
+    // Every bad token of every row, from one address: more than an address may fail by default.
+    let p = start_with(|c| c.limits.failures_burst = 1e6).await;
     let now = jsonwebtoken::get_current_timestamp();
     let claims = |role: &str, aud: &str, exp: u64| serde_json::json!({"sub": "matrix", "role": role, "orgs": ["RR8"], "iss": DEVELOPMENT_ISSUER, "aud": aud, "exp": exp, "iat": now});
     let sign = |claims: serde_json::Value, key: &[u8]| {
@@ -275,7 +276,8 @@ async fn authorisation_matrix() {
         for (what, token) in &bad {
             assert_eq!(call(path, token.as_deref()).await, Code::Unauthenticated, "{path} with {what}");
         }
-        *denials.entry((path.to_string(), "UNAUTHENTICATED".to_string())).or_insert(0) += bad.len() as i64;
+        // Refused before the caller is known: counted together, by address and reason.
+        *denials.entry((pac_gateway::refusals::ACTION.to_string(), "UNAUTHENTICATED".to_string())).or_insert(0) += bad.len() as i64;
         for role in Role::ALL {
             let token = sign(claims(role.name(), "pac-gateway", now + 300), key);
             let code = call(path, Some(&token)).await;
@@ -304,7 +306,7 @@ async fn authorisation_matrix() {
 #[tokio::test]
 async fn a_busy_caller_is_slowed_and_an_overloaded_gateway_sheds() {
     use tonic_types::StatusExt;
-    let p = start_with(|c| c.limits = pac_gateway::proxy::Limits { max_in_flight: 64, per_second: 1.0, burst: 2.0, searches_per_caller: 4 }).await;
+    let p = start_with(|c| c.limits = pac_gateway::proxy::Limits { max_in_flight: 64, per_second: 1.0, burst: 2.0, ..pac_gateway::proxy::DEFAULT_LIMITS }).await;
     let mut records = PatientRecordsClient::new(p.gateway.clone());
     let search =
         |token: &str| with_token(records_pb::SearchPatientsRequest { phone: "07700 900001".into(), ..Default::default() }, Some(token));
@@ -320,7 +322,7 @@ async fn a_busy_caller_is_slowed_and_an_overloaded_gateway_sheds() {
     // Another caller is not held back.
     records.search_patients(search(&token(Role::Clinician, Duration::from_secs(60)))).await.unwrap();
 
-    let shedding = start_with(|c| c.limits = pac_gateway::proxy::Limits { max_in_flight: 0, per_second: 100.0, burst: 100.0, searches_per_caller: 4 }).await;
+    let shedding = start_with(|c| c.limits = pac_gateway::proxy::Limits { max_in_flight: 0, per_second: 100.0, burst: 100.0, ..pac_gateway::proxy::DEFAULT_LIMITS }).await;
     let mut records = PatientRecordsClient::new(shedding.gateway.clone());
     let shed = records.search_patients(search(&busy)).await.unwrap_err();
     assert_eq!(shed.code(), Code::Unavailable);
@@ -596,4 +598,61 @@ async fn one_caller_flooding_searches_does_not_slow_another_callers_reads() {
     eprintln!("{} reads beside the flood: median {:?}, p99 {p99:?}; the flooder's refusals {refusals:?}", took.len(), took[took.len() / 2]);
     assert!(p99 < Duration::from_millis(50), "p99 {p99:?}");
     assert!(refusals.get("NAME_TOO_LONG").is_some_and(|n| *n > 0), "{refusals:?}");
+}
+
+/// Found by an attack: 10 s of calls without a token wrote 229,985 permanent audit rows. Calls
+/// refused before their caller is known are counted into one record per address, reason and
+/// interval, every refusal counted; an address that keeps failing is slowed, while callers whose
+/// tokens were already verified carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_calls_without_a_token_writes_a_few_counted_records_and_is_slowed() {
+    let p = start_with(|c| c.refusals_every = Duration::from_millis(500)).await;
+    let coordinator = token(Role::Coordinator, Duration::from_secs(600));
+    let mut records = PatientRecordsClient::new(p.gateway.clone());
+    // A caller already verified before the flood.
+    let id = records.register_patient(with_token(common::registration("Flood"), Some(&coordinator))).await.unwrap().into_inner().patient.unwrap().id;
+    let read = |token: Option<&str>| with_token(records_pb::GetPatientRequest { id: id.clone() }, token);
+
+    let started = std::time::Instant::now();
+    let mut flood = Vec::new();
+    for task in 0..16 {
+        let channel = p.gateway.clone();
+        let id = id.clone();
+        flood.push(tokio::spawn(async move {
+            let mut records = PatientRecordsClient::new(channel);
+            let mut codes = std::collections::BTreeMap::<String, u64>::new();
+            for n in 0..250 {
+                let token = if (task + n) % 2 == 0 { None } else { Some("not-a-jwt") };
+                let code = match records.get_patient(with_token(records_pb::GetPatientRequest { id: id.clone() }, token)).await {
+                    Ok(_) => "OK".to_string(),
+                    Err(status) => format!("{:?}", status.code()),
+                };
+                *codes.entry(code).or_default() += 1;
+            }
+            codes
+        }));
+    }
+    let mut codes = std::collections::BTreeMap::<String, u64>::new();
+    for task in flood {
+        for (code, n) in task.await.unwrap() {
+            *codes.entry(code).or_default() += n;
+        }
+    }
+    // The verified caller was not held back.
+    records.get_patient(read(Some(&coordinator))).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(codes.values().sum::<u64>(), 4_000);
+    assert!(codes.get("ResourceExhausted").is_some_and(|n| *n > 1_000), "the address was slowed: {codes:?}");
+    assert!(codes.get("Unauthenticated").is_some_and(|n| *n >= 200), "{codes:?}");
+
+    let pool = p.admin_pool().await;
+    let counted = wait_for_audit(&pool, 4_000).await;
+    let action = pac_gateway::refusals::ACTION.to_string();
+    let total: i64 = counted.iter().filter(|((a, _), _)| *a == action).map(|(_, n)| n).sum();
+    assert_eq!(total, 4_000, "every refusal counted: {counted:?}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM audit.events WHERE action = $1").bind(&action).fetch_one(&pool).await.unwrap();
+    // One per reason (missing, malformed, rate limited) and half-second interval, at most.
+    let intervals = took.as_millis() as i64 / 500 + 2;
+    assert!(rows <= 3 * intervals, "{rows} records for 4,000 refusals over {took:?}");
+    eprintln!("4,000 calls without a valid token in {took:?}: {codes:?}; {rows} audit records counting them");
 }
