@@ -124,7 +124,8 @@ pub async fn overhead(seconds: u64, concurrency: usize, runs: usize) -> anyhow::
     println!("|---|---:|---:|---:|");
     println!("| direct | {} | {} | {} |", ms(d.percentile(0.5)), ms(d.percentile(0.95)), ms(d.percentile(0.99)));
     println!("| gateway | {} | {} | {} |", ms(g.percentile(0.5)), ms(g.percentile(0.95)), ms(g.percentile(0.99)));
-    println!("\nthroughput ratio gateway/direct (median of the rounds): {ratio:.2} (bar: >= 0.80) {}", verdict(ratio >= 0.8));
-    println!("p50 added by the gateway: {} (bar: <= 0.50 ms) {}", ms(added), verdict(added <= Duration::from_micros(500)));
+    // The bars with the audit record of each call durable before its answer (BENCHMARKS.md).
+    println!("\nthroughput ratio gateway/direct (median of the rounds): {ratio:.2} (bar: >= 0.75) {}", verdict(ratio >= 0.75));
+    println!("p50 added by the gateway: {} (bar: <= 1.00 ms) {}", ms(added), verdict(added <= Duration::from_millis(1)));
     Ok(())
 }
