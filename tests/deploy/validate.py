@@ -76,6 +76,7 @@ EXCEPTIONS = {
 SECRETS = {
     "pac-database": {"admin-url", "role-password", "records-url", "scheduling-url", "referrals-url", "gateway-url"},
     "pac-internal-key": {"internal-key"},
+    "pac-audit-key": {"audit-key"},
 }
 
 # The Postgres max_connections each Kubernetes tree is sized for (see their kustomization.yaml), less
@@ -733,6 +734,7 @@ def check_compose(report: Report, root: Path, read: dict[str, set[str]], only_dr
         "POSTGRES_PASSWORD": "validate-postgres",
         "PAC_DB_ROLE_PASSWORD": "validate-role",
         "PAC_INTERNAL_KEY": "validate-internal-key-0123456789abcdef",
+        "PAC_AUDIT_KEY": "validate-audit-key-0123456789abcdef012345",
         "PAC_GATEWAY_JWKS": "/etc/pac/jwks.json",
     }
     variants = {"compose.yaml": (["compose.yaml"], {}), "compose.yaml + compose.production.yaml": (["compose.yaml", "compose.production.yaml"], production_env)}
