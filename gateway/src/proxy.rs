@@ -576,12 +576,18 @@ impl http_body::Body for AuditedBody {
         }
     }
 
+    /// A trailers-only answer (an error) must end with its headers: a client may take a data frame
+    /// after it for a protocol error. Its record, whose outcome the headers gave, is written when
+    /// the body is dropped unread.
     fn is_end_stream(&self) -> bool {
-        self.ended && self.held.is_empty() && self.gate.is_none()
+        self.held.is_empty() && self.gate.is_none() && (self.ended || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::default()
+        match self.is_end_stream() {
+            true => http_body::SizeHint::with_exact(0),
+            false => http_body::SizeHint::default(),
+        }
     }
 }
 

@@ -1,0 +1,88 @@
+//! One caller flooding searches, another reading: a test binary of its own, so that the latency
+//! it measures is not the other tests' load (test binaries run one after another).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{start, with_token};
+use pac_gateway::auth::{Identity, mint_development};
+use pac_gateway::policy::Role;
+use pac_gateway::{DEVELOPMENT_ISSUER, DEVELOPMENT_TOKEN_KEY};
+use pac_proto::records as records_pb;
+use pac_proto::records::patient_records_client::PatientRecordsClient;
+use tokio_util::sync::CancellationToken;
+
+/// Found by an attack: 32 searches at once from one coordinator, each with a name of 4,000 words,
+/// took the database from everyone (another user's `GetPatient` went from 3 ms to 4.3 s). Names
+/// are bounded to what a person types, and each caller has only a few searches in flight; another
+/// caller's reads stay quick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_caller_flooding_searches_does_not_slow_another_callers_reads() {
+    use tonic_types::StatusExt;
+    let p = start().await;
+    let as_subject = |subject: &str| {
+        let identity = Identity { subject: subject.into(), role: Role::Coordinator, organisations: vec!["RR8".into()] };
+        mint_development(DEVELOPMENT_TOKEN_KEY.as_bytes(), DEVELOPMENT_ISSUER, "pac-gateway", &identity, Duration::from_secs(600))
+    };
+    let (flooder, reader) = (as_subject("flooder"), as_subject("reader"));
+    let mut records = PatientRecordsClient::new(p.gateway.clone());
+    let surnames = ["Smith", "Jones", "Taylor", "Brown", "Williams", "Wilson", "Johnson", "Davies", "Robinson", "Wright"];
+    let mut ids = Vec::new();
+    for n in 0..100 {
+        let registration = common::registration(&format!("{}-{}", surnames[n % 10], surnames[(n / 10) % 10]));
+        ids.push(records.register_patient(with_token(registration, Some(&reader))).await.unwrap().into_inner().patient.unwrap().id);
+    }
+    // 4,000 words of three letters: under the 16 KiB every text field is held to.
+    let words: Vec<&str> = ["Smi", "Jon", "Tay", "Bro", "Wil", "Dav", "Rob", "Wri"].iter().cycle().take(4_000).copied().collect();
+    let huge = words.join(" ");
+    let long = surnames[..8].join(" ");
+
+    let stop = CancellationToken::new();
+    let refusals = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, u32>::new()));
+    let mut flood = Vec::new();
+    for task in 0..32 {
+        let (channel, stop, flooder, refusals) = (p.gateway.clone(), stop.clone(), flooder.clone(), refusals.clone());
+        let name = if task % 2 == 0 { huge.clone() } else { long.clone() };
+        flood.push(tokio::spawn(async move {
+            let mut records = PatientRecordsClient::new(channel);
+            while !stop.is_cancelled() {
+                let search = records_pb::SearchPatientsRequest { name: name.clone(), ..Default::default() };
+                if let Err(status) = records.search_patients(with_token(search, Some(&flooder))).await {
+                    let details = status.get_error_details();
+                    let violation = details.bad_request().and_then(|b| b.field_violations.first()).map(|v| v.reason.clone());
+                    let reason = violation.or_else(|| details.error_info().map(|i| i.reason.clone())).unwrap_or_default();
+                    *refusals.lock().unwrap().entry(reason).or_default() += 1;
+                    // It waits as it is told before trying again, and tries a refused search again
+                    // every 100 ms (a client would not try it again at all).
+                    let wait = status.get_error_details().retry_info().and_then(|r| r.retry_delay);
+                    tokio::time::sleep(wait.unwrap_or(Duration::from_millis(100))).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The reader, on a connection of its own.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", p.address)).unwrap().connect().await.unwrap();
+    let mut own = PatientRecordsClient::new(channel);
+    let mut took = Vec::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        let id = ids[took.len() % ids.len()].clone();
+        let at = std::time::Instant::now();
+        let mut request = with_token(records_pb::GetPatientRequest { id }, Some(&reader));
+        request.set_timeout(Duration::from_secs(10));
+        let outcome = own.get_patient(request).await;
+        took.push(if outcome.is_ok() { at.elapsed() } else { Duration::MAX });
+    }
+    stop.cancel();
+    for task in flood {
+        task.await.unwrap();
+    }
+    took.sort();
+    let p99 = took[took.len() * 99 / 100];
+    let refusals = refusals.lock().unwrap().clone();
+    eprintln!("{} reads beside the flood: median {:?}, p99 {p99:?}; the flooder's refusals {refusals:?}", took.len(), took[took.len() / 2]);
+    assert!(p99 < Duration::from_millis(50), "p99 {p99:?}");
+    assert!(refusals.get("NAME_TOO_LONG").is_some_and(|n| *n > 0), "{refusals:?}");
+}
