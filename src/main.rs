@@ -90,6 +90,14 @@ enum AuditCommand {
         #[arg(long = "key-file")]
         key_files: Vec<std::path::PathBuf>,
     },
+    /// Detach every whole month of the trail before a date, each after signed checkpoints of the
+    /// chains it ends (administrator DATABASE_URL; the key from PAC_AUDIT_KEY): dump each detached
+    /// table, keep the dump, then drop the table.
+    Archive {
+        /// The first day not archived, e.g. 2026-01-01.
+        #[arg(long)]
+        before: chrono::NaiveDate,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -133,6 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             migrate(&platform, component).await
         }
         Command::Audit { command: AuditCommand::Verify { key_files } } => verify_audit(key_files).await,
+        Command::Audit { command: AuditCommand::Archive { before } } => archive_audit(before).await,
         Command::Health { addr, service, timeout } => health(&addr, &service, std::time::Duration::from_secs(timeout)).await,
     }
 }
@@ -194,6 +203,27 @@ async fn verify_audit(key_files: Vec<std::path::PathBuf>) -> anyhow::Result<()> 
         println!("audit trail chains intact, signatures NOT checked (give the key: PAC_AUDIT_KEY or --key-file); {summary}");
     } else {
         println!("audit trail verified: every chain intact and every signature good; {summary}");
+    }
+    Ok(())
+}
+
+async fn archive_audit(before: chrono::NaiveDate) -> anyhow::Result<()> {
+    let url = std::env::var("DATABASE_URL").context("DATABASE_URL must name the platform's database")?;
+    let key = std::env::var("PAC_AUDIT_KEY").ok().filter(|k| !k.is_empty()).context("PAC_AUDIT_KEY must be the trail's key")?;
+    use chrono::Datelike;
+    let today = chrono::Utc::now().date_naive();
+    let this_month = chrono::NaiveDate::from_ymd_opt(today.year(), today.month(), 1).expect("the first of a month");
+    anyhow::ensure!(before <= this_month, "--before must be no later than {this_month}: only past months are archived");
+    let pool = pac_platform::db::admin_pool(&pac_platform::config::Secret::new(url)).await?;
+    let archived = pac_gateway::audit::archive::archive(&pool, &pac_gateway::audit::AuditKey::new(key.as_bytes()), before).await?;
+    if archived.is_empty() {
+        println!("no whole month before {before} to archive");
+    }
+    for month in &archived {
+        println!(
+            "detached {} ({} records, {} writers); dump it (pg_dump -t {}), keep the dump, then DROP TABLE {}",
+            month.table, month.records, month.writers, month.table, month.table
+        );
     }
     Ok(())
 }

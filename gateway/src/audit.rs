@@ -32,6 +32,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
+pub mod archive;
 pub mod checkpoint;
 pub mod keys;
 mod verify;
@@ -214,6 +215,8 @@ pub fn start(pool: PgPool, stop: CancellationToken, key: AuditKey, checkpoint_ev
 /// under load each flush carries many records, and a lone call's record is written at once.
 async fn write(pool: PgPool, mut chain: Chain, mut receiver: mpsc::Receiver<Queued>, stop: CancellationToken, every: Duration) {
     tracing::info!(writer = %chain.writer, "audit writer started");
+    add_months(&pool).await;
+    let mut months_added = tokio::time::Instant::now();
     let mut batch = Vec::with_capacity(BATCH);
     let mut waiting = Vec::with_capacity(BATCH);
     let mut checkpointed = 0;
@@ -225,6 +228,10 @@ async fn write(pool: PgPool, mut chain: Chain, mut receiver: mpsc::Receiver<Queu
             _ = tokio::time::sleep_until(due) => {
                 checkpoint_if_moved(&pool, &chain, &mut checkpointed).await;
                 due = tokio::time::Instant::now() + every;
+                if months_added.elapsed() >= MONTHS_EVERY {
+                    add_months(&pool).await;
+                    months_added = tokio::time::Instant::now();
+                }
                 continue;
             }
             _ = stop.cancelled() => {
@@ -284,6 +291,17 @@ async fn gather(receiver: &mut mpsc::Receiver<Queued>, batch: &mut Vec<Queued>) 
         if batch.len() == before {
             return;
         }
+    }
+}
+
+/// How often a writer makes sure the coming months have their partitions.
+const MONTHS_EVERY: Duration = Duration::from_secs(3600);
+
+/// The partitions of this month and the next two, made if missing (a record no month holds goes to
+/// the default partition, which a month made later cannot take over while it holds any).
+async fn add_months(pool: &PgPool) {
+    if let Err(error) = sqlx::query("SELECT audit.add_months((now() AT TIME ZONE 'UTC')::date, 3)").execute(pool).await {
+        tracing::warn!(error = %pac_platform::error::safe_description(&error), "the audit trail's coming months not partitioned");
     }
 }
 

@@ -634,3 +634,53 @@ async fn forged_records_and_a_truncated_chain_are_found() {
     let problems = verify(&pool, &key).await.unwrap().problems;
     assert!(problems.iter().any(|p| p.contains("checkpoints missing")), "{problems:?}");
 }
+
+/// The trail is kept a month to a partition; whole months are archived (detached, after signed
+/// checkpoints of the chains they end), and what remains still verifies from those checkpoints,
+/// tampering included.
+#[tokio::test]
+async fn whole_months_are_archived_and_the_rest_still_verifies_from_their_checkpoints() {
+    use chrono::{Datelike, Months, NaiveDate, Utc};
+    use pac_gateway::audit::{AuditKey, Entry, archive, verify};
+    let p = start_with(|_| {}).await;
+    let pool = p.admin_pool().await;
+    let key = AuditKey::development();
+    // This month's partition and the next two are there.
+    let today = Utc::now().date_naive();
+    let this_month = NaiveDate::from_ymd_opt(today.year(), today.month(), 1).unwrap();
+    for ahead in 0..3 {
+        let month = this_month.checked_add_months(Months::new(ahead)).unwrap();
+        let name = format!("audit.events_{}", month.format("%Y_%m"));
+        let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text").bind(&name).fetch_one(&pool).await.unwrap();
+        assert_eq!(exists.as_deref(), Some(name.as_str()));
+    }
+
+    // A writer of its own: three records, this month's partition archived, two more, stopped.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (log, writer) = pac_gateway::audit::start(pool.clone(), stop.clone(), key.clone(), Duration::from_secs(3600));
+    let record = |n: usize| Entry { subject: "archivist".into(), action: "/a".into(), outcome: "OK".into(), request_id: format!("archive-{n}"), ..Entry::default() };
+    for n in 0..3 {
+        log.reserve().unwrap().record_durably(record(n)).await.unwrap();
+    }
+    let next_month = this_month.checked_add_months(Months::new(1)).unwrap();
+    let archived = archive::archive(&pool, &key, next_month).await.unwrap();
+    let this = format!("audit.events_{}", this_month.format("%Y_%m"));
+    assert_eq!(archived.last().map(|a| (a.table.as_str(), a.records)), Some((this.as_str(), 3)), "{archived:?}");
+    for n in 3..5 {
+        log.reserve().unwrap().record_durably(record(n)).await.unwrap();
+    }
+    stop.cancel();
+    writer.await.unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM audit.events WHERE subject = 'archivist'").fetch_one(&pool).await.unwrap();
+    assert_eq!(left, 2, "the archived month's records left the trail");
+    let detached: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {this}"))).fetch_one(&pool).await.unwrap();
+    assert_eq!(detached, 3, "and stay, unchanged, in the detached table");
+    let verified = verify(&pool, std::slice::from_ref(&key)).await.unwrap();
+    assert!(verified.problems.is_empty(), "{verified:?}");
+
+    // The remaining chain is still checked: its first record removed, or its archived checkpoint.
+    sqlx::query("ALTER TABLE audit.events DISABLE TRIGGER events_append_only").execute(&pool).await.unwrap();
+    sqlx::query("DELETE FROM audit.events WHERE subject = 'archivist' AND request_id = 'archive-3'").execute(&pool).await.unwrap();
+    let problems = verify(&pool, std::slice::from_ref(&key)).await.unwrap().problems;
+    assert!(problems.iter().any(|p| p.contains("#5") && (p.contains("records missing") || p.contains("does not follow"))), "{problems:?}");
+}

@@ -10,7 +10,7 @@
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use super::GENESIS;
 use super::keys::AuditKey;
@@ -49,6 +49,19 @@ impl Checkpoint {
 /// Writes a checkpoint of `writer` at (`sequence`, `hash`), signed with `key`.
 pub async fn write(pool: &PgPool, key: &AuditKey, writer: &str, sequence: i64, hash: &str, kind: &str) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
+    write_in(&mut tx, key, writer, sequence, hash, kind).await?;
+    tx.commit().await
+}
+
+/// The same, inside the caller's transaction.
+pub async fn write_in(
+    tx: &mut PgConnection,
+    key: &AuditKey,
+    writer: &str,
+    sequence: i64,
+    hash: &str,
+    kind: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHECKPOINT_LOCK).execute(&mut *tx).await?;
     let last: Option<(i64, String)> =
         sqlx::query_as("SELECT number, mac FROM audit.checkpoints ORDER BY number DESC LIMIT 1").fetch_optional(&mut *tx).await?;
@@ -80,7 +93,7 @@ pub async fn write(pool: &PgPool, key: &AuditKey, writer: &str, sequence: i64, h
     .bind(&checkpoint.mac)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await
+    Ok(())
 }
 
 /// Every checkpoint, in order.

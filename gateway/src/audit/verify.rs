@@ -55,6 +55,7 @@ pub async fn verify(pool: &PgPool, keys: &[AuditKey]) -> Result<Verification, sq
     // The checkpoints: one chain, signed.
     let mut covered: HashMap<String, (i64, String)> = HashMap::new();
     let mut archived: HashMap<(String, i64), String> = HashMap::new();
+    let mut archived_up_to: HashMap<String, i64> = HashMap::new();
     let mut finished: HashSet<String> = HashSet::new();
     let mut previous_mac = GENESIS.to_string();
     for (i, checkpoint) in checkpoint::all(pool).await?.into_iter().enumerate() {
@@ -77,6 +78,8 @@ pub async fn verify(pool: &PgPool, keys: &[AuditKey]) -> Result<Verification, sq
         previous_mac = checkpoint.mac.clone();
         match checkpoint.kind.as_str() {
             ARCHIVED => {
+                let up_to = archived_up_to.entry(checkpoint.writer.clone()).or_insert(0);
+                *up_to = (*up_to).max(checkpoint.sequence);
                 archived.insert((checkpoint.writer, checkpoint.sequence), checkpoint.hash);
             }
             kind => {
@@ -144,7 +147,8 @@ pub async fn verify(pool: &PgPool, keys: &[AuditKey]) -> Result<Verification, sq
     let mut writers: Vec<&String> = covered.keys().chain(reached.keys()).collect::<HashSet<_>>().into_iter().collect();
     writers.sort();
     for writer in writers {
-        let last = reached.get(writer).copied().unwrap_or(0);
+        // A writer's records may all be archived: its chain reached at least its archived checkpoint.
+        let last = reached.get(writer).copied().unwrap_or(0).max(archived_up_to.get(writer).copied().unwrap_or(0));
         let checkpointed = covered.get(writer).map_or(0, |(sequence, _)| *sequence);
         if last < checkpointed {
             result.problems.push(format!("{writer}: records #{}..#{checkpointed} removed (its checkpoint covers them)", last + 1));
