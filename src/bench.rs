@@ -187,7 +187,13 @@ impl Bench {
             format!("http://{referrals}"),
         );
         // Load comes from one caller here: its rate limit is checked on every call but never reached.
-        config.limits = pac_gateway::proxy::Limits { max_in_flight: 4096, per_second: 1e9, burst: 1e9, searches_per_caller: 4096, ..pac_gateway::proxy::DEFAULT_LIMITS };
+        config.limits = pac_gateway::proxy::Limits {
+            max_in_flight: 4096,
+            per_second: 1e9,
+            burst: 1e9,
+            searches_per_caller: 4096,
+            ..pac_gateway::proxy::DEFAULT_LIMITS
+        };
         pac_gateway::migrate(&platform).await?;
         tokio::spawn(pac_gateway::serve(platform, config, listener, shutdown.clone()));
         Ok(Self { _postgres: postgres, admin_url, records, scheduling, referrals, gateway, internal_key, shutdown })

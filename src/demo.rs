@@ -92,7 +92,8 @@ async fn load_patients(records: SocketAddr) -> anyhow::Result<Vec<String>> {
 }
 
 /// (name, specialty, service code, weekdays, start hour, end hour, slot minutes, capacity)
-const CLINICS: &[(&str, &str, &str, &[i32], i32, i32, i32, i32)] = &[
+type Clinic = (&'static str, &'static str, &'static str, &'static [i32], i32, i32, i32, i32);
+const CLINICS: &[Clinic] = &[
     ("Fracture clinic", "Trauma and orthopaedics", "TO-FRACTURE", &[1, 3, 5], 9, 12, 20, 1),
     ("General dermatology", "Dermatology", "DERM-GENERAL", &[2, 4], 13, 17, 30, 2),
 ];

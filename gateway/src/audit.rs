@@ -313,7 +313,9 @@ async fn checkpoint_if_moved(pool: &PgPool, chain: &Chain, checkpointed: &mut i6
     }
     match checkpoint::write(pool, &chain.key, &chain.writer, chain.sequence, &chain.last_hash, checkpoint::INTERVAL).await {
         Ok(()) => *checkpointed = chain.sequence,
-        Err(error) => tracing::warn!(error = %pac_platform::error::safe_description(&error), "audit checkpoint not written; retrying later"),
+        Err(error) => {
+            tracing::warn!(error = %pac_platform::error::safe_description(&error), "audit checkpoint not written; retrying later")
+        }
     }
 }
 

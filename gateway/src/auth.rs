@@ -323,8 +323,14 @@ mod tests {
         check(sign(&Claims { orgs: vec!["RR8\n".into()], ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::Claims);
         check(sign(&Claims { sub: "x".repeat(257), ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::Claims);
         for invisible in ["\u{202E}", "\u{200B}", "\u{FEFF}", "\u{2066}", "\u{E0041}", "\u{2028}", "\u{AD}"] {
-            check(sign(&Claims { sub: format!("clin{invisible}ician"), ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::Claims);
-            check(sign(&Claims { orgs: vec![format!("RR8{invisible}")], ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec), Refusal::Claims);
+            check(
+                sign(&Claims { sub: format!("clin{invisible}ician"), ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec),
+                Refusal::Claims,
+            );
+            check(
+                sign(&Claims { orgs: vec![format!("RR8{invisible}")], ..claims(300) }, Algorithm::ES256, Some("test-ec"), &ec),
+                Refusal::Claims,
+            );
         }
         // Lifetimes: a day is the most by default; issued in the future beyond the clock skew.
         let now = jsonwebtoken::get_current_timestamp();

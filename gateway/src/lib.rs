@@ -211,7 +211,9 @@ impl GatewayConfig {
             audience: var("PAC_GATEWAY_AUDIENCE", DEFAULT_AUDIENCE.to_string())?,
             token_max_lifetime: Duration::from_secs(var("PAC_GATEWAY_TOKEN_MAX_LIFETIME_S", auth::DEFAULT_MAX_LIFETIME.as_secs())?),
             audit_key,
-            audit_checkpoint_every: Duration::from_millis(var("PAC_AUDIT_CHECKPOINT_MS", DEFAULT_CHECKPOINT_EVERY.as_millis() as u64)?.max(10)),
+            audit_checkpoint_every: Duration::from_millis(
+                var("PAC_AUDIT_CHECKPOINT_MS", DEFAULT_CHECKPOINT_EVERY.as_millis() as u64)?.max(10),
+            ),
             refusals_every: Duration::from_millis(var("PAC_AUDIT_REFUSALS_MS", DEFAULT_REFUSALS_EVERY.as_millis() as u64)?.max(10)),
             deadlines,
             limits,
@@ -289,8 +291,8 @@ pub async fn serve(
         .route("/pac.access.v1.", input_check.layer(AccessServer::new(access)))
         .route("/pac.audit.v1.", input_check.layer(AuditTrailServer::new(trail::AuditTrailService::new(pool.clone(), callers))));
     let mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-    let proxy =
-        Proxy::new(upstreams, authenticator, signer, config.deadlines, config.limits, audit_log.clone()).integration_certificates(mutual_tls);
+    let proxy = Proxy::new(upstreams, authenticator, signer, config.deadlines, config.limits, audit_log.clone())
+        .integration_certificates(mutual_tls);
     let stop_refusals = CancellationToken::new();
     let refusals = proxy.refusals().start(audit_log.clone(), config.refusals_every, stop_refusals.clone());
     let routes = Routes::from(axum::Router::new().fallback_service(proxy));

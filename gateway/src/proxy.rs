@@ -327,8 +327,9 @@ impl Proxy {
         // A peer whose calls keep failing authentication: only tokens already verified get through.
         let remembered = self.verifications.remembered(authorization);
         if remembered.is_none() && !self.failures.has_token(&peer) {
-            let error = refusal(Code::ResourceExhausted, "RATE_LIMITED", "too many calls from this address failed authentication; retry later")
-                .with_retry_after(Duration::from_secs(1));
+            let error =
+                refusal(Code::ResourceExhausted, "RATE_LIMITED", "too many calls from this address failed authentication; retry later")
+                    .with_retry_after(Duration::from_secs(1));
             return Err(Denial::new(error, None));
         }
         let verified = match remembered {
@@ -625,9 +626,10 @@ async fn read_whole(request: Request<Body>) -> Result<(http::request::Parts, Byt
     let (parts, body) = request.into_parts();
     match http_body_util::Limited::new(body, RETRY_BODY_LIMIT).collect().await {
         Ok(collected) => Ok((parts, collected.to_bytes())),
-        Err(error) => {
-            Err(Denial::new(pac_platform::input::unread(&*error, "the request is too large for a read").with_domain(crate::ERROR_DOMAIN), None))
-        }
+        Err(error) => Err(Denial::new(
+            pac_platform::input::unread(&*error, "the request is too large for a read").with_domain(crate::ERROR_DOMAIN),
+            None,
+        )),
     }
 }
 
@@ -800,7 +802,8 @@ mod tests {
 
     #[test]
     fn each_caller_has_a_bucket_of_its_own() {
-        let limiter = RateLimiter { limits: Limits { max_in_flight: 1, per_second: 10.0, burst: 2.0, ..DEFAULT_LIMITS }, buckets: Mutex::default() };
+        let limiter =
+            RateLimiter { limits: Limits { max_in_flight: 1, per_second: 10.0, burst: 2.0, ..DEFAULT_LIMITS }, buckets: Mutex::default() };
         assert!(limiter.take("a").is_ok() && limiter.take("a").is_ok());
         let wait = limiter.take("a").unwrap_err();
         assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100), "{wait:?}");

@@ -131,10 +131,8 @@ mod tests {
             records.push(entry);
         }
         assert_eq!(records.len(), 3);
-        let counted: u64 = records
-            .iter()
-            .map(|e| serde_json::from_str::<serde_json::Value>(&e.detail).unwrap()["count"].as_u64().unwrap())
-            .sum();
+        let counted: u64 =
+            records.iter().map(|e| serde_json::from_str::<serde_json::Value>(&e.detail).unwrap()["count"].as_u64().unwrap()).sum();
         assert_eq!(counted, 1_002, "every refusal counted");
         let flood = records.iter().find(|e| e.detail.contains("10.0.0.1") && e.reason == "TOKEN_MISSING").unwrap();
         assert!(flood.detail.contains("\"count\":1000"), "{}", flood.detail);

@@ -4,10 +4,10 @@
 //! a platform auditor every record. Reading is itself audited.
 
 use chrono::{DateTime, Utc};
+use pac_platform::CallerVerifier;
 use pac_platform::convert::{parse_id, parse_timestamp, timestamp};
 use pac_platform::error::{ApiError, FieldViolation};
 use pac_platform::paging;
-use pac_platform::CallerVerifier;
 use pac_proto::audit as pb;
 use pac_proto::audit::audit_trail_server::AuditTrail;
 use sqlx::PgPool;

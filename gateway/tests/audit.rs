@@ -341,7 +341,8 @@ async fn records_are_stored_exactly_whatever_characters_they_hold() {
     let p = start_with(|_| {}).await;
     let pool = p.admin_pool().await;
     let stop = tokio_util::sync::CancellationToken::new();
-    let (log, writer) = pac_gateway::audit::start(pool.clone(), stop.clone(), pac_gateway::audit::AuditKey::development(), Duration::from_secs(10));
+    let (log, writer) =
+        pac_gateway::audit::start(pool.clone(), stop.clone(), pac_gateway::audit::AuditKey::development(), Duration::from_secs(10));
     let awkward = "tab\there \\ back\\slash\nline \"quoted\" {braces},comma é \r end";
     for n in 0..3 {
         let entry = pac_gateway::audit::Entry {
@@ -602,7 +603,8 @@ async fn forged_records_and_a_truncated_chain_are_found() {
     assert!(unkeyed.problems.is_empty(), "{:?}", unkeyed.problems);
     // With it, every forged record is found.
     let problems = verify(&pool, &key).await.unwrap().problems;
-    for expected in ["gateway-forged #1: not signed", "gateway-forged #2: not signed", "gateway-forged #3: contents do not match its signature"]
+    for expected in
+        ["gateway-forged #1: not signed", "gateway-forged #2: not signed", "gateway-forged #3: contents do not match its signature"]
     {
         assert!(problems.iter().any(|p| p.starts_with(expected)), "{expected}: {problems:?}");
     }
@@ -658,7 +660,13 @@ async fn whole_months_are_archived_and_the_rest_still_verifies_from_their_checkp
     // A writer of its own: three records, this month's partition archived, two more, stopped.
     let stop = tokio_util::sync::CancellationToken::new();
     let (log, writer) = pac_gateway::audit::start(pool.clone(), stop.clone(), key.clone(), Duration::from_secs(3600));
-    let record = |n: usize| Entry { subject: "archivist".into(), action: "/a".into(), outcome: "OK".into(), request_id: format!("archive-{n}"), ..Entry::default() };
+    let record = |n: usize| Entry {
+        subject: "archivist".into(),
+        action: "/a".into(),
+        outcome: "OK".into(),
+        request_id: format!("archive-{n}"),
+        ..Entry::default()
+    };
     for n in 0..3 {
         log.reserve().unwrap().record_durably(record(n)).await.unwrap();
     }

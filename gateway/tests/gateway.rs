@@ -117,7 +117,10 @@ async fn tokens_too_long_lived_from_the_future_with_invisible_names_or_too_large
         assert_eq!((status.code(), info.as_deref()), (Code::Unauthenticated, Some(*reason)), "{status:?}");
     }
     // A day's token, issued within the clock skew, is good.
-    records.register_patient(with_token(common::registration("Token"), Some(&sign("c1", &["RR8"], now + 10, now + 24 * 3600)))).await.unwrap();
+    records
+        .register_patient(with_token(common::registration("Token"), Some(&sign("c1", &["RR8"], now + 10, now + 24 * 3600))))
+        .await
+        .unwrap();
     let pool = p.admin_pool().await;
     let audited = wait_for_audit(&pool, cases.len() as i64).await;
     let reasons: Vec<String> =
@@ -306,7 +309,10 @@ async fn authorisation_matrix() {
 #[tokio::test]
 async fn a_busy_caller_is_slowed_and_an_overloaded_gateway_sheds() {
     use tonic_types::StatusExt;
-    let p = start_with(|c| c.limits = pac_gateway::proxy::Limits { max_in_flight: 64, per_second: 1.0, burst: 2.0, ..pac_gateway::proxy::DEFAULT_LIMITS }).await;
+    let p = start_with(|c| {
+        c.limits = pac_gateway::proxy::Limits { max_in_flight: 64, per_second: 1.0, burst: 2.0, ..pac_gateway::proxy::DEFAULT_LIMITS }
+    })
+    .await;
     let mut records = PatientRecordsClient::new(p.gateway.clone());
     let search =
         |token: &str| with_token(records_pb::SearchPatientsRequest { phone: "07700 900001".into(), ..Default::default() }, Some(token));
@@ -322,7 +328,10 @@ async fn a_busy_caller_is_slowed_and_an_overloaded_gateway_sheds() {
     // Another caller is not held back.
     records.search_patients(search(&token(Role::Clinician, Duration::from_secs(60)))).await.unwrap();
 
-    let shedding = start_with(|c| c.limits = pac_gateway::proxy::Limits { max_in_flight: 0, per_second: 100.0, burst: 100.0, ..pac_gateway::proxy::DEFAULT_LIMITS }).await;
+    let shedding = start_with(|c| {
+        c.limits = pac_gateway::proxy::Limits { max_in_flight: 0, per_second: 100.0, burst: 100.0, ..pac_gateway::proxy::DEFAULT_LIMITS }
+    })
+    .await;
     let mut records = PatientRecordsClient::new(shedding.gateway.clone());
     let shed = records.search_patients(search(&busy)).await.unwrap_err();
     assert_eq!(shed.code(), Code::Unavailable);
@@ -536,7 +545,14 @@ async fn a_flood_of_calls_without_a_token_writes_a_few_counted_records_and_is_sl
     let coordinator = token(Role::Coordinator, Duration::from_secs(600));
     let mut records = PatientRecordsClient::new(p.gateway.clone());
     // A caller already verified before the flood.
-    let id = records.register_patient(with_token(common::registration("Flood"), Some(&coordinator))).await.unwrap().into_inner().patient.unwrap().id;
+    let id = records
+        .register_patient(with_token(common::registration("Flood"), Some(&coordinator)))
+        .await
+        .unwrap()
+        .into_inner()
+        .patient
+        .unwrap()
+        .id;
     let read = |token: Option<&str>| with_token(records_pb::GetPatientRequest { id: id.clone() }, token);
 
     let started = std::time::Instant::now();

@@ -270,7 +270,8 @@ async fn malformed_messages_are_invalid_argument_never_internal_directly_and_thr
                 });
                 for (component, token) in targets {
                     let channel = processes.channel(component);
-                    for (what, body) in bodies.iter().filter(|(what, _)| wire_type_of_1.is_none_or(|w| *what != format!("field 1 as {w}"))) {
+                    for (what, body) in bodies.iter().filter(|(what, _)| wire_type_of_1.is_none_or(|w| *what != format!("field 1 as {w}")))
+                    {
                         cases += 1;
                         through_gateway += usize::from(component == Component::Gateway);
                         let status = raw_call(&channel, &path, body.clone(), token.as_deref()).await;
@@ -280,7 +281,12 @@ async fn malformed_messages_are_invalid_argument_never_internal_directly_and_thr
                             _ => status.code() == Code::InvalidArgument && reason == "REQUEST_MALFORMED",
                         };
                         if !expected {
-                            failures.push(format!("{} {path} ({what}): {:?} {reason} {}", component.name(), status.code(), status.message()));
+                            failures.push(format!(
+                                "{} {path} ({what}): {:?} {reason} {}",
+                                component.name(),
+                                status.code(),
+                                status.message()
+                            ));
                         }
                     }
                 }

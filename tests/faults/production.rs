@@ -44,7 +44,9 @@ fn production_refuses_to_start_with_a_published_development_secret() {
 /// The gateway signs the audit trail: production refuses to start without a key of its own.
 #[test]
 fn production_gateway_refuses_the_published_audit_key() {
-    for (key, says) in [(None, "PAC_AUDIT_KEY is required"), (Some(pac_gateway::audit::keys::DEVELOPMENT_AUDIT_KEY), "published development key")] {
+    for (key, says) in
+        [(None, "PAC_AUDIT_KEY is required"), (Some(pac_gateway::audit::keys::DEVELOPMENT_AUDIT_KEY), "published development key")]
+    {
         let mut command = std::process::Command::new(PAC);
         command
             .args(["serve", "gateway"])

@@ -34,7 +34,10 @@ enum Kind {
     Bytes,
     /// A number: its wire type (varint 0, fixed64 1, fixed32 5), and whether it repeats (and so
     /// may also come packed, as wire type 2).
-    Number { wire_type: u64, repeated: bool },
+    Number {
+        wire_type: u64,
+        repeated: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -204,8 +207,8 @@ fn packed(mut value: &[u8], wire_type: u64) -> Result<(), Problem> {
             }
             Ok(())
         }
-        1 if value.len() % 8 == 0 => Ok(()),
-        5 if value.len() % 4 == 0 => Ok(()),
+        1 if value.len().is_multiple_of(8) => Ok(()),
+        5 if value.len().is_multiple_of(4) => Ok(()),
         _ => Err(Problem::Malformed),
     }
 }

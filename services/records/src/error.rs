@@ -70,11 +70,9 @@ impl From<RecordsError> for ApiError {
             )
             .with_resource(PATIENT, existing.to_string(), "the existing record with this NHS number")
             .with_metadata("existing_patient_id", existing.to_string()),
-            NhsNumberExists { existing: None } => ApiError::new(
-                Code::AlreadyExists,
-                "NHS_NUMBER_EXISTS",
-                "a patient with this NHS number is already registered",
-            ),
+            NhsNumberExists { existing: None } => {
+                ApiError::new(Code::AlreadyExists, "NHS_NUMBER_EXISTS", "a patient with this NHS number is already registered")
+            }
             LocalIdentifierExists { issuer, existing: Some(existing) } => ApiError::new(
                 Code::AlreadyExists,
                 "LOCAL_IDENTIFIER_EXISTS",

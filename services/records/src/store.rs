@@ -248,13 +248,7 @@ pub async fn insert_registration(pool: &PgPool, r: Registration<'_>) -> Result<R
 /// organisation's (`existing` is `None` only for a record the caller's scope does not reach, which
 /// the error never names). Looks it up through the pool: the failed statement's transaction is
 /// aborted.
-async fn identity_conflict(
-    pool: &PgPool,
-    demographics: &Demographics,
-    error: sqlx::Error,
-    scope: Scope<'_>,
-    owner: &str,
-) -> RecordsError {
+async fn identity_conflict(pool: &PgPool, demographics: &Demographics, error: sqlx::Error, scope: Scope<'_>, owner: &str) -> RecordsError {
     let visible = |record: PatientRecord| within(scope, &record.organisation).then_some(record.id);
     let owner = [owner.to_string()];
     match violated_constraint(&error) {

@@ -54,7 +54,8 @@ async fn register_get_and_lookup() {
 async fn register_rejects_bad_input_and_writes_nothing() {
     let server = TestServer::start().await;
     let mut client = server.client();
-    let cases: Vec<(Box<dyn Fn(&mut pb::Patient)>, &str, &str)> = vec![
+    type Change = Box<dyn Fn(&mut pb::Patient)>;
+    let cases: Vec<(Change, &str, &str)> = vec![
         (Box::new(|p| p.nhs_number = "9434765918".into()), "NHS_NUMBER_INVALID", "patient.nhs_number"),
         (Box::new(|p| p.nhs_number = "4123456879".into()), "NHS_NUMBER_INVALID", "patient.nhs_number"),
         (Box::new(|p| p.nhs_number = "0000000000".into()), "NHS_NUMBER_PLACEHOLDER", "patient.nhs_number"),
@@ -397,11 +398,7 @@ async fn search_ranks_by_name_and_filters() {
         .results;
     assert_eq!(by_district.len(), 14);
     let by_phone_and_date = client
-        .search_patients(pb::SearchPatientsRequest {
-            phone: smith.phone.clone(),
-            birth_date: smith.birth_date.clone(),
-            ..Default::default()
-        })
+        .search_patients(pb::SearchPatientsRequest { phone: smith.phone.clone(), birth_date: smith.birth_date, ..Default::default() })
         .await
         .unwrap()
         .into_inner()

@@ -162,9 +162,9 @@ async fn changes_made_while_referrals_is_stopped_are_applied_once_on_restart() {
     let patient = p.adult().await;
     let mut referrals = Vec::new();
     let mut booked = Vec::new();
-    for n in 0..3 {
+    for slot in &slots[..3] {
         let referral = p.accept(&p.refer(&patient, "KNEE").await).await;
-        let appointment = p.book(&slots[n].id, &referral).await;
+        let appointment = p.book(&slot.id, &referral).await;
         p.referral_becomes(&referral.id, |r| r.current_appointment_id == appointment.id).await;
         referrals.push(referral);
         booked.push(appointment);
