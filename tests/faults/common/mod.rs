@@ -19,8 +19,18 @@ use tonic::transport::Channel;
 
 pub const PAC: &str = env!("CARGO_BIN_EXE_pac");
 
+/// A port nothing listens on now, and not handed out before in this test binary: the components
+/// bind it later, and tests running side by side must not be given the same one meanwhile.
 pub fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 pub fn channel(addr: SocketAddr) -> Channel {
