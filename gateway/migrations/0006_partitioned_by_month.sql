@@ -14,11 +14,17 @@ BEGIN
         month := (date_trunc('month', first) + make_interval(months => i))::date;
         name := 'events_' || to_char(month, 'YYYY_MM');
         IF to_regclass('audit.' || name) IS NULL THEN
-            EXECUTE format('CREATE TABLE audit.%I PARTITION OF audit.events FOR VALUES FROM (%L) TO (%L)', name,
-                           to_char(month, 'YYYY-MM-DD') || ' 00:00:00+00',
-                           to_char(month + interval '1 month', 'YYYY-MM-DD') || ' 00:00:00+00');
-            EXECUTE format('CREATE TRIGGER no_truncate BEFORE TRUNCATE ON audit.%I FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change()', name);
-            EXECUTE format('REVOKE ALL ON audit.%I FROM PUBLIC', name);
+            -- A month the default partition already holds records of cannot be made; the months
+            -- after it still are.
+            BEGIN
+                EXECUTE format('CREATE TABLE audit.%I PARTITION OF audit.events FOR VALUES FROM (%L) TO (%L)', name,
+                               to_char(month, 'YYYY-MM-DD') || ' 00:00:00+00',
+                               to_char(month + interval '1 month', 'YYYY-MM-DD') || ' 00:00:00+00');
+                EXECUTE format('CREATE TRIGGER no_truncate BEFORE TRUNCATE ON audit.%I FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change()', name);
+                EXECUTE format('REVOKE ALL ON audit.%I FROM PUBLIC', name);
+            EXCEPTION WHEN check_violation OR invalid_object_definition THEN
+                RAISE WARNING 'audit trail month % not partitioned: %', name, SQLERRM;
+            END;
         END IF;
     END LOOP;
 END $$;
@@ -50,12 +56,13 @@ CREATE TABLE events_by_month (
 -- The records so far, moved: a month's partition for each month they span (and the months ahead).
 DO $$
 DECLARE
-    oldest date := coalesce((SELECT min(occurred_at) FROM audit.events), now())::date;
+    oldest date := (coalesce((SELECT min(occurred_at) FROM audit.events), now()) AT TIME ZONE 'UTC')::date;
+    this_month date := (now() AT TIME ZONE 'UTC')::date;
 BEGIN
     ALTER TABLE audit.events RENAME TO events_unpartitioned;
     ALTER TABLE audit.events_by_month RENAME TO events;
-    PERFORM audit.add_months(oldest, (extract(year FROM age(date_trunc('month', now()), date_trunc('month', oldest))) * 12
-                                      + extract(month FROM age(date_trunc('month', now()), date_trunc('month', oldest))))::integer + 13);
+    PERFORM audit.add_months(oldest, (extract(year FROM age(date_trunc('month', this_month), date_trunc('month', oldest))) * 12
+                                      + extract(month FROM age(date_trunc('month', this_month), date_trunc('month', oldest))))::integer + 13);
 END $$;
 CREATE TABLE events_default PARTITION OF events DEFAULT;
 CREATE TRIGGER no_truncate BEFORE TRUNCATE ON events_default FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();

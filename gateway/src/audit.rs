@@ -258,6 +258,10 @@ async fn write(pool: PgPool, mut chain: Chain, mut receiver: mpsc::Receiver<Queu
         if tokio::time::Instant::now() >= due {
             checkpoint_if_moved(&pool, &chain, &mut checkpointed).await;
             due = tokio::time::Instant::now() + every;
+            if months_added.elapsed() >= MONTHS_EVERY {
+                add_months(&pool).await;
+                months_added = tokio::time::Instant::now();
+            }
         }
     }
     if chain.sequence > 0 {

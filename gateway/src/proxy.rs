@@ -540,7 +540,10 @@ impl http_body::Body for AuditedBody {
                 }
                 self.gate = None;
             }
-            if let Some(frame) = self.held.pop_front() {
+            // A unary answer's frames wait until its call is recorded (the trailers gave the outcome,
+            // and for a success the record is committed: the gate above).
+            let recorded = self.stream.is_some() || self.pending.is_none();
+            if recorded && let Some(frame) = self.held.pop_front() {
                 return Poll::Ready(Some(Ok(frame)));
             }
             if self.ended {
@@ -799,6 +802,30 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A successful unary answer: nothing of it, its data above all, leaves before its record is
+    /// committed.
+    #[tokio::test]
+    async fn a_unary_answer_is_held_until_its_record_is_stored() {
+        use http_body_util::BodyExt;
+        let (audit, mut queued) = AuditLog::for_tests();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let frames: Vec<Result<http_body::Frame<Bytes>, Status>> =
+            vec![Ok(http_body::Frame::data(Bytes::from_static(b"\0\0\0\0\x02patient"))), Ok(http_body::Frame::trailers(trailers))];
+        let inner = Body::new(http_body_util::StreamBody::new(futures::stream::iter(frames)));
+        let slot = audit.reserve().unwrap();
+        let mut body = AuditedBody::new(inner, (slot, Entry { action: "/a".into(), ..Entry::default() }), None);
+        let early = tokio::time::timeout(Duration::from_millis(100), body.frame()).await;
+        assert!(early.is_err(), "no frame before the record is stored");
+        let (entry, _, stored) = queued.try_recv().expect("the record is queued");
+        assert_eq!(entry.outcome, "OK");
+        stored.expect("the call waits for it").send(()).unwrap();
+        let data = body.frame().await.unwrap().unwrap();
+        assert!(data.is_data(), "the data first, once stored");
+        assert!(body.frame().await.unwrap().unwrap().is_trailers());
+        assert!(body.frame().await.is_none());
+    }
 
     #[test]
     fn each_caller_has_a_bucket_of_its_own() {

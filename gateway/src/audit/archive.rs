@@ -49,6 +49,11 @@ pub async fn archive(pool: &PgPool, key: &AuditKey, before: NaiveDate) -> anyhow
         let table = format!("{SCHEMA}.{name}");
         let mut tx = pool.begin().await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("SET LOCAL ROLE {OWNER_ROLE}"))).execute(&mut *tx).await?;
+        // No record may land in the month between reading where its chains end and detaching it;
+        // and the gateways' writes are not held up behind a long wait for the trail (e.g. a `verify`
+        // reading it): try again later instead.
+        sqlx::query("SET LOCAL lock_timeout = '5s'").execute(&mut *tx).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("LOCK TABLE {table} IN EXCLUSIVE MODE"))).execute(&mut *tx).await?;
         let heads: Vec<(String, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT DISTINCT ON (writer) writer, sequence, hash FROM {table} ORDER BY writer, sequence DESC"
         )))
