@@ -90,7 +90,12 @@ pub struct Record {
 }
 
 pub(crate) fn micros<S: serde::Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+    serializer.serialize_str(&micros_text(*at))
+}
+
+/// A time as records hold it: UTC, to the microsecond.
+pub(crate) fn micros_text(at: DateTime<Utc>) -> String {
+    at.trunc_subsecs(6).format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
 impl Record {
@@ -226,12 +231,7 @@ async fn write(pool: PgPool, mut chain: Chain, mut receiver: mpsc::Receiver<Queu
             biased;
             n = receiver.recv_many(&mut batch, BATCH) => n,
             _ = tokio::time::sleep_until(due) => {
-                checkpoint_if_moved(&pool, &chain, &mut checkpointed).await;
-                due = tokio::time::Instant::now() + every;
-                if months_added.elapsed() >= MONTHS_EVERY {
-                    add_months(&pool).await;
-                    months_added = tokio::time::Instant::now();
-                }
+                due = look_after(&pool, &chain, &mut checkpointed, &mut months_added, every).await;
                 continue;
             }
             _ = stop.cancelled() => {
@@ -256,12 +256,7 @@ async fn write(pool: PgPool, mut chain: Chain, mut receiver: mpsc::Receiver<Queu
             let _ = stored.send(());
         }
         if tokio::time::Instant::now() >= due {
-            checkpoint_if_moved(&pool, &chain, &mut checkpointed).await;
-            due = tokio::time::Instant::now() + every;
-            if months_added.elapsed() >= MONTHS_EVERY {
-                add_months(&pool).await;
-                months_added = tokio::time::Instant::now();
-            }
+            due = look_after(&pool, &chain, &mut checkpointed, &mut months_added, every).await;
         }
     }
     if chain.sequence > 0 {
@@ -296,6 +291,23 @@ async fn gather(receiver: &mut mpsc::Receiver<Queued>, batch: &mut Vec<Queued>) 
             return;
         }
     }
+}
+
+/// What a writer does now and then, busy or idle: a checkpoint, and the coming months'
+/// partitions. Answers when it is next due.
+async fn look_after(
+    pool: &PgPool,
+    chain: &Chain,
+    checkpointed: &mut i64,
+    months_added: &mut tokio::time::Instant,
+    every: Duration,
+) -> tokio::time::Instant {
+    checkpoint_if_moved(pool, chain, checkpointed).await;
+    if months_added.elapsed() >= MONTHS_EVERY {
+        add_months(pool).await;
+        *months_added = tokio::time::Instant::now();
+    }
+    tokio::time::Instant::now() + every
 }
 
 /// How often a writer makes sure the coming months have their partitions.

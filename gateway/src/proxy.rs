@@ -190,10 +190,14 @@ impl Verifications {
         self.seen.lock().expect("verified tokens").get(token).filter(|v| v.until > Instant::now()).cloned()
     }
 
+    /// A remembered verification, else a new one.
+    #[cfg(test)]
     fn verify(&self, authorization: Option<&str>) -> Result<Verified, Refusal> {
-        if let Some(verified) = self.remembered(authorization) {
-            return Ok(verified);
-        }
+        self.remembered(authorization).map_or_else(|| self.verify_new(authorization), Ok)
+    }
+
+    /// Verifies a token not remembered, and remembers it when good.
+    fn verify_new(&self, authorization: Option<&str>) -> Result<Verified, Refusal> {
         let token = auth::bearer(authorization)?;
         let now = Instant::now();
         let (identity, expires) = self.authenticator.verify(token)?;
@@ -325,16 +329,14 @@ impl Proxy {
         let authorization = request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let peer = peer_key(peer_of(&request));
         // A peer whose calls keep failing authentication: only tokens already verified get through.
-        let remembered = self.verifications.remembered(authorization);
-        if remembered.is_none() && !self.failures.has_token(&peer) {
-            let error =
-                refusal(Code::ResourceExhausted, "RATE_LIMITED", "too many calls from this address failed authentication; retry later")
-                    .with_retry_after(Duration::from_secs(1));
-            return Err(Denial::new(error, None));
-        }
-        let verified = match remembered {
+        let verified = match self.verifications.remembered(authorization) {
             Some(verified) => Ok(verified),
-            None => self.verifications.verify(authorization).inspect_err(|_| {
+            None if !self.failures.has_token(&peer) => {
+                let message = "too many calls from this address failed authentication; retry later";
+                let error = refusal(Code::ResourceExhausted, "RATE_LIMITED", message).with_retry_after(Duration::from_secs(1));
+                return Err(Denial::new(error, None));
+            }
+            None => self.verifications.verify_new(authorization).inspect_err(|_| {
                 let _ = self.failures.take(&peer);
             }),
         };

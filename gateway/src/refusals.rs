@@ -9,10 +9,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{AuditLog, Entry};
+use crate::audit::{AuditLog, Entry, micros_text};
 
 /// The action of an aggregate record (its calls' RPCs are not kept apart).
 pub const ACTION: &str = "unauthenticated calls";
@@ -94,12 +94,11 @@ impl Refusals {
 }
 
 fn record(key: Key, count: &Count) -> Entry {
-    let micros = |at: DateTime<Utc>| at.trunc_subsecs(6).format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
     let detail = serde_json::json!({
         "peer": key.peer.map(|p| p.to_string()).unwrap_or_default(),
         "count": count.calls,
-        "first": micros(count.first),
-        "last": micros(count.last),
+        "first": micros_text(count.first),
+        "last": micros_text(count.last),
     });
     Entry {
         action: ACTION.to_string(),
