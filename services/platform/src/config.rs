@@ -1,5 +1,5 @@
-//! Configuration from environment variables, with defaults. Every variable is listed in the README's
-//! configuration table; a malformed value is a start-up error naming the variable.
+//! Configuration from environment variables, with defaults. Every variable is listed in
+//! docs/configuration.md; a malformed value is a start-up error naming the variable.
 
 use std::fmt;
 use std::str::FromStr;

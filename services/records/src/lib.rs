@@ -47,7 +47,7 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
-/// Settings of the records service (environment variables in the README's table).
+/// Settings of the records service (environment variables in docs/configuration.md).
 #[derive(Debug, Clone)]
 pub struct RecordsConfig {
     /// `PAC_RECORDS_ADDR`.

@@ -58,7 +58,7 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:50053";
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
-/// Settings of the referrals service (environment variables in the README's table).
+/// Settings of the referrals service (environment variables in docs/configuration.md).
 #[derive(Debug, Clone)]
 pub struct ReferralsConfig {
     /// `PAC_REFERRALS_ADDR`.

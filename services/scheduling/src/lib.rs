@@ -65,7 +65,7 @@ pub const RECORDS_STREAM: &str = "records";
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
-/// Settings of the scheduling service (environment variables in the README's table).
+/// Settings of the scheduling service (environment variables in docs/configuration.md).
 #[derive(Debug, Clone)]
 pub struct SchedulingConfig {
     /// `PAC_SCHEDULING_ADDR`.
