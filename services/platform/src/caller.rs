@@ -105,7 +105,7 @@ impl Caller {
                 },
             };
         }
-        if !(3..=10).contains(&requested.len()) || !requested.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if crate::codes::OdsCode::parse(&requested).is_err() {
             return Err(ApiError::invalid_field(field, "ORGANISATION_INVALID", "must be an ODS code such as RR8"));
         }
         if !self.sees(&requested) {

@@ -184,6 +184,16 @@ where
     tokio::spawn(work.instrument(span)).await.map_err(|e| ApiError::internal(anyhow::anyhow!("database task failed: {e}")))?
 }
 
+/// A handler's operation, run as [`detached`] work, its error answered as a status.
+pub async fn run<T, E, F>(work: F) -> Result<T, tonic::Status>
+where
+    T: Send + 'static,
+    E: Into<ApiError>,
+    F: Future<Output = Result<T, E>> + Send + 'static,
+{
+    detached(async move { work.await.map_err(Into::into) }).await.map_err(tonic::Status::from)
+}
+
 /// Whether the database answers, within `timeout`.
 pub async fn is_reachable(pool: &PgPool, timeout: Duration) -> bool {
     matches!(tokio::time::timeout(timeout, sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool)).await, Ok(Ok(1)))

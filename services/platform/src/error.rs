@@ -175,6 +175,19 @@ impl From<ApiError> for Status {
 
 /// Maps a database failure that no caller caused. Serialization failures and deadlocks are ABORTED
 /// (retry the whole request); timeouts and lost connections UNAVAILABLE; the rest INTERNAL.
+impl From<FieldViolation> for ApiError {
+    fn from(violation: FieldViolation) -> Self {
+        Self::invalid(vec![violation])
+    }
+}
+
+/// A single field's violation answers INVALID_ARGUMENT, so a handler can `?` a parse.
+impl From<FieldViolation> for Status {
+    fn from(violation: FieldViolation) -> Self {
+        ApiError::from(violation).into()
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         let safe = safe_description(&error);

@@ -1,12 +1,15 @@
 //! The shared runtime kit every Patient Access Platform component is built on: configuration,
 //! telemetry, the database (schemas, roles, pools, migrations), errors mapped to gRPC status with
 //! rich details, caller context, the event outbox and following other services' streams,
-//! idempotency, calling other services, and serving over gRPC.
+//! idempotency and the steps of a write (`write`), request checks, calling other services, and
+//! serving over gRPC.
 
 pub mod audit;
 pub mod balance;
 pub mod caller;
+pub mod checks;
 pub mod client;
+pub mod codes;
 pub mod config;
 pub mod convert;
 pub mod db;
@@ -23,6 +26,7 @@ pub mod paging;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod write;
 
 pub use caller::{Actor, Caller, CallerVerifier};
 pub use config::PlatformConfig;

@@ -5,14 +5,16 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use uuid::Uuid;
+
+use crate::error::{ApiError, FieldViolation};
 
 /// The page size to use: `default` for 0, an error outside 1..=`max`.
-pub fn page_size(requested: i32, default: i64, max: i64) -> Result<i64, ApiError> {
+pub fn page_size(requested: i32, default: i64, max: i64) -> Result<i64, FieldViolation> {
     match requested {
         0 => Ok(default),
         n if n < 0 || i64::from(n) > max => {
-            Err(ApiError::invalid_field("page_size", "PAGE_SIZE_INVALID", format!("must be between 1 and {max} (0 means {default})")))
+            Err(FieldViolation::new("page_size", "PAGE_SIZE_INVALID", format!("must be between 1 and {max} (0 means {default})")))
         }
         n => Ok(i64::from(n)),
     }
@@ -73,9 +75,37 @@ pub fn decode_key(token: &str, query: [u8; 8]) -> Result<Option<Vec<u8>>, ApiErr
     Ok(Some(bytes[8..].to_vec()))
 }
 
+/// A token for the page after a row: its sort value (`N` bytes, big-endian, so that byte order is
+/// sort order) and its id, the tie-break.
+pub fn encode_position<const N: usize>(sort: [u8; N], id: Uuid, query: [u8; 8]) -> String {
+    let mut key = sort.to_vec();
+    key.extend_from_slice(id.as_bytes());
+    encode_key(&key, query)
+}
+
+/// The row position in a token from [`encode_position`]; `None` for an empty token.
+pub fn decode_position<const N: usize>(token: &str, query: [u8; 8]) -> Result<Option<([u8; N], Uuid)>, ApiError> {
+    let Some(key) = decode_key(token, query)? else { return Ok(None) };
+    let (sort, id) = key.split_at_checked(N).ok_or_else(invalid_token)?;
+    let id = Uuid::from_slice(id).map_err(|_| invalid_token())?;
+    Ok(Some((sort.try_into().map_err(|_| invalid_token())?, id)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_round_trip_and_bind_to_their_query() {
+        let (query, other) = (fingerprint(&["a"]), fingerprint(&["b"]));
+        let id = Uuid::now_v7();
+        let token = encode_position(42_i64.to_be_bytes(), id, query);
+        assert_eq!(decode_position::<8>(&token, query).unwrap(), Some((42_i64.to_be_bytes(), id)));
+        assert_eq!(decode_position::<8>("", query).unwrap(), None);
+        assert!(decode_position::<8>(&token, other).is_err());
+        assert!(decode_position::<4>(&token, query).is_err());
+        assert!(decode_position::<30>(&token, query).is_err());
+    }
 
     #[test]
     fn tokens_round_trip_and_are_bound_to_their_query() {

@@ -94,8 +94,7 @@ pub fn search_criteria(request: &pb::SearchPatientsRequest, today: NaiveDate) ->
         None => {}
     }
     let phone = optional(&request.phone, Phone::parse, "phone", "PHONE_INVALID", &mut violations).map(|p| p.as_str().to_string());
-    let limit =
-        pac_platform::paging::page_size(request.page_size, 20, 100).map_err(|e| violations.extend(e.field_violations)).unwrap_or(20);
+    let limit = pac_platform::paging::page_size(request.page_size, 20, 100).map_err(|v| violations.push(v)).unwrap_or(20);
     let criteria = SearchCriteria { name_key, birth_date, postcode, postcode_outward, phone, limit, offset: 0 };
     let no_criteria = criteria.name_key.is_none()
         && criteria.birth_date.is_none()

@@ -6,8 +6,8 @@
 //! by identifier, as a merge's survivor) and never a search hit or a match candidate.
 
 use pac_platform::caller::{Caller, PERMISSION_RESTRICTED_READ};
-use pac_platform::idempotency::IdempotencyStore;
-use pac_platform::outbox::{NewEvent, Outbox};
+use pac_platform::outbox::Outbox;
+use pac_platform::write::{self, Claim, Write, Writes};
 use pac_proto::records as pb;
 use pac_proto::records::watch_events_response::Event;
 use prost::Message;
@@ -29,7 +29,7 @@ const CANDIDATE_LIMIT: i64 = 200;
 pub struct Records {
     pub pool: PgPool,
     pub outbox: Outbox,
-    idempotency: IdempotencyStore,
+    writes: Writes,
     thresholds: Thresholds,
     /// Whether the candidate query's plan may be cached yet (`store::PlanCache`).
     pub plans: store::PlanCache,
@@ -39,8 +39,7 @@ pub struct Register {
     pub demographics: Demographics,
     /// The organisation that will own the record (chosen by `Caller::owning_organisation`).
     pub organisation: String,
-    pub request_id: Option<String>,
-    pub request_hash: Vec<u8>,
+    pub write: Write,
     pub allow_possible_duplicate: bool,
     pub caller: Caller,
 }
@@ -58,16 +57,14 @@ pub struct Merge {
     pub survivor_id: Uuid,
     pub merged_id: Uuid,
     pub reason: String,
-    pub request_id: Option<String>,
-    pub request_hash: Vec<u8>,
+    pub write: Write,
     pub caller: Caller,
 }
 
 pub struct Unmerge {
     pub merged_id: Uuid,
     pub reason: String,
-    pub request_id: Option<String>,
-    pub request_hash: Vec<u8>,
+    pub write: Write,
     pub caller: Caller,
 }
 
@@ -85,7 +82,8 @@ pub fn reveals_contact(caller: &Caller) -> bool {
 
 impl Records {
     pub fn new(pool: PgPool, outbox: Outbox, thresholds: Thresholds) -> Self {
-        Self { pool, outbox, idempotency: IdempotencyStore::new(crate::SCHEMA), thresholds, plans: store::PlanCache::default() }
+        let writes = Writes::new(pool.clone(), outbox.clone(), crate::SCHEMA);
+        Self { pool, outbox, writes, thresholds, plans: store::PlanCache::default() }
     }
 
     pub async fn register(&self, r: Register) -> Result<pb::RegisterPatientResponse, RecordsError> {
@@ -93,7 +91,7 @@ impl Records {
         // duplicate (answered below) or meets the recorded id when it writes (`RequestIdTaken`).
         let result = self.register_new(&r).await;
         if let Err(RecordsError::NhsNumberExists { .. } | RecordsError::PossibleDuplicate(_)) = &result
-            && let Some(response) = self.replay("RegisterPatient", r.request_id.as_deref(), &r.request_hash).await?
+            && let Some(response) = self.writes.recorded("RegisterPatient", &r.write).await?
         {
             return Ok(response);
         }
@@ -135,37 +133,22 @@ impl Records {
         let registration = Registration {
             record: &record,
             duplicate_override,
-            request_id: r.request_id.as_deref(),
-            request_hash: &r.request_hash,
+            request_id: r.write.request_id(),
+            request_hash: &r.write.request_hash,
             response: response.encode_to_vec(),
             event_id: Uuid::now_v7(),
             event_payload: event_payload(event),
-            actor: &r.caller.actor,
+            actor: &r.write.actor,
             trace_id: pac_platform::telemetry::current_trace_id(),
             scope: r.caller.scope(),
         };
         match store::insert_registration(&self.pool, registration).await? {
             Registered::Created => {
-                self.outbox.committed();
+                self.writes.committed();
                 tracing::info!(patient_id = %record.id, overridden_candidates = candidates.len(), "patient registered");
                 Ok(response)
             }
-            Registered::RequestIdTaken => {
-                self.replay("RegisterPatient", r.request_id.as_deref(), &r.request_hash).await?.ok_or(RecordsError::Conflict)
-            }
-        }
-    }
-
-    async fn replay<R: Message + Default>(
-        &self,
-        operation: &str,
-        request_id: Option<&str>,
-        hash: &[u8],
-    ) -> Result<Option<R>, RecordsError> {
-        let Some(request_id) = request_id else { return Ok(None) };
-        match self.idempotency.find(&self.pool, operation, request_id).await? {
-            Some(recorded) => Ok(Some(recorded.replay(hash)?)),
-            None => Ok(None),
+            Registered::RequestIdTaken => self.writes.recorded("RegisterPatient", &r.write).await?.ok_or(RecordsError::Conflict),
         }
     }
 
@@ -235,7 +218,7 @@ impl Records {
     }
 
     pub async fn update(&self, u: Update) -> Result<PatientRecord, RecordsError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writes.begin().await?;
         let scope = u.caller.scope();
         let current = store::lock(&mut tx, &[u.id], scope).await?.pop().ok_or(RecordsError::NotFound(u.id))?;
         if let Some(survivor) = current.merged_into {
@@ -257,9 +240,8 @@ impl Records {
         store::update(&mut tx, &self.pool, &updated, changed.iter().any(|f| f == "local_identifiers"), scope).await?;
         let event =
             Event::PatientUpdated(pb::PatientUpdated { patient: Some(convert::patient(&updated, true)), changed_fields: changed.clone() });
-        self.append(&mut tx, "PatientUpdated", &updated, &[updated.id], event, &u.caller, None).await?;
-        tx.commit().await?;
-        self.outbox.committed();
+        self.writes.append(&mut tx, &Write::unkeyed(&u.caller), event_about("PatientUpdated", &updated, &[updated.id], event)).await?;
+        tx.commit_unanswered().await?;
         tracing::info!(patient_id = %updated.id, changed_fields = ?changed, "patient updated");
         Ok(updated)
     }
@@ -272,12 +254,10 @@ impl Records {
         if m.survivor_id == m.merged_id {
             return Err(RecordsError::SameRecord);
         }
-        let mut tx = self.pool.begin().await?;
-        if let Some(request_id) = &m.request_id
-            && let Some(recorded) = self.idempotency.claim(&mut tx, "MergePatients", request_id).await?
-        {
-            return Ok(recorded.replay(&m.request_hash)?);
-        }
+        let mut tx = match self.writes.claim("MergePatients", &m.write).await? {
+            Claim::Replay(response) => return Ok(response),
+            Claim::Fresh(tx) => tx,
+        };
         // Both records must be the caller's: a merge never reaches into another organisation.
         let locked = store::lock(&mut tx, &[m.survivor_id, m.merged_id], m.caller.scope()).await?;
         let find = |id: Uuid| locked.iter().find(|r| r.id == id).cloned().ok_or(RecordsError::NotFound(id));
@@ -305,23 +285,21 @@ impl Records {
         store::set_merged_into(&mut tx, merged.id, Some(survivor.id), now).await?;
         let event = Event::PatientMerged(pb::PatientMerged { merge: Some(convert::merge(&merge)) });
         let patients = [merged.id, survivor.id];
-        self.append(&mut tx, "PatientMerged", &merged, &patients, event, &m.caller, m.request_id.as_deref()).await?;
+        self.writes.append(&mut tx, &m.write, event_about("PatientMerged", &merged, &patients, event)).await?;
         let response = pb::MergePatientsResponse {
             survivor: Some(convert::patient(&survivor, reveals_contact(&m.caller))),
             merge: Some(convert::merge(&merge)),
         };
-        self.commit(tx, "MergePatients", m.request_id.as_deref(), &m.request_hash, &response).await?;
+        tx.commit(&response).await?;
         tracing::info!(merge_id = %merge.id, survivor_id = %survivor.id, merged_id = %merged.id, "patients merged");
         Ok(response)
     }
 
     pub async fn unmerge(&self, u: Unmerge) -> Result<pb::UnmergePatientResponse, RecordsError> {
-        let mut tx = self.pool.begin().await?;
-        if let Some(request_id) = &u.request_id
-            && let Some(recorded) = self.idempotency.claim(&mut tx, "UnmergePatient", request_id).await?
-        {
-            return Ok(recorded.replay(&u.request_hash)?);
-        }
+        let mut tx = match self.writes.claim("UnmergePatient", &u.write).await? {
+            Claim::Replay(response) => return Ok(response),
+            Claim::Fresh(tx) => tx,
+        };
         let merged = store::lock(&mut tx, &[u.merged_id], u.caller.scope()).await?.pop().ok_or(RecordsError::NotFound(u.merged_id))?;
         if merged.merged_into.is_none() {
             return Err(RecordsError::NotMerged(u.merged_id));
@@ -333,56 +311,25 @@ impl Records {
         let restored = store::find(&mut *tx, u.merged_id, None).await?.ok_or(RecordsError::NotFound(u.merged_id))?;
         let event = Event::PatientUnmerged(pb::PatientUnmerged { merge: Some(convert::merge(&merge)) });
         let patients = [restored.id, merge.survivor_id];
-        self.append(&mut tx, "PatientUnmerged", &restored, &patients, event, &u.caller, u.request_id.as_deref()).await?;
+        self.writes.append(&mut tx, &u.write, event_about("PatientUnmerged", &restored, &patients, event)).await?;
         let response = pb::UnmergePatientResponse {
             patient: Some(convert::patient(&restored, reveals_contact(&u.caller))),
             merge: Some(convert::merge(&merge)),
         };
-        self.commit(tx, "UnmergePatient", u.request_id.as_deref(), &u.request_hash, &response).await?;
+        tx.commit(&response).await?;
         tracing::info!(merge_id = %merge.id, patient_id = %restored.id, "merge reversed");
         Ok(response)
     }
+}
 
-    /// Records the response under the request id (if any), commits, and wakes the event streams.
-    async fn commit<R: Message>(
-        &self,
-        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
-        operation: &str,
-        request_id: Option<&str>,
-        request_hash: &[u8],
-        response: &R,
-    ) -> Result<(), RecordsError> {
-        if let Some(request_id) = request_id {
-            self.idempotency.record(&mut tx, operation, request_id, request_hash, response).await?;
-        }
-        tx.commit().await?;
-        self.outbox.committed();
-        Ok(())
-    }
-
-    /// Appends an event about `record` (and its organisation's), naming `patients`.
-    #[allow(clippy::too_many_arguments)]
-    async fn append(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        event_type: &'static str,
-        record: &PatientRecord,
-        patients: &[Uuid],
-        event: Event,
-        caller: &Caller,
-        request_id: Option<&str>,
-    ) -> Result<(), RecordsError> {
-        let new = NewEvent {
-            event_type,
-            aggregate_id: record.id,
-            organisation: &record.organisation,
-            patient_ids: patients,
-            payload: event_payload(event),
-            actor: &caller.actor,
-            request_id,
-        };
-        self.outbox.append(conn, new).await?;
-        Ok(())
+/// An event about `record` (owned by its organisation), naming `patients`.
+fn event_about(event_type: &'static str, record: &PatientRecord, patients: &[Uuid], event: Event) -> write::Event {
+    write::Event {
+        event_type,
+        aggregate_id: record.id,
+        organisation: record.organisation.clone(),
+        patient_ids: patients.to_vec(),
+        payload: event_payload(event),
     }
 }
 

@@ -14,9 +14,11 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::{Stream, StreamExt};
 use pac_platform::audit::with_patients;
+use pac_platform::checks::Checks;
+use pac_platform::db::run;
 use pac_platform::error::{ApiError, FieldViolation};
-use pac_platform::idempotency::{parse_request_id, request_hash};
 use pac_platform::outbox::{Cursor, StoredEvent};
+use pac_platform::write::Write;
 use pac_platform::{Caller, CallerVerifier, paging};
 use pac_proto::records as pb;
 use pac_proto::records::patient_records_server::PatientRecords;
@@ -27,7 +29,6 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::{self, Rules, nhs_number_violation, parse_id};
 use crate::domain::nhs_number::NhsNumber;
-use crate::error::RecordsError;
 use crate::records::{self, Merge, Records, Register, Unmerge, Update, candidate_message, reveals_contact};
 
 /// Furthest a search can page: fuzzy results this deep are not worth reading.
@@ -66,15 +67,6 @@ fn invalid(violation: FieldViolation) -> Status {
     ApiError::invalid(vec![violation]).into()
 }
 
-/// Runs an operation to completion even if the caller goes away.
-async fn run<T, F>(work: F) -> Result<T, Status>
-where
-    T: Send + 'static,
-    F: Future<Output = Result<T, RecordsError>> + Send + 'static,
-{
-    pac_platform::db::detached(async move { work.await.map_err(ApiError::from) }).await.map_err(Status::from)
-}
-
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -85,15 +77,13 @@ impl PatientRecords for RecordsService {
     ) -> Result<Response<pb::RegisterPatientResponse>, Status> {
         let caller = self.caller(&request)?;
         let request = request.into_inner();
-        let request_id = parse_request_id(&request.request_id)?;
         let input = request.patient.as_ref().ok_or_else(|| invalid(FieldViolation::new("patient", "PATIENT_REQUIRED", "is required")))?;
         let demographics = convert::new_demographics(input, self.rules()).map_err(|v| Status::from(ApiError::invalid(v)))?;
         let organisation = caller.owning_organisation("patient.organisation", &input.organisation)?;
         let register = Register {
             demographics,
             organisation,
-            request_id,
-            request_hash: request_hash(&request),
+            write: Write::new(&caller, &request, &request.request_id)?,
             allow_possible_duplicate: request.allow_possible_duplicate,
             caller,
         };
@@ -105,7 +95,7 @@ impl PatientRecords for RecordsService {
 
     async fn get_patient(&self, request: Request<pb::GetPatientRequest>) -> Result<Response<pb::GetPatientResponse>, Status> {
         let caller = self.caller(&request)?;
-        let id = parse_id("id", &request.get_ref().id).map_err(invalid)?;
+        let id = parse_id("id", &request.get_ref().id)?;
         let (records, scope) = (self.records.clone(), caller.clone());
         let (record, merged_from) = run(async move { records.get(id, scope.scope()).await }).await?;
         let touched = [Some(record.id), merged_from].into_iter().flatten().map(|id| id.to_string());
@@ -151,7 +141,7 @@ impl PatientRecords for RecordsService {
         let caller = self.caller(&request)?;
         let request = request.into_inner();
         let input = request.patient.ok_or_else(|| invalid(FieldViolation::new("patient", "PATIENT_REQUIRED", "is required")))?;
-        let id = parse_id("patient.id", &input.id).map_err(invalid)?;
+        let id = parse_id("patient.id", &input.id)?;
         if input.etag.is_empty() {
             return Err(invalid(FieldViolation::new(
                 "patient.etag",
@@ -219,15 +209,13 @@ impl PatientRecords for RecordsService {
     async fn merge_patients(&self, request: Request<pb::MergePatientsRequest>) -> Result<Response<pb::MergePatientsResponse>, Status> {
         let caller = self.caller(&request)?;
         let request = request.into_inner();
-        let mut violations = Vec::new();
-        let survivor_id = parse_id("survivor_id", &request.survivor_id).map_err(|v| violations.push(v)).ok();
-        let merged_id = parse_id("merged_id", &request.merged_id).map_err(|v| violations.push(v)).ok();
-        let reason = reason_text(&request.reason).map_err(|v| violations.push(v)).ok();
-        let request_id = parse_request_id(&request.request_id).map_err(|e| violations.extend(e.field_violations)).ok().flatten();
-        let (Some(survivor_id), Some(merged_id), Some(reason), true) = (survivor_id, merged_id, reason, violations.is_empty()) else {
-            return Err(ApiError::invalid(violations).into());
-        };
-        let merge = Merge { survivor_id, merged_id, reason, request_id, request_hash: request_hash(&request), caller };
+        let mut checks = Checks::default();
+        let survivor_id = checks.check(parse_id("survivor_id", &request.survivor_id));
+        let merged_id = checks.check(parse_id("merged_id", &request.merged_id));
+        let reason = checks.check(reason_text(&request.reason));
+        let write = checks.check_invalid(Write::new(&caller, &request, &request.request_id));
+        let (survivor_id, merged_id, reason, write) = checks.finish((survivor_id, merged_id, reason, write))?;
+        let merge = Merge { survivor_id, merged_id, reason, write, caller };
         let records = self.records.clone();
         let response = run(async move { records.merge(merge).await }).await?;
         Ok(with_patients(Response::new(response), [survivor_id.to_string(), merged_id.to_string()]))
@@ -236,14 +224,12 @@ impl PatientRecords for RecordsService {
     async fn unmerge_patient(&self, request: Request<pb::UnmergePatientRequest>) -> Result<Response<pb::UnmergePatientResponse>, Status> {
         let caller = self.caller(&request)?;
         let request = request.into_inner();
-        let mut violations = Vec::new();
-        let merged_id = parse_id("merged_id", &request.merged_id).map_err(|v| violations.push(v)).ok();
-        let reason = reason_text(&request.reason).map_err(|v| violations.push(v)).ok();
-        let request_id = parse_request_id(&request.request_id).map_err(|e| violations.extend(e.field_violations)).ok().flatten();
-        let (Some(merged_id), Some(reason), true) = (merged_id, reason, violations.is_empty()) else {
-            return Err(ApiError::invalid(violations).into());
-        };
-        let unmerge = Unmerge { merged_id, reason, request_id, request_hash: request_hash(&request), caller };
+        let mut checks = Checks::default();
+        let merged_id = checks.check(parse_id("merged_id", &request.merged_id));
+        let reason = checks.check(reason_text(&request.reason));
+        let write = checks.check_invalid(Write::new(&caller, &request, &request.request_id));
+        let (merged_id, reason, write) = checks.finish((merged_id, reason, write))?;
+        let unmerge = Unmerge { merged_id, reason, write, caller };
         let records = self.records.clone();
         let response = run(async move { records.unmerge(unmerge).await }).await?;
         let survivor = response.merge.as_ref().map(|m| m.survivor_id.clone());

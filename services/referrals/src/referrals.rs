@@ -12,16 +12,16 @@
 //! redirecting caller sees it in the triage response and afterwards only if it is theirs too.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use pac_platform::Actor;
 use pac_platform::caller::within;
-use pac_platform::idempotency::IdempotencyStore;
 use pac_platform::links::{self, Mismatch, Owner};
-use pac_platform::outbox::{NewEvent, Outbox};
+use pac_platform::outbox::Outbox;
+pub use pac_platform::write::Write;
+use pac_platform::write::{self, Claim, WriteTx, Writes};
 use pac_platform::{follow, merges};
 use pac_proto::referrals as pb;
 use pac_proto::referrals::watch_events_response::Event;
 use prost::Message;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::clients::{Clients, PatientFacts, REFERRAL_CANCELLED, REFERRAL_CLOSED, SUPERSEDED};
@@ -34,7 +34,6 @@ use crate::model::{Note, Referral, ServiceEntry, Worklist, WorklistKey};
 use crate::store::{self, Scope};
 
 type Result<T> = std::result::Result<T, ReferralsError>;
-type Tx = Transaction<'static, Postgres>;
 
 const REFERRAL: &str = "pac.referrals.v1.Referral";
 
@@ -45,27 +44,6 @@ pub fn today() -> NaiveDate {
 
 pub fn local_date(at: DateTime<Utc>) -> NaiveDate {
     at.with_timezone(&chrono_tz::Europe::London).date_naive()
-}
-
-/// Who asked for a write, within which organisations, and its idempotency key.
-pub struct Write {
-    pub actor: Actor,
-    /// The caller's organisation scope (`Caller::scope`); `None` when unscoped.
-    pub scope: Option<Vec<String>>,
-    pub request_id: Option<String>,
-    pub request_hash: Vec<u8>,
-}
-
-impl Write {
-    pub fn scope(&self) -> Scope<'_> {
-        self.scope.as_deref()
-    }
-}
-
-/// A write's transaction, or the response recorded for its request id.
-enum Started<R> {
-    Fresh(Tx),
-    Replay(R),
 }
 
 pub struct NewReferral {
@@ -130,7 +108,7 @@ pub struct Referrals {
     pub pool: PgPool,
     pub outbox: Outbox,
     pub clients: Clients,
-    idempotency: IdempotencyStore,
+    writes: Writes,
 }
 
 fn not_found(id: Uuid) -> ReferralsError {
@@ -171,75 +149,35 @@ fn referral_event(referral: &Referral, reason: &str) -> pb::ReferralEvent {
 
 impl Referrals {
     pub fn new(pool: PgPool, outbox: Outbox, clients: Clients) -> Self {
-        Self { pool, outbox, clients, idempotency: IdempotencyStore::new(crate::SCHEMA) }
+        let writes = Writes::new(pool.clone(), outbox.clone(), crate::SCHEMA);
+        Self { pool, outbox, clients, writes }
     }
 
-    // -----------------------------------------------------------------------------------------
-    // Transactions, idempotency and events
-
-    /// The response recorded for this request id, if any (before any work that calls out).
-    async fn recorded<R: Message + Default>(&self, operation: &str, write: &Write) -> Result<Option<R>> {
-        let Some(request_id) = &write.request_id else { return Ok(None) };
-        match self.idempotency.find(&self.pool, operation, request_id).await? {
-            Some(recorded) => Ok(Some(recorded.replay(&write.request_hash)?)),
-            None => Ok(None),
-        }
-    }
-
-    async fn start<R: Message + Default>(&self, operation: &str, write: &Write) -> Result<Started<R>> {
-        let mut tx = self.pool.begin().await?;
-        if let Some(request_id) = &write.request_id
-            && let Some(recorded) = self.idempotency.claim(&mut tx, operation, request_id).await?
-        {
-            return Ok(Started::Replay(recorded.replay(&write.request_hash)?));
-        }
-        Ok(Started::Fresh(tx))
-    }
-
-    /// Records the response under the request id (if any), commits, and wakes the event streams.
-    async fn finish<R: Message>(&self, mut tx: Tx, operation: &str, write: &Write, response: &R) -> Result<()> {
-        if let Some(request_id) = &write.request_id {
-            self.idempotency.record(&mut tx, operation, request_id, &write.request_hash, response).await?;
-        }
-        tx.commit().await?;
-        self.outbox.committed();
-        Ok(())
-    }
-
-    async fn emit(
-        &self,
-        conn: &mut PgConnection,
-        referral: &Referral,
-        event: Event,
-        actor: &Actor,
-        request_id: Option<&str>,
-    ) -> Result<()> {
-        let new = NewEvent {
+    /// Appends `event` about `referral` in the write's transaction.
+    async fn emit(&self, conn: &mut PgConnection, referral: &Referral, event: Event, write: &Write) -> Result<()> {
+        let event = write::Event {
             event_type: event_type(&event),
             aggregate_id: referral.id,
-            organisation: &referral.organisation,
-            patient_ids: &[referral.patient_id],
+            organisation: referral.organisation.clone(),
+            patient_ids: vec![referral.patient_id],
             payload: event_payload(event),
-            actor,
-            request_id,
         };
-        self.outbox.append(conn, new).await?;
-        Ok(())
+        Ok(self.writes.append(conn, write, event).await?)
     }
 
     // -----------------------------------------------------------------------------------------
     // Directory and eligibility
 
     pub async fn create_service(&self, service: ServiceEntry, write: Write) -> Result<pb::CreateServiceResponse> {
-        let mut tx = match self.start("CreateService", &write).await? {
-            Started::Replay(r) => return Ok(r),
-            Started::Fresh(tx) => tx,
+        let mut tx = match self.writes.claim("CreateService", &write).await? {
+            Claim::Replay(r) => return Ok(r),
+            Claim::Fresh(tx) => tx,
         };
         if !store::insert_service(&mut tx, &service).await? {
             return Err(ReferralsError::ServiceExists(service.code));
         }
         let response = pb::CreateServiceResponse { service: Some(convert::service(&service)) };
-        self.finish(tx, "CreateService", &write, &response).await?;
+        tx.commit(&response).await?;
         tracing::info!(service_code = %service.code, "service added to the directory");
         Ok(response)
     }
@@ -284,7 +222,7 @@ impl Referrals {
     // Referrals
 
     pub async fn create_referral(&self, new: NewReferral, write: Write) -> Result<pb::CreateReferralResponse> {
-        if let Some(response) = self.recorded("CreateReferral", &write).await? {
+        if let Some(response) = self.writes.recorded("CreateReferral", &write).await? {
             return Ok(response);
         }
         let service = self.service(&new.service_code).await?;
@@ -297,9 +235,9 @@ impl Referrals {
         if !reasons.is_empty() {
             return Err(ReferralsError::NotEligible(reasons));
         }
-        let mut tx = match self.start("CreateReferral", &write).await? {
-            Started::Replay(r) => return Ok(r),
-            Started::Fresh(tx) => tx,
+        let mut tx = match self.writes.claim("CreateReferral", &write).await? {
+            Claim::Replay(r) => return Ok(r),
+            Claim::Fresh(tx) => tx,
         };
         // The patient as this service has followed their merges (the check above ran outside).
         let patient_id = merges::current_patient(&mut tx, patient.id).await?;
@@ -308,15 +246,15 @@ impl Referrals {
         store::insert_referral(&mut tx, &referral).await?;
         store::insert_clock_event(&mut tx, referral.id, &referral.clock, referral.clock.started, "received", &write.actor.subject).await?;
         let event = Event::ReferralReceived(referral_event(&referral, ""));
-        self.emit(&mut tx, &referral, event, &write.actor, write.request_id.as_deref()).await?;
+        self.emit(&mut tx, &referral, event, &write).await?;
         let response = pb::CreateReferralResponse { referral: Some(convert::referral(&referral, now)) };
-        self.finish(tx, "CreateReferral", &write, &response).await?;
+        tx.commit(&response).await?;
         tracing::info!(referral_id = %referral.id, service_code = %referral.service_code, "referral received");
         Ok(response)
     }
 
     pub async fn triage(&self, id: Uuid, etag: &str, decision: Decision, write: Write) -> Result<pb::TriageReferralResponse> {
-        if let Some(response) = self.recorded("TriageReferral", &write).await? {
+        if let Some(response) = self.writes.recorded("TriageReferral", &write).await? {
             return Ok(response);
         }
         // A redirect checks the patient against the new service first (a call to records): before
@@ -347,9 +285,9 @@ impl Referrals {
             }
             _ => None,
         };
-        let mut tx = match self.start("TriageReferral", &write).await? {
-            Started::Replay(r) => return Ok(r),
-            Started::Fresh(tx) => tx,
+        let mut tx = match self.writes.claim("TriageReferral", &write).await? {
+            Claim::Replay(r) => return Ok(r),
+            Claim::Fresh(tx) => tx,
         };
         let mut referral = store::lock_referral(&mut tx, id, write.scope()).await?.ok_or_else(|| not_found(id))?;
         check_etag(&referral, etag)?;
@@ -390,14 +328,7 @@ impl Referrals {
                 referral.redirected_to = Some(moved.id);
                 referral.clock =
                     Clock { code: Code::Transfer, state: State::Stopped, ended: Some(today.max(referral.clock.started)), ..referral.clock };
-                self.emit(
-                    &mut tx,
-                    &moved,
-                    Event::ReferralReceived(referral_event(&moved, "redirected")),
-                    &write.actor,
-                    write.request_id.as_deref(),
-                )
-                .await?;
+                self.emit(&mut tx, &moved, Event::ReferralReceived(referral_event(&moved, "redirected")), &write).await?;
                 redirected = Some(moved);
             }
         }
@@ -406,21 +337,21 @@ impl Referrals {
             store::insert_clock_event(&mut tx, referral.id, &referral.clock, today, "recorded", &write.actor.subject).await?;
         }
         let event = Event::ReferralTriaged(referral_event(&referral, &referral.triage_code));
-        self.emit(&mut tx, &referral, event, &write.actor, write.request_id.as_deref()).await?;
+        self.emit(&mut tx, &referral, event, &write).await?;
         let response = pb::TriageReferralResponse {
             referral: Some(convert::referral(&referral, now)),
             redirected_referral: redirected.as_ref().map(|r| convert::referral(r, now)),
         };
-        self.finish(tx, "TriageReferral", &write, &response).await?;
+        tx.commit(&response).await?;
         tracing::info!(referral_id = %referral.id, status = referral.status.code(), "referral triaged");
         Ok(response)
     }
 
     /// Cancels a referral and any live appointment booked for it.
     pub async fn cancel(&self, id: Uuid, etag: &str, reason: String, write: Write) -> Result<pb::CancelReferralResponse> {
-        let mut tx = match self.start("CancelReferral", &write).await? {
-            Started::Replay(r) => return Ok(r),
-            Started::Fresh(tx) => tx,
+        let mut tx = match self.writes.claim("CancelReferral", &write).await? {
+            Claim::Replay(r) => return Ok(r),
+            Claim::Fresh(tx) => tx,
         };
         let mut referral = store::lock_referral(&mut tx, id, write.scope()).await?.ok_or_else(|| not_found(id))?;
         check_etag(&referral, etag)?;
@@ -440,19 +371,12 @@ impl Referrals {
         }
         referral.rebook_reason = None;
         self.save(&mut tx, &mut referral, to, &service, now).await?;
-        self.emit(
-            &mut tx,
-            &referral,
-            Event::ReferralCancelled(referral_event(&referral, &reason)),
-            &write.actor,
-            write.request_id.as_deref(),
-        )
-        .await?;
+        self.emit(&mut tx, &referral, Event::ReferralCancelled(referral_event(&referral, &reason)), &write).await?;
         let response = pb::CancelReferralResponse {
             referral: Some(convert::referral(&referral, now)),
             cancelled_appointment_id: cancelled_appointment.map(|a| a.to_string()).unwrap_or_default(),
         };
-        self.finish(tx, "CancelReferral", &write, &response).await?;
+        tx.commit(&response).await?;
         tracing::info!(referral_id = %referral.id, appointment_cancelled = cancelled_appointment.is_some(), "referral cancelled");
         Ok(response)
     }
@@ -465,9 +389,9 @@ impl Referrals {
         on: NaiveDate,
         write: Write,
     ) -> Result<pb::RecordClockEventResponse> {
-        let mut tx = match self.start("RecordClockEvent", &write).await? {
-            Started::Replay(r) => return Ok(r),
-            Started::Fresh(tx) => tx,
+        let mut tx = match self.writes.claim("RecordClockEvent", &write).await? {
+            Claim::Replay(r) => return Ok(r),
+            Claim::Fresh(tx) => tx,
         };
         let mut referral = store::lock_referral(&mut tx, id, write.scope()).await?.ok_or_else(|| not_found(id))?;
         check_etag(&referral, etag)?;
@@ -493,9 +417,9 @@ impl Referrals {
         } else {
             Event::ReferralUpdated(referral_event(&referral, &reason))
         };
-        self.emit(&mut tx, &referral, event, &write.actor, write.request_id.as_deref()).await?;
+        self.emit(&mut tx, &referral, event, &write).await?;
         let response = pb::RecordClockEventResponse { referral: Some(convert::referral(&referral, now)) };
-        self.finish(tx, "RecordClockEvent", &write, &response).await?;
+        tx.commit(&response).await?;
         tracing::info!(referral_id = %referral.id, rtt_code = referral.clock.code.value(), "clock event recorded");
         Ok(response)
     }
@@ -524,26 +448,26 @@ impl Referrals {
     pub async fn add_note(&self, mut note: Note, write: Write) -> Result<(pb::AddNoteResponse, Uuid)> {
         // Before the request id is looked at: a retry from outside the scope finds nothing either.
         let referral = self.referral(note.referral_id, write.scope()).await?;
-        let mut tx = match self.start("AddNote", &write).await? {
-            Started::Replay(r) => return Ok((r, referral.patient_id)),
-            Started::Fresh(tx) => tx,
+        let mut tx = match self.writes.claim("AddNote", &write).await? {
+            Claim::Replay(r) => return Ok((r, referral.patient_id)),
+            Claim::Fresh(tx) => tx,
         };
         note.author = write.actor.clone();
         store::insert_note(&mut tx, &note).await?;
         let response = pb::AddNoteResponse { note: Some(convert::note(&note)) };
-        self.finish(tx, "AddNote", &write, &response).await?;
+        tx.commit(&response).await?;
         tracing::info!(referral_id = %note.referral_id, note_id = %note.id, task = note.task, "note added");
         Ok((response, referral.patient_id))
     }
 
     /// Marks a task of a referral in `scope` done; the task, and the referral's patient.
     pub async fn complete_task(&self, referral_id: Uuid, task_id: Uuid, scope: Scope<'_>) -> Result<(Note, Uuid)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writes.begin().await?;
         let referral = store::find_referral(&mut *tx, referral_id, scope).await?.ok_or_else(|| not_found(referral_id))?;
         let task = store::complete_task(&mut tx, referral_id, task_id, pac_platform::now())
             .await?
             .ok_or(ReferralsError::NotFound { resource: "pac.referrals.v1.Note", id: task_id.to_string() })?;
-        tx.commit().await?;
+        tx.commit_unanswered().await?;
         Ok((task, referral.patient_id))
     }
 
@@ -602,7 +526,7 @@ impl Referrals {
     /// Applies an appointment event with the stream cursor; `false` when it does not concern a
     /// referral here (nothing written). A booking is linked only when it fits its referral.
     pub async fn apply_appointment(&self, change: AppointmentChange, stream: &str, cursor: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writes.begin().await?;
         if !follow::advance_stream_cursor(&mut tx, stream, cursor).await? {
             return Ok(false);
         }
@@ -668,7 +592,7 @@ impl Referrals {
             tracing::info!(referral_id = %referral.id, appointment_id = %change.appointment_id, "appointment event does not apply to the referral");
             return Ok(false);
         };
-        let system = self.clients.actor().clone();
+        let system = Write::by_service(self.clients.actor().clone());
         let out: fn(pb::ReferralEvent) -> Event = match change.kind {
             AppointmentChangeKind::Booked => {
                 if referral.clock.state == State::Nullified {
@@ -676,7 +600,8 @@ impl Referrals {
                     let restarted =
                         referral.clock.apply(ClockEvent::Restart(Code::Start), change.on.max(referral.clock.started), service.later_dna);
                     referral.clock = restarted.map_err(ReferralsError::ClockRefused)?;
-                    store::insert_clock_event(&mut tx, referral.id, &referral.clock, change.on, "appointment", &system.subject).await?;
+                    store::insert_clock_event(&mut tx, referral.id, &referral.clock, change.on, "appointment", &system.actor.subject)
+                        .await?;
                 }
                 if let Some(previous) = referral.current_appointment_id.filter(|p| *p != change.appointment_id) {
                     // One live appointment per referral: a new booking replaces the old one.
@@ -716,7 +641,7 @@ impl Referrals {
         {
             let on = change.on.max(referral.clock.started);
             referral.clock = referral.clock.apply(clock_event, on, service.later_dna).map_err(ReferralsError::ClockRefused)?;
-            store::insert_clock_event(&mut tx, referral.id, &referral.clock, on, "appointment", &system.subject).await?;
+            store::insert_clock_event(&mut tx, referral.id, &referral.clock, on, "appointment", &system.actor.subject).await?;
         }
         self.save(&mut tx, &mut referral, to, &service, pac_platform::now()).await?;
         let event = if to == Status::Completed { Event::ClockStopped } else { out };
@@ -725,11 +650,16 @@ impl Referrals {
 
     /// Emits the referral's event for a followed change and commits it (with the stream cursor the
     /// change's transaction moved first).
-    async fn finish_followed(&self, mut tx: Tx, referral: &Referral, event: fn(pb::ReferralEvent) -> Event, reason: &str) -> Result<bool> {
-        let system = self.clients.actor().clone();
-        self.emit(&mut tx, referral, event(referral_event(referral, reason)), &system, None).await?;
-        tx.commit().await?;
-        self.outbox.committed();
+    async fn finish_followed(
+        &self,
+        mut tx: WriteTx<'_>,
+        referral: &Referral,
+        event: fn(pb::ReferralEvent) -> Event,
+        reason: &str,
+    ) -> Result<bool> {
+        let system = Write::by_service(self.clients.actor().clone());
+        self.emit(&mut tx, referral, event(referral_event(referral, reason)), &system).await?;
+        tx.commit_unanswered().await?;
         tracing::info!(referral_id = %referral.id, status = referral.status.code(), reason, "followed an appointment event");
         Ok(true)
     }
@@ -739,7 +669,7 @@ impl Referrals {
     /// taken back: booked again to that appointment, and the clock running as before it (code 20).
     async fn correct_to_attended(
         &self,
-        tx: &mut Tx,
+        tx: &mut PgConnection,
         referral: &mut Referral,
         service: &ServiceEntry,
         change: &AppointmentChange,
@@ -769,39 +699,37 @@ impl Referrals {
 
     /// A patient merge: the merged-away record's referrals move to the survivor.
     pub async fn apply_merge(&self, merge_id: Uuid, merged: Uuid, survivor: Uuid, stream: &str, cursor: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writes.begin().await?;
         if !follow::advance_stream_cursor(&mut tx, stream, cursor).await? {
             return Ok(());
         }
         merges::record_merge(&mut tx, merge_id, merged, survivor).await?;
         let moved = store::repoint_patient(&mut tx, merge_id, merged, survivor).await?;
         self.announce_moves(&mut tx, &moved, "patient records merged").await?;
-        tx.commit().await?;
-        self.outbox.committed();
+        tx.commit_unanswered().await?;
         tracing::info!(merge_id = %merge_id, referrals_moved = moved.len(), "followed a patient merge");
         Ok(())
     }
 
     /// A merge reversed: what it moved goes back. Idempotent.
     pub async fn apply_unmerge(&self, merge_id: Uuid, stream: &str, cursor: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writes.begin().await?;
         if !follow::advance_stream_cursor(&mut tx, stream, cursor).await? {
             return Ok(());
         }
         merges::forget_merge(&mut tx, merge_id).await?;
         let moved = store::unrepoint_patient(&mut tx, merge_id).await?;
         self.announce_moves(&mut tx, &moved, "patient merge reversed").await?;
-        tx.commit().await?;
-        self.outbox.committed();
+        tx.commit_unanswered().await?;
         tracing::info!(merge_id = %merge_id, referrals_moved = moved.len(), "followed a merge reversal");
         Ok(())
     }
 
-    async fn announce_moves(&self, tx: &mut Tx, moved: &[Uuid], reason: &str) -> Result<()> {
-        let system = self.clients.actor().clone();
+    async fn announce_moves(&self, tx: &mut PgConnection, moved: &[Uuid], reason: &str) -> Result<()> {
+        let system = Write::by_service(self.clients.actor().clone());
         for id in moved {
-            let referral = store::find_referral(&mut **tx, *id, None).await?.ok_or_else(|| not_found(*id))?;
-            self.emit(tx, &referral, Event::ReferralUpdated(referral_event(&referral, reason)), &system, None).await?;
+            let referral = store::find_referral(&mut *tx, *id, None).await?.ok_or_else(|| not_found(*id))?;
+            self.emit(tx, &referral, Event::ReferralUpdated(referral_event(&referral, reason)), &system).await?;
         }
         Ok(())
     }

@@ -13,9 +13,11 @@ use std::time::Duration as StdDuration;
 use chrono::{Datelike, Duration, NaiveDate, Utc};
 use futures::{Stream, StreamExt};
 use pac_platform::audit::with_patients;
+use pac_platform::checks::{Checks, required};
+use pac_platform::codes::{parse_organisation, parse_service_code};
 use pac_platform::convert::{parse_date, parse_id, parse_timestamp};
+use pac_platform::db::run;
 use pac_platform::error::{ApiError, FieldViolation};
-use pac_platform::idempotency::{parse_request_id, request_hash};
 use pac_platform::outbox::{Cursor, StoredEvent};
 use pac_platform::{Caller, CallerVerifier, paging};
 use pac_proto::referrals as pb;
@@ -30,7 +32,6 @@ use crate::domain::eligibility::{Priority, Rules, Sex};
 use crate::domain::referral::{self, Action, Status as ReferralStatus};
 use crate::domain::rtt::{ClockEvent, Code, LaterDnaPolicy};
 use crate::domain::worklist::Threshold;
-use crate::error::ReferralsError;
 use crate::model::{Note, ServiceEntry, Worklist, WorklistKey};
 use crate::referrals::{Decision, NewReferral, ReferralFacts, Referrals, Write, today};
 
@@ -64,12 +65,7 @@ impl ReferralsService {
 
     fn write<T: Message>(&self, request: &Request<T>, request_id: &str) -> Result<(Caller, Write), Status> {
         let caller = self.caller(request)?;
-        let write = Write {
-            actor: caller.actor.clone(),
-            scope: caller.scope().map(<[String]>::to_vec),
-            request_id: parse_request_id(request_id)?,
-            request_hash: request_hash(request.get_ref()),
-        };
+        let write = Write::new(&caller, request.get_ref(), request_id)?;
         Ok((caller, write))
     }
 
@@ -78,35 +74,9 @@ impl ReferralsService {
     }
 }
 
-/// Collects field violations; `finish` fails with all of them at once.
-#[derive(Default)]
-struct Checks(Vec<FieldViolation>);
-
-impl Checks {
-    fn check<T>(&mut self, result: Result<T, FieldViolation>) -> Option<T> {
-        result.map_err(|v| self.0.push(v)).ok()
-    }
-
-    fn finish(self) -> Result<(), Status> {
-        if self.0.is_empty() { Ok(()) } else { Err(ApiError::invalid(self.0).into()) }
-    }
-}
-
-fn invalid(violation: FieldViolation) -> Status {
-    ApiError::invalid(vec![violation]).into()
-}
-
 /// The patient of a referral in a response, for the audit trail.
 fn patient_of(referral: Option<&pb::Referral>) -> Option<String> {
     referral.map(|r| r.patient_id.clone())
-}
-
-async fn run<T, F>(work: F) -> Result<T, Status>
-where
-    T: Send + 'static,
-    F: Future<Output = Result<T, ReferralsError>> + Send + 'static,
-{
-    pac_platform::db::detached(async move { work.await.map_err(ApiError::from) }).await.map_err(Status::from)
 }
 
 /// Free text (clinical or not) of at most `max` characters: line breaks allowed, other control
@@ -136,16 +106,6 @@ fn code(field: &str, value: &str, pattern: fn(u8) -> bool, reason: &'static str,
         return Err(FieldViolation::new(field, reason, what.to_string()));
     }
     Ok(value)
-}
-
-fn service_code(field: &str, value: &str) -> Result<String, FieldViolation> {
-    code(
-        field,
-        value,
-        |b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-',
-        "SERVICE_CODE_INVALID",
-        "must be 2 to 40 letters, digits or hyphens",
-    )
 }
 
 fn reason_code(field: &str, value: &str) -> Result<String, FieldViolation> {
@@ -207,7 +167,7 @@ fn age(field: &str, value: Option<i32>) -> Result<Option<u32>, FieldViolation> {
 fn parse_service(input: &pb::Service, now: chrono::DateTime<Utc>, organisation: String) -> Result<ServiceEntry, Status> {
     let mut checks = Checks::default();
     let rules = input.rules.clone().unwrap_or_default();
-    let code = checks.check(service_code("service.code", &input.code));
+    let code = checks.check(parse_service_code("service.code", &input.code));
     let name = checks.check(text("service.name", &input.name, 200, true));
     let specialty = checks.check(text("service.specialty", &input.specialty, 200, false));
     let min_age = checks.check(age("service.rules.min_age", rules.min_age));
@@ -215,7 +175,7 @@ fn parse_service(input: &pb::Service, now: chrono::DateTime<Utc>, organisation: 
     if let (Some(Some(min)), Some(Some(max))) = (min_age, max_age)
         && min > max
     {
-        checks.0.push(FieldViolation::new("service.rules.min_age", "AGE_RANGE_INVALID", "must not be above max_age"));
+        checks.push(FieldViolation::new("service.rules.min_age", "AGE_RANGE_INVALID", "must not be above max_age"));
     }
     let sexes: Vec<Sex> = rules
         .sexes
@@ -243,7 +203,7 @@ fn parse_service(input: &pb::Service, now: chrono::DateTime<Utc>, organisation: 
         .filter_map(|(i, p)| checks.check(priority(&format!("service.accepted_priorities[{i}]"), *p)))
         .collect();
     if !(1..=730).contains(&input.target_wait_days) {
-        checks.0.push(FieldViolation::new("service.target_wait_days", "TARGET_WAIT_INVALID", "must be 1 to 730 days"));
+        checks.push(FieldViolation::new("service.target_wait_days", "TARGET_WAIT_INVALID", "must be 1 to 730 days"));
     }
     let thresholds: Vec<Threshold> = input
         .stuck_thresholds
@@ -272,47 +232,28 @@ fn parse_service(input: &pb::Service, now: chrono::DateTime<Utc>, organisation: 
         Ok(pb::LaterDnaPolicy::Discharge) => Ok(LaterDnaPolicy::Discharge),
         Err(_) => Err(FieldViolation::new("service.later_dna_policy", "POLICY_INVALID", "is not a policy")),
     });
-    checks.finish()?;
-    let missing = || invalid(FieldViolation::new("service", "SERVICE_INVALID", "is invalid"));
+    let (code, name, specialty, min_age, max_age, required_information, later_dna) =
+        checks.finish((code, name, specialty, min_age, max_age, required_information, later_dna))?;
     Ok(ServiceEntry {
-        code: code.ok_or_else(missing)?,
-        name: name.ok_or_else(missing)?,
-        specialty: specialty.ok_or_else(missing)?,
-        rules: Rules {
-            min_age: min_age.flatten(),
-            max_age: max_age.flatten(),
-            sexes,
-            sources,
-            priorities,
-            catchment,
-            required_information: required_information.ok_or_else(missing)?,
-        },
+        code,
+        name,
+        specialty,
+        rules: Rules { min_age, max_age, sexes, sources, priorities, catchment, required_information },
         target_wait_days: input.target_wait_days,
         thresholds,
-        later_dna: later_dna.ok_or_else(missing)?,
+        later_dna,
         created_at: now,
         organisation,
     })
 }
 
 fn worklist_token(key: Option<WorklistKey>, query: [u8; 8]) -> String {
-    key.map(|(date, id)| {
-        let mut bytes = date.num_days_from_ce().to_be_bytes().to_vec();
-        bytes.extend_from_slice(id.as_bytes());
-        paging::encode_key(&bytes, query)
-    })
-    .unwrap_or_default()
+    key.map(|(date, id)| paging::encode_position(date.num_days_from_ce().to_be_bytes(), id, query)).unwrap_or_default()
 }
 
 fn parse_worklist_token(token: &str, query: [u8; 8]) -> Result<Option<WorklistKey>, Status> {
-    let Some(bytes) = paging::decode_key(token, query)? else { return Ok(None) };
-    let invalid = || Status::from(paging::invalid_token());
-    if bytes.len() != 20 {
-        return Err(invalid());
-    }
-    let days = i32::from_be_bytes(bytes[..4].try_into().expect("4 bytes"));
-    let date = NaiveDate::from_num_days_from_ce_opt(days).ok_or_else(invalid)?;
-    let id = Uuid::from_slice(&bytes[4..]).map_err(|_| invalid())?;
+    let Some((days, id)) = paging::decode_position(token, query)? else { return Ok(None) };
+    let date = NaiveDate::from_num_days_from_ce_opt(i32::from_be_bytes(days)).ok_or_else(paging::invalid_token)?;
     Ok(Some((date, id)))
 }
 
@@ -347,8 +288,7 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Sta
 impl ReferralsApi for ReferralsService {
     async fn create_service(&self, request: Request<pb::CreateServiceRequest>) -> Result<Response<pb::CreateServiceResponse>, Status> {
         let (caller, write) = self.write(&request, &request.get_ref().request_id)?;
-        let input =
-            request.get_ref().service.as_ref().ok_or_else(|| invalid(FieldViolation::new("service", "FIELD_REQUIRED", "is required")))?;
+        let input = required("service", request.get_ref().service.as_ref())?;
         let organisation = caller.owning_organisation("service.organisation", &input.organisation)?;
         let service = parse_service(input, pac_platform::now(), organisation)?;
         let referrals = self.referrals.clone();
@@ -362,7 +302,7 @@ impl ReferralsApi for ReferralsService {
         let after = match paging::decode_key(&request.get_ref().page_token, query)? {
             Some(bytes) => String::from_utf8(bytes)
                 .ok()
-                .filter(|code| service_code("page_token", code).is_ok())
+                .filter(|code| parse_service_code("page_token", code).is_ok())
                 .ok_or_else(|| Status::from(paging::invalid_token()))?,
             None => String::new(),
         };
@@ -386,16 +326,11 @@ impl ReferralsApi for ReferralsService {
         let r = request.into_inner();
         let mut checks = Checks::default();
         let patient_id = checks.check(parse_id("patient_id", &r.patient_id));
-        let code = checks.check(service_code("service_code", &r.service_code));
+        let code = checks.check(parse_service_code("service_code", &r.service_code));
         let source = checks.check(if r.source.trim().is_empty() { Ok(None) } else { source("source", &r.source).map(Some) });
         let priority = checks.check(if r.priority == 0 { Ok(None) } else { priority("priority", r.priority).map(Some) });
         let information = checks.check(items("information", &r.information, 50));
-        checks.finish()?;
-        let (Some(patient_id), Some(code), Some(source), Some(priority), Some(information)) =
-            (patient_id, code, source, priority, information)
-        else {
-            return Err(invalid(FieldViolation::new("request", "REQUEST_INVALID", "is invalid")));
-        };
+        let (patient_id, code, source, priority, information) = checks.finish((patient_id, code, source, priority, information))?;
         let facts = ReferralFacts { source, priority, information: (!information.is_empty()).then_some(information) };
         let referrals = self.referrals.clone();
         let (patient, reasons) = run(async move {
@@ -417,10 +352,10 @@ impl ReferralsApi for ReferralsService {
         let now = pac_platform::now();
         let mut checks = Checks::default();
         let patient_id = checks.check(parse_id("patient_id", &r.patient_id));
-        let code = checks.check(service_code("service_code", &r.service_code));
+        let code = checks.check(parse_service_code("service_code", &r.service_code));
         let priority = checks.check(priority("priority", r.priority));
         let referrer = r.referrer.clone().unwrap_or_default();
-        let organisation = checks.check(code_like_ods("referrer.organisation", &referrer.organisation));
+        let organisation = checks.check(parse_organisation("referrer.organisation", &referrer.organisation));
         let clinician = checks.check(text("referrer.clinician", &referrer.clinician, 200, false));
         let source = checks.check(source("source", &r.source));
         let reason = checks.check(text("reason", &r.reason, 4000, true));
@@ -437,18 +372,18 @@ impl ReferralsApi for ReferralsService {
                 }
             }),
         });
-        checks.finish()?;
-        let missing = || invalid(FieldViolation::new("request", "REQUEST_INVALID", "is invalid"));
+        let (patient_id, service_code, priority, referrer_organisation, referrer_clinician, source, reason, information, received_at) =
+            checks.finish((patient_id, code, priority, organisation, clinician, source, reason, information, received_at))?;
         let new = NewReferral {
-            patient_id: patient_id.ok_or_else(missing)?,
-            service_code: code.ok_or_else(missing)?,
-            priority: priority.ok_or_else(missing)?,
-            referrer_organisation: organisation.ok_or_else(missing)?,
-            referrer_clinician: clinician.ok_or_else(missing)?,
-            source: source.ok_or_else(missing)?,
-            reason: reason.ok_or_else(missing)?,
-            information: information.ok_or_else(missing)?,
-            received_at: received_at.ok_or_else(missing)?,
+            patient_id,
+            service_code,
+            priority,
+            referrer_organisation,
+            referrer_clinician,
+            source,
+            reason,
+            information,
+            received_at,
         };
         let referrals = self.referrals.clone();
         let response = run(async move { referrals.create_referral(new, write).await }).await?;
@@ -482,7 +417,7 @@ impl ReferralsApi for ReferralsService {
             Some(D::ReturnToReferrer(back)) => {
                 text("return_to_referrer.advice", &back.advice, 4000, true).map(|advice| Decision::ReturnToReferrer { advice })
             }
-            Some(D::Redirect(redirect)) => service_code("redirect.service_code", &redirect.service_code).and_then(|service_code| {
+            Some(D::Redirect(redirect)) => parse_service_code("redirect.service_code", &redirect.service_code).and_then(|service_code| {
                 Ok(Decision::Redirect { service_code, comment: text("redirect.comment", &redirect.comment, 2000, false)? })
             }),
             Some(D::RequestInformation(ask)) => {
@@ -495,10 +430,7 @@ impl ReferralsApi for ReferralsService {
                 other => other.map(|information| Decision::InformationReceived { information }),
             },
         });
-        checks.finish()?;
-        let (Some(id), Some(etag), Some(decision)) = (id, etag, decision) else {
-            return Err(invalid(FieldViolation::new("request", "REQUEST_INVALID", "is invalid")));
-        };
+        let (id, etag, decision) = checks.finish((id, etag, decision))?;
         if matches!(
             decision,
             Decision::Accept
@@ -527,10 +459,7 @@ impl ReferralsApi for ReferralsService {
         let id = checks.check(parse_id("referral_id", &r.referral_id));
         let etag = checks.check(text("etag", &r.etag, 20, true));
         let reason = checks.check(text("reason", &r.reason, 500, true));
-        checks.finish()?;
-        let (Some(id), Some(etag), Some(reason)) = (id, etag, reason) else {
-            return Err(invalid(FieldViolation::new("request", "REQUEST_INVALID", "is invalid")));
-        };
+        let (id, etag, reason) = checks.finish((id, etag, reason))?;
         let referrals = self.referrals.clone();
         let response = run(async move { referrals.cancel(id, &etag, reason, write).await }).await?;
         let patient = patient_of(response.referral.as_ref());
@@ -539,7 +468,7 @@ impl ReferralsApi for ReferralsService {
 
     async fn get_referral(&self, request: Request<pb::GetReferralRequest>) -> Result<Response<pb::GetReferralResponse>, Status> {
         let caller = self.caller(&request)?;
-        let id = parse_id("id", &request.get_ref().id).map_err(invalid)?;
+        let id = parse_id("id", &request.get_ref().id)?;
         let referrals = self.referrals.clone();
         let (referral, notes) = run(async move { referrals.get(id, caller.scope()).await }).await?;
         let response = pb::GetReferralResponse {
@@ -553,7 +482,7 @@ impl ReferralsApi for ReferralsService {
         let caller = self.caller(&request)?;
         let r = request.get_ref();
         let mut checks = Checks::default();
-        let limit = checks.check(paging::page_size(r.page_size, 50, 200).map_err(first_violation));
+        let limit = checks.check(paging::page_size(r.page_size, 50, 200));
         let mut statuses: Vec<ReferralStatus> = r
             .statuses
             .iter()
@@ -571,19 +500,18 @@ impl ReferralsApi for ReferralsService {
             r.priorities.iter().enumerate().filter_map(|(i, p)| checks.check(priority(&format!("priorities[{i}]"), *p))).collect();
         priorities.sort();
         priorities.dedup();
-        let service_code =
-            checks.check(if r.service_code.trim().is_empty() { Ok(None) } else { service_code("service_code", &r.service_code).map(Some) });
+        let service_code = checks.check(if r.service_code.trim().is_empty() {
+            Ok(None)
+        } else {
+            parse_service_code("service_code", &r.service_code).map(Some)
+        });
         let patient_id = checks.check(if r.patient_id.is_empty() { Ok(None) } else { parse_id("patient_id", &r.patient_id).map(Some) });
         let breaching_by = checks.check(match r.breaching_within_days {
             None => Ok(None),
             Some(days @ 0..=3650) => Ok(Some(today() + Duration::days(i64::from(days)))),
             Some(_) => Err(FieldViolation::new("breaching_within_days", "DAYS_INVALID", "must be 0 to 3650")),
         });
-        checks.finish()?;
-        let (Some(limit), Some(service_code), Some(patient_id), Some(breaching_by)) = (limit, service_code, patient_id, breaching_by)
-        else {
-            return Err(invalid(FieldViolation::new("request", "REQUEST_INVALID", "is invalid")));
-        };
+        let (limit, service_code, patient_id, breaching_by) = checks.finish((limit, service_code, patient_id, breaching_by))?;
         if statuses.is_empty() && patient_id.is_none() {
             statuses = referral::OPEN.to_vec();
         }
@@ -623,7 +551,7 @@ impl ReferralsApi for ReferralsService {
         request: Request<pb::GetAllowedActionsRequest>,
     ) -> Result<Response<pb::GetAllowedActionsResponse>, Status> {
         let caller = self.caller(&request)?;
-        let id = parse_id("referral_id", &request.get_ref().referral_id).map_err(invalid)?;
+        let id = parse_id("referral_id", &request.get_ref().referral_id)?;
         let (referrals, scope) = (self.referrals.clone(), caller.scope().map(<[String]>::to_vec));
         let referral = run(async move { referrals.referral(id, scope.as_deref()).await }).await?;
         let actions = referral::allowed_actions(referral.status, self.may_triage(&caller));
@@ -649,12 +577,9 @@ impl ReferralsApi for ReferralsService {
             (None, false) => Ok(None),
         });
         if !input.task && !input.team.trim().is_empty() {
-            checks.0.push(FieldViolation::new("note.team", "NOT_A_TASK", "only a task is assigned to a team"));
+            checks.push(FieldViolation::new("note.team", "NOT_A_TASK", "only a task is assigned to a team"));
         }
-        checks.finish()?;
-        let (Some(referral_id), Some(text), Some(team), Some(due_date)) = (referral_id, body, team, due_date) else {
-            return Err(invalid(FieldViolation::new("request", "REQUEST_INVALID", "is invalid")));
-        };
+        let (referral_id, text, team, due_date) = checks.finish((referral_id, body, team, due_date))?;
         let now = pac_platform::now();
         let note = Note {
             id: Uuid::now_v7(),
@@ -677,10 +602,7 @@ impl ReferralsApi for ReferralsService {
         let mut checks = Checks::default();
         let referral_id = checks.check(parse_id("referral_id", &request.get_ref().referral_id));
         let task_id = checks.check(parse_id("task_id", &request.get_ref().task_id));
-        checks.finish()?;
-        let (Some(referral_id), Some(task_id)) = (referral_id, task_id) else {
-            return Err(invalid(FieldViolation::new("request", "REQUEST_INVALID", "is invalid")));
-        };
+        let (referral_id, task_id) = checks.finish((referral_id, task_id))?;
         let referrals = self.referrals.clone();
         let (task, patient) = run(async move { referrals.complete_task(referral_id, task_id, caller.scope()).await }).await?;
         Ok(with_patients(Response::new(pb::CompleteTaskResponse { task: Some(convert::note(&task)) }), [patient.to_string()]))
@@ -703,10 +625,7 @@ impl ReferralsApi for ReferralsService {
                 if d > today { Err(FieldViolation::new("date", "DATE_IN_FUTURE", "must not be in the future")) } else { Ok(d) }
             }),
         });
-        checks.finish()?;
-        let (Some(id), Some(etag), Some(event), Some(on)) = (id, etag, event, on) else {
-            return Err(invalid(FieldViolation::new("request", "REQUEST_INVALID", "is invalid")));
-        };
+        let (id, etag, event, on) = checks.finish((id, etag, event, on))?;
         let referrals = self.referrals.clone();
         let response = run(async move { referrals.record_clock_event(id, &etag, event, on, write).await }).await?;
         let patient = patient_of(response.referral.as_ref());
@@ -724,22 +643,5 @@ impl ReferralsApi for ReferralsService {
             .watch(self.referrals.pool.clone(), after, scope, self.poll_interval, self.shutdown.clone())
             .map(|item| item.map_err(Status::from).and_then(event_message));
         Ok(Response::new(Box::pin(events)))
-    }
-}
-
-fn first_violation(error: ApiError) -> FieldViolation {
-    error.field_violations.into_iter().next().unwrap_or_else(|| FieldViolation::new("page_size", "PAGE_SIZE_INVALID", "is invalid"))
-}
-
-/// An organisation code (ODS): 3 to 10 letters and digits.
-fn code_like_ods(field: &str, value: &str) -> Result<String, FieldViolation> {
-    let value = value.trim().to_uppercase();
-    if value.is_empty() {
-        return Err(FieldViolation::new(field, "FIELD_REQUIRED", "is required"));
-    }
-    if (3..=10).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        Ok(value)
-    } else {
-        Err(FieldViolation::new(field, "ORGANISATION_INVALID", "must be an ODS code such as B86001"))
     }
 }

@@ -211,19 +211,6 @@ pub fn entry(e: &Entry, offers: &[Offer]) -> pb::WaitlistEntry {
     }
 }
 
-/// A service code: 2-40 upper-case letters, digits, `_` and `-`, starting with a letter or digit.
-pub fn parse_service_code(field: &str, value: &str) -> Result<String, FieldViolation> {
-    let code = value.trim().to_ascii_uppercase();
-    let valid = (2..=40).contains(&code.len())
-        && code.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if valid {
-        Ok(code)
-    } else {
-        Err(FieldViolation::new(field, "SERVICE_CODE_INVALID", "must be 2-40 letters, digits, '_' or '-', e.g. TO-FRACTURE"))
-    }
-}
-
 /// Required free text.
 pub fn parse_name(field: &str, value: &str, max: usize) -> Result<String, FieldViolation> {
     match parse_text(value, max) {
@@ -251,11 +238,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn service_codes_and_times() {
-        assert_eq!(parse_service_code("s", " to-fracture ").unwrap(), "TO-FRACTURE");
-        assert!(parse_service_code("s", "-X").is_err());
-        assert!(parse_service_code("s", "A").is_err());
-        assert!(parse_service_code("s", "HAS SPACE").is_err());
+    fn local_times_and_weekdays() {
         assert_eq!(
             parse_local_time("t", Some(&pb::LocalTime { hours: 9, minutes: 30 })).unwrap(),
             NaiveTime::from_hms_opt(9, 30, 0).unwrap()

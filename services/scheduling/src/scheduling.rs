@@ -12,14 +12,15 @@
 use chrono::{DateTime, Duration, Utc};
 use pac_platform::Actor;
 use pac_platform::caller::within;
-use pac_platform::idempotency::IdempotencyStore;
 use pac_platform::links::{self, Owner};
-use pac_platform::outbox::{NewEvent, Outbox};
+use pac_platform::outbox::Outbox;
+pub use pac_platform::write::Write;
+use pac_platform::write::{self, Claim, Writes};
 use pac_platform::{follow, merges};
 use pac_proto::scheduling as pb;
 use pac_proto::scheduling::watch_events_response::Event;
 use prost::Message;
-use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::convert;
@@ -35,7 +36,6 @@ use crate::referrals::{ReferralFacts, Referrals};
 use crate::store::{self, Change, Scope};
 
 type Result<T> = std::result::Result<T, SchedulingError>;
-type Tx = Transaction<'static, Postgres>;
 
 /// Local policy (configuration).
 #[derive(Debug, Clone)]
@@ -71,32 +71,7 @@ pub struct Scheduling {
     pub patients: Patients,
     pub referrals: Referrals,
     pub policy: Policy,
-    idempotency: IdempotencyStore,
-}
-
-/// Who asked for a write, within which organisations, and its idempotency key.
-pub struct Write {
-    pub actor: Actor,
-    /// The caller's organisation scope (`Caller::scope`); `None` when unscoped.
-    pub scope: Option<Vec<String>>,
-    pub request_id: Option<String>,
-    pub request_hash: Vec<u8>,
-}
-
-impl Write {
-    fn system() -> Self {
-        Self { actor: service_actor(), scope: None, request_id: None, request_hash: Vec::new() }
-    }
-
-    pub fn scope(&self) -> Scope<'_> {
-        self.scope.as_deref()
-    }
-}
-
-/// A write's transaction, or the response recorded for its request id.
-enum Started<R> {
-    Fresh(Tx),
-    Replay(R),
+    writes: Writes,
 }
 
 /// The referral a new appointment names.
@@ -162,8 +137,8 @@ pub struct StatusChange {
     pub to: Status,
     pub etag: Option<String>,
     pub correction_reason: Option<String>,
-    pub actor: Actor,
-    pub scope: Option<Vec<String>>,
+    /// Unkeyed: the etag guards a status change.
+    pub write: Write,
 }
 
 /// Events are stored as a `WatchEventsResponse` without its envelope; the envelope is added on read.
@@ -251,7 +226,8 @@ const APPOINTMENT: &str = "pac.scheduling.v1.Appointment";
 
 impl Scheduling {
     pub fn new(pool: PgPool, outbox: Outbox, patients: Patients, referrals: Referrals, policy: Policy) -> Self {
-        Self { pool, outbox, patients, referrals, policy, idempotency: IdempotencyStore::new(crate::SCHEMA) }
+        let writes = Writes::new(pool.clone(), outbox.clone(), crate::SCHEMA);
+        Self { pool, outbox, patients, referrals, policy, writes }
     }
 
     /// The referral a write names, asked of the referrals service and held to the caller's scope.
@@ -269,67 +245,37 @@ impl Scheduling {
         Ok(Some(facts))
     }
 
-    // -----------------------------------------------------------------------------------------
-    // Transactions, idempotency and events
-
-    async fn start<R: Message + Default>(&self, operation: &str, write: &Write) -> Result<Started<R>> {
-        let mut tx = self.pool.begin().await?;
-        if let Some(request_id) = &write.request_id
-            && let Some(recorded) = self.idempotency.claim(&mut tx, operation, request_id).await?
-        {
-            return Ok(Started::Replay(recorded.replay(&write.request_hash)?));
-        }
-        Ok(Started::Fresh(tx))
-    }
-
-    /// Records the response under the request id (if any), commits, and wakes the event streams.
-    async fn finish<R: Message>(&self, mut tx: Tx, operation: &str, write: &Write, response: &R) -> Result<()> {
-        if let Some(request_id) = &write.request_id {
-            self.idempotency.record(&mut tx, operation, request_id, &write.request_hash, response).await?;
-        }
-        tx.commit().await?;
-        self.outbox.committed();
-        Ok(())
-    }
-
+    /// Appends `event` about `aggregate_id` in the write's transaction.
     async fn emit(&self, conn: &mut PgConnection, aggregate_id: Uuid, event: Event, write: &Write) -> Result<()> {
         let event_type = event_type(&event);
         let (organisation, patient) = event_owner(&event);
-        let new = NewEvent {
-            event_type,
-            aggregate_id,
-            organisation: &organisation,
-            patient_ids: patient.as_slice(),
-            payload: event_payload(event),
-            actor: &write.actor,
-            request_id: write.request_id.as_deref(),
-        };
-        self.outbox.append(conn, new).await?;
-        Ok(())
+        let event =
+            write::Event { event_type, aggregate_id, organisation, patient_ids: Vec::from_iter(patient), payload: event_payload(event) };
+        Ok(self.writes.append(conn, write, event).await?)
     }
 
     // -----------------------------------------------------------------------------------------
     // Directory
 
     pub async fn create_location(&self, location: Location, write: Write) -> Result<pb::CreateLocationResponse> {
-        let mut tx = match self.start("CreateLocation", &write).await? {
-            Started::Replay(r) => return Ok(r),
-            Started::Fresh(tx) => tx,
+        let mut tx = match self.writes.claim("CreateLocation", &write).await? {
+            Claim::Replay(r) => return Ok(r),
+            Claim::Fresh(tx) => tx,
         };
         store::insert_location(&mut tx, &location).await?;
         let response = pb::CreateLocationResponse { location: Some(convert::location(&location)) };
-        self.finish(tx, "CreateLocation", &write, &response).await?;
+        tx.commit(&response).await?;
         Ok(response)
     }
 
     pub async fn create_clinic(&self, clinic: Clinic, write: Write) -> Result<pb::CreateClinicResponse> {
-        let mut tx = match self.start("CreateClinic", &write).await? {
-            Started::Replay(r) => return Ok(r),
-            Started::Fresh(tx) => tx,
+        let mut tx = match self.writes.claim("CreateClinic", &write).await? {
+            Claim::Replay(r) => return Ok(r),
+            Claim::Fresh(tx) => tx,
         };
         store::insert_clinic(&mut tx, &clinic).await?;
         let response = pb::CreateClinicResponse { clinic: Some(convert::clinic(&clinic)) };
-        self.finish(tx, "CreateClinic", &write, &response).await?;
+        tx.commit(&response).await?;
         Ok(response)
     }
 
@@ -350,9 +296,9 @@ impl Scheduling {
 
     /// Creates a session and its slots for the horizon, then offers them to anyone waiting.
     pub async fn create_template(&self, template: Template, write: Write) -> Result<pb::CreateSessionTemplateResponse> {
-        let mut tx = match self.start("CreateSessionTemplate", &write).await? {
-            Started::Replay(r) => return Ok(r),
-            Started::Fresh(tx) => tx,
+        let mut tx = match self.writes.claim("CreateSessionTemplate", &write).await? {
+            Claim::Replay(r) => return Ok(r),
+            Claim::Fresh(tx) => tx,
         };
         let clinic = store::find_clinic(&mut *tx, template.clinic_id)
             .await?
@@ -361,7 +307,7 @@ impl Scheduling {
         self.offer_new_slots(&mut tx, &clinic, template.id).await?;
         let response =
             pb::CreateSessionTemplateResponse { session_template: Some(convert::template(&template)), slots_created: created as i32 };
-        self.finish(tx, "CreateSessionTemplate", &write, &response).await?;
+        tx.commit(&response).await?;
         tracing::info!(template_id = %template.id, clinic_id = %clinic.id, slots_created = created, "session created");
         Ok(response)
     }
@@ -369,9 +315,9 @@ impl Scheduling {
     /// Changes a session: its future free slots are withdrawn and the new pattern generated; slots
     /// holding live appointments stay as they are.
     pub async fn update_template(&self, changed: Template, write: Write) -> Result<pb::UpdateSessionTemplateResponse> {
-        let mut tx = match self.start("UpdateSessionTemplate", &write).await? {
-            Started::Replay(r) => return Ok(r),
-            Started::Fresh(tx) => tx,
+        let mut tx = match self.writes.claim("UpdateSessionTemplate", &write).await? {
+            Claim::Replay(r) => return Ok(r),
+            Claim::Fresh(tx) => tx,
         };
         let current = store::lock_template(&mut tx, changed.id).await?.ok_or(not_found("pac.scheduling.v1.SessionTemplate", changed.id))?;
         if current.clinic_id != changed.clinic_id {
@@ -394,7 +340,7 @@ impl Scheduling {
             slots_created: created as i32,
             slots_kept: kept as i32,
         };
-        self.finish(tx, "UpdateSessionTemplate", &write, &response).await?;
+        tx.commit(&response).await?;
         tracing::info!(template_id = %template.id, withdrawn, created, kept, "session changed");
         Ok(response)
     }
@@ -432,15 +378,14 @@ impl Scheduling {
         let through = Utc::now().date_naive() + Duration::days(i64::from(self.policy.horizon_days));
         let mut created = 0;
         for stale in store::templates_to_extend(&self.pool, through).await? {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.writes.begin().await?;
             let Some(template) = store::lock_template(&mut tx, stale.id).await? else { continue };
             let Some(clinic) = store::find_clinic(&mut *tx, template.clinic_id).await? else { continue };
             let from = template.generated_until.map_or(template.valid_from, |d| d + Duration::days(1));
             created += self.generate_between(&mut tx, &clinic, &template, from, through).await?;
             store::save_template(&mut tx, &Template { generated_until: Some(through), ..template.clone() }).await?;
             self.offer_new_slots(&mut tx, &clinic, template.id).await?;
-            tx.commit().await?;
-            self.outbox.committed();
+            tx.commit_unanswered().await?;
         }
         Ok(created)
     }
@@ -455,9 +400,9 @@ impl Scheduling {
         let patient_id = self.patients.resolve(patient_id, write.scope()).await?;
         let limit = self.policy.max_holds_per_caller;
         let attempt = || async {
-            let mut tx = match self.start("HoldSlot", &write).await? {
-                Started::Replay(r) => return Ok(r),
-                Started::Fresh(tx) => tx,
+            let mut tx = match self.writes.claim("HoldSlot", &write).await? {
+                Claim::Replay(r) => return Ok(r),
+                Claim::Fresh(tx) => tx,
             };
             let holder = &write.actor.subject;
             if store::lock_and_count_live_holds(&mut tx, holder).await? >= i64::from(limit) {
@@ -467,7 +412,7 @@ impl Scheduling {
             let (appointment, _) = self.place(&mut tx, slot_id, patient_id, Naming::Nothing, placement, write.scope()).await?;
             self.emit(&mut tx, appointment.id, Event::AppointmentHeld(appointment_event(&appointment, None, "")), &write).await?;
             let response = pb::HoldSlotResponse { appointment: Some(convert::appointment(&appointment)) };
-            self.finish(tx, "HoldSlot", &write, &response).await?;
+            tx.commit(&response).await?;
             tracing::info!(appointment_id = %appointment.id, slot_id = %slot_id, "slot held");
             Ok(response)
         };
@@ -505,16 +450,16 @@ impl Scheduling {
         referral: Option<&ReferralFacts>,
         book: &Book,
     ) -> Result<pb::BookAppointmentResponse> {
-        let mut tx = match self.start("BookAppointment", &book.write).await? {
-            Started::Replay(r) => return Ok(r),
-            Started::Fresh(tx) => tx,
+        let mut tx = match self.writes.claim("BookAppointment", &book.write).await? {
+            Claim::Replay(r) => return Ok(r),
+            Claim::Fresh(tx) => tx,
         };
         let naming = referral.map_or(Naming::Nothing, Naming::Checked);
         let (appointment, slot) = self.place(&mut tx, slot_id, patient_id, naming, Placement::Booking, book.write.scope()).await?;
         store::close_entries_for(&mut tx, appointment.patient_id, &slot, "booked").await?;
         self.emit(&mut tx, appointment.id, Event::AppointmentBooked(appointment_event(&appointment, None, "")), &book.write).await?;
         let response = pb::BookAppointmentResponse { appointment: Some(convert::appointment(&appointment)) };
-        self.finish(tx, "BookAppointment", &book.write, &response).await?;
+        tx.commit(&response).await?;
         tracing::info!(appointment_id = %appointment.id, slot_id = %slot_id, "appointment booked");
         Ok(response)
     }
@@ -562,20 +507,16 @@ impl Scheduling {
         referral: Option<&ReferralFacts>,
         book: &Book,
     ) -> Result<pb::BookAppointmentResponse> {
-        let mut tx = match self.start("BookAppointment", &book.write).await? {
-            Started::Replay(r) => return Ok(r),
-            Started::Fresh(tx) => tx,
+        let mut tx = match self.writes.claim("BookAppointment", &book.write).await? {
+            Claim::Replay(r) => return Ok(r),
+            Claim::Fresh(tx) => tx,
         };
         let mut appointment = store::lock_appointment(&mut tx, id, book.write.scope()).await?.ok_or(not_found(APPOINTMENT, id))?;
         if patient_id.is_some_and(|p| p != appointment.patient_id) {
             return Err(SchedulingError::invalid("patient_id", "PATIENT_MISMATCH", "the hold is for another patient"));
         }
-        if appointment.status != Status::Pending {
-            return Err(SchedulingError::InvalidTransition(appointment::TransitionError::NotAllowed {
-                from: appointment.status,
-                to: Status::Booked,
-            }));
-        }
+        appointment::check_confirm(appointment.status, Moment { now: Utc::now(), slot_start: appointment.start_time })
+            .map_err(SchedulingError::InvalidTransition)?;
         if appointment.hold_expires_at.is_some_and(|at| at <= Utc::now()) {
             return Err(SchedulingError::HoldExpired(id));
         }
@@ -598,7 +539,7 @@ impl Scheduling {
         self.record_change(&mut tx, &appointment, Status::Pending, None, None, &book.write.actor).await?;
         self.emit(&mut tx, id, Event::AppointmentBooked(appointment_event(&appointment, None, "")), &book.write).await?;
         let response = pb::BookAppointmentResponse { appointment: Some(convert::appointment(&appointment)) };
-        self.finish(tx, "BookAppointment", &book.write, &response).await?;
+        tx.commit(&response).await?;
         tracing::info!(appointment_id = %id, "hold confirmed");
         Ok(response)
     }
@@ -611,9 +552,9 @@ impl Scheduling {
             Some(current) => self.named_referral(current.referral_id, Some(current.patient_id), r.write.scope()).await?,
             None => None,
         };
-        let mut tx = match self.start("RescheduleAppointment", &r.write).await? {
-            Started::Replay(response) => return Ok(response),
-            Started::Fresh(tx) => tx,
+        let mut tx = match self.writes.claim("RescheduleAppointment", &r.write).await? {
+            Claim::Replay(response) => return Ok(response),
+            Claim::Fresh(tx) => tx,
         };
         let mut appointment =
             store::lock_appointment(&mut tx, r.appointment_id, r.write.scope()).await?.ok_or(not_found(APPOINTMENT, r.appointment_id))?;
@@ -621,12 +562,8 @@ impl Scheduling {
         if appointment.referral_id != named.as_ref().map(|f| f.id) {
             return Err(SchedulingError::Conflict);
         }
-        if appointment.status != Status::Booked {
-            return Err(SchedulingError::InvalidTransition(appointment::TransitionError::NotAllowed {
-                from: appointment.status,
-                to: Status::Booked,
-            }));
-        }
+        appointment::check_reschedule(appointment.status, Moment { now: Utc::now(), slot_start: appointment.start_time })
+            .map_err(SchedulingError::InvalidTransition)?;
         if appointment.slot_id == r.new_slot_id {
             return Err(SchedulingError::invalid("new_slot_id", "SAME_SLOT", "is the appointment's current slot"));
         }
@@ -657,15 +594,15 @@ impl Scheduling {
         self.emit(&mut tx, appointment.id, event, &r.write).await?;
         self.offer_slot(&mut tx, previous_slot).await?;
         let response = pb::RescheduleAppointmentResponse { appointment: Some(convert::appointment(&appointment)) };
-        self.finish(tx, "RescheduleAppointment", &r.write, &response).await?;
+        tx.commit(&response).await?;
         tracing::info!(appointment_id = %appointment.id, from_slot = %previous_slot, to_slot = %new_slot.id, "appointment rescheduled");
         Ok(response)
     }
 
     pub async fn cancel(&self, c: Cancel) -> Result<pb::CancelAppointmentResponse> {
-        let mut tx = match self.start("CancelAppointment", &c.write).await? {
-            Started::Replay(response) => return Ok(response),
-            Started::Fresh(tx) => tx,
+        let mut tx = match self.writes.claim("CancelAppointment", &c.write).await? {
+            Claim::Replay(response) => return Ok(response),
+            Claim::Fresh(tx) => tx,
         };
         let appointment =
             store::lock_appointment(&mut tx, c.appointment_id, c.write.scope()).await?.ok_or(not_found(APPOINTMENT, c.appointment_id))?;
@@ -673,7 +610,7 @@ impl Scheduling {
         let outcome = if c.by == CancelledBy::Patient { OfferOutcome::Declined } else { OfferOutcome::Withdrawn };
         let cancelled = self.cancel_in(&mut tx, appointment, &c.reason_code, c.by, outcome, &c.write).await?;
         let response = pb::CancelAppointmentResponse { appointment: Some(convert::appointment(&cancelled)) };
-        self.finish(tx, "CancelAppointment", &c.write, &response).await?;
+        tx.commit(&response).await?;
         let late = cancelled.cancellation.as_ref().is_some_and(|x| x.late);
         tracing::info!(appointment_id = %cancelled.id, reason_code = %c.reason_code, late, "appointment cancelled");
         Ok(response)
@@ -718,10 +655,9 @@ impl Scheduling {
     }
 
     pub async fn change_status(&self, s: StatusChange) -> Result<Appointment> {
-        let mut tx = self.pool.begin().await?;
-        let mut appointment = store::lock_appointment(&mut tx, s.appointment_id, s.scope.as_deref())
-            .await?
-            .ok_or(not_found(APPOINTMENT, s.appointment_id))?;
+        let mut tx = self.writes.begin().await?;
+        let mut appointment =
+            store::lock_appointment(&mut tx, s.appointment_id, s.write.scope()).await?.ok_or(not_found(APPOINTMENT, s.appointment_id))?;
         check_etag(&appointment, s.etag.as_deref())?;
         let from = appointment.status;
         let now = pac_platform::now();
@@ -734,13 +670,11 @@ impl Scheduling {
         if from.is_live() && !s.to.is_live() {
             store::release_place(&mut tx, appointment.slot_id).await?;
         }
-        let write = Write { actor: s.actor, scope: s.scope, request_id: None, request_hash: Vec::new() };
         let reason = s.correction_reason.as_deref();
-        self.record_change(&mut tx, &appointment, from, None, reason, &write.actor).await?;
+        self.record_change(&mut tx, &appointment, from, None, reason, &s.write.actor).await?;
         let event = Event::AppointmentStatusChanged(appointment_event(&appointment, None, reason.unwrap_or_default()));
-        self.emit(&mut tx, appointment.id, event, &write).await?;
-        tx.commit().await?;
-        self.outbox.committed();
+        self.emit(&mut tx, appointment.id, event, &s.write).await?;
+        tx.commit_unanswered().await?;
         tracing::info!(appointment_id = %appointment.id, from = from.code(), to = s.to.code(), "appointment status changed");
         Ok(appointment)
     }
@@ -776,18 +710,23 @@ impl Scheduling {
         const BATCH: i64 = 100;
         let mut total = 0;
         loop {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.writes.begin().await?;
             let lapsed = store::lock_lapsed_holds(&mut tx, slot_id, BATCH).await?;
             let count = lapsed.len();
             for hold in lapsed {
                 let id = hold.id;
-                self.cancel_in(&mut tx, hold, "HOLD_EXPIRED", CancelledBy::System, OfferOutcome::Expired, &Write::system()).await?;
+                self.cancel_in(
+                    &mut tx,
+                    hold,
+                    "HOLD_EXPIRED",
+                    CancelledBy::System,
+                    OfferOutcome::Expired,
+                    &Write::by_service(service_actor()),
+                )
+                .await?;
                 tracing::info!(appointment_id = %id, "hold expired");
             }
-            tx.commit().await?;
-            if count > 0 {
-                self.outbox.committed();
-            }
+            tx.commit_unanswered().await?;
             total += count;
             if (count as i64) < BATCH {
                 return Ok(total);
@@ -825,9 +764,9 @@ impl Scheduling {
         }
         entry.patient_id = self.patients.resolve(entry.patient_id, write.scope()).await?;
         let referral = self.named_referral(entry.referral_id, Some(entry.patient_id), write.scope()).await?;
-        let mut tx = match self.start("AddToWaitlist", &write).await? {
-            Started::Replay(r) => return Ok(r),
-            Started::Fresh(tx) => tx,
+        let mut tx = match self.writes.claim("AddToWaitlist", &write).await? {
+            Claim::Replay(r) => return Ok(r),
+            Claim::Fresh(tx) => tx,
         };
         entry.patient_id = merges::current_patient(&mut tx, entry.patient_id).await?;
         if let Some(facts) = &referral {
@@ -838,7 +777,7 @@ impl Scheduling {
             return Err(SchedulingError::WaitlistEntryExists { existing });
         }
         let response = pb::AddToWaitlistResponse { entry: Some(convert::entry(&entry, &[])) };
-        self.finish(tx, "AddToWaitlist", &write, &response).await?;
+        tx.commit(&response).await?;
         tracing::info!(entry_id = %entry.id, "added to waitlist");
         Ok(response)
     }
@@ -865,9 +804,9 @@ impl Scheduling {
     }
 
     pub async fn respond_to_offer(&self, offer_id: Uuid, accept: bool, write: Write) -> Result<pb::RespondToOfferResponse> {
-        let mut tx = match self.start("RespondToOffer", &write).await? {
-            Started::Replay(r) => return Ok(r),
-            Started::Fresh(tx) => tx,
+        let mut tx = match self.writes.claim("RespondToOffer", &write).await? {
+            Claim::Replay(r) => return Ok(r),
+            Claim::Fresh(tx) => tx,
         };
         let offer = store::lock_offer(&mut tx, offer_id, write.scope()).await?.ok_or(not_found("pac.scheduling.v1.Offer", offer_id))?;
         // The offer's hold is of the entry's organisation: in scope with it.
@@ -880,7 +819,7 @@ impl Scheduling {
             return Err(SchedulingError::OfferClosed { offer_id, outcome: "expired".into() });
         }
         let booked = if accept {
-            appointment::check(appointment.status, Status::Booked, Moment { now: Utc::now(), slot_start: appointment.start_time }, None)
+            appointment::check_confirm(appointment.status, Moment { now: Utc::now(), slot_start: appointment.start_time })
                 .map_err(SchedulingError::InvalidTransition)?;
             appointment.status = Status::Booked;
             appointment.hold_expires_at = None;
@@ -901,7 +840,7 @@ impl Scheduling {
             store::find_entry(&mut *tx, offer.entry_id).await?.ok_or(not_found("pac.scheduling.v1.WaitlistEntry", offer.entry_id))?;
         let offers = store::offers_of(&mut *tx, &[entry.id]).await?;
         let response = pb::RespondToOfferResponse { entry: Some(convert::entry(&entry, &offers)), appointment: booked };
-        self.finish(tx, "RespondToOffer", &write, &response).await?;
+        tx.commit(&response).await?;
         tracing::info!(offer_id = %offer_id, accept, "offer answered");
         Ok(response)
     }
@@ -950,7 +889,7 @@ impl Scheduling {
             }
             Err(e) => return Err(e),
         }
-        let system = Write::system();
+        let system = Write::by_service(service_actor());
         self.emit(&mut savepoint, appointment.id, Event::AppointmentHeld(appointment_event(&appointment, None, "waitlist offer")), &system)
             .await?;
         let made = pb::OfferMade { entry: Some(convert::entry(entry, &[])), offer: Some(convert::offer(&offer)) };
@@ -981,40 +920,38 @@ impl Scheduling {
     /// move to the survivor. A live appointment that clashes with one the survivor already has is a
     /// duplicate booking of the same person and is cancelled. Idempotent.
     pub async fn apply_merge(&self, merge_id: Uuid, merged: Uuid, survivor: Uuid, cursor: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writes.begin().await?;
         if !follow::advance_stream_cursor(&mut tx, crate::RECORDS_STREAM, cursor).await? {
             return Ok(());
         }
         merges::record_merge(&mut tx, merge_id, merged, survivor).await?;
-        let system = Write::system();
+        let system = Write::by_service(service_actor());
         for clash in store::lock_clashing_appointments(&mut tx, merged, survivor).await? {
             self.cancel_in(&mut tx, clash, "DUPLICATE_PATIENT_RECORD", CancelledBy::System, OfferOutcome::Withdrawn, &system).await?;
         }
         let moved = store::repoint_patient(&mut tx, merge_id, merged, survivor).await?;
         self.announce_patient_change(&mut tx, &moved, "patient records merged").await?;
-        tx.commit().await?;
-        self.outbox.committed();
+        tx.commit_unanswered().await?;
         tracing::info!(merge_id = %merge_id, appointments_moved = moved.len(), "followed a patient merge");
         Ok(())
     }
 
     /// A merge reversed: what it moved goes back. Idempotent.
     pub async fn apply_unmerge(&self, merge_id: Uuid, cursor: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writes.begin().await?;
         if !follow::advance_stream_cursor(&mut tx, crate::RECORDS_STREAM, cursor).await? {
             return Ok(());
         }
         merges::forget_merge(&mut tx, merge_id).await?;
         let moved = store::unrepoint_patient(&mut tx, merge_id).await?;
         self.announce_patient_change(&mut tx, &moved, "patient merge reversed").await?;
-        tx.commit().await?;
-        self.outbox.committed();
+        tx.commit_unanswered().await?;
         tracing::info!(merge_id = %merge_id, appointments_moved = moved.len(), "followed a merge reversal");
         Ok(())
     }
 
     async fn announce_patient_change(&self, conn: &mut PgConnection, moved: &[Appointment], reason: &str) -> Result<()> {
-        let system = Write::system();
+        let system = Write::by_service(service_actor());
         for appointment in moved {
             let event = Event::AppointmentPatientChanged(appointment_event(appointment, None, reason));
             self.emit(conn, appointment.id, event, &system).await?;

@@ -13,8 +13,10 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Duration, Utc};
 use futures::{Stream, StreamExt};
 use pac_platform::audit::with_patients;
+use pac_platform::checks::{Checks, required};
+use pac_platform::codes::parse_service_code;
+use pac_platform::db::run;
 use pac_platform::error::{ApiError, FieldViolation};
-use pac_platform::idempotency::{parse_request_id, request_hash};
 use pac_platform::outbox::{Cursor, StoredEvent};
 use pac_platform::{Caller, CallerVerifier, paging};
 use pac_proto::scheduling as pb;
@@ -27,7 +29,6 @@ use uuid::Uuid;
 use crate::convert::{self, parse_date, parse_id, parse_optional_id, parse_timestamp};
 use crate::domain::appointment::Status as AppointmentStatus;
 use crate::domain::cancellation::{CancelledBy, parse_reason_code};
-use crate::error::SchedulingError;
 use crate::model::{Clinic, Entry, Location, Target, Template};
 use crate::scheduling::{Book, BookTarget, Cancel, Reschedule, Scheduling, StatusChange, Write, local_day_window, session_of};
 use crate::store::{self, SlotKey, SlotTarget};
@@ -54,19 +55,8 @@ impl SchedulingService {
 
     /// The caller and idempotency key of a write.
     fn write<T: Message>(&self, request: &Request<T>, request_id: &str) -> Result<Write, Status> {
-        let caller = self.caller(request)?;
-        write_of(caller, request, request_id)
+        Ok(Write::new(&self.caller(request)?, request.get_ref(), request_id)?)
     }
-}
-
-/// A write by `caller`: its actor, its organisation scope and its idempotency key.
-fn write_of<T: Message>(caller: Caller, request: &Request<T>, request_id: &str) -> Result<Write, Status> {
-    Ok(Write {
-        scope: caller.scope().map(<[String]>::to_vec),
-        actor: caller.actor,
-        request_id: parse_request_id(request_id)?,
-        request_hash: request_hash(request.get_ref()),
-    })
 }
 
 /// The patient of an appointment in a response, for the audit trail.
@@ -74,55 +64,13 @@ fn patient_of(appointment: Option<&pb::Appointment>) -> Option<String> {
     appointment.map(|a| a.patient_id.clone())
 }
 
-/// Collects field violations; `finish` fails with all of them at once.
-#[derive(Default)]
-struct Checks(Vec<FieldViolation>);
-
-impl Checks {
-    fn check<T>(&mut self, result: Result<T, FieldViolation>) -> Option<T> {
-        result.map_err(|v| self.0.push(v)).ok()
-    }
-
-    fn finish(self) -> Result<(), Status> {
-        if self.0.is_empty() { Ok(()) } else { Err(ApiError::invalid(self.0).into()) }
-    }
-}
-
-fn invalid(violation: FieldViolation) -> Status {
-    ApiError::invalid(vec![violation]).into()
-}
-
-fn required<'a, T>(field: &str, value: Option<&'a T>) -> Result<&'a T, Status> {
-    value.ok_or_else(|| invalid(FieldViolation::new(field, "FIELD_REQUIRED", "is required")))
-}
-
-/// Runs an operation to completion even if the caller goes away.
-async fn run<T, F>(work: F) -> Result<T, Status>
-where
-    T: Send + 'static,
-    F: Future<Output = Result<T, SchedulingError>> + Send + 'static,
-{
-    pac_platform::db::detached(async move { work.await.map_err(ApiError::from) }).await.map_err(Status::from)
-}
-
 fn slot_key_token(key: Option<SlotKey>, query: [u8; 8]) -> String {
-    key.map(|(start, id)| {
-        let mut bytes = start.timestamp_micros().to_be_bytes().to_vec();
-        bytes.extend_from_slice(id.as_bytes());
-        paging::encode_key(&bytes, query)
-    })
-    .unwrap_or_default()
+    key.map(|(start, id)| paging::encode_position(start.timestamp_micros().to_be_bytes(), id, query)).unwrap_or_default()
 }
 
 fn parse_slot_key(token: &str, query: [u8; 8]) -> Result<Option<SlotKey>, Status> {
-    let Some(bytes) = paging::decode_key(token, query)? else { return Ok(None) };
-    let invalid = || Status::from(paging::invalid_token());
-    if bytes.len() != 24 {
-        return Err(invalid());
-    }
-    let micros = i64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
-    let start = DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(invalid)?;
-    let id = Uuid::from_slice(&bytes[8..]).map_err(|_| invalid())?;
+    let Some((micros, id)) = paging::decode_position(token, query)? else { return Ok(None) };
+    let start = DateTime::<Utc>::from_timestamp_micros(i64::from_be_bytes(micros)).ok_or_else(paging::invalid_token)?;
     Ok(Some((start, id)))
 }
 
@@ -158,7 +106,7 @@ fn parse_template(input: &pb::SessionTemplate, checks: &mut Checks, id: Uuid) ->
             crate::domain::session::TemplateError::ValidUntilBeforeFrom => "session_template.valid_until",
             _ => "session_template.end",
         };
-        checks.0.push(FieldViolation::new(field, "SESSION_INVALID", e.description()));
+        checks.push(FieldViolation::new(field, "SESSION_INVALID", e.description()));
         return None;
     }
     Some(template)
@@ -173,7 +121,7 @@ impl SchedulingApi for SchedulingService {
         let input = required("location", request.get_ref().location.as_ref())?;
         let mut checks = Checks::default();
         if !input.id.is_empty() {
-            checks.0.push(FieldViolation::new("location.id", "OUTPUT_ONLY", "is assigned by the service; leave it empty"));
+            checks.push(FieldViolation::new("location.id", "OUTPUT_ONLY", "is assigned by the service; leave it empty"));
         }
         let address = input.address.clone().unwrap_or_default();
         let lines = checks.check(if address.lines.len() > 6 {
@@ -191,7 +139,7 @@ impl SchedulingApi for SchedulingService {
             access_notes: checks.check(convert::parse_notes("location.access_notes", &input.access_notes)).unwrap_or_default(),
             parking: checks.check(convert::parse_optional_text("location.parking", &input.parking, 1000)).unwrap_or_default(),
         };
-        checks.finish()?;
+        checks.finish(())?;
         let scheduling = self.scheduling.clone();
         Ok(Response::new(run(async move { scheduling.create_location(location, write).await }).await?))
     }
@@ -200,10 +148,10 @@ impl SchedulingApi for SchedulingService {
         let caller = self.caller(&request)?;
         let input = required("clinic", request.get_ref().clinic.as_ref())?;
         let organisation = caller.owning_organisation("clinic.organisation", &input.organisation)?;
-        let write = write_of(caller, &request, &request.get_ref().request_id)?;
+        let write = Write::new(&caller, request.get_ref(), &request.get_ref().request_id)?;
         let mut checks = Checks::default();
         if !input.id.is_empty() {
-            checks.0.push(FieldViolation::new("clinic.id", "OUTPUT_ONLY", "is assigned by the service; leave it empty"));
+            checks.push(FieldViolation::new("clinic.id", "OUTPUT_ONLY", "is assigned by the service; leave it empty"));
         }
         let location_id = checks.check(parse_id("clinic.location_id", &input.location_id));
         let time_zone =
@@ -215,19 +163,19 @@ impl SchedulingApi for SchedulingService {
             location_id: location_id.unwrap_or_default(),
             name: checks.check(convert::parse_name("clinic.name", &input.name, 200)).unwrap_or_default(),
             specialty: checks.check(convert::parse_optional_text("clinic.specialty", &input.specialty, 200)).unwrap_or_default(),
-            service_code: checks.check(convert::parse_service_code("clinic.service_code", &input.service_code)).unwrap_or_default(),
+            service_code: checks.check(parse_service_code("clinic.service_code", &input.service_code)).unwrap_or_default(),
             time_zone: time_zone.unwrap_or_default(),
             what_to_bring: checks.check(convert::parse_notes("clinic.what_to_bring", &input.what_to_bring)).unwrap_or_default(),
             organisation,
         };
-        checks.finish()?;
+        checks.finish(())?;
         let scheduling = self.scheduling.clone();
         Ok(Response::new(run(async move { scheduling.create_clinic(clinic, write).await }).await?))
     }
 
     async fn get_clinic(&self, request: Request<pb::GetClinicRequest>) -> Result<Response<pb::GetClinicResponse>, Status> {
         self.caller(&request)?;
-        let id = parse_id("id", &request.get_ref().id).map_err(invalid)?;
+        let id = parse_id("id", &request.get_ref().id)?;
         let scheduling = self.scheduling.clone();
         Ok(Response::new(run(async move { scheduling.get_clinic(id).await }).await?))
     }
@@ -236,13 +184,11 @@ impl SchedulingApi for SchedulingService {
         self.caller(&request)?;
         let request = request.into_inner();
         let mut checks = Checks::default();
-        let service_code = checks.check(
-            (!request.service_code.is_empty()).then(|| convert::parse_service_code("service_code", &request.service_code)).transpose(),
-        );
+        let service_code =
+            checks.check((!request.service_code.is_empty()).then(|| parse_service_code("service_code", &request.service_code)).transpose());
         let location_id = checks.check(parse_optional_id("location_id", &request.location_id));
-        let limit = checks.check(paging::page_size(request.page_size, 20, 100).map_err(first_violation));
-        checks.finish()?;
-        let (service_code, location_id, limit) = (service_code.flatten(), location_id.flatten(), limit.unwrap_or(20));
+        let limit = checks.check(paging::page_size(request.page_size, 20, 100));
+        let (service_code, location_id, limit) = checks.finish((service_code, location_id, limit))?;
         let query = paging::fingerprint(&[service_code.as_deref().unwrap_or(""), &location_id.map(|l| l.to_string()).unwrap_or_default()]);
         let offset = paging::decode(&request.page_token, query)?;
         let pool = self.scheduling.pool.clone();
@@ -259,11 +205,10 @@ impl SchedulingApi for SchedulingService {
         let input = required("session_template", request.get_ref().session_template.as_ref())?;
         let mut checks = Checks::default();
         if !input.id.is_empty() {
-            checks.0.push(FieldViolation::new("session_template.id", "OUTPUT_ONLY", "is assigned by the service; leave it empty"));
+            checks.push(FieldViolation::new("session_template.id", "OUTPUT_ONLY", "is assigned by the service; leave it empty"));
         }
         let template = parse_template(input, &mut checks, Uuid::now_v7());
-        checks.finish()?;
-        let template = template.expect("validated");
+        let template = checks.finish(template)?;
         let scheduling = self.scheduling.clone();
         Ok(Response::new(run(async move { scheduling.create_template(template, write).await }).await?))
     }
@@ -277,8 +222,7 @@ impl SchedulingApi for SchedulingService {
         let mut checks = Checks::default();
         let id = checks.check(parse_id("session_template.id", &input.id));
         let template = parse_template(input, &mut checks, id.unwrap_or_default());
-        checks.finish()?;
-        let template = template.expect("validated");
+        let template = checks.finish(template)?;
         let scheduling = self.scheduling.clone();
         Ok(Response::new(run(async move { scheduling.update_template(template, write).await }).await?))
     }
@@ -289,9 +233,8 @@ impl SchedulingApi for SchedulingService {
         let mut checks = Checks::default();
         let clinic_id = checks.check(parse_id("clinic_id", &request.clinic_id));
         let (from, until) = window(&mut checks, request.start_time.as_ref(), request.end_time.as_ref(), Utc::now(), Duration::days(7));
-        let limit = checks.check(paging::page_size(request.page_size, 100, 500).map_err(first_violation));
-        checks.finish()?;
-        let (clinic_id, limit) = (clinic_id.expect("checked"), limit.expect("checked"));
+        let limit = checks.check(paging::page_size(request.page_size, 100, 500));
+        let (clinic_id, limit) = checks.finish((clinic_id, limit))?;
         let query = paging::fingerprint(&[&clinic_id.to_string(), &requested(&request.start_time), &requested(&request.end_time)]);
         let after = parse_slot_key(&request.page_token, query)?;
         let pool = self.scheduling.pool.clone();
@@ -308,15 +251,14 @@ impl SchedulingApi for SchedulingService {
         let mut checks = Checks::default();
         let target = checks.check(match &request.target {
             Some(T::ClinicId(id)) => parse_id("clinic_id", id).map(|id| (Some(id), None)),
-            Some(T::ServiceCode(code)) => convert::parse_service_code("service_code", code).map(|c| (None, Some(c))),
+            Some(T::ServiceCode(code)) => parse_service_code("service_code", code).map(|c| (None, Some(c))),
             None => Err(FieldViolation::new("target", "TARGET_REQUIRED", "set clinic_id or service_code")),
         });
         let now = pac_platform::now();
         let (from, until) = window(&mut checks, request.start_time.as_ref(), request.end_time.as_ref(), now, Duration::days(90));
         let location_id = checks.check(parse_optional_id("location_id", &request.location_id));
-        let limit = checks.check(paging::page_size(request.page_size, 20, 100).map_err(first_violation));
-        checks.finish()?;
-        let ((clinic_id, service_code), location_id, limit) = (target.expect("checked"), location_id.flatten(), limit.expect("checked"));
+        let limit = checks.check(paging::page_size(request.page_size, 20, 100));
+        let ((clinic_id, service_code), location_id, limit) = checks.finish((target, location_id, limit))?;
         // Only future slots: a window that starts in the past starts now.
         let from = from.max(now);
         let query = paging::fingerprint(&[
@@ -353,8 +295,7 @@ impl SchedulingApi for SchedulingService {
             s @ 30..=3600 => Ok(Duration::seconds(s.into())),
             _ => Err(FieldViolation::new("ttl_seconds", "TTL_INVALID", "must be 30 to 3600 seconds (0 means 600)")),
         });
-        checks.finish()?;
-        let (slot_id, patient_id, ttl) = (slot_id.expect("checked"), patient_id.expect("checked"), ttl.expect("checked"));
+        let (slot_id, patient_id, ttl) = checks.finish((slot_id, patient_id, ttl))?;
         let scheduling = self.scheduling.clone();
         let response = run(async move { scheduling.hold(slot_id, patient_id, ttl, write).await }).await?;
         let patient = patient_of(response.appointment.as_ref());
@@ -379,8 +320,8 @@ impl SchedulingApi for SchedulingService {
             _ => parse_optional_id("patient_id", &request.patient_id),
         });
         let referral_id = checks.check(parse_optional_id("referral_id", &request.referral_id));
-        checks.finish()?;
-        let book = Book { target: target.expect("checked"), patient_id: patient_id.flatten(), referral_id: referral_id.flatten(), write };
+        let (target, patient_id, referral_id) = checks.finish((target, patient_id, referral_id))?;
+        let book = Book { target, patient_id, referral_id, write };
         let scheduling = self.scheduling.clone();
         let response = run(async move { scheduling.book(book).await }).await?;
         let patient = patient_of(response.appointment.as_ref());
@@ -397,17 +338,11 @@ impl SchedulingApi for SchedulingService {
         let appointment_id = checks.check(parse_id("appointment_id", &request.appointment_id));
         let new_slot_id = checks.check(parse_id("new_slot_id", &request.new_slot_id));
         if request.etag.is_empty() {
-            checks.0.push(FieldViolation::new("etag", "ETAG_REQUIRED", "is required: send the etag of the appointment you read"));
+            checks.push(FieldViolation::new("etag", "ETAG_REQUIRED", "is required: send the etag of the appointment you read"));
         }
         let reason = checks.check(convert::parse_optional_text("reason", &request.reason, 500));
-        checks.finish()?;
-        let reschedule = Reschedule {
-            appointment_id: appointment_id.expect("checked"),
-            new_slot_id: new_slot_id.expect("checked"),
-            etag: request.etag,
-            reason: reason.expect("checked"),
-            write,
-        };
+        let (appointment_id, new_slot_id, reason) = checks.finish((appointment_id, new_slot_id, reason))?;
+        let reschedule = Reschedule { appointment_id, new_slot_id, etag: request.etag, reason, write };
         let scheduling = self.scheduling.clone();
         let response = run(async move { scheduling.reschedule(reschedule).await }).await?;
         let patient = patient_of(response.appointment.as_ref());
@@ -428,14 +363,8 @@ impl SchedulingApi for SchedulingService {
             CancelledBy::from_code(request.cancelled_by)
                 .ok_or_else(|| FieldViolation::new("cancelled_by", "CANCELLED_BY_REQUIRED", "must be PATIENT, PROVIDER or SYSTEM")),
         );
-        checks.finish()?;
-        let cancel = Cancel {
-            appointment_id: appointment_id.expect("checked"),
-            reason_code: reason_code.expect("checked"),
-            by: by.expect("checked"),
-            etag: (!request.etag.is_empty()).then_some(request.etag),
-            write,
-        };
+        let (appointment_id, reason_code, by) = checks.finish((appointment_id, reason_code, by))?;
+        let cancel = Cancel { appointment_id, reason_code, by, etag: (!request.etag.is_empty()).then_some(request.etag), write };
         let scheduling = self.scheduling.clone();
         let response = run(async move { scheduling.cancel(cancel).await }).await?;
         let patient = patient_of(response.appointment.as_ref());
@@ -463,14 +392,13 @@ impl SchedulingApi for SchedulingService {
             )),
         }));
         let reason = checks.check(convert::parse_optional_text("correction_reason", &request.correction_reason, 500));
-        checks.finish()?;
+        let (appointment_id, to, reason) = checks.finish((appointment_id, to, reason))?;
         let change = StatusChange {
-            appointment_id: appointment_id.expect("checked"),
-            to: to.expect("checked"),
+            appointment_id,
+            to,
             etag: (!request.etag.is_empty()).then_some(request.etag),
-            correction_reason: reason.filter(|r| !r.is_empty()),
-            scope: caller.scope().map(<[String]>::to_vec),
-            actor: caller.actor,
+            correction_reason: Some(reason).filter(|r| !r.is_empty()),
+            write: Write::unkeyed(&caller),
         };
         let scheduling = self.scheduling.clone();
         let appointment = run(async move { scheduling.change_status(change).await }).await?;
@@ -480,7 +408,7 @@ impl SchedulingApi for SchedulingService {
 
     async fn get_appointment(&self, request: Request<pb::GetAppointmentRequest>) -> Result<Response<pb::GetAppointmentResponse>, Status> {
         let caller = self.caller(&request)?;
-        let id = parse_id("id", &request.get_ref().id).map_err(invalid)?;
+        let id = parse_id("id", &request.get_ref().id)?;
         let scheduling = self.scheduling.clone();
         let appointment = run(async move { scheduling.appointment(id, caller.scope()).await }).await?;
         let response = pb::GetAppointmentResponse { appointment: Some(convert::appointment(&appointment)) };
@@ -503,17 +431,16 @@ impl SchedulingApi for SchedulingService {
             .enumerate()
             .filter_map(|(i, s)| checks.check(convert::parse_status(&format!("statuses[{i}]"), *s)).map(|s| s.code()))
             .collect();
-        let limit = checks.check(paging::page_size(request.page_size, 20, 100).map_err(first_violation));
+        let limit = checks.check(paging::page_size(request.page_size, 20, 100));
         let by = match (patient_id.flatten(), clinic_id.flatten(), day.flatten()) {
             (Some(patient), None, None) => Some(ListBy::Patient(patient)),
             (None, Some(clinic), Some(day)) => Some(ListBy::ClinicDay(clinic, day)),
             _ => {
-                checks.0.push(FieldViolation::new("patient_id", "FILTER_REQUIRED", "set patient_id, or clinic_id with day"));
+                checks.push(FieldViolation::new("patient_id", "FILTER_REQUIRED", "set patient_id, or clinic_id with day"));
                 None
             }
         };
-        checks.finish()?;
-        let (by, limit) = (by.expect("checked"), limit.expect("checked"));
+        let (by, limit) = checks.finish((by, limit))?;
         let query = paging::fingerprint(&[&format!("{by:?}"), &statuses.join(",")]);
         let offset = paging::decode(&request.page_token, query)?.min(MAX_OFFSET);
         let scheduling = self.scheduling.clone();
@@ -546,15 +473,15 @@ impl SchedulingApi for SchedulingService {
             Some(T::ServiceCode(_)) => (caller.owning_organisation("entry.organisation", &input.organisation)?, String::new()),
             _ => (String::new(), input.organisation.trim().to_uppercase()),
         };
-        let write = write_of(caller, &request, &request.get_ref().request_id)?;
+        let write = Write::new(&caller, request.get_ref(), &request.get_ref().request_id)?;
         let mut checks = Checks::default();
         if !input.id.is_empty() {
-            checks.0.push(FieldViolation::new("entry.id", "OUTPUT_ONLY", "is assigned by the service; leave it empty"));
+            checks.push(FieldViolation::new("entry.id", "OUTPUT_ONLY", "is assigned by the service; leave it empty"));
         }
         let patient_id = checks.check(parse_id("entry.patient_id", &input.patient_id));
         let target = checks.check(match &input.target {
             Some(T::ClinicId(id)) => parse_id("entry.clinic_id", id).map(Target::Clinic),
-            Some(T::ServiceCode(code)) => convert::parse_service_code("entry.service_code", code).map(Target::Service),
+            Some(T::ServiceCode(code)) => parse_service_code("entry.service_code", code).map(Target::Service),
             None => Err(FieldViolation::new("entry.target", "TARGET_REQUIRED", "set clinic_id or service_code")),
         });
         let earliest = checks.check(input.earliest_date.as_ref().map(|d| parse_date("entry.earliest_date", d)).transpose());
@@ -562,21 +489,22 @@ impl SchedulingApi for SchedulingService {
         if let (Some(Some(e)), Some(Some(l))) = (earliest, latest)
             && l < e
         {
-            checks.0.push(FieldViolation::new("entry.latest_date", "WINDOW_INVALID", "must not be before earliest_date"));
+            checks.push(FieldViolation::new("entry.latest_date", "WINDOW_INVALID", "must not be before earliest_date"));
         }
         let priority = checks.check(convert::parse_priority("entry.priority", input.priority));
         let breach_date = checks.check(input.breach_date.as_ref().map(|d| parse_date("entry.breach_date", d)).transpose());
         let referral_id = checks.check(parse_optional_id("entry.referral_id", &input.referral_id));
-        checks.finish()?;
+        let (patient_id, target, earliest, latest, priority, breach_date, referral_id) =
+            checks.finish((patient_id, target, earliest, latest, priority, breach_date, referral_id))?;
         let entry = Entry {
             id: Uuid::now_v7(),
-            patient_id: patient_id.expect("checked"),
-            target: target.expect("checked"),
-            earliest_date: earliest.flatten(),
-            latest_date: latest.flatten(),
-            priority: priority.expect("checked"),
-            breach_date: breach_date.flatten(),
-            referral_id: referral_id.flatten(),
+            patient_id,
+            target,
+            earliest_date: earliest,
+            latest_date: latest,
+            priority,
+            breach_date,
+            referral_id,
             added_at: pac_platform::now(),
             closed_at: None,
             organisation,
@@ -593,16 +521,13 @@ impl SchedulingApi for SchedulingService {
         let mut checks = Checks::default();
         let clinic_id = checks.check(parse_optional_id("clinic_id", &request.clinic_id)).flatten();
         let service_code = checks
-            .check(
-                (!request.service_code.is_empty()).then(|| convert::parse_service_code("service_code", &request.service_code)).transpose(),
-            )
+            .check((!request.service_code.is_empty()).then(|| parse_service_code("service_code", &request.service_code)).transpose())
             .flatten();
         if clinic_id.is_some() == service_code.is_some() {
-            checks.0.push(FieldViolation::new("clinic_id", "TARGET_REQUIRED", "set exactly one of clinic_id or service_code"));
+            checks.push(FieldViolation::new("clinic_id", "TARGET_REQUIRED", "set exactly one of clinic_id or service_code"));
         }
-        let limit = checks.check(paging::page_size(request.page_size, 20, 100).map_err(first_violation));
-        checks.finish()?;
-        let limit = limit.expect("checked");
+        let limit = checks.check(paging::page_size(request.page_size, 20, 100));
+        let limit = checks.finish(limit)?;
         let query = paging::fingerprint(&[
             &clinic_id.map(|c| c.to_string()).unwrap_or_default(),
             service_code.as_deref().unwrap_or(""),
@@ -621,7 +546,7 @@ impl SchedulingApi for SchedulingService {
 
     async fn respond_to_offer(&self, request: Request<pb::RespondToOfferRequest>) -> Result<Response<pb::RespondToOfferResponse>, Status> {
         let write = self.write(&request, &request.get_ref().request_id)?;
-        let offer_id = parse_id("offer_id", &request.get_ref().offer_id).map_err(invalid)?;
+        let offer_id = parse_id("offer_id", &request.get_ref().offer_id)?;
         let accept = request.get_ref().accept;
         let scheduling = self.scheduling.clone();
         let response = run(async move { scheduling.respond_to_offer(offer_id, accept, write).await }).await?;
@@ -649,10 +574,6 @@ enum ListBy {
     ClinicDay(Uuid, chrono::NaiveDate),
 }
 
-fn first_violation(error: ApiError) -> FieldViolation {
-    error.field_violations.into_iter().next().unwrap_or_else(|| FieldViolation::new("page_size", "PAGE_SIZE_INVALID", "is invalid"))
-}
-
 fn next_page(returned: usize, limit: i64, offset: i64, query: [u8; 8]) -> String {
     let next = offset + limit;
     if returned as i64 == limit && next < MAX_OFFSET { paging::encode(next, query) } else { String::new() }
@@ -675,9 +596,9 @@ fn window(
     let from = start.and_then(|t| checks.check(parse_timestamp("start_time", t))).unwrap_or(default_start);
     let until = end.and_then(|t| checks.check(parse_timestamp("end_time", t))).unwrap_or(from + default_length);
     if until <= from {
-        checks.0.push(FieldViolation::new("end_time", "WINDOW_INVALID", "must be after start_time"));
+        checks.push(FieldViolation::new("end_time", "WINDOW_INVALID", "must be after start_time"));
     } else if until - from > Duration::days(366) {
-        checks.0.push(FieldViolation::new("end_time", "WINDOW_TOO_LONG", "the window can be at most 366 days"));
+        checks.push(FieldViolation::new("end_time", "WINDOW_TOO_LONG", "the window can be at most 366 days"));
     }
     (from, until)
 }

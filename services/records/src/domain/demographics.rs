@@ -199,27 +199,8 @@ impl Email {
     }
 }
 
-/// An ODS organisation code: a GP practice ("B86001"), or the issuer of a local identifier ("RR8").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OdsCode(String);
-
-impl OdsCode {
-    pub fn parse(input: &str) -> Result<Self, &'static str> {
-        let value = input.trim().to_uppercase();
-        if !(3..=10).contains(&value.len()) || !value.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
-            return Err("is not an ODS organisation code (3-10 letters and digits, e.g. \"RR8\" or \"B86001\")");
-        }
-        Ok(Self(value))
-    }
-
-    pub fn from_stored(value: String) -> Self {
-        Self(value)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+/// Organisation codes are shared with the other services.
+pub use pac_platform::codes::OdsCode;
 
 /// A BCP 47 language tag ("en", "pl", "pt-BR").
 pub fn parse_language(input: &str) -> Result<String, &'static str> {

@@ -112,6 +112,23 @@ pub fn check(from: Status, to: Status, at: Moment, correction_reason: Option<&st
     Ok(())
 }
 
+/// Confirming a hold (booking it, or accepting the waitlist offer it carries): only a pending
+/// appointment becomes booked this way.
+pub fn check_confirm(from: Status, at: Moment) -> Result<(), TransitionError> {
+    if from != Status::Pending {
+        return Err(TransitionError::NotAllowed { from, to: Status::Booked });
+    }
+    check(from, Status::Booked, at, None)
+}
+
+/// Rescheduling moves a booked appointment to another slot; it stays booked.
+pub fn check_reschedule(from: Status, at: Moment) -> Result<(), TransitionError> {
+    if from != Status::Booked {
+        return Err(TransitionError::NotAllowed { from, to: Status::Booked });
+    }
+    check(from, Status::Booked, at, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::Status::*;
@@ -150,6 +167,14 @@ mod tests {
         (Waitlist, Booked),
         (Waitlist, Cancelled),
     ];
+
+    #[test]
+    fn only_a_hold_is_confirmed_and_only_a_booking_rescheduled() {
+        for from in ALL {
+            assert_eq!(check_confirm(from, after_start()).is_ok(), from == Pending, "confirm {from:?}");
+            assert_eq!(check_reschedule(from, after_start()).is_ok(), from == Booked, "reschedule {from:?}");
+        }
+    }
 
     #[test]
     fn every_pair_follows_the_table() {
