@@ -170,6 +170,23 @@ pub async fn migrate(pool: &PgPool, service_migrations: &Migrator) -> anyhow::Re
     Ok(())
 }
 
+/// Creates the service's role and schema (administrator connection), then migrates as the service
+/// role, connected with `options` (see [`service_connect_options`]).
+pub async fn provision_and_migrate(
+    config: &DbConfig,
+    service: ServiceSchema,
+    options: PgConnectOptions,
+    service_migrations: &Migrator,
+) -> anyhow::Result<()> {
+    let admin = admin_pool(&config.admin_url).await?;
+    provision(&admin, service, &config.role_password).await?;
+    admin.close().await;
+    let pool = connect(config, service, options).await?;
+    migrate(&pool, service_migrations).await.with_context(|| format!("{} migrations failed", service.schema))?;
+    pool.close().await;
+    Ok(())
+}
+
 /// Runs a unit of database work on its own task, so that a caller who goes away (deadline, cancelled
 /// request) cannot drop it half-way. A dropped `begin()` can hand a connection back to the pool still
 /// inside a transaction; work that is never dropped never does that.

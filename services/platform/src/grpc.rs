@@ -47,6 +47,22 @@ pub struct Serving {
     pub max_header_list_bytes: Option<u32>,
 }
 
+impl Serving {
+    /// One of the platform's services: its gRPC service, the contracts' descriptors for reflection,
+    /// every request's text checked, health tied to its database.
+    pub fn service(service_name: &'static str, database: PgPool) -> Self {
+        Self {
+            service_names: vec![service_name],
+            descriptor_sets: vec![pac_proto::FILE_DESCRIPTOR_SET],
+            database: Some(database),
+            grpc_web: false,
+            tls: None,
+            check_inputs: true,
+            max_header_list_bytes: None,
+        }
+    }
+}
+
 /// Serves `routes` on `listener` until `shutdown` fires, then drains in-flight calls for at most the
 /// configured grace period.
 pub async fn serve(

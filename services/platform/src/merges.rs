@@ -59,3 +59,30 @@ pub async fn forget_merge(conn: &mut PgConnection, merge_id: Uuid) -> Result<(),
     sqlx::query("DELETE FROM merged_patients WHERE merge_id = $1").bind(merge_id).execute(conn).await?;
     Ok(())
 }
+
+/// A merge or its reversal, as the records service announces it on its event stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeChange {
+    Merged { merge_id: Uuid, merged: Uuid, survivor: Uuid },
+    Unmerged { merge_id: Uuid },
+}
+
+/// The merge change a records event announces; `None` for any other event.
+pub fn merge_change(message: &pac_proto::records::WatchEventsResponse) -> Result<Option<MergeChange>, String> {
+    use pac_proto::records::watch_events_response::Event;
+    let id = |value: &str| Uuid::parse_str(value).ok();
+    match &message.event {
+        Some(Event::PatientMerged(merged)) => {
+            let merge = merged.merge.clone().unwrap_or_default();
+            match (id(&merge.id), id(&merge.merged_id), id(&merge.survivor_id)) {
+                (Some(merge_id), Some(merged), Some(survivor)) => Ok(Some(MergeChange::Merged { merge_id, merged, survivor })),
+                _ => Err("malformed merge event".into()),
+            }
+        }
+        Some(Event::PatientUnmerged(unmerged)) => match unmerged.merge.as_ref().and_then(|m| id(&m.id)) {
+            Some(merge_id) => Ok(Some(MergeChange::Unmerged { merge_id })),
+            None => Err("malformed unmerge event".into()),
+        },
+        _ => Ok(None),
+    }
+}

@@ -49,6 +49,14 @@ impl FromStr for Cursor {
     }
 }
 
+/// A service's `WatchEvents` answer: its event messages, or the error that ended the stream.
+pub type EventStream<M> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<M, tonic::Status>> + Send>>;
+
+/// The service's event message stored in `event` (`WatchEventsResponse` without its envelope).
+pub fn stored_message<M: prost::Message + Default>(event: &StoredEvent) -> Result<M, ApiError> {
+    M::decode(event.payload.as_slice()).map_err(|e| ApiError::internal(anyhow::anyhow!("undecodable stored event: {e}")))
+}
+
 /// An event to append.
 pub struct NewEvent<'a> {
     pub event_type: &'static str,
@@ -123,6 +131,27 @@ impl Outbox {
     /// Call after a transaction that appended events has committed.
     pub fn committed(&self) {
         self.written.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A `WatchEvents` answer: [`Outbox::watch`] from the request's `after_cursor`, each event made
+    /// the service's message by `message`.
+    pub fn watch_messages<M, F>(
+        &self,
+        pool: PgPool,
+        after_cursor: &str,
+        scope: Option<Vec<String>>,
+        poll_interval: Duration,
+        shutdown: CancellationToken,
+        message: F,
+    ) -> Result<EventStream<M>, ApiError>
+    where
+        M: Send + 'static,
+        F: Fn(StoredEvent) -> Result<M, ApiError> + Send + 'static,
+    {
+        use futures::StreamExt;
+        let after: Cursor = after_cursor.parse()?;
+        let events = self.watch(pool, after, scope, poll_interval, shutdown);
+        Ok(Box::pin(events.map(move |item| item.and_then(&message).map_err(tonic::Status::from))))
     }
 
     /// Events after `after` whose transactions have all finished, oldest first.

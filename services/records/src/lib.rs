@@ -24,7 +24,6 @@ pub mod store;
 
 use std::net::SocketAddr;
 
-use anyhow::Context;
 use pac_platform::config::{Environment, Secret, var};
 use pac_platform::db::{self, ServiceSchema};
 use pac_platform::grpc::{self, Serving};
@@ -34,6 +33,7 @@ use pac_platform::{CallerVerifier, PlatformConfig};
 use pac_proto::records::patient_records_server::PatientRecordsServer;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
+use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -85,24 +85,22 @@ impl RecordsConfig {
     }
 }
 
-/// Opens the service's pool as its own role.
-pub async fn connect(platform: &PlatformConfig, config: &RecordsConfig) -> anyhow::Result<PgPool> {
+/// The service role's connection options.
+fn connect_options(platform: &PlatformConfig, config: &RecordsConfig) -> anyhow::Result<PgConnectOptions> {
     // The name search's similarity floor is also the trigram index's pruning bound (`%>`).
     let threshold = store::MIN_NAME_SCORE.to_string();
-    let options = db::service_connect_options(&platform.db, DATABASE, config.database_url.as_ref())?
-        .options([("pg_trgm.word_similarity_threshold", threshold.as_str())]);
-    db::connect(&platform.db, DATABASE, options).await
+    Ok(db::service_connect_options(&platform.db, DATABASE, config.database_url.as_ref())?
+        .options([("pg_trgm.word_similarity_threshold", threshold.as_str())]))
+}
+
+/// Opens the service's pool as its own role.
+pub async fn connect(platform: &PlatformConfig, config: &RecordsConfig) -> anyhow::Result<PgPool> {
+    db::connect(&platform.db, DATABASE, connect_options(platform, config)?).await
 }
 
 /// Creates the role and schema (administrator connection), then migrates as the service role.
 pub async fn migrate(platform: &PlatformConfig, config: &RecordsConfig) -> anyhow::Result<()> {
-    let admin = db::admin_pool(&platform.db.admin_url).await?;
-    db::provision(&admin, DATABASE, &platform.db.role_password).await?;
-    admin.close().await;
-    let pool = connect(platform, config).await?;
-    db::migrate(&pool, &MIGRATIONS).await.context("records migrations failed")?;
-    pool.close().await;
-    Ok(())
+    db::provision_and_migrate(&platform.db, DATABASE, connect_options(platform, config)?, &MIGRATIONS).await
 }
 
 /// Serves the records service on `listener` until `shutdown` fires.
@@ -125,15 +123,7 @@ pub async fn serve(
     let max = platform.grpc.max_message_bytes;
     let routes = Routes::new(PatientRecordsServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max));
     tracing::info!(address = %listener.local_addr()?, "records service listening");
-    let serving = Serving {
-        service_names: vec![SERVICE_NAME],
-        descriptor_sets: vec![pac_proto::FILE_DESCRIPTOR_SET],
-        database: Some(pool),
-        grpc_web: false,
-        tls: None,
-        check_inputs: true,
-        max_header_list_bytes: None,
-    };
+    let serving = Serving::service(SERVICE_NAME, pool);
     grpc::serve(&platform.grpc, listener, routes, serving, shutdown).await
 }
 

@@ -8,22 +8,19 @@
 //! gateway lets only integration accounts call it, and audits each stream); the platform's own
 //! services follow the whole feed.
 
-use std::pin::Pin;
 use std::time::Duration;
 
 use chrono::Utc;
-use futures::{Stream, StreamExt};
 use pac_platform::audit::with_patients;
 use pac_platform::checks::Checks;
 use pac_platform::db::run;
 use pac_platform::error::{ApiError, FieldViolation};
-use pac_platform::outbox::{Cursor, StoredEvent};
+use pac_platform::outbox::{self, StoredEvent};
 use pac_platform::write::Write;
 use pac_platform::{Caller, CallerVerifier, paging};
 use pac_proto::records as pb;
 use pac_proto::records::patient_records_server::PatientRecords;
 use pac_proto::records::watch_events_response::Event;
-use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -67,7 +64,7 @@ fn invalid(violation: FieldViolation) -> Status {
     ApiError::invalid(vec![violation]).into()
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
+type EventStream = outbox::EventStream<pb::WatchEventsResponse>;
 
 #[tonic::async_trait]
 impl PatientRecords for RecordsService {
@@ -242,15 +239,12 @@ impl PatientRecords for RecordsService {
     /// the feed's consumers are system accounts that mirror the whole index.
     async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Result<Response<Self::WatchEventsStream>, Status> {
         let caller = self.caller(&request)?;
-        let after: Cursor = request.get_ref().after_cursor.parse()?;
         let reveal = records::reveals_contact(&caller);
         let scope = caller.scope().map(<[String]>::to_vec);
-        let events = self
-            .records
-            .outbox
-            .watch(self.records.pool.clone(), after, scope, self.poll_interval, self.shutdown.clone())
-            .map(move |item| item.map_err(Status::from).and_then(|event| event_message(event, reveal)));
-        Ok(Response::new(Box::pin(events)))
+        let (outbox, pool) = (&self.records.outbox, self.records.pool.clone());
+        let after = &request.get_ref().after_cursor;
+        let message = move |event| event_message(event, reveal);
+        Ok(Response::new(outbox.watch_messages(pool, after, scope, self.poll_interval, self.shutdown.clone(), message)?))
     }
 }
 
@@ -263,9 +257,8 @@ fn reason_text(value: &str) -> Result<String, FieldViolation> {
 }
 
 /// A stored event as the stream's message, with restricted contact details withheld as on reads.
-fn event_message(event: StoredEvent, reveal: bool) -> Result<pb::WatchEventsResponse, Status> {
-    let mut message = pb::WatchEventsResponse::decode(event.payload.as_slice())
-        .map_err(|e| Status::from(ApiError::internal(anyhow::anyhow!("undecodable stored event: {e}"))))?;
+fn event_message(event: StoredEvent, reveal: bool) -> Result<pb::WatchEventsResponse, ApiError> {
+    let mut message: pb::WatchEventsResponse = outbox::stored_message(&event)?;
     if !reveal {
         match &mut message.event {
             Some(Event::PatientRegistered(pb::PatientRegistered { patient: Some(patient) }))

@@ -3,6 +3,7 @@
 
 use chrono::Utc;
 use pac_platform::follow::{self, Follower};
+use pac_platform::merges::{self, MergeChange};
 use pac_proto::{records as records_pb, scheduling as scheduling_pb};
 use uuid::Uuid;
 
@@ -124,23 +125,13 @@ impl Follower for PatientMerges {
     }
 
     async fn apply(&self, message: Self::Message, cursor: &str) -> Result<bool, String> {
-        use records_pb::watch_events_response::Event;
-        match message.event {
-            Some(Event::PatientMerged(merged)) => {
-                let merge = merged.merge.unwrap_or_default();
-                let (Some(id), Some(merged_id), Some(survivor)) = (uuid(&merge.id), uuid(&merge.merged_id), uuid(&merge.survivor_id))
-                else {
-                    return Err("malformed merge event".into());
-                };
-                self.0.apply_merge(id, merged_id, survivor, RECORDS_STREAM, cursor).await.map_err(reason)?;
-                Ok(true)
+        match merges::merge_change(&message)? {
+            Some(MergeChange::Merged { merge_id, merged, survivor }) => {
+                self.0.apply_merge(merge_id, merged, survivor, RECORDS_STREAM, cursor).await.map_err(reason)?
             }
-            Some(Event::PatientUnmerged(unmerged)) => {
-                let Some(id) = uuid(&unmerged.merge.unwrap_or_default().id) else { return Err("malformed unmerge event".into()) };
-                self.0.apply_unmerge(id, RECORDS_STREAM, cursor).await.map_err(reason)?;
-                Ok(true)
-            }
-            _ => Ok(false),
+            Some(MergeChange::Unmerged { merge_id }) => self.0.apply_unmerge(merge_id, RECORDS_STREAM, cursor).await.map_err(reason)?,
+            None => return Ok(false),
         }
+        Ok(true)
     }
 }

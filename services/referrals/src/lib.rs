@@ -34,7 +34,6 @@ pub mod store;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context;
 use pac_platform::config::{Secret, var};
 use pac_platform::db::{self, ServiceSchema};
 use pac_platform::grpc::{self, Serving};
@@ -44,6 +43,7 @@ use pac_platform::{CallerVerifier, PlatformConfig};
 use pac_proto::referrals::referrals_server::ReferralsServer;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
+use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -104,21 +104,19 @@ impl ReferralsConfig {
     }
 }
 
+/// The service role's connection options.
+fn connect_options(platform: &PlatformConfig, config: &ReferralsConfig) -> anyhow::Result<PgConnectOptions> {
+    db::service_connect_options(&platform.db, DATABASE, config.database_url.as_ref())
+}
+
 /// Opens the service's pool as its own role.
 pub async fn connect(platform: &PlatformConfig, config: &ReferralsConfig) -> anyhow::Result<PgPool> {
-    let options = db::service_connect_options(&platform.db, DATABASE, config.database_url.as_ref())?;
-    db::connect(&platform.db, DATABASE, options).await
+    db::connect(&platform.db, DATABASE, connect_options(platform, config)?).await
 }
 
 /// Creates the role and schema (administrator connection), then migrates as the service role.
 pub async fn migrate(platform: &PlatformConfig, config: &ReferralsConfig) -> anyhow::Result<()> {
-    let admin = db::admin_pool(&platform.db.admin_url).await?;
-    db::provision(&admin, DATABASE, &platform.db.role_password).await?;
-    admin.close().await;
-    let pool = connect(platform, config).await?;
-    db::migrate(&pool, &MIGRATIONS).await.context("referrals migrations failed")?;
-    pool.close().await;
-    Ok(())
+    db::provision_and_migrate(&platform.db, DATABASE, connect_options(platform, config)?, &MIGRATIONS).await
 }
 
 /// Serves the referrals service on `listener` until `shutdown` fires, with its background work:
@@ -151,14 +149,6 @@ pub async fn serve(
     let max = platform.grpc.max_message_bytes;
     let routes = Routes::new(ReferralsServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max));
     tracing::info!(address = %listener.local_addr()?, "referrals service listening");
-    let serving = Serving {
-        service_names: vec![SERVICE_NAME],
-        descriptor_sets: vec![pac_proto::FILE_DESCRIPTOR_SET],
-        database: Some(pool),
-        grpc_web: false,
-        tls: None,
-        check_inputs: true,
-        max_header_list_bytes: None,
-    };
+    let serving = Serving::service(SERVICE_NAME, pool);
     grpc::serve(&platform.grpc, listener, routes, serving, shutdown).await
 }

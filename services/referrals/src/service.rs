@@ -7,18 +7,16 @@
 //! `referrals`), and into `WatchEvents`: a caller acting for organisations receives only their
 //! referrals' events; the platform's own services follow the whole feed.
 
-use std::pin::Pin;
 use std::time::Duration as StdDuration;
 
 use chrono::{Datelike, Duration, NaiveDate, Utc};
-use futures::{Stream, StreamExt};
 use pac_platform::audit::with_patients;
 use pac_platform::checks::{Checks, required};
 use pac_platform::codes::{parse_organisation, parse_service_code};
 use pac_platform::convert::{parse_date, parse_id, parse_timestamp};
 use pac_platform::db::run;
 use pac_platform::error::{ApiError, FieldViolation};
-use pac_platform::outbox::{Cursor, StoredEvent};
+use pac_platform::outbox::{self, StoredEvent};
 use pac_platform::{Caller, CallerVerifier, paging};
 use pac_proto::referrals as pb;
 use pac_proto::referrals::referrals_server::Referrals as ReferralsApi;
@@ -257,9 +255,8 @@ fn parse_worklist_token(token: &str, query: [u8; 8]) -> Result<Option<WorklistKe
     Ok(Some((date, id)))
 }
 
-fn event_message(event: StoredEvent) -> Result<pb::WatchEventsResponse, Status> {
-    let mut message = pb::WatchEventsResponse::decode(event.payload.as_slice())
-        .map_err(|e| Status::from(ApiError::internal(anyhow::anyhow!("undecodable stored event: {e}"))))?;
+fn event_message(event: StoredEvent) -> Result<pb::WatchEventsResponse, ApiError> {
+    let mut message: pb::WatchEventsResponse = outbox::stored_message(&event)?;
     message.envelope = Some(pac_platform::convert::envelope(&event));
     Ok(message)
 }
@@ -282,7 +279,7 @@ fn clock_event(kind: i32) -> Result<ClockEvent, FieldViolation> {
     })
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
+type EventStream = outbox::EventStream<pb::WatchEventsResponse>;
 
 #[tonic::async_trait]
 impl ReferralsApi for ReferralsService {
@@ -636,12 +633,8 @@ impl ReferralsApi for ReferralsService {
 
     async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Result<Response<Self::WatchEventsStream>, Status> {
         let scope = self.caller(&request)?.scope().map(<[String]>::to_vec);
-        let after: Cursor = request.get_ref().after_cursor.parse()?;
-        let events = self
-            .referrals
-            .outbox
-            .watch(self.referrals.pool.clone(), after, scope, self.poll_interval, self.shutdown.clone())
-            .map(|item| item.map_err(Status::from).and_then(event_message));
-        Ok(Response::new(Box::pin(events)))
+        let (outbox, pool) = (&self.referrals.outbox, self.referrals.pool.clone());
+        let after = &request.get_ref().after_cursor;
+        Ok(Response::new(outbox.watch_messages(pool, after, scope, self.poll_interval, self.shutdown.clone(), event_message)?))
     }
 }

@@ -2,9 +2,8 @@
 //! to the surviving record, unmerges move them back (see `pac_platform::follow` for the cursor).
 
 use pac_platform::follow::{self, Follower};
+use pac_platform::merges::{self, MergeChange};
 use pac_proto::records::WatchEventsResponse;
-use pac_proto::records::watch_events_response::Event;
-use uuid::Uuid;
 
 use crate::scheduling::Scheduling;
 
@@ -34,28 +33,15 @@ impl Follower for RecordsMerges {
     }
 
     async fn apply(&self, message: WatchEventsResponse, cursor: &str) -> Result<bool, String> {
-        match message.event {
-            Some(Event::PatientMerged(merged)) => {
-                let merge = merged.merge.unwrap_or_default();
-                let (Some(id), Some(merged_id), Some(survivor)) = (uuid(&merge.id), uuid(&merge.merged_id), uuid(&merge.survivor_id))
-                else {
-                    return Err("malformed merge event".into());
-                };
-                self.0.apply_merge(id, merged_id, survivor, cursor).await.map_err(reason)?;
-                Ok(true)
+        match merges::merge_change(&message)? {
+            Some(MergeChange::Merged { merge_id, merged, survivor }) => {
+                self.0.apply_merge(merge_id, merged, survivor, cursor).await.map_err(reason)?
             }
-            Some(Event::PatientUnmerged(unmerged)) => {
-                let Some(id) = uuid(&unmerged.merge.unwrap_or_default().id) else { return Err("malformed unmerge event".into()) };
-                self.0.apply_unmerge(id, cursor).await.map_err(reason)?;
-                Ok(true)
-            }
-            _ => Ok(false),
+            Some(MergeChange::Unmerged { merge_id }) => self.0.apply_unmerge(merge_id, cursor).await.map_err(reason)?,
+            None => return Ok(false),
         }
+        Ok(true)
     }
-}
-
-fn uuid(value: &str) -> Option<Uuid> {
-    Uuid::parse_str(value).ok()
 }
 
 fn reason(error: crate::error::SchedulingError) -> String {

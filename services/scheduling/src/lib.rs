@@ -36,7 +36,6 @@ pub mod store;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context;
 use pac_platform::config::{Secret, var};
 use pac_platform::db::{self, ServiceSchema};
 use pac_platform::grpc::{self, Serving};
@@ -46,6 +45,7 @@ use pac_platform::{CallerVerifier, PlatformConfig};
 use pac_proto::scheduling::scheduling_server::SchedulingServer;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
+use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -132,21 +132,19 @@ impl SchedulingConfig {
     }
 }
 
+/// The service role's connection options.
+fn connect_options(platform: &PlatformConfig, config: &SchedulingConfig) -> anyhow::Result<PgConnectOptions> {
+    db::service_connect_options(&platform.db, DATABASE, config.database_url.as_ref())
+}
+
 /// Opens the service's pool as its own role.
 pub async fn connect(platform: &PlatformConfig, config: &SchedulingConfig) -> anyhow::Result<PgPool> {
-    let options = db::service_connect_options(&platform.db, DATABASE, config.database_url.as_ref())?;
-    db::connect(&platform.db, DATABASE, options).await
+    db::connect(&platform.db, DATABASE, connect_options(platform, config)?).await
 }
 
 /// Creates the role and schema (administrator connection), then migrates as the service role.
 pub async fn migrate(platform: &PlatformConfig, config: &SchedulingConfig) -> anyhow::Result<()> {
-    let admin = db::admin_pool(&platform.db.admin_url).await?;
-    db::provision(&admin, DATABASE, &platform.db.role_password).await?;
-    admin.close().await;
-    let pool = connect(platform, config).await?;
-    db::migrate(&pool, &MIGRATIONS).await.context("scheduling migrations failed")?;
-    pool.close().await;
-    Ok(())
+    db::provision_and_migrate(&platform.db, DATABASE, connect_options(platform, config)?, &MIGRATIONS).await
 }
 
 /// Serves the scheduling service on `listener` until `shutdown` fires, with its background work:
@@ -189,15 +187,7 @@ pub async fn serve(
     let max = platform.grpc.max_message_bytes;
     let routes = Routes::new(SchedulingServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max));
     tracing::info!(address = %listener.local_addr()?, "scheduling service listening");
-    let serving = Serving {
-        service_names: vec![SERVICE_NAME],
-        descriptor_sets: vec![pac_proto::FILE_DESCRIPTOR_SET],
-        database: Some(pool),
-        grpc_web: false,
-        tls: None,
-        check_inputs: true,
-        max_header_list_bytes: None,
-    };
+    let serving = Serving::service(SERVICE_NAME, pool);
     grpc::serve(&platform.grpc, listener, routes, serving, shutdown).await
 }
 

@@ -7,17 +7,15 @@
 //! only their appointments' and waitlist entries' events; the platform's own services (referrals
 //! follows the feed) receive all.
 
-use std::pin::Pin;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
-use futures::{Stream, StreamExt};
 use pac_platform::audit::with_patients;
 use pac_platform::checks::{Checks, required};
 use pac_platform::codes::parse_service_code;
 use pac_platform::db::run;
 use pac_platform::error::{ApiError, FieldViolation};
-use pac_platform::outbox::{Cursor, StoredEvent};
+use pac_platform::outbox::{self, StoredEvent};
 use pac_platform::{Caller, CallerVerifier, paging};
 use pac_proto::scheduling as pb;
 use pac_proto::scheduling::scheduling_server::Scheduling as SchedulingApi;
@@ -112,7 +110,7 @@ fn parse_template(input: &pb::SessionTemplate, checks: &mut Checks, id: Uuid) ->
     Some(template)
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
+type EventStream = outbox::EventStream<pb::WatchEventsResponse>;
 
 #[tonic::async_trait]
 impl SchedulingApi for SchedulingService {
@@ -558,13 +556,9 @@ impl SchedulingApi for SchedulingService {
 
     async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Result<Response<Self::WatchEventsStream>, Status> {
         let scope = self.caller(&request)?.scope().map(<[String]>::to_vec);
-        let after: Cursor = request.get_ref().after_cursor.parse()?;
-        let events = self
-            .scheduling
-            .outbox
-            .watch(self.scheduling.pool.clone(), after, scope, self.poll_interval, self.shutdown.clone())
-            .map(|item| item.map_err(Status::from).and_then(event_message));
-        Ok(Response::new(Box::pin(events)))
+        let (outbox, pool) = (&self.scheduling.outbox, self.scheduling.pool.clone());
+        let after = &request.get_ref().after_cursor;
+        Ok(Response::new(outbox.watch_messages(pool, after, scope, self.poll_interval, self.shutdown.clone(), event_message)?))
     }
 }
 
@@ -603,9 +597,8 @@ fn window(
     (from, until)
 }
 
-fn event_message(event: StoredEvent) -> Result<pb::WatchEventsResponse, Status> {
-    let mut message = pb::WatchEventsResponse::decode(event.payload.as_slice())
-        .map_err(|e| Status::from(ApiError::internal(anyhow::anyhow!("undecodable stored event: {e}"))))?;
+fn event_message(event: StoredEvent) -> Result<pb::WatchEventsResponse, ApiError> {
+    let mut message: pb::WatchEventsResponse = outbox::stored_message(&event)?;
     message.envelope = Some(pac_platform::convert::envelope(&event));
     Ok(message)
 }
