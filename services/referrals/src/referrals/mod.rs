@@ -1,8 +1,10 @@
-//! The referrals service's operations. Each write is one transaction: it locks the referral, checks
-//! the etag and the domain's rules, writes, appends its events to the outbox and records its
-//! response under the request id. Calls to other services happen before the lock is taken, except
-//! the cancellation of a cancelled referral's appointment, which must not race the appointment
-//! events that follow it.
+//! The referrals service's operations, by area: the directory and eligibility (`directory`), a
+//! referral's life (`lifecycle`), and other services' events followed (`followed`). Each write is
+//! one transaction, taken through the kit's write steps (`pac_platform::write`): it locks the
+//! referral, checks the etag and the domain's rules, writes, appends its events to the outbox and
+//! records its response under the request id. Calls to other services happen before the lock is
+//! taken, except the cancellation of a cancelled referral's appointment, which must not race the
+//! appointment events that follow it.
 //!
 //! Organisation scope: a referral belongs to its service's organisation. A caller's scope
 //! (`Write::scope`, or the `scope` argument of a read) goes into the SQL that reads or locks the

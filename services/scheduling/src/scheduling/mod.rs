@@ -1,6 +1,9 @@
-//! The scheduling service's operations. Each write is one transaction that applies the domain's
-//! rules, lets the schema's constraints settle races (capacity, overlap, one open offer), appends its
-//! events to the outbox, and records its response under the request id.
+//! The scheduling service's operations, by area: the directory (`directory`), appointments
+//! (`booking`), the waitlist and its offers (`offers`), and merges followed from the records
+//! service (`followed_merges`). Each write is one transaction, taken through the kit's write steps
+//! (`pac_platform::write`): it applies the domain's rules, lets the schema's constraints settle
+//! races (capacity, overlap, one open offer), appends its events to the outbox, and records its
+//! response under the request id.
 //!
 //! Organisation scope: a write carries its caller's scope (`Write::scope`), which goes into the SQL
 //! that reads or locks the appointment, entry or offer it changes (another organisation's is

@@ -1,4 +1,5 @@
-//! All SQL of the scheduling service. The invariants are the schema's: a slot never holds more live
+//! All SQL of the scheduling service, by area (`directory`, `appointments`, `waitlist`, `followed`;
+//! re-exported here). The invariants are the schema's: a slot never holds more live
 //! appointments than its capacity (`slots_within_capacity`), a patient is never in two live
 //! appointments at once (`appointments_patient_no_overlap`), one open waitlist entry per patient and
 //! target, one open offer per entry. This module turns their violations into domain errors.
