@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use pac_platform::testkit::TestDatabase;
+use pac_platform::testkit::{TestDatabase, free_port};
 
 const PAC: &str = env!("CARGO_BIN_EXE_pac");
 
@@ -20,10 +20,6 @@ fn health(addr: SocketAddr, service: Option<&str>) -> Output {
         args.extend(["--service", service]);
     }
     pac(&args)
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 /// The environment a records container gets: its own listen address, and production's settings

@@ -21,7 +21,8 @@ use pac_proto::scheduling::scheduling_client::SchedulingClient;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{Component, Processes, clinic, eventually, registration};
+use crate::common::{Component, Processes, clinic, registration};
+use pac_platform::testkit::eventually;
 
 fn token(role: Role) -> String {
     let identity = Identity { subject: format!("fault-{}", role.name()), role, organisations: vec!["RR8".into()] };

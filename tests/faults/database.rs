@@ -17,7 +17,8 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::common::{channel, free_port, registration};
+use crate::common::registration;
+use pac_platform::testkit::{channel, eventually, free_port};
 
 /// What the load saw: each call's outcome, by when it ended.
 #[derive(Default)]
@@ -121,7 +122,7 @@ async fn database_faults(crash_count: usize) {
     for _ in 0..crash_count {
         let crashed = Instant::now();
         server.crash().expect("pg_ctl stop -m immediate");
-        let not_serving = crate::common::eventually(Duration::from_secs(10), || {
+        let not_serving = eventually(Duration::from_secs(10), || {
             let mut health = health.clone();
             async move { !serving(&mut health).await }
         })
@@ -129,7 +130,7 @@ async fn database_faults(crash_count: usize) {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let back = Instant::now();
         server.restart().await.expect("Postgres starts again");
-        let serving_again = crate::common::eventually(Duration::from_secs(15), || {
+        let serving_again = eventually(Duration::from_secs(15), || {
             let mut health = health.clone();
             async move { serving(&mut health).await }
         })
@@ -142,7 +143,7 @@ async fn database_faults(crash_count: usize) {
     let pids = server.server_processes().unwrap();
     let paused = Instant::now();
     signal(&pids, "-STOP");
-    let not_serving_paused = crate::common::eventually(Duration::from_secs(10), || {
+    let not_serving_paused = eventually(Duration::from_secs(10), || {
         let mut health = health.clone();
         async move { !serving(&mut health).await }
     })

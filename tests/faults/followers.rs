@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use crate::common::{InProcess, eventually};
+use crate::common::InProcess;
+use pac_platform::testkit::{channel, eventually, free_port};
 
 const EVENTS: usize = 10_000;
 const RESTARTS: usize = 100;
@@ -113,10 +114,7 @@ async fn a_new_life_of_a_follower_does_not_apply_what_the_last_one_was_committin
     let mut committing = first.begin().await.unwrap();
     assert!(record(&mut committing, &event_id, cursor).await.unwrap());
     // The second life receives the same event and applies it.
-    let second = Recorder {
-        pool: follower_pool(&db.admin_url).await,
-        records: PatientRecordsClient::new(crate::common::channel(crate::common::free_port())),
-    };
+    let second = Recorder { pool: follower_pool(&db.admin_url).await, records: PatientRecordsClient::new(channel(free_port())) };
     let envelope = pac_proto::common::EventEnvelope {
         cursor: cursor.into(),
         event_id: event_id.clone(),

@@ -326,7 +326,7 @@ async fn a_read_cut_off_before_its_end_is_cancelled_not_too_large() {
             .body(tonic::body::Body::new(body))
             .unwrap();
         let _ = channel.clone().oneshot(request).await;
-        let recorded = crate::common::eventually(Duration::from_secs(5), || {
+        let recorded = pac_platform::testkit::eventually(Duration::from_secs(5), || {
             let (pool, request_id) = (pool.clone(), request_id.clone());
             async move {
                 sqlx::query_scalar::<_, String>("SELECT outcome || ' ' || reason FROM audit.events WHERE request_id = $1")

@@ -1,13 +1,24 @@
 //! Test support: a throwaway database per test on a real Postgres (found, or started privately once
-//! per machine), dropped when the test ends.
+//! per machine), dropped when the test ends; components on loopback ports; callers and their signed
+//! context; what every suite asserts about an answer.
+//!
+//! What starts the services themselves is in the end-to-end test crate (`tests/e2e`, `pac-e2e`): the
+//! kit cannot depend on the services built on it.
 
+use std::net::SocketAddr;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
+use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::StatusExt;
 use uuid::Uuid;
 
+use crate::caller::{Actor, CALLER_HEADER, Caller, CallerVerifier};
 use crate::config::PlatformConfig;
 use crate::local_postgres::LocalPostgres;
 
@@ -108,5 +119,115 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
     type Writer = CapturedLogs;
     fn make_writer(&'a self) -> Self::Writer {
         self.clone()
+    }
+}
+
+/// A listener on a loopback port of its own, and its URL (`http://127.0.0.1:<port>`).
+pub async fn listener() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+    let url = format!("http://{}", listener.local_addr().expect("a bound address"));
+    (listener, url)
+}
+
+/// A port nothing listens on now, and not handed out before in this test binary: a component binds
+/// it later, and tests running side by side must not be given the same one meanwhile.
+pub fn free_port() -> SocketAddr {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
+}
+
+/// A channel to the component on `addr`, connected at its first call. On loopback a connection is
+/// made or refused at once; the short timeout ends a call to a component that is down or hung soon.
+pub fn channel(addr: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_timeout(Duration::from_secs(2)).connect_lazy()
+}
+
+/// A coordinator acting for `organisation` only, with `permissions`.
+pub fn member_of(subject: &str, organisation: &str, permissions: &[&str]) -> Caller {
+    Caller {
+        actor: Actor { subject: subject.into(), role: "coordinator".into(), organisation: organisation.into() },
+        organisations: vec![organisation.into()],
+        permissions: permissions.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+/// One of the platform's services (`subject`, such as `pac-scheduling`) calling: unscoped.
+pub fn service_caller(subject: &str) -> Caller {
+    Caller {
+        actor: Actor { subject: subject.into(), role: "service".into(), organisation: String::new() },
+        organisations: Vec::new(),
+        permissions: Vec::new(),
+    }
+}
+
+/// `message` from `caller`, its context signed with the deployment's internal key, as the gateway
+/// (or a service calling another) sends it.
+pub fn signed<T>(platform: &PlatformConfig, message: T, caller: &Caller) -> Request<T> {
+    let token = CallerVerifier::new(&platform.internal_key, false).sign(caller, Duration::from_secs(300));
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(CALLER_HEADER, token.parse().unwrap());
+    request
+}
+
+/// `message` with `token` (if any) as its bearer token, as a client of the gateway sends it.
+pub fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(token) = token {
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
+/// A registration of Ada `family_name` (born 1980-02-03, LS6 2AA), a possible duplicate allowed.
+pub fn registration(family_name: &str) -> pac_proto::records::RegisterPatientRequest {
+    use pac_proto::common::{Address, Date};
+    pac_proto::records::RegisterPatientRequest {
+        patient: Some(pac_proto::records::Patient {
+            given_name: "Ada".into(),
+            family_name: family_name.into(),
+            birth_date: Some(Date { year: 1980, month: 2, day: 3 }),
+            sex: 2,
+            address: Some(Address { postcode: "LS6 2AA".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+        allow_possible_duplicate: true,
+    }
+}
+
+/// The patient ids a response names for the audit trail.
+pub fn audited<T>(response: &Response<T>) -> Vec<String> {
+    response.metadata().get(crate::audit::PATIENTS_HEADER).map(|v| crate::audit::patients_in(v.to_str().unwrap())).unwrap_or_default()
+}
+
+/// Asserts the code and the ErrorInfo reason.
+pub fn assert_error(status: &Status, code: Code, reason: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    let details = status.get_error_details();
+    assert_eq!(details.error_info().map(|i| i.reason.as_str()), Some(reason), "{status:?}");
+}
+
+/// Polls `check` until it is true or `timeout` passes; whether it became true.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,11 +1,9 @@
 //! The event stream: order, resume after a cursor, following new events, transactions that commit
 //! out of id order, and restricted records in events.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use pac_platform::caller::Actor;
 use pac_platform::outbox::{Cursor, NewEvent, Outbox};
 use pac_proto::records as pb;

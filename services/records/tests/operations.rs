@@ -1,10 +1,8 @@
 //! What surrounds the API: the database role's reach, health, reflection, graceful shutdown.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use pac_proto::records as pb;
 use tokio_stream::StreamExt;
 use tonic_health::pb::HealthCheckRequest;

@@ -3,9 +3,9 @@
 //! matches, updates and merges), cannot register into each other's organisation, and the platform's
 //! own services see both.
 
-mod common;
-
-use common::*;
+use crate::common::*;
+use pac_platform::caller::PERMISSION_RESTRICTED_READ;
+use pac_platform::testkit::{member_of, service_caller};
 use pac_proto::records as pb;
 use pac_proto::records::lookup_patient_request::Identifier;
 use prost_types::FieldMask;
@@ -16,7 +16,11 @@ use tonic_types::StatusExt;
 async fn two_organisations_never_see_or_change_each_others_patients() {
     let server = TestServer::start().await;
     let mut client = server.client();
-    let (leeds, york, service) = (member_of("leeds-1", "RR8"), member_of("york-1", "RCB"), service_caller());
+    let (leeds, york, service) = (
+        member_of("leeds-1", "RR8", &[PERMISSION_RESTRICTED_READ]),
+        member_of("york-1", "RCB", &[PERMISSION_RESTRICTED_READ]),
+        service_caller("pac-scheduling"),
+    );
 
     let mut input = patient(1);
     input.nhs_number = "9434765919".into();

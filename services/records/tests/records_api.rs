@@ -1,10 +1,9 @@
 //! Every PatientRecords RPC over real gRPC on loopback against a real Postgres: the working paths
 //! and each error path (right code, reason and field; nothing written).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use pac_platform::caller::PERMISSION_RESTRICTED_READ;
+use pac_platform::testkit::audited;
 use pac_proto::records as pb;
 use prost_types::FieldMask;
 use tonic::Code;

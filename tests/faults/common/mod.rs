@@ -7,35 +7,16 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pac_platform::testkit::TestDatabase;
+use pac_platform::testkit::{TestDatabase, channel, free_port, listener};
 use pac_proto::common::{Address, Date};
 use pac_proto::records as records_pb;
 use pac_proto::records::patient_records_client::PatientRecordsClient;
 use pac_proto::scheduling as sched;
 use pac_proto::scheduling::scheduling_client::SchedulingClient;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 pub const PAC: &str = env!("CARGO_BIN_EXE_pac");
-
-/// A port nothing listens on now, and not handed out before in this test binary: the components
-/// bind it later, and tests running side by side must not be given the same one meanwhile.
-pub fn free_port() -> SocketAddr {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap();
-    loop {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        if !given.contains(&addr.port()) {
-            given.push(addr.port());
-            return addr;
-        }
-    }
-}
-
-pub fn channel(addr: SocketAddr) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_timeout(Duration::from_secs(2)).connect_lazy()
-}
 
 /// Records and scheduling served in this process.
 pub struct InProcess {
@@ -50,16 +31,11 @@ impl InProcess {
         let db = TestDatabase::create().await;
         let platform = db.platform_config();
         let shutdown = CancellationToken::new();
-        let records_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let records_addr = records_listener.local_addr().unwrap();
-        let config = pac_records::RecordsConfig::development(records_addr);
-        pac_records::migrate(&platform, &config).await.unwrap();
-        tokio::spawn(pac_records::serve(platform.clone(), config, records_listener, shutdown.clone()));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let records_addr = pac_e2e::serve_records(&platform, &shutdown).await;
+        let (listener, _) = listener().await;
         let scheduling_addr = listener.local_addr().unwrap();
         let config = pac_scheduling::SchedulingConfig::development(scheduling_addr, format!("http://{records_addr}"));
-        pac_scheduling::migrate(&platform, &config).await.unwrap();
-        tokio::spawn(pac_scheduling::serve(platform.clone(), config, listener, shutdown.clone()));
+        pac_e2e::serve_scheduling(&platform, config, listener, &shutdown).await;
         Self { db, records: channel(records_addr), scheduling: channel(scheduling_addr), shutdown }
     }
 }
@@ -156,24 +132,6 @@ pub async fn stuck_in_transaction(admin: &sqlx::PgPool, database: &str) -> Vec<(
     .fetch_all(admin)
     .await
     .unwrap()
-}
-
-/// Polls `check` until it is true or `timeout` passes; whether it became true.
-pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A component of the platform run as its own `pac serve` process.

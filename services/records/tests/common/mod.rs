@@ -1,12 +1,13 @@
 //! Starts the records service in-process on a loopback port against a database of its own.
+// Also compiled into the telemetry test binary, which uses only part of it.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use pac_platform::PlatformConfig;
-use pac_platform::caller::{Actor, CALLER_HEADER, Caller, CallerVerifier, PERMISSION_RESTRICTED_READ};
-use pac_platform::testkit::TestDatabase;
+use pac_platform::caller::{Caller, PERMISSION_RESTRICTED_READ};
+use pac_platform::testkit::{TestDatabase, channel, member_of, signed};
 use pac_proto::common::{Address, Date};
 use pac_proto::records as pb;
 use pac_proto::records::patient_records_client::PatientRecordsClient;
@@ -40,33 +41,16 @@ impl TestServer {
         pac_records::migrate(&platform, &config).await.expect("migrate");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(pac_records::serve(platform.clone(), config, listener, shutdown.clone()));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .expect("connect to records service");
-        Self { addr, db, platform, channel, shutdown, task }
+        Self { addr, db, platform, channel: channel(addr), shutdown, task }
     }
 
     pub fn client(&self) -> PatientRecordsClient<Channel> {
         PatientRecordsClient::new(self.channel.clone())
     }
 
-    /// A caller context signed with the deployment's internal key.
-    pub fn caller_token(&self, permissions: &[&str]) -> String {
-        let caller = Caller {
-            actor: Actor { subject: "coordinator-1".into(), role: "coordinator".into(), organisation: "RR8".into() },
-            organisations: vec!["RR8".into()],
-            permissions: permissions.iter().map(|p| p.to_string()).collect(),
-        };
-        CallerVerifier::new(&self.platform.internal_key, false).sign(&caller, Duration::from_secs(300))
-    }
-
+    /// `message` from a coordinator of RR8 with `permissions`.
     pub fn as_caller<T>(&self, message: T, permissions: &[&str]) -> Request<T> {
-        let mut request = Request::new(message);
-        request.metadata_mut().insert(CALLER_HEADER, self.caller_token(permissions).parse().unwrap());
-        request
+        self.signed(message, &member_of("coordinator-1", "RR8", permissions))
     }
 
     pub fn privileged<T>(&self, message: T) -> Request<T> {
@@ -75,10 +59,7 @@ impl TestServer {
 
     /// `message` from `caller`, its context signed with the deployment's internal key.
     pub fn signed<T>(&self, message: T, caller: &Caller) -> Request<T> {
-        let token = CallerVerifier::new(&self.platform.internal_key, false).sign(caller, Duration::from_secs(300));
-        let mut request = Request::new(message);
-        request.metadata_mut().insert(CALLER_HEADER, token.parse().unwrap());
-        request
+        signed(&self.platform, message, caller)
     }
 
     /// Admin connection to this test's database.
@@ -94,33 +75,6 @@ impl TestServer {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
     }
-}
-
-/// A coordinator acting for `organisation` only.
-pub fn member_of(subject: &str, organisation: &str) -> Caller {
-    Caller {
-        actor: Actor { subject: subject.into(), role: "coordinator".into(), organisation: organisation.into() },
-        organisations: vec![organisation.into()],
-        permissions: vec![PERMISSION_RESTRICTED_READ.into()],
-    }
-}
-
-/// One of the platform's services calling: unscoped.
-pub fn service_caller() -> Caller {
-    Caller {
-        actor: Actor { subject: "pac-scheduling".into(), role: "service".into(), organisation: String::new() },
-        organisations: Vec::new(),
-        permissions: Vec::new(),
-    }
-}
-
-/// The patient ids a response names for the audit trail.
-pub fn audited<T>(response: &tonic::Response<T>) -> Vec<String> {
-    response
-        .metadata()
-        .get(pac_platform::audit::PATIENTS_HEADER)
-        .map(|v| pac_platform::audit::patients_in(v.to_str().unwrap()))
-        .unwrap_or_default()
 }
 
 pub fn date(year: i32, month: i32, day: i32) -> Option<Date> {
@@ -159,10 +113,9 @@ pub fn register(patient: pb::Patient, request_id: &str) -> pb::RegisterPatientRe
 
 /// Asserts the code, the ErrorInfo reason, and (when given) the field of the first violation.
 pub fn assert_error(status: &Status, code: Code, reason: &str, field: Option<&str>) {
-    assert_eq!(status.code(), code, "{status:?}");
-    let details = status.get_error_details();
-    assert_eq!(details.error_info().map(|i| i.reason.as_str()), Some(reason), "{status:?}");
+    pac_platform::testkit::assert_error(status, code, reason);
     if let Some(field) = field {
+        let details = status.get_error_details();
         let violations = &details.bad_request().expect("field violations").field_violations;
         assert!(violations.iter().any(|v| v.field == field), "no violation on {field}: {violations:?}");
     }

@@ -1,12 +1,11 @@
 //! Booking over real gRPC against a real Postgres: capacity under stampedes, idempotency, holds that
 //! lapse on their own, reschedules, cancellations, the patient check with the records service.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Platform, assert_error, audited, eventually, service_caller};
 use futures::future::join_all;
+use pac_e2e::scheduling::Platform;
+use pac_platform::testkit::{assert_error, audited, eventually, service_caller};
 use pac_proto::scheduling as pb;
 use pac_proto::scheduling::book_appointment_request::Target;
 use tonic::Code;
@@ -335,7 +334,7 @@ async fn a_caller_holds_at_most_the_configured_number_of_slots_at_once_even_all_
 
     let hold = |n: usize| pb::HoldSlotRequest { slot_id: slots[n].id.clone(), patient_id: patients[n].clone(), ..Default::default() };
     // The cap is per caller: another may still hold.
-    p.client().hold_slot(p.signed(hold(10), &service_caller())).await.expect("another caller holds");
+    p.client().hold_slot(p.signed(hold(10), &service_caller("pac-referrals"))).await.expect("another caller holds");
     // A hold confirmed into a booking is no longer a hold: room for one more.
     let confirm = pb::BookAppointmentRequest { target: Some(Target::HeldAppointmentId(held[0].id.clone())), ..Default::default() };
     p.client().book_appointment(confirm).await.unwrap();

@@ -2,15 +2,14 @@
 //! only its organisations' events from every stream, and every stream is in the audit trail when it
 //! opens and when it closes, with the cursors, counts and patients it delivered.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Platform, free_slots, knee_clinic, referred_patient, registration, start, with_token};
+use pac_e2e::gateway::{Platform, free_slots, knee_clinic, referred_patient, start};
 use pac_gateway::auth::{Identity, mint_development};
 use pac_gateway::policy::Role;
 use pac_gateway::{DEVELOPMENT_ISSUER, DEVELOPMENT_TOKEN_KEY};
+use pac_platform::testkit::{registration, with_token};
 use pac_proto::access::access_client::AccessClient;
 use pac_proto::common::EventEnvelope;
 use pac_proto::records::patient_records_client::PatientRecordsClient;

@@ -1,5 +1,5 @@
-//! The platform behind its gateway, over real gRPC on loopback against a real Postgres.
-#![allow(dead_code)]
+//! The platform behind its gateway, over real gRPC on loopback against a real Postgres, and the
+//! directory and patients an access test books with, made through the gateway as a client would.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -7,8 +7,13 @@ use std::time::Duration;
 use pac_gateway::auth::{Identity, mint_development};
 use pac_gateway::policy::Role;
 use pac_gateway::{DEVELOPMENT_ISSUER, DEVELOPMENT_TOKEN_KEY, GatewayConfig};
-use pac_platform::testkit::TestDatabase;
-use tokio::net::TcpListener;
+use pac_platform::testkit::{TestDatabase, listener, registration, with_token};
+use pac_proto::common::Address;
+use pac_proto::records::patient_records_client::PatientRecordsClient;
+use pac_proto::referrals as refs;
+use pac_proto::referrals::referrals_client::ReferralsClient;
+use pac_proto::scheduling as sched;
+use pac_proto::scheduling::scheduling_client::SchedulingClient;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -25,12 +30,6 @@ impl Drop for Platform {
     }
 }
 
-pub async fn listener() -> (TcpListener, String) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    (listener, url)
-}
-
 pub async fn start() -> Platform {
     start_with(|_| {}).await
 }
@@ -39,30 +38,24 @@ pub async fn start_with(adjust: impl FnOnce(&mut GatewayConfig)) -> Platform {
     let db = TestDatabase::create().await;
     let platform = db.platform_config();
     let shutdown = CancellationToken::new();
-    let (records_listener, records_url) = listener().await;
+    let records_url = format!("http://{}", crate::serve_records(&platform, &shutdown).await);
     let (scheduling_listener, scheduling_url) = listener().await;
     let (referrals_listener, referrals_url) = listener().await;
     let (gateway_listener, gateway_url) = listener().await;
     let address = gateway_listener.local_addr().unwrap();
 
-    let config = pac_records::RecordsConfig::development(records_listener.local_addr().unwrap());
-    pac_records::migrate(&platform, &config).await.unwrap();
-    tokio::spawn(pac_records::serve(platform.clone(), config, records_listener, shutdown.clone()));
     let mut config = pac_scheduling::SchedulingConfig::development(scheduling_listener.local_addr().unwrap(), records_url.clone());
     config.referrals_url = referrals_url.clone();
-    pac_scheduling::migrate(&platform, &config).await.unwrap();
-    tokio::spawn(pac_scheduling::serve(platform.clone(), config, scheduling_listener, shutdown.clone()));
+    crate::serve_scheduling(&platform, config, scheduling_listener, &shutdown).await;
     let config =
         pac_referrals::ReferralsConfig::development(referrals_listener.local_addr().unwrap(), records_url.clone(), scheduling_url.clone());
-    pac_referrals::migrate(&platform, &config).await.unwrap();
-    tokio::spawn(pac_referrals::serve(platform.clone(), config, referrals_listener, shutdown.clone()));
+    crate::serve_referrals(&platform, config, referrals_listener, &shutdown).await;
     // Behind the gateway the services require a signed caller context, as in production.
     let mut gateway_platform = platform.clone();
     gateway_platform.require_caller_context = true;
-    let mut config = GatewayConfig::development(gateway_listener.local_addr().unwrap(), records_url, scheduling_url, referrals_url);
+    let mut config = GatewayConfig::development(address, records_url, scheduling_url, referrals_url);
     adjust(&mut config);
-    pac_gateway::migrate(&platform).await.unwrap();
-    tokio::spawn(pac_gateway::serve(gateway_platform, config, gateway_listener, shutdown.clone()));
+    crate::serve_gateway(&gateway_platform, config, gateway_listener, &shutdown).await;
     let gateway = tonic::transport::Endpoint::from_shared(gateway_url).unwrap().connect_lazy();
     Platform { db, gateway, address, shutdown }
 }
@@ -72,21 +65,12 @@ pub fn token(role: Role, ttl: Duration) -> String {
     mint_development(DEVELOPMENT_TOKEN_KEY.as_bytes(), DEVELOPMENT_ISSUER, "pac-gateway", &identity, ttl)
 }
 
-pub fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(token) = token {
-        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
-    request
-}
-
 impl Platform {
     pub async fn admin_pool(&self) -> sqlx::PgPool {
         self.db.admin_pool().await
     }
 }
 
-/// The gateway's refusals in the audit trail, by RPC and outcome, once `expected` of them are there.
 /// The refusals in the audit trail by action and outcome, once there are at least `expected`.
 pub async fn wait_for_audit(pool: &sqlx::PgPool, expected: i64) -> BTreeMap<(String, String), i64> {
     // Calls refused before their caller is known are recorded in aggregate, with their count.
@@ -101,14 +85,6 @@ pub async fn wait_for_audit(pool: &sqlx::PgPool, expected: i64) -> BTreeMap<(Str
     }
     panic!("fewer than {expected} refusals were audited");
 }
-
-use pac_proto::common::{Address, Date};
-use pac_proto::records as records_pb;
-use pac_proto::records::patient_records_client::PatientRecordsClient;
-use pac_proto::referrals as refs;
-use pac_proto::referrals::referrals_client::ReferralsClient;
-use pac_proto::scheduling as sched;
-use pac_proto::scheduling::scheduling_client::SchedulingClient;
 
 /// The directory an access test books into: a clinic of service `KNEE` open every day, and the
 /// referral service `KNEE`.
@@ -185,21 +161,6 @@ pub async fn clinic_with_daily_sessions(p: &Platform, clinic: sched::Clinic) -> 
             .unwrap();
     }
     clinic
-}
-
-pub fn registration(family_name: &str) -> records_pb::RegisterPatientRequest {
-    records_pb::RegisterPatientRequest {
-        patient: Some(records_pb::Patient {
-            given_name: "Ada".into(),
-            family_name: family_name.into(),
-            birth_date: Some(Date { year: 1980, month: 2, day: 3 }),
-            sex: 2,
-            address: Some(Address { postcode: "LS6 2AA".into(), ..Default::default() }),
-            ..Default::default()
-        }),
-        request_id: String::new(),
-        allow_possible_duplicate: true,
-    }
 }
 
 /// A registered patient with a referral to `KNEE`, accepted when `accept`.

@@ -1,11 +1,11 @@
 //! The referrals API over gRPC against a real Postgres: the directory and eligibility, referrals and
 //! triage with their errors, the RTT clock, notes and tasks, worklists and the event stream.
 
-mod common;
-
 use chrono::{Duration, Utc};
-use common::{Platform, assert_error, assert_violation, audited, date, timestamp};
 use futures::StreamExt;
+use pac_e2e::referrals::{Platform, assert_violation, timestamp};
+use pac_platform::convert::date;
+use pac_platform::testkit::{assert_error, audited};
 use pac_proto::referrals as pb;
 use pac_proto::referrals::triage_referral_request::Decision;
 use tonic::Code;

@@ -3,10 +3,9 @@
 //! hold, book or reschedule into each other's clinics nor book each other's patients, waitlist
 //! offers stay inside an organisation, and the platform's own services see both.
 
-mod common;
-
-use common::*;
+use pac_e2e::scheduling::*;
 use pac_platform::caller::Caller;
+use pac_platform::testkit::{assert_error, audited, member_of, service_caller};
 use pac_proto::scheduling as pb;
 use pac_proto::scheduling::book_appointment_request::Target;
 use tonic::Code;
@@ -44,7 +43,7 @@ async fn entries(p: &Platform, caller: &Caller) -> Vec<pb::WaitlistEntry> {
 #[tokio::test]
 async fn two_organisations_never_see_or_change_each_others_appointments_and_waitlists() {
     let p = Platform::start().await;
-    let (leeds, york, service) = (member_of("leeds-1", "RR8"), member_of("york-1", "RCB"), service_caller());
+    let (leeds, york, service) = (member_of("leeds-1", "RR8", &[]), member_of("york-1", "RCB", &[]), service_caller("pac-referrals"));
     let mut client = p.client();
     // Both run a clinic for the same service code.
     let leeds_clinic = p.clinic_of("DERM", "RR8").await;

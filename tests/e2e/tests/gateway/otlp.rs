@@ -2,17 +2,16 @@
 //! a single trace from the client's `traceparent` through the gateway to both services and their
 //! database work, with no patient data in any span.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{free_slots, knee_clinic, referred_patient, start, token, with_token};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::trace::v1::Span;
+use pac_e2e::gateway::{free_slots, knee_clinic, referred_patient, start, token};
 use pac_gateway::policy::Role;
 use pac_platform::config::TelemetryConfig;
+use pac_platform::testkit::with_token;
 use pac_proto::access::BookReferralAppointmentRequest;
 use pac_proto::access::access_client::AccessClient;
 

@@ -1,11 +1,10 @@
 //! `pac.access.v1.Access` through the gateway, with the three services behind it.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{clinic_with_daily_sessions, free_slots, knee_clinic, referred_patient, start, token, with_token};
+use pac_e2e::gateway::{clinic_with_daily_sessions, free_slots, knee_clinic, referred_patient, start, token};
 use pac_gateway::policy::Role;
+use pac_platform::testkit::with_token;
 use pac_proto::access as pb;
 use pac_proto::access::access_client::AccessClient;
 use pac_proto::referrals::ReferralStatus;

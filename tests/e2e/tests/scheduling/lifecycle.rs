@@ -1,9 +1,9 @@
 //! Appointment states over gRPC, session changes, and clinic wall-clock time across clock changes.
 
-mod common;
-
 use chrono::{NaiveDate, TimeZone, Utc};
-use common::{Platform, assert_error, date};
+use pac_e2e::scheduling::Platform;
+use pac_platform::convert::date;
+use pac_platform::testkit::assert_error;
 use pac_proto::scheduling as pb;
 use pac_proto::scheduling::AppointmentStatus as S;
 use tonic::Code;

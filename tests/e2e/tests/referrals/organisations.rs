@@ -4,9 +4,9 @@
 //! refer each other's patients, a redirect hands a referral to the new service's organisation, and
 //! the platform's own services see both.
 
-mod common;
-
-use common::*;
+use pac_e2e::referrals::*;
+use pac_platform::convert::date;
+use pac_platform::testkit::{assert_error, audited, member_of, service_caller};
 use pac_proto::referrals as pb;
 use pac_proto::referrals::triage_referral_request::Decision;
 use tonic::Code;
@@ -25,7 +25,8 @@ async fn listed(p: &Platform, request: pb::ListReferralsRequest, caller: &pac_pl
 #[tokio::test]
 async fn two_organisations_never_see_or_change_each_others_referrals() {
     let p = Platform::start().await;
-    let (leeds, york, service) = (member_of("leeds-1", "RR8", &[TRIAGE]), member_of("york-1", "RCB", &[TRIAGE]), service_caller());
+    let (leeds, york, service) =
+        (member_of("leeds-1", "RR8", &[TRIAGE]), member_of("york-1", "RCB", &[TRIAGE]), service_caller("pac-scheduling"));
     let mut client = p.client();
     let knee = p.open_service_of("KNEE", pb::LaterDnaPolicy::Rebook, "RR8").await;
     let hip = p.open_service_of("HIP", pb::LaterDnaPolicy::Rebook, "RCB").await;

@@ -1,13 +1,11 @@
-//! Starts records, scheduling and referrals in-process on loopback ports against one database of
-//! their own. The referrals service can be stopped and started again on the same address.
-#![allow(dead_code)]
+//! Records, scheduling and referrals in-process on loopback ports against one database of their
+//! own. The referrals service can be stopped and started again on the same address.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::{Datelike, Utc};
-use pac_platform::testkit::TestDatabase;
-use pac_platform::{Actor, Caller, CallerVerifier, PlatformConfig};
+use pac_platform::testkit::{TestDatabase, channel, member_of, signed};
+use pac_platform::{Actor, Caller, PlatformConfig};
 use pac_proto::common::{Address, Date};
 use pac_proto::records as records_pb;
 use pac_proto::records::patient_records_client::PatientRecordsClient;
@@ -34,21 +32,13 @@ pub struct Platform {
     pub shutdown: CancellationToken,
 }
 
-async fn channel(addr: SocketAddr) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_timeout(Duration::from_secs(5)).connect_lazy()
-}
-
 impl Platform {
     pub async fn start() -> Self {
         let db = TestDatabase::create().await;
         let platform = db.platform_config();
         let shutdown = CancellationToken::new();
 
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let records_addr = listener.local_addr().unwrap();
-        let config = pac_records::RecordsConfig::development(records_addr);
-        pac_records::migrate(&platform, &config).await.expect("migrate records");
-        tokio::spawn(pac_records::serve(platform.clone(), config, listener, shutdown.clone()));
+        let records_addr = crate::serve_records(&platform, &shutdown).await;
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let scheduling_addr = listener.local_addr().unwrap();
@@ -56,8 +46,7 @@ impl Platform {
         let referrals_addr = referrals_listener.local_addr().unwrap();
         let mut config = SchedulingConfig::development(scheduling_addr, format!("http://{records_addr}"));
         config.referrals_url = format!("http://{referrals_addr}");
-        pac_scheduling::migrate(&platform, &config).await.expect("migrate scheduling");
-        tokio::spawn(pac_scheduling::serve(platform.clone(), config, listener, shutdown.clone()));
+        crate::serve_scheduling(&platform, config, listener, &shutdown).await;
 
         let listener = referrals_listener;
         let referrals_config =
@@ -66,9 +55,9 @@ impl Platform {
         let mut p = Self {
             db,
             platform,
-            records: channel(records_addr).await,
-            scheduling: channel(scheduling_addr).await,
-            referrals: channel(referrals_addr).await,
+            records: channel(records_addr),
+            scheduling: channel(scheduling_addr),
+            referrals: channel(referrals_addr),
             referrals_config,
             referrals_shutdown: None,
             shutdown,
@@ -127,17 +116,9 @@ impl Platform {
         self.db.admin_pool().await
     }
 
-    /// A signed caller context with `permissions`.
+    /// `message` from a coordinator of RR8 with `permissions`.
     pub fn signed<T>(&self, message: T, permissions: &[&str]) -> tonic::Request<T> {
-        let caller = Caller {
-            actor: Actor { subject: "coordinator-7".into(), role: "coordinator".into(), organisation: "RR8".into() },
-            organisations: vec!["RR8".into()],
-            permissions: permissions.iter().map(|p| p.to_string()).collect(),
-        };
-        let token = CallerVerifier::new(&self.platform.internal_key, false).sign(&caller, Duration::from_secs(60));
-        let mut request = tonic::Request::new(message);
-        request.metadata_mut().insert(pac_platform::caller::CALLER_HEADER, token.parse().unwrap());
-        request
+        signed(&self.platform, message, &member_of("coordinator-7", "RR8", permissions))
     }
 
     /// Registers a patient; returns the id.
@@ -206,10 +187,7 @@ impl Platform {
 
     /// `message` from `caller`, its context signed with the deployment's internal key.
     pub fn signed_as<T>(&self, message: T, caller: &Caller) -> tonic::Request<T> {
-        let token = CallerVerifier::new(&self.platform.internal_key, false).sign(caller, Duration::from_secs(60));
-        let mut request = tonic::Request::new(message);
-        request.metadata_mut().insert(pac_platform::caller::CALLER_HEADER, token.parse().unwrap());
-        request
+        signed(&self.platform, message, caller)
     }
 
     pub fn new_referral(&self, patient_id: &str, service_code: &str) -> pb::CreateReferralRequest {
@@ -390,50 +368,12 @@ impl Drop for Platform {
     }
 }
 
-/// Asserts the code and the ErrorInfo reason.
-/// A coordinator acting for `organisation` only, with `permissions`.
-pub fn member_of(subject: &str, organisation: &str, permissions: &[&str]) -> Caller {
-    Caller {
-        actor: Actor { subject: subject.into(), role: "coordinator".into(), organisation: organisation.into() },
-        organisations: vec![organisation.into()],
-        permissions: permissions.iter().map(|p| p.to_string()).collect(),
-    }
-}
-
-/// One of the platform's services calling: unscoped.
-pub fn service_caller() -> Caller {
-    Caller {
-        actor: Actor { subject: "pac-scheduling".into(), role: "service".into(), organisation: String::new() },
-        organisations: Vec::new(),
-        permissions: Vec::new(),
-    }
-}
-
-/// The patient ids a response names for the audit trail.
-pub fn audited<T>(response: &tonic::Response<T>) -> Vec<String> {
-    response
-        .metadata()
-        .get(pac_platform::audit::PATIENTS_HEADER)
-        .map(|v| pac_platform::audit::patients_in(v.to_str().unwrap()))
-        .unwrap_or_default()
-}
-
-pub fn assert_error(status: &Status, code: Code, reason: &str) {
-    assert_eq!(status.code(), code, "{status:?}");
-    let details = status.get_error_details();
-    assert_eq!(details.error_info().map(|i| i.reason.as_str()), Some(reason), "{status:?}");
-}
-
 /// Asserts INVALID_ARGUMENT with a violation of `field` for `reason`.
 pub fn assert_violation(status: &Status, field: &str, reason: &str) {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     let details = status.get_error_details();
     let violations = details.bad_request().map(|b| b.field_violations.clone()).unwrap_or_default();
     assert!(violations.iter().any(|v| v.field == field && v.reason == reason), "no {field}/{reason} in {violations:?}");
-}
-
-pub fn date(d: chrono::NaiveDate) -> Date {
-    Date { year: d.year(), month: d.month() as i32, day: d.day() as i32 }
 }
 
 pub fn timestamp(at: chrono::DateTime<Utc>) -> prost_types::Timestamp {

@@ -1,26 +1,23 @@
-//! Starts the records and scheduling services in-process on loopback ports against one database of
-//! their own, and builds the directory a test books against.
-#![allow(dead_code)]
+//! The scheduling service and the records service it calls, in-process on loopback ports against
+//! one database of their own, and the directory a test books against.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::{Datelike, Utc};
 use pac_platform::PlatformConfig;
-use pac_platform::caller::{Actor, CALLER_HEADER, Caller, CallerVerifier};
-use pac_platform::testkit::TestDatabase;
+use pac_platform::caller::Caller;
+use pac_platform::convert::date;
+use pac_platform::testkit::{TestDatabase, channel, listener, signed};
 use pac_proto::common::{Address, Date};
 use pac_proto::records as records_pb;
 use pac_proto::records::patient_records_client::PatientRecordsClient;
 use pac_proto::scheduling as pb;
 use pac_proto::scheduling::scheduling_client::SchedulingClient;
-use pac_records::RecordsConfig;
 use pac_scheduling::SchedulingConfig;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
-use tonic_types::StatusExt;
+use tonic::{Request, Status};
 
 pub struct Platform {
     pub db: TestDatabase,
@@ -29,15 +26,6 @@ pub struct Platform {
     pub scheduling: Channel,
     pub scheduling_addr: SocketAddr,
     pub shutdown: CancellationToken,
-}
-
-async fn channel(addr: SocketAddr) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .expect("connect")
 }
 
 impl Platform {
@@ -51,23 +39,16 @@ impl Platform {
         let platform = db.platform_config();
         let shutdown = CancellationToken::new();
 
-        let records_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let records_addr = records_listener.local_addr().unwrap();
-        let records_config = RecordsConfig::development(records_addr);
-        pac_records::migrate(&platform, &records_config).await.expect("migrate records");
-        tokio::spawn(pac_records::serve(platform.clone(), records_config, records_listener, shutdown.clone()));
+        let records_addr = crate::serve_records(&platform, &shutdown).await;
 
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (listener, _) = listener().await;
         let scheduling_addr = listener.local_addr().unwrap();
         let mut config = SchedulingConfig::development(scheduling_addr, format!("http://{records_addr}"));
         config.hold_sweep_interval = Duration::from_millis(200);
         adjust(&mut config);
-        pac_scheduling::migrate(&platform, &config).await.expect("migrate scheduling");
-        tokio::spawn(pac_scheduling::serve(platform.clone(), config, listener, shutdown.clone()));
+        crate::serve_scheduling(&platform, config, listener, &shutdown).await;
 
-        let records = channel(records_addr).await;
-        let scheduling = channel(scheduling_addr).await;
-        Self { db, platform, records, scheduling, scheduling_addr, shutdown }
+        Self { db, platform, records: channel(records_addr), scheduling: channel(scheduling_addr), scheduling_addr, shutdown }
     }
 
     pub fn client(&self) -> SchedulingClient<Channel> {
@@ -111,10 +92,7 @@ impl Platform {
 
     /// `message` from `caller`, its context signed with the deployment's internal key.
     pub fn signed<T>(&self, message: T, caller: &Caller) -> Request<T> {
-        let token = CallerVerifier::new(&self.platform.internal_key, false).sign(caller, Duration::from_secs(300));
-        let mut request = Request::new(message);
-        request.metadata_mut().insert(CALLER_HEADER, token.parse().unwrap());
-        request
+        signed(&self.platform, message, caller)
     }
 
     /// A location and clinic in Europe/London; returns the clinic.
@@ -271,37 +249,6 @@ impl Drop for Platform {
     }
 }
 
-/// A coordinator acting for `organisation` only.
-pub fn member_of(subject: &str, organisation: &str) -> Caller {
-    Caller {
-        actor: Actor { subject: subject.into(), role: "coordinator".into(), organisation: organisation.into() },
-        organisations: vec![organisation.into()],
-        permissions: Vec::new(),
-    }
-}
-
-/// One of the platform's services calling: unscoped.
-pub fn service_caller() -> Caller {
-    Caller {
-        actor: Actor { subject: "pac-referrals".into(), role: "service".into(), organisation: String::new() },
-        organisations: Vec::new(),
-        permissions: Vec::new(),
-    }
-}
-
-/// The patient ids a response names for the audit trail.
-pub fn audited<T>(response: &tonic::Response<T>) -> Vec<String> {
-    response
-        .metadata()
-        .get(pac_platform::audit::PATIENTS_HEADER)
-        .map(|v| pac_platform::audit::patients_in(v.to_str().unwrap()))
-        .unwrap_or_default()
-}
-
-pub fn date(d: chrono::NaiveDate) -> Date {
-    Date { year: d.year(), month: d.month() as i32, day: d.day() as i32 }
-}
-
 fn letters(mut n: u32) -> String {
     let mut s = String::new();
     loop {
@@ -311,27 +258,4 @@ fn letters(mut n: u32) -> String {
             return s;
         }
     }
-}
-
-/// Asserts the code and the ErrorInfo reason.
-pub fn assert_error(status: &Status, code: Code, reason: &str) {
-    assert_eq!(status.code(), code, "{status:?}");
-    let details = status.get_error_details();
-    assert_eq!(details.error_info().map(|i| i.reason.as_str()), Some(reason), "{status:?}");
-}
-
-/// Polls `check` until it is true or `timeout` passes.
-pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }

@@ -5,14 +5,13 @@
 //! written. The referrals service refuses to link a booking event that does not fit, however it got
 //! into the stream. A property test books random (caller, patient, referral, slot) combinations.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::*;
 use futures::StreamExt;
+use pac_e2e::referrals::*;
+use pac_platform::testkit::{assert_error, member_of};
 use pac_proto::referrals as pb;
 use pac_proto::scheduling as sched;
 use tonic::Code;

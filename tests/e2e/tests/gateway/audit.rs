@@ -1,14 +1,13 @@
 //! The audit trail under a mixed workload: every call to patient data and every refusal has exactly
 //! one record (joined by request id), the chain verifies, and tampering is found.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Platform, knee_clinic, referred_patient, start_with, token, with_token};
+use pac_e2e::gateway::{Platform, knee_clinic, referred_patient, start_with, token, wait_for_audit};
 use pac_gateway::policy::Role;
 use pac_platform::db::{ServiceSchema, service_connect_options};
+use pac_platform::testkit::{registration, with_token};
 use pac_proto::access::access_client::AccessClient;
 use pac_proto::audit as audit_pb;
 use pac_proto::audit::audit_trail_client::AuditTrailClient;
@@ -54,7 +53,7 @@ async fn workload(p: &Platform) -> HashMap<String, Expect> {
             // Registrations (patient data).
             0 | 1 => {
                 let outcome =
-                    records.register_patient(tagged(common::registration(&format!("Audit{}", letters(i))), Some(&coordinator), &id)).await;
+                    records.register_patient(tagged(registration(&format!("Audit{}", letters(i))), Some(&coordinator), &id)).await;
                 let patient = outcome.unwrap().into_inner().patient.unwrap().id;
                 patients.push(patient.clone());
                 Expect { audited: true, outcome: "OK", patient: Some(patient) }
@@ -90,7 +89,7 @@ async fn workload(p: &Platform) -> HashMap<String, Expect> {
             }
             // Refused: a clinician may not register; no token at all.
             8 => {
-                let status = records.register_patient(tagged(common::registration("Refused"), Some(&clinician), &id)).await.unwrap_err();
+                let status = records.register_patient(tagged(registration("Refused"), Some(&clinician), &id)).await.unwrap_err();
                 assert_eq!(status.code(), tonic::Code::PermissionDenied);
                 Expect { audited: true, outcome: "PERMISSION_DENIED", patient: None }
             }
@@ -157,7 +156,7 @@ async fn every_patient_data_call_and_refusal_has_exactly_one_record() {
     let key = (pac_gateway::refusals::ACTION.to_string(), "UNAUTHENTICATED".to_string());
     let mut counted = None;
     for _ in 0..100 {
-        counted = common::wait_for_audit(&pool, 0).await.get(&key).copied();
+        counted = wait_for_audit(&pool, 0).await.get(&key).copied();
         if counted >= Some(unauthenticated) {
             break;
         }
@@ -480,13 +479,13 @@ async fn an_auditor_reads_only_its_organisations_records_and_a_platform_auditor_
     let mut records = PatientRecordsClient::new(p.gateway.clone());
     let mut registered = HashMap::new();
     for (subject, orgs) in [("leeds-1", &["RR8"][..]), ("york-1", &["RCB"][..]), ("both-1", &["RCB", "RR8"][..])] {
-        let registration = common::registration("Audited");
+        let registration = registration("Audited");
         let patient = records.register_patient(with_token(registration, Some(&as_(subject, Role::Coordinator, orgs)))).await.unwrap();
         registered.insert(subject, patient.into_inner().patient.unwrap().id);
     }
     // A refusal of a caller with no valid token belongs to no organisation.
     let _ = records.get_patient(with_token(records_pb::GetPatientRequest { id: registered["leeds-1"].clone() }, None)).await;
-    common::wait_for_audit(&p.admin_pool().await, 1).await;
+    wait_for_audit(&p.admin_pool().await, 1).await;
 
     let mut trail = AuditTrailClient::new(p.gateway.clone());
     let mut list = async |token: &str, patient_id: &str| {

@@ -2,11 +2,10 @@
 //! notes, booking, a missed appointment, clock events, cancellation) leaves no patient data in any
 //! log line or span, and the caller's trace continues into the referrals service's call to records.
 
-mod common;
-
-use common::{Platform, date};
 use opentelemetry_sdk::trace::InMemorySpanExporter;
+use pac_e2e::referrals::Platform;
 use pac_platform::config::TelemetryConfig;
+use pac_platform::convert::date;
 use pac_proto::common::{Address, Date};
 use pac_proto::records as records_pb;
 use pac_proto::referrals as pb;

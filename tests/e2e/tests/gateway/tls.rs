@@ -1,13 +1,12 @@
 //! The gateway over TLS, with mutual TLS for integration accounts: their calls need a client
 //! certificate signed by the configured client CA; other callers need only their token.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{start_with, token, with_token};
+use pac_e2e::gateway::{start_with, token};
 use pac_gateway::TlsSettings;
 use pac_gateway::policy::Role;
+use pac_platform::testkit::with_token;
 use pac_proto::records as records_pb;
 use pac_proto::records::patient_records_client::PatientRecordsClient;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};

@@ -2,14 +2,13 @@
 //! holds (patients, appointments, referrals) is invisible to another's callers through every RPC
 //! that names it, lists never include it, and each attempt is in the audit trail.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Platform, free_slots, knee_clinic, referred_patient, start, with_token};
+use pac_e2e::gateway::{Platform, free_slots, knee_clinic, referred_patient, start, token};
 use pac_gateway::auth::{Identity, mint_development};
 use pac_gateway::policy::Role;
 use pac_gateway::{DEVELOPMENT_ISSUER, DEVELOPMENT_TOKEN_KEY};
+use pac_platform::testkit::with_token;
 use pac_proto::access::access_client::AccessClient;
 use pac_proto::records::patient_records_client::PatientRecordsClient;
 use pac_proto::referrals::referrals_client::ReferralsClient;
@@ -42,7 +41,7 @@ async fn booked_in_rr8(p: &Platform) -> (String, refs::Referral, sched::Appointm
     let booked = AccessClient::new(p.gateway.clone())
         .book_referral_appointment(with_token(
             access::BookReferralAppointmentRequest { referral_id: referral.id.clone(), slot_id: slots[0].id.clone(), request_id: id() },
-            Some(&common::token(Role::Coordinator, Duration::from_secs(60))),
+            Some(&token(Role::Coordinator, Duration::from_secs(60))),
         ))
         .await
         .unwrap()
@@ -176,7 +175,7 @@ async fn another_organisation_sees_and_changes_nothing_of_ours() {
     refused("BookReferralAppointment", access_api.book_referral_appointment(with_token(book, t(&coordinator).as_deref())).await, HIDDEN);
 
     // Nothing changed for the owner, and every attempt is on the record.
-    let owner = common::token(Role::Clinician, Duration::from_secs(60));
+    let owner = token(Role::Clinician, Duration::from_secs(60));
     let still = referrals
         .get_referral(with_token(refs::GetReferralRequest { id: referral.id.clone() }, Some(&owner)))
         .await

@@ -2,11 +2,10 @@
 //! hospital and by the patient, missed and attended appointments, a referral cancelled with its
 //! appointment, catching up after being stopped, and patient merges.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Platform, assert_error};
+use pac_e2e::referrals::Platform;
+use pac_platform::testkit::assert_error;
 use pac_proto::records as records_pb;
 use pac_proto::referrals as pb;
 use pac_proto::scheduling as sched;

@@ -1,14 +1,13 @@
 //! The waitlist (offers on cancellation, decline and expiry moving on), the event stream, following
 //! the records service's merges, and the service role's reach.
 
-mod common;
-
 use std::time::Duration;
 
 use sqlx::Connection;
 
-use common::{Platform, assert_error, eventually};
 use futures::StreamExt;
+use pac_e2e::scheduling::Platform;
+use pac_platform::testkit::{assert_error, eventually};
 use pac_proto::scheduling as pb;
 use pac_proto::scheduling::watch_events_response::Event;
 use tonic::Code;

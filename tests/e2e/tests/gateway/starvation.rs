@@ -1,14 +1,13 @@
 //! One caller flooding searches, another reading: a test binary of its own, so that the latency
 //! it measures is not the other tests' load (test binaries run one after another).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{start, with_token};
+use pac_e2e::gateway::start;
 use pac_gateway::auth::{Identity, mint_development};
 use pac_gateway::policy::Role;
 use pac_gateway::{DEVELOPMENT_ISSUER, DEVELOPMENT_TOKEN_KEY};
+use pac_platform::testkit::{registration, with_token};
 use pac_proto::records as records_pb;
 use pac_proto::records::patient_records_client::PatientRecordsClient;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +29,7 @@ async fn one_caller_flooding_searches_does_not_slow_another_callers_reads() {
     let surnames = ["Smith", "Jones", "Taylor", "Brown", "Williams", "Wilson", "Johnson", "Davies", "Robinson", "Wright"];
     let mut ids = Vec::new();
     for n in 0..100 {
-        let registration = common::registration(&format!("{}-{}", surnames[n % 10], surnames[(n / 10) % 10]));
+        let registration = registration(&format!("{}-{}", surnames[n % 10], surnames[(n / 10) % 10]));
         ids.push(records.register_patient(with_token(registration, Some(&reader))).await.unwrap().into_inner().patient.unwrap().id);
     }
     // 4,000 words of three letters: under the 16 KiB every text field is held to.

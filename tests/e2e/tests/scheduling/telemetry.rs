@@ -2,10 +2,8 @@
 //! waitlist run through both services leaves no patient data in any log line or span, and the
 //! caller's W3C trace continues from scheduling into its call to the records service.
 
-mod common;
-
-use common::Platform;
 use opentelemetry_sdk::trace::InMemorySpanExporter;
+use pac_e2e::scheduling::Platform;
 use pac_platform::config::TelemetryConfig;
 use pac_proto::common::{Address, Date};
 use pac_proto::records as records_pb;
