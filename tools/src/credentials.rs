@@ -45,6 +45,11 @@ pub fn identity(role: Role, organisations: &[String]) -> Identity {
     Identity { subject: format!("pac-load-{}", role.name()), role, organisations: organisations.to_vec() }
 }
 
+/// The `n`th of several people in the same `role`.
+pub fn member(role: Role, organisations: &[String], n: usize) -> Identity {
+    Identity { subject: format!("pac-load-{}-{n}", role.name()), ..identity(role, organisations) }
+}
+
 /// A development bearer token, as `pac token` makes it: HS256 with `PAC_GATEWAY_DEV_TOKEN_KEY` (or
 /// the built-in development key), issuer `PAC_GATEWAY_ISSUER`, audience `PAC_GATEWAY_AUDIENCE`.
 pub fn development_token(identity: &Identity, ttl: Duration) -> anyhow::Result<String> {

@@ -102,10 +102,7 @@ pub async fn run(args: SeedArgs) -> anyhow::Result<()> {
             ("referrals", count)
         }
     };
-    println!(
-        "seeded {count} {what} for {organisation} in {:.1} s (id space {space:08x}: ids 0x{space:08x}-0000-4000-…)",
-        started.elapsed().as_secs_f64()
-    );
+    println!("seeded {count} {what} for {organisation} in {:.1} s (ids {space:08x}-0000-4000-…)", started.elapsed().as_secs_f64());
     Ok(())
 }
 

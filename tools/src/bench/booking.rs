@@ -68,7 +68,7 @@ pub async fn gateway_against_direct(args: GatewayBookingArgs) -> anyhow::Result<
     let lifetime = Duration::from_secs(4 * 3600);
     let token = Credential::bearer(&credentials::development_token(&identity, lifetime)?)?;
     let context = Credential::caller_context(&credentials::caller_context(&bench.internal_key, &identity, lifetime))?;
-    let callers = |coordinator: Credential| Callers { coordinator, admin: None, clinician: None };
+    let callers = |coordinator: Credential| Callers { coordinators: vec![coordinator], admin: None, clinician: None };
     let gateway = Target::gateway(
         format!("gateway {}", bench.gateway),
         target::channels(&bench.gateway.to_string(), args.connections, None).await?,
@@ -230,7 +230,7 @@ enum Single {
 /// `calls` calls of `kind`, one at a time, through `target`.
 async fn single(kind: Single, target: &Target, world: &World, calls: usize, clinic: &str) -> anyhow::Result<Tally> {
     let stats = Stats::default();
-    let coordinator = &target.callers.coordinator;
+    let coordinator = target.callers.coordinator();
     for n in 0..calls {
         let sent = Instant::now();
         let result = match kind {

@@ -48,9 +48,14 @@ pub struct RunArgs {
     /// The referrals service, called directly.
     #[arg(long, conflicts_with = "gateway")]
     referrals: Option<String>,
-    /// The coordinator's bearer token: the load's calls (through the gateway).
-    #[arg(long, env = "PAC_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    /// Coordinators' bearer tokens: the load's calls take turns among them (through the gateway).
+    /// Repeat, or separate with commas.
+    #[arg(long, env = "PAC_TOKEN", hide_env_values = true, value_delimiter = ',')]
+    token: Vec<String>,
+    /// With --dev-tokens (or straight to the services), how many coordinators the load acts as:
+    /// the gateway limits each caller (rate, searches in flight), as it would each of a team.
+    #[arg(long, default_value_t = 20)]
+    coordinators: usize,
     /// An administrator's bearer token: makes the run's clinic directory and referral service.
     #[arg(long, env = "PAC_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -174,7 +179,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let report = json!({
         "scenario": args.scenario.name(),
-        "target": { "name": target.name, "through_gateway": target.through_gateway, "connections": args.connections },
+        "target": {
+            "name": target.name,
+            "through_gateway": target.through_gateway,
+            "connections": args.connections,
+            "coordinators": target.callers.coordinators.len(),
+        },
         "pace": match pace {
             Pace::Open { rate } => json!({ "open_loop": { "rate_per_second": rate } }),
             Pace::Closed { concurrency } => json!({ "closed_loop": { "in_flight": concurrency } }),
@@ -267,10 +277,22 @@ async fn connect(args: &RunArgs, lifetime: Duration) -> anyhow::Result<Target> {
                 None => Ok(None),
             }
         };
-        let coordinator = token(&args.token, Role::Coordinator)?
-            .context("a coordinator's bearer token is needed: --token or PAC_TOKEN (or --dev-tokens against a development gateway)")?;
+        let coordinators: Vec<Credential> = if !args.token.is_empty() {
+            args.token.iter().map(|t| Credential::bearer(t)).collect::<anyhow::Result<_>>()?
+        } else if args.dev_tokens {
+            (0..args.coordinators.max(1))
+                .map(|n| {
+                    Credential::bearer(&credentials::development_token(
+                        &credentials::member(Role::Coordinator, &organisations, n),
+                        lifetime,
+                    )?)
+                })
+                .collect::<anyhow::Result<_>>()?
+        } else {
+            bail!("a coordinator's bearer token is needed: --token or PAC_TOKEN (or --dev-tokens against a development gateway)");
+        };
         let callers = Callers {
-            coordinator,
+            coordinators,
             admin: token(&args.admin_token, Role::Admin)?,
             clinician: token(&args.clinician_token, Role::Clinician)?,
         };
@@ -278,11 +300,11 @@ async fn connect(args: &RunArgs, lifetime: Duration) -> anyhow::Result<Target> {
         return Ok(Target::gateway(format!("gateway {gateway}"), channels, callers));
     }
     let key = args.internal_key.clone().or_else(|| args.dev_tokens.then(|| pac_platform::config::DEVELOPMENT_INTERNAL_KEY.to_string()));
-    let context = |role: Role| -> anyhow::Result<Credential> {
+    let context = |role: Role, n: usize| -> anyhow::Result<Credential> {
         match &key {
             Some(key) => Credential::caller_context(&credentials::caller_context(
                 &Secret::new(key.clone()),
-                &credentials::identity(role, &organisations),
+                &credentials::member(role, &organisations, n),
                 lifetime,
             )),
             // A development deployment takes calls without a context (unscoped).
@@ -290,9 +312,9 @@ async fn connect(args: &RunArgs, lifetime: Duration) -> anyhow::Result<Target> {
         }
     };
     let callers = Callers {
-        coordinator: context(Role::Coordinator)?,
-        admin: Some(context(Role::Admin)?),
-        clinician: Some(context(Role::Clinician)?),
+        coordinators: (0..args.coordinators.max(1)).map(|n| context(Role::Coordinator, n)).collect::<anyhow::Result<_>>()?,
+        admin: Some(context(Role::Admin, 0)?),
+        clinician: Some(context(Role::Clinician, 0)?),
     };
     let service = |address: &Option<String>| {
         let address = address.clone();

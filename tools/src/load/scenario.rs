@@ -306,7 +306,7 @@ impl World {
     }
 
     async fn perform(&self, op: Op, target: &Target, stats: &Stats, n: u64, due: Instant) {
-        let coordinator = &target.callers.coordinator;
+        let coordinator = target.callers.coordinator_for(n);
         match op {
             Op::SearchPatients => {
                 let person = self.patient(n);
@@ -359,7 +359,8 @@ impl World {
                     return Box::pin(self.perform(Op::Book, target, stats, n, due)).await;
                 };
                 let Some(slot) = self.take_slot() else { return stats.not_sent("no free slot left (raise --slots)") };
-                let request_id = format!("load-{}-r{n}", self.tag);
+                // The gateway's own API takes a UUID as request id.
+                let request_id = uuid::Uuid::now_v7().to_string();
                 let appointment = match target.access() {
                     Some(mut access) => {
                         let request = access_pb::BookReferralAppointmentRequest { referral_id, slot_id: slot, request_id };
@@ -539,7 +540,7 @@ const SETUP_IN_FLIGHT: usize = 16;
 
 /// Registers `count` distinct patients of the run (the coordinator's organisation's).
 async fn register_patients(target: &Target, tag: &str, count: usize, timeout: Duration) -> anyhow::Result<Vec<Person>> {
-    let coordinator = target.callers.coordinator.clone();
+    let coordinator = target.callers.coordinator().clone();
     let (family, given) = people::names();
     let registered = futures::stream::iter(0..count)
         .map(|i| {
@@ -598,7 +599,7 @@ async fn directory(target: &Target, tag: &str, plan: &Plan) -> anyhow::Result<(S
             let request = sched::ListClinicsRequest { service_code: code.clone(), page_size: 100, page_token, ..Default::default() };
             let page = target
                 .scheduling()
-                .list_clinics(target.callers.coordinator.request(request))
+                .list_clinics(target.callers.coordinator().request(request))
                 .await
                 .map_err(|s| anyhow::anyhow!("listing the clinics of {code}: {}", describe(&s)))?
                 .into_inner();
@@ -752,7 +753,7 @@ async fn free_slots_of(target: &Target, clinic: &str, wanted: usize) -> anyhow::
         };
         let page = target
             .scheduling()
-            .search_slots(target.callers.coordinator.request(request))
+            .search_slots(target.callers.coordinator().request(request))
             .await
             .map_err(|s| anyhow::anyhow!("searching a clinic's slots: {}", describe(&s)))?
             .into_inner();
@@ -769,7 +770,7 @@ async fn free_slots_of(target: &Target, clinic: &str, wanted: usize) -> anyhow::
 /// `plan.referrals` referrals of the world's patients to its service; every other one accepted
 /// when a clinician can triage.
 async fn make_referrals(target: &Target, world: &World, plan: &Plan) -> anyhow::Result<()> {
-    let coordinator = target.callers.coordinator.clone();
+    let coordinator = target.callers.coordinator().clone();
     let clinician = target.callers.clinician.clone();
     let made = futures::stream::iter(0..plan.referrals)
         .map(|i| {

@@ -19,9 +19,23 @@ use crate::credentials::Credential;
 /// is not done (setup fails with a message; a mix leaves the operation out).
 #[derive(Clone, Debug)]
 pub struct Callers {
-    pub coordinator: Credential,
+    /// The coordinators the load's operations take turns acting as: each is a caller of its own to
+    /// the gateway's per-caller limits, as a team's members are. The first also sets up.
+    pub coordinators: Vec<Credential>,
     pub admin: Option<Credential>,
     pub clinician: Option<Credential>,
+}
+
+impl Callers {
+    /// The coordinator who sets up the run's data.
+    pub fn coordinator(&self) -> &Credential {
+        &self.coordinators[0]
+    }
+
+    /// The coordinator making operation `n`.
+    pub fn coordinator_for(&self, n: u64) -> &Credential {
+        &self.coordinators[(n % self.coordinators.len() as u64) as usize]
+    }
 }
 
 /// Connections to each API, shared round-robin by the calls.
