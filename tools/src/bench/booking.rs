@@ -97,6 +97,8 @@ pub async fn gateway_against_direct(args: GatewayBookingArgs) -> anyhow::Result<
             .await;
     }
     let totals = [Stats::default(), Stats::default()];
+    let admin = bench.admin().await?;
+    let mut costs = [Cost::default(), Cost::default()];
     let mut rounds = Vec::new();
     let mut sequence = 1u64 << 40;
     for round in 0..args.rounds {
@@ -107,10 +109,12 @@ pub async fn gateway_against_direct(args: GatewayBookingArgs) -> anyhow::Result<
             for path in order {
                 let (target, world) = &paths[path];
                 let stats = Arc::new(Stats::default());
+                let before = Cost::now(&admin).await?;
                 let began = Instant::now();
                 let operation = crate::load::operation(world, target, &stats);
                 sequence += driver::drive(pace, Duration::from_secs(1), sequence, operation, stats.clone(), Duration::from_secs(10)).await;
                 seconds[path] += began.elapsed().as_secs_f64();
+                costs[path].add(&before, &Cost::now(&admin).await?);
                 ok[path] += stats.total().ok();
                 anyhow::ensure!(stats.not_sent_total() == 0, "the seed ran out of slots: raise --capacity");
                 round_stats[path].absorb(&stats);
@@ -188,6 +192,21 @@ pub async fn gateway_against_direct(args: GatewayBookingArgs) -> anyhow::Result<
             t.latency.max() as f64 / 1000.0
         );
     }
+    println!(
+        "\nCPU per booking, all rounds (this process: the load, the services and the gateway; the database: this benchmark's backends):\n"
+    );
+    println!("| path | this process | the database | both | machine busy |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, cost, stats) in [("direct", &costs[0], &totals[0]), ("gateway", &costs[1], &totals[1])] {
+        let bookings = stats.total().ok().max(1) as f64;
+        println!(
+            "| {name} | {:.2} ms | {:.2} ms | {:.2} ms | {:.0}% |",
+            cost.process_ms / bookings,
+            cost.database_ms / bookings,
+            (cost.process_ms + cost.database_ms) / bookings,
+            100.0 * cost.machine_busy_ms / cost.machine_ms.max(1.0)
+        );
+    }
     println!("\nOne call at a time ({} of each, each way): what the gateway adds\n", args.single_calls);
     println!("| call | direct p50 | gateway p50 | added p50 | direct p99 | gateway p99 |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -207,6 +226,63 @@ pub async fn gateway_against_direct(args: GatewayBookingArgs) -> anyhow::Result<
         verdict(ratio >= 0.7 && failed == 0)
     );
     Ok(())
+}
+
+/// CPU time, in milliseconds: this process's, this database's backends', and the machine's (busy and
+/// in all). Read from /proc, so only where Postgres runs on the same machine (it does here).
+#[derive(Default, Clone, Copy)]
+struct Cost {
+    process_ms: f64,
+    database_ms: f64,
+    machine_busy_ms: f64,
+    machine_ms: f64,
+}
+
+impl Cost {
+    async fn now(admin: &sqlx::PgPool) -> anyhow::Result<Self> {
+        let backends: Vec<i32> =
+            sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+                .fetch_all(admin)
+                .await?;
+        let (machine_busy_ms, machine_ms) = machine_cpu_ms();
+        Ok(Self {
+            process_ms: process_cpu_ms("self"),
+            database_ms: backends.iter().map(|pid| process_cpu_ms(&pid.to_string())).sum(),
+            machine_busy_ms,
+            machine_ms,
+        })
+    }
+
+    /// Adds what was spent from `before` to `after`.
+    fn add(&mut self, before: &Cost, after: &Cost) {
+        self.process_ms += after.process_ms - before.process_ms;
+        // A backend that went away between the readings takes its time with it; one that came counts whole.
+        self.database_ms += (after.database_ms - before.database_ms).max(0.0);
+        self.machine_busy_ms += after.machine_busy_ms - before.machine_busy_ms;
+        self.machine_ms += after.machine_ms - before.machine_ms;
+    }
+}
+
+/// Clock ticks a second in /proc (USER_HZ, 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// User and system CPU time of a process (`self` or a pid), in milliseconds; 0 when it is gone.
+fn process_cpu_ms(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(14) + ticks(15)) * 1000.0 / TICKS_PER_SECOND
+}
+
+/// The machine's busy and total CPU time, in milliseconds (all cores).
+fn machine_cpu_ms() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let times: Vec<f64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal …
+    let total: f64 = times.iter().take(8).sum();
+    let idle = times.get(3).copied().unwrap_or(0.0) + times.get(4).copied().unwrap_or(0.0);
+    ((total - idle) * 1000.0 / TICKS_PER_SECOND, total * 1000.0 / TICKS_PER_SECOND)
 }
 
 fn person(id: String) -> Person {

@@ -33,7 +33,7 @@ pub const MAX_IN_FLIGHT: usize = 20_000;
 pub async fn drive(pace: Pace, duration: Duration, first: u64, operation: Operation, stats: Arc<Stats>, grace: Duration) -> u64 {
     match pace {
         Pace::Open { rate } => open_loop(rate, duration, first, operation, stats, grace).await,
-        Pace::Closed { concurrency } => closed_loop(concurrency, duration, first, operation).await,
+        Pace::Closed { concurrency } => closed_loop(concurrency, duration, first, operation, stats).await,
     }
 }
 
@@ -69,16 +69,21 @@ async fn open_loop(rate: f64, duration: Duration, first: u64, operation: Operati
     n
 }
 
-async fn closed_loop(concurrency: usize, duration: Duration, first: u64, operation: Operation) -> u64 {
+async fn closed_loop(concurrency: usize, duration: Duration, first: u64, operation: Operation, stats: Arc<Stats>) -> u64 {
     let end = Instant::now() + duration;
     let next = Arc::new(AtomicU64::new(first));
     let mut callers = Vec::new();
     for _ in 0..concurrency {
-        let (operation, next) = (operation.clone(), next.clone());
+        let (operation, next, stats) = (operation.clone(), next.clone(), stats.clone());
         callers.push(tokio::spawn(async move {
             while Instant::now() < end {
                 let n = next.fetch_add(1, Ordering::Relaxed);
+                let unsent = stats.not_sent_total();
                 operation(n, Instant::now()).await;
+                // Nothing to send (no free slot left): wait a little rather than spin.
+                if stats.not_sent_total() > unsent {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
         }));
     }

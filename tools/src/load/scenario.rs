@@ -346,13 +346,13 @@ impl World {
             Op::Book => {
                 let Some(slot) = self.take_slot() else { return stats.not_sent("no free slot left (raise --slots)") };
                 let request = sched::BookAppointmentRequest {
-                    target: Some(sched::book_appointment_request::Target::SlotId(slot)),
+                    target: Some(sched::book_appointment_request::Target::SlotId(slot.clone())),
                     patient_id: self.next_patient().id.clone(),
                     referral_id: String::new(),
                     request_id: format!("load-{}-b{n}", self.tag),
                 };
-                let booked = timed(stats, BOOK, due, target.scheduling().book_appointment(self.request(coordinator, request))).await;
-                self.keep(booked.and_then(|b| b.appointment));
+                let booked = timed_result(stats, BOOK, due, target.scheduling().book_appointment(self.request(coordinator, request))).await;
+                self.booked_or_refused(booked.map(|b| b.appointment), slot);
             }
             Op::BookReferral => {
                 let Some((referral_id, patient_id)) = self.accepted.lock().expect("referrals").pop_front() else {
@@ -363,24 +363,24 @@ impl World {
                 let request_id = uuid::Uuid::now_v7().to_string();
                 let appointment = match target.access() {
                     Some(mut access) => {
-                        let request = access_pb::BookReferralAppointmentRequest { referral_id, slot_id: slot, request_id };
-                        timed(stats, BOOK_REFERRAL, due, access.book_referral_appointment(self.request(coordinator, request)))
+                        let request = access_pb::BookReferralAppointmentRequest { referral_id, slot_id: slot.clone(), request_id };
+                        timed_result(stats, BOOK_REFERRAL, due, access.book_referral_appointment(self.request(coordinator, request)))
                             .await
-                            .and_then(|r| r.appointment)
+                            .map(|r| r.appointment)
                     }
                     None => {
                         let request = sched::BookAppointmentRequest {
-                            target: Some(sched::book_appointment_request::Target::SlotId(slot)),
+                            target: Some(sched::book_appointment_request::Target::SlotId(slot.clone())),
                             patient_id,
                             referral_id,
                             request_id,
                         };
-                        timed(stats, BOOK, due, target.scheduling().book_appointment(self.request(coordinator, request)))
+                        timed_result(stats, BOOK, due, target.scheduling().book_appointment(self.request(coordinator, request)))
                             .await
-                            .and_then(|r| r.appointment)
+                            .map(|r| r.appointment)
                     }
                 };
-                self.keep(appointment);
+                self.booked_or_refused(appointment, slot);
             }
             Op::Reschedule => {
                 let Some(booked) = self.booked.lock().expect("booked").pop_front() else {
@@ -479,6 +479,16 @@ impl World {
         }
     }
 
+    /// A booking's outcome: the appointment kept; or, refused for anything but the slot itself
+    /// (a limit, a deadline), the slot given back for a later booking.
+    fn booked_or_refused(&self, outcome: Result<Option<sched::Appointment>, tonic::Code>, slot: String) {
+        match outcome {
+            Ok(appointment) => self.keep(appointment),
+            Err(tonic::Code::FailedPrecondition) => {}
+            Err(_) => self.free_slots.lock().expect("slots").push_back(slot),
+        }
+    }
+
     /// A new or moved appointment, for later reschedules, cancellations and look-ups.
     fn keep(&self, appointment: Option<sched::Appointment>) {
         if let Some(appointment) = appointment {
@@ -497,6 +507,18 @@ async fn timed<T>(stats: &Stats, rpc: &'static str, due: Instant, call: impl Fut
     let result = call.await;
     stats.record(rpc, &result, due.elapsed());
     result.ok().map(Response::into_inner)
+}
+
+/// As [`timed`], with the failure's status code.
+async fn timed_result<T>(
+    stats: &Stats,
+    rpc: &'static str,
+    due: Instant,
+    call: impl Future<Output = Result<Response<T>, Status>>,
+) -> Result<T, tonic::Code> {
+    let result = call.await;
+    stats.record(rpc, &result, due.elapsed());
+    result.map(Response::into_inner).map_err(|status| status.code())
 }
 
 /// The sequence number `distinct_person` spells run `tag`'s person `n` from.
@@ -538,28 +560,50 @@ fn accept(referral_id: String, etag: String) -> referrals_pb::TriageReferralRequ
 /// Up to this many setup calls at once.
 const SETUP_IN_FLIGHT: usize = 16;
 
+/// A setup call, made again while the gateway asks the caller to wait (its rate limit), after the
+/// wait its `RetryInfo` gives, as a well-behaved client does; for up to a minute.
+async fn patiently<T, F, Fut>(mut call: F) -> Result<Response<T>, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Response<T>, Status>>,
+{
+    use tonic_types::StatusExt;
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        match call().await {
+            Err(status) if status.code() == tonic::Code::ResourceExhausted && Instant::now() < give_up => {
+                let wait = status.get_error_details().retry_info().and_then(|r| r.retry_delay).unwrap_or(Duration::from_millis(100));
+                tokio::time::sleep(wait.min(Duration::from_secs(2))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Registers `count` distinct patients of the run (the coordinator's organisation's).
 async fn register_patients(target: &Target, tag: &str, count: usize, timeout: Duration) -> anyhow::Result<Vec<Person>> {
-    let coordinator = target.callers.coordinator().clone();
     let (family, given) = people::names();
     let registered = futures::stream::iter(0..count)
         .map(|i| {
-            let (mut records, coordinator) = (target.records(), coordinator.clone());
+            let (records, coordinator) = (target.records(), target.callers.coordinator_for(i as u64).clone());
             let mut rng = Rng((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from_str_radix(tag, 16).unwrap_or(1) | 1);
             let i = i as u64;
             // Common names (as real ones are), a birth date, a district and a phone of their own.
             let mut patient = people::searchable_person(i, &family, &given, &mut rng);
             patient.phone = format!("+447{:03}{:06}", person_seq(tag, 0) >> 32 & 0x3ff, i % 1_000_000);
             async move {
-                let request_id = format!("load-{tag}-p{i}");
-                let mut request = coordinator.request(records_pb::RegisterPatientRequest {
-                    patient: Some(patient.clone()),
-                    request_id,
-                    allow_possible_duplicate: true,
-                });
-                request.set_timeout(timeout);
-                let made =
-                    records.register_patient(request).await.map_err(|s| anyhow::anyhow!("registering a patient: {}", describe(&s)))?;
+                let made = patiently(|| {
+                    let mut request = coordinator.request(records_pb::RegisterPatientRequest {
+                        patient: Some(patient.clone()),
+                        request_id: format!("load-{tag}-p{i}"),
+                        allow_possible_duplicate: true,
+                    });
+                    request.set_timeout(timeout);
+                    let mut records = records.clone();
+                    async move { records.register_patient(request).await }
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("registering a patient: {}", describe(&s)))?;
                 let id = made.into_inner().patient.map(|p| p.id).unwrap_or_default();
                 Ok::<_, anyhow::Error>(Person {
                     id,
@@ -770,28 +814,33 @@ async fn free_slots_of(target: &Target, clinic: &str, wanted: usize) -> anyhow::
 /// `plan.referrals` referrals of the world's patients to its service; every other one accepted
 /// when a clinician can triage.
 async fn make_referrals(target: &Target, world: &World, plan: &Plan) -> anyhow::Result<()> {
-    let coordinator = target.callers.coordinator().clone();
     let clinician = target.callers.clinician.clone();
     let made = futures::stream::iter(0..plan.referrals)
         .map(|i| {
-            let (mut referrals, coordinator, clinician) = (target.referrals(), coordinator.clone(), clinician.clone());
+            let (referrals, coordinator, clinician) =
+                (target.referrals(), target.callers.coordinator_for(i as u64).clone(), clinician.clone());
             let request = referral_request(&world.patients[i % world.patients.len()].id, &world.service_code, i as u64);
             async move {
-                let referral = referrals
-                    .create_referral(coordinator.request(request))
+                let referral = patiently(|| {
+                    let (mut referrals, request) = (referrals.clone(), coordinator.request(request.clone()));
+                    async move { referrals.create_referral(request).await }
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("creating a referral: {}", describe(&s)))?
+                .into_inner()
+                .referral
+                .unwrap_or_default();
+                if let Some(clinician) = clinician.filter(|_| i % 2 == 0) {
+                    let triaged = patiently(|| {
+                        let (mut referrals, request) =
+                            (referrals.clone(), clinician.request(accept(referral.id.clone(), referral.etag.clone())));
+                        async move { referrals.triage_referral(request).await }
+                    })
                     .await
-                    .map_err(|s| anyhow::anyhow!("creating a referral: {}", describe(&s)))?
+                    .map_err(|s| anyhow::anyhow!("accepting a referral: {}", describe(&s)))?
                     .into_inner()
                     .referral
                     .unwrap_or_default();
-                if let Some(clinician) = clinician.filter(|_| i % 2 == 0) {
-                    let triaged = referrals
-                        .triage_referral(clinician.request(accept(referral.id.clone(), referral.etag.clone())))
-                        .await
-                        .map_err(|s| anyhow::anyhow!("accepting a referral: {}", describe(&s)))?
-                        .into_inner()
-                        .referral
-                        .unwrap_or_default();
                     return Ok::<_, anyhow::Error>((triaged, true));
                 }
                 Ok((referral, false))
