@@ -8,12 +8,10 @@
 //! - `pac audit verify`: checks the audit trail's hash chains.
 //! - `pac health`: asks a component's grpc.health.v1 service; exits 0 only when it is SERVING (the
 //!   containers' health check).
-//! - `pac bench <scenario>`: the benchmarks behind BENCHMARKS.md.
+//!
+//! Benchmarks, data seeding and load generation are not part of the product: they are `pac-load`
+//! (`tools/`).
 
-mod bench;
-mod bench_gateway;
-mod bench_referrals;
-mod bench_scheduling;
 mod demo;
 mod dev;
 
@@ -40,8 +38,6 @@ enum Command {
         #[arg(value_enum)]
         component: Component,
     },
-    /// Measure the platform against its baselines (see BENCHMARKS.md).
-    Bench(bench::BenchArgs),
     /// Create roles and schemas and run migrations (administrator DATABASE_URL).
     Migrate {
         #[arg(value_enum, default_value = "all")]
@@ -130,7 +126,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
         Command::Serve { component } => serve(component).await,
-        Command::Bench(args) => bench::run(args).await,
         Command::Token { role, orgs, subject, ttl } => {
             println!("{}", development_token(&role, orgs, subject, ttl)?);
             Ok(())

@@ -15,6 +15,7 @@
 //! development calls are unscoped. `WatchEvents` delivers a scoped caller only its organisations'
 //! events; the other services follow the whole feed.
 
+pub mod bulk;
 pub mod convert;
 pub mod domain;
 pub mod error;

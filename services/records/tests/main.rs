@@ -2,6 +2,7 @@
 //! `telemetry.rs` is a test binary of its own: it installs the process-wide tracing subscriber and
 //! OpenTelemetry provider, which would capture (and be disturbed by) the other tests' work.
 
+mod bulk;
 mod common;
 mod events;
 mod operations;

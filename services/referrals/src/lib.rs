@@ -21,6 +21,7 @@
 //! services' events and anonymous development calls are unscoped; `WatchEvents` delivers a scoped
 //! caller (an integration account) only its organisations' events.
 
+pub mod bulk;
 pub mod clients;
 pub mod convert;
 pub mod domain;

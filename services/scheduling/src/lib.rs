@@ -22,6 +22,7 @@
 //! Service-to-service calls and anonymous development calls are unscoped; `WatchEvents` delivers a
 //! scoped caller (an integration account) only its organisations' events.
 
+pub mod bulk;
 pub mod convert;
 pub mod domain;
 pub mod error;

@@ -25,6 +25,7 @@ mod referrals {
 
 mod scheduling {
     mod booking;
+    mod bulk;
     mod lifecycle;
     mod organisations;
     mod waitlist_and_events;

@@ -204,7 +204,7 @@ fn referral_as_new(r: &Referral, service_code: String) -> NewReferral {
 }
 
 /// A referral awaiting triage since `since` (its receipt, or its redirection).
-fn new_referral(
+pub(crate) fn new_referral(
     new: &NewReferral,
     patient_id: Uuid,
     service: &ServiceEntry,

@@ -1,11 +1,20 @@
-//! `pac bench`: the measurements behind BENCHMARKS.md, over real gRPC on loopback against a real
-//! Postgres, each compared with its baseline in the same run.
+//! `pac-load bench`: the measurements behind BENCHMARKS.md, over real gRPC on loopback against a
+//! real Postgres, each compared with its baseline in the same run, each on a platform of its own
+//! started in this process. Data is seeded through the services' own bulk loaders (`crate::seed`).
 //!
 //! - `search`: SearchPatients latency with 10,000 and then 1,000,000 patients in the table.
 //! - `register`: RegisterPatient throughput against pgbench running the patient INSERT, alternating.
-//! - `book`, `slots`: the scheduling service (see `bench_scheduling`).
-//! - `worklist`, `event-lag`: the referrals service (see `bench_referrals`).
-//! - `gateway`: the gateway's overhead (see `bench_gateway`).
+//! - `book`, `slots`: the scheduling service (see `scheduling`).
+//! - `worklist`, `event-lag`: the referrals service (see `referrals`).
+//! - `gateway`: the gateway's overhead (see `gateway`).
+//! - `gateway-booking`: booking through the gateway against booking straight at scheduling (see
+//!   `booking`).
+//! - `all --quick`: every one of them for a few seconds on small data (CI), so none can rot unseen.
+
+mod booking;
+mod gateway;
+mod referrals;
+mod scheduling;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,15 +26,14 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use pac_platform::PlatformConfig;
 use pac_platform::local_postgres::LocalPostgres;
-use pac_proto::common::Date;
 use pac_proto::records as pb;
 use pac_proto::records::patient_records_client::PatientRecordsClient;
-use pac_records::domain::demographics::name_key;
-use pac_records::domain::matching::phonetic;
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::people::{self, Rng};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -79,6 +87,9 @@ enum Scenario {
         concurrency: usize,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Single-place slots seeded for the gRPC bookings (and as many for pgbench's).
+        #[arg(long, default_value_t = 300_000)]
+        slots: u64,
     },
     /// ListReferrals (worklist) latency at a small and a large number of referrals, in one run.
     Worklist {
@@ -99,6 +110,9 @@ enum Scenario {
         concurrency: usize,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Patients seeded; each call looks one up by phone.
+        #[arg(long, default_value_t = 100_000)]
+        patients: u64,
     },
     /// Time from a booking's answer to its referral showing it, under a steady booking rate.
     EventLag {
@@ -119,6 +133,15 @@ enum Scenario {
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
     },
+    /// BookAppointment through the gateway (a coordinator's token) against the same bookings sent
+    /// straight to scheduling (the caller context the gateway would sign), taking turns, in one run.
+    GatewayBooking(booking::GatewayBookingArgs),
+    /// Every benchmark above, one after another.
+    All {
+        /// A few seconds each on small data: shows each still runs, measures nothing (CI).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -126,14 +149,55 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Search { small, large, queries, concurrency } => search(small, large, queries, concurrency).await,
         Scenario::Register { seconds, concurrency, runs } => register(seconds, concurrency, runs).await,
         Scenario::RegisterFromEmpty { seconds, slice, concurrency, runs } => register_from_empty(seconds, slice, concurrency, runs).await,
-        Scenario::Book { seconds, concurrency, runs } => crate::bench_scheduling::book(seconds, concurrency, runs).await,
-        Scenario::Slots { small, large, queries, concurrency } => crate::bench_scheduling::slots(small, large, queries, concurrency).await,
-        Scenario::Worklist { small, large, queries, concurrency } => {
-            crate::bench_referrals::worklist(small, large, queries, concurrency).await
-        }
-        Scenario::EventLag { rate, seconds } => crate::bench_referrals::event_lag(rate, seconds).await,
-        Scenario::Gateway { seconds, concurrency, runs } => crate::bench_gateway::overhead(seconds, concurrency, runs).await,
+        Scenario::Book { seconds, concurrency, runs, slots } => scheduling::book(seconds, concurrency, runs, slots).await,
+        Scenario::Slots { small, large, queries, concurrency } => scheduling::slots(small, large, queries, concurrency).await,
+        Scenario::Worklist { small, large, queries, concurrency } => referrals::worklist(small, large, queries, concurrency).await,
+        Scenario::EventLag { rate, seconds } => referrals::event_lag(rate, seconds).await,
+        Scenario::Gateway { seconds, concurrency, runs, patients } => gateway::overhead(seconds, concurrency, runs, patients).await,
+        Scenario::GatewayBooking(args) => booking::gateway_against_direct(args).await,
+        Scenario::All { quick } => all(quick).await,
     }
+}
+
+/// Each benchmark's settings for `all --quick`: a few seconds on small data, enough to show it
+/// still runs end to end (its figures mean nothing). Every benchmark must have a line here.
+const QUICK: &[(&str, &[&str])] = &[
+    ("search", &["--small", "500", "--large", "2000", "--queries", "60", "--concurrency", "2"]),
+    ("register", &["--seconds", "1", "--runs", "1", "--concurrency", "4"]),
+    ("register-from-empty", &["--seconds", "2", "--slice", "1", "--concurrency", "4"]),
+    ("book", &["--seconds", "1", "--runs", "1", "--concurrency", "4", "--slots", "20000"]),
+    ("worklist", &["--small", "10000", "--large", "20000", "--queries", "80", "--concurrency", "2"]),
+    ("gateway", &["--seconds", "2", "--runs", "1", "--concurrency", "4", "--patients", "2000"]),
+    ("event-lag", &["--rate", "20", "--seconds", "2"]),
+    ("slots", &["--small", "2000", "--large", "8000", "--queries", "60", "--concurrency", "2"]),
+    ("gateway-booking", &["--seconds", "1", "--rounds", "1", "--concurrency", "4"]),
+];
+
+/// Every benchmark, one after another: quick (`QUICK`) or at full size.
+async fn all(quick: bool) -> anyhow::Result<()> {
+    use clap::{Args as _, FromArgMatches};
+    let command = BenchArgs::augment_args(clap::Command::new("bench"));
+    let names: Vec<String> =
+        command.get_subcommands().map(|c| c.get_name().to_string()).filter(|name| name != "all" && name != "help").collect();
+    for name in &names {
+        let settings: &[&str] = if quick {
+            QUICK
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, a)| *a)
+                .ok_or_else(|| anyhow::anyhow!("bench {name} has no quick settings (QUICK)"))?
+        } else {
+            &[]
+        };
+        let mut argv = vec!["bench", name.as_str()];
+        argv.extend_from_slice(settings);
+        eprintln!("\n== pac-load {}", argv.join(" "));
+        let matches = BenchArgs::augment_args(clap::Command::new("bench")).try_get_matches_from(&argv)?;
+        let started = Instant::now();
+        Box::pin(run(BenchArgs::from_arg_matches(&matches)?)).await.with_context(|| format!("bench {name}"))?;
+        eprintln!("== bench {name}: {:.1} s", started.elapsed().as_secs_f64());
+    }
+    Ok(())
 }
 
 /// The records, scheduling and referrals services on a fresh database of their own.
@@ -146,6 +210,8 @@ pub(crate) struct Bench {
     pub gateway: SocketAddr,
     /// The key the gateway signs caller contexts with, and the services verify them with.
     pub internal_key: pac_platform::config::Secret,
+    /// The platform's settings (the services' database roles among them).
+    pub platform: PlatformConfig,
     shutdown: CancellationToken,
 }
 
@@ -195,8 +261,8 @@ impl Bench {
             ..pac_gateway::proxy::DEFAULT_LIMITS
         };
         pac_gateway::migrate(&platform).await?;
-        tokio::spawn(pac_gateway::serve(platform, config, listener, shutdown.clone()));
-        Ok(Self { _postgres: postgres, admin_url, records, scheduling, referrals, gateway, internal_key, shutdown })
+        tokio::spawn(pac_gateway::serve(platform.clone(), config, listener, shutdown.clone()));
+        Ok(Self { _postgres: postgres, admin_url, records, scheduling, referrals, gateway, internal_key, platform, shutdown })
     }
 
     /// Separate HTTP/2 connections, as separate clients would have.
@@ -204,12 +270,38 @@ impl Bench {
         records_clients(self.records, count).await
     }
 
-    pub async fn seed_patients(&self, count: i64) -> anyhow::Result<()> {
-        seed(&self.admin().await?, 0, count).await
+    /// Patients `from..to` of the search population (RR8's), through the records service's bulk loader.
+    pub async fn seed_patients(&self, from: u64, to: u64) -> anyhow::Result<()> {
+        let pool = self.records_pool().await?;
+        crate::seed::patients(&pool, 0, from..to, "RR8").await?;
+        pool.close().await;
+        Ok(())
     }
 
     pub async fn admin(&self) -> anyhow::Result<sqlx::PgPool> {
         Ok(sqlx::PgPool::connect(&self.admin_url).await?)
+    }
+
+    /// A small pool as a service's own role, for its bulk loader (long statements allowed).
+    fn seeding(&self) -> PlatformConfig {
+        let mut platform = self.platform.clone();
+        platform.db.max_connections = 2;
+        platform.db.statement_timeout = Duration::from_secs(600);
+        platform
+    }
+
+    pub async fn records_pool(&self) -> anyhow::Result<sqlx::PgPool> {
+        pac_records::connect(&self.seeding(), &pac_records::RecordsConfig::development(self.records)).await
+    }
+
+    pub async fn scheduling_pool(&self) -> anyhow::Result<sqlx::PgPool> {
+        let config = pac_scheduling::SchedulingConfig::development(self.scheduling, format!("http://{}", self.records));
+        pac_scheduling::connect(&self.seeding(), &config).await
+    }
+
+    pub async fn referrals_pool(&self) -> anyhow::Result<sqlx::PgPool> {
+        let config = pac_referrals::ReferralsConfig::development(self.referrals, String::new(), String::new());
+        pac_referrals::connect(&self.seeding(), &config).await
     }
 }
 
@@ -219,7 +311,6 @@ impl Drop for Bench {
     }
 }
 
-/// A small deterministic generator (xorshift64*): the same run twice asks the same questions.
 /// `count` records clients on separate connections to `address`.
 pub(crate) async fn records_clients(address: SocketAddr, count: usize) -> anyhow::Result<Vec<PatientRecordsClient<Channel>>> {
     let mut clients = Vec::new();
@@ -230,82 +321,9 @@ pub(crate) async fn records_clients(address: SocketAddr, count: usize) -> anyhow
     Ok(clients)
 }
 
-pub(crate) struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    /// Skewed towards 0, as name frequencies are.
-    fn skewed(&mut self, n: usize) -> usize {
-        let r = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        ((n as f64) * r.powf(1.5)) as usize
-    }
-}
-
-/// Name lists built from syllables: 300 family names, 196 given names.
-fn names() -> (Vec<String>, Vec<String>) {
-    const FAMILY_HEAD: [&str; 20] = [
-        "Ash", "Black", "Brad", "Brook", "Cart", "Clay", "Dal", "Fair", "Green", "Hart", "Holm", "Kings", "Lang", "Mar", "Nor", "Pem",
-        "Rad", "Sel", "Thorn", "Wood",
-    ];
-    const FAMILY_TAIL: [&str; 15] =
-        ["ford", "ley", "worth", "ton", "wood", "field", "er", "well", "by", "stone", "wick", "ham", "croft", "bury", "man"];
-    const GIVEN_HEAD: [&str; 14] = ["Al", "Ben", "Car", "Dan", "El", "Fran", "Ger", "Han", "Is", "Jos", "Kat", "Leo", "Mar", "Ro"];
-    const GIVEN_TAIL: [&str; 14] = ["a", "ie", "en", "on", "ina", "ette", "ald", "ias", "ah", "el", "ey", "o", "ine", "us"];
-    let family = FAMILY_HEAD.iter().flat_map(|h| FAMILY_TAIL.iter().map(move |t| format!("{h}{t}"))).collect();
-    let given = GIVEN_HEAD.iter().flat_map(|h| GIVEN_TAIL.iter().map(move |t| format!("{h}{t}"))).collect();
-    (family, given)
-}
-
-/// Adds patients `from..to` straight into the table (search keys computed as the service does).
-async fn seed(pool: &sqlx::PgPool, from: i64, to: i64) -> anyhow::Result<()> {
-    let (family, given) = names();
-    let family_keys: Vec<String> = family.iter().map(|f| name_key(f)).collect();
-    let phonetics: Vec<String> = family_keys.iter().map(|k| phonetic(k)).collect();
-    let given_keys: Vec<String> = given.iter().map(|g| name_key(g)).collect();
-    const BATCH: i64 = 100_000;
-    let mut start = from;
-    while start < to {
-        let end = (start + BATCH).min(to);
-        // Every seeded patient belongs to RR8, the organisation the gateway bench's token acts for.
-        // Indexes into the name lists are skewed (power 1.5) towards the first names, like real name
-        // frequencies; postcodes come from 300 districts; phones are unique.
-        sqlx::query(
-            "INSERT INTO records.patients (id, nhs_number_status, given_name, family_name, birth_date, sex, postcode, \
-                postcode_outward, phone, search_name, family_phonetic, organisation, created_at, updated_at) \
-             SELECT gen_random_uuid(), 3, ($1::text[])[g], ($2::text[])[f], date '1930-01-01' + ((i::bigint * 7919) % 33000)::int, 1 + i % 2, \
-                    o || ' ' || (i % 10) || substr('ABDEFGHJLNPQRSTUWXYZ', 1 + i % 20, 1) || substr('ABDEFGHJLNPQRSTUWXYZ', 1 + (i / 20) % 20, 1), \
-                    o, '+447' || lpad(i::text, 9, '0'), ($3::text[])[g] || ' ' || ($4::text[])[f], ($5::text[])[f], 'RR8', now(), now() \
-             FROM generate_series($6::int, $7::int - 1) AS i, \
-                  LATERAL (SELECT 1 + floor(300 * power(random(), 1.5))::int AS f, 1 + floor(196 * power(random(), 1.5))::int AS g, \
-                                  (ARRAY['LS','M','B','CF','SW','EH','G','BS','NE','L'])[1 + i % 10] || (1 + (i / 10) % 30) AS o) AS pick",
-        )
-        .bind(&given)
-        .bind(&family)
-        .bind(&given_keys)
-        .bind(&family_keys)
-        .bind(&phonetics)
-        .bind(i32::try_from(start)?)
-        .bind(i32::try_from(end)?)
-        .execute(pool)
-        .await
-        .context("seeding patients")?;
-        start = end;
-    }
-    sqlx::raw_sql("ANALYZE records.patients").execute(pool).await?;
-    Ok(())
-}
-
 /// The query mix: full names (common and rare), misspelt names, name with birth date, a district, a phone.
 fn search_queries(count: usize, patients: i64, rng: &mut Rng) -> Vec<(&'static str, pb::SearchPatientsRequest)> {
-    let (family, given) = names();
+    let (family, given) = people::names();
     (0..count)
         .map(|n| {
             let (g, f) = (&given[rng.skewed(given.len())], &family[rng.skewed(family.len())]);
@@ -324,22 +342,15 @@ fn search_queries(count: usize, patients: i64, rng: &mut Rng) -> Vec<(&'static s
                     ("misspelt name", pb::SearchPatientsRequest { name: format!("{g} {misspelt}"), ..Default::default() })
                 }
                 3 => {
-                    let i = rng.below(patients as usize) as i64;
-                    let birth = chrono::NaiveDate::from_ymd_opt(1930, 1, 1).unwrap() + chrono::Duration::days((i * 7919) % 33000);
-                    let date = Date {
-                        year: chrono::Datelike::year(&birth),
-                        month: chrono::Datelike::month(&birth) as i32,
-                        day: chrono::Datelike::day(&birth) as i32,
-                    };
+                    let date = people::date(people::birth_date(rng.below(patients as usize) as u64));
                     ("name + birth date", pb::SearchPatientsRequest { name: f.clone(), birth_date: Some(date), ..Default::default() })
                 }
                 4 => {
-                    let i = rng.below(patients as usize);
-                    let area = ["LS", "M", "B", "CF", "SW", "EH", "G", "BS", "NE", "L"][i % 10];
-                    ("district", pb::SearchPatientsRequest { postcode: format!("{area}{}", 1 + (i / 10) % 30), ..Default::default() })
+                    let district = people::district(rng.below(patients as usize) as u64);
+                    ("district", pb::SearchPatientsRequest { postcode: district, ..Default::default() })
                 }
                 _ => {
-                    ("phone", pb::SearchPatientsRequest { phone: format!("+447{:09}", rng.below(patients as usize)), ..Default::default() })
+                    ("phone", pb::SearchPatientsRequest { phone: people::phone(rng.below(patients as usize) as u64), ..Default::default() })
                 }
             }
         })
@@ -437,13 +448,12 @@ where
 
 async fn search(small: i64, large: i64, queries: usize, concurrency: usize) -> anyhow::Result<()> {
     let bench = Bench::start("pac_bench_search").await?;
-    let admin = bench.admin().await?;
     let clients = bench.clients(concurrency).await?;
     let mut results = Vec::new();
     let mut seeded = 0;
     for size in [small, large] {
         let started = Instant::now();
-        seed(&admin, seeded, size).await?;
+        bench.seed_patients(seeded as u64, size as u64).await?;
         seeded = size;
         eprintln!("seeded {size} patients in {:.0} s", started.elapsed().as_secs_f64());
         let mut rng = Rng(0x5eed_0000 + size as u64);
@@ -551,37 +561,11 @@ async fn register_load(clients: &[PatientRecordsClient<Channel>], seconds: u64, 
 
 /// A patient nobody else in the run resembles: a name spelt from the sequence number.
 fn distinct_patient(seq: u64) -> pb::RegisterPatientRequest {
-    let letters = |mut v: u64, len: usize| -> String {
-        (0..len)
-            .map(|_| {
-                let c = char::from(b'a' + (v % 26) as u8);
-                v /= 26;
-                c
-            })
-            .collect()
-    };
-    let given = letters(seq, 8);
-    let family = letters(seq.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29), 9);
-    let day = (seq % 33_000) as i64;
-    let birth = chrono::NaiveDate::from_ymd_opt(1930, 1, 1).unwrap() + chrono::Duration::days(day);
-    let patient = pb::Patient {
-        given_name: given,
-        family_name: family,
-        birth_date: Some(Date {
-            year: chrono::Datelike::year(&birth),
-            month: chrono::Datelike::month(&birth) as i32,
-            day: chrono::Datelike::day(&birth) as i32,
-        }),
-        sex: 1 + (seq % 2) as i32,
-        address: Some(pac_proto::common::Address {
-            lines: vec!["1 Infirmary Street".into()],
-            locality: "Leeds".into(),
-            postcode: "LS1 3EX".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    pb::RegisterPatientRequest { patient: Some(patient), request_id: format!("bench-{seq:x}"), allow_possible_duplicate: false }
+    pb::RegisterPatientRequest {
+        patient: Some(people::distinct_person(seq)),
+        request_id: format!("bench-{seq:x}"),
+        allow_possible_duplicate: false,
+    }
 }
 
 pub(crate) fn median(values: &[f64]) -> f64 {

@@ -1,4 +1,4 @@
-//! `pac bench gateway`: the gateway's overhead. The same database-bound RPC (SearchPatients by
+//! `pac-load bench gateway`: the gateway's overhead. The same database-bound RPC (SearchPatients by
 //! phone: one indexed look-up among 100,000 patients) by the same caller, called directly on the
 //! records service with the signed caller context the gateway would send, and through the gateway
 //! with a bearer token, in the same run: throughput with many calls in flight, and single-call
@@ -19,9 +19,8 @@ use pac_proto::records as pb;
 use pac_proto::records::patient_records_client::PatientRecordsClient;
 use tonic::transport::Channel;
 
-use crate::bench::{Bench, Latencies, Rng, latencies, median, ms, records_clients, throughput, verdict};
-
-const PATIENTS: i64 = 100_000;
+use crate::bench::{Bench, Latencies, latencies, median, ms, records_clients, throughput, verdict};
+use crate::people::Rng;
 
 /// How a call says who makes it: a header and its value.
 type Credential = (&'static str, String);
@@ -32,11 +31,17 @@ fn search(phone: u64, (header, value): &Credential) -> tonic::Request<pb::Search
     request
 }
 
-async fn load(clients: &[PatientRecordsClient<Channel>], credential: Credential, seconds: u64, concurrency: usize) -> anyhow::Result<f64> {
+async fn load(
+    clients: &[PatientRecordsClient<Channel>],
+    credential: Credential,
+    seconds: u64,
+    concurrency: usize,
+    patients: u64,
+) -> anyhow::Result<f64> {
     throughput(clients, seconds, concurrency, "search", move |mut client: PatientRecordsClient<Channel>, worker, n| {
         let credential = credential.clone();
         async move {
-            let phone = (worker * 7919 + n * 104_729) % PATIENTS as u64;
+            let phone = (worker * 7919 + n * 104_729) % patients;
             client.search_patients(search(phone, &credential)).await.map(drop)
         }
     })
@@ -48,9 +53,10 @@ async fn single(
     client: &PatientRecordsClient<Channel>,
     credential: Credential,
     calls: usize,
+    patients: u64,
     rng: &mut Rng,
 ) -> anyhow::Result<Vec<Duration>> {
-    let queries: Vec<(&'static str, u64)> = (0..calls).map(|_| ("search", rng.below(PATIENTS as usize) as u64)).collect();
+    let queries: Vec<(&'static str, u64)> = (0..calls).map(|_| ("search", rng.below(patients as usize) as u64)).collect();
     let timings = latencies(std::slice::from_ref(client), queries, move |mut client: PatientRecordsClient<Channel>, phone| {
         let credential = credential.clone();
         async move { client.search_patients(search(phone, &credential)).await.map(drop) }
@@ -59,12 +65,12 @@ async fn single(
     Ok(timings.into_iter().map(|(_, d, ())| d).collect())
 }
 
-pub async fn overhead(seconds: u64, concurrency: usize, runs: usize) -> anyhow::Result<()> {
+pub async fn overhead(seconds: u64, concurrency: usize, runs: usize, patients: u64) -> anyhow::Result<()> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
     let bench = Bench::start("pac_bench_gateway").await?;
-    bench.seed_patients(PATIENTS).await?;
+    bench.seed_patients(0, patients).await?;
     // One RR8 coordinator: a bearer token for the gateway, and for the service directly the
     // caller context the gateway signs for that token.
     let identity = pac_gateway::auth::Identity {
@@ -72,7 +78,7 @@ pub async fn overhead(seconds: u64, concurrency: usize, runs: usize) -> anyhow::
         role: policy::Role::Coordinator,
         organisations: vec!["RR8".into()],
     };
-    let token = crate::development_token(identity.role.name(), identity.organisations.clone(), Some(identity.subject.clone()), 3600)?;
+    let token = crate::credentials::development_token(&identity, Duration::from_secs(3600))?;
     let context = CallerVerifier::new(&bench.internal_key, true).sign(&policy::caller(&identity), policy::CALLER_CONTEXT_TTL);
     let (through_service, through_gateway): (Credential, Credential) =
         ((CALLER_HEADER, context), ("authorization", format!("Bearer {token}")));
@@ -85,23 +91,23 @@ pub async fn overhead(seconds: u64, concurrency: usize, runs: usize) -> anyhow::
     }
     let mut rng = Rng(0x9a7e_0001);
     // Warm both paths.
-    single(&direct[0], through_service.clone(), 200, &mut rng).await?;
-    single(&gateway[0], through_gateway.clone(), 200, &mut rng).await?;
+    single(&direct[0], through_service.clone(), 200, patients, &mut rng).await?;
+    single(&gateway[0], through_gateway.clone(), 200, patients, &mut rng).await?;
     let (mut direct_rps, mut gateway_rps, mut direct_lat, mut gateway_lat) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..runs {
         let (mut d, mut g) = (0.0, 0.0);
         for slice in 0..seconds {
             if slice % 2 == 0 {
-                d += load(&direct, through_service.clone(), 1, concurrency).await?;
-                g += load(&gateway, through_gateway.clone(), 1, concurrency).await?;
+                d += load(&direct, through_service.clone(), 1, concurrency, patients).await?;
+                g += load(&gateway, through_gateway.clone(), 1, concurrency, patients).await?;
             } else {
-                g += load(&gateway, through_gateway.clone(), 1, concurrency).await?;
-                d += load(&direct, through_service.clone(), 1, concurrency).await?;
+                g += load(&gateway, through_gateway.clone(), 1, concurrency, patients).await?;
+                d += load(&direct, through_service.clone(), 1, concurrency, patients).await?;
             }
         }
         let (d, g) = (d / seconds as f64, g / seconds as f64);
-        direct_lat.extend(single(&direct[0], through_service.clone(), 1000, &mut rng).await?);
-        gateway_lat.extend(single(&gateway[0], through_gateway.clone(), 1000, &mut rng).await?);
+        direct_lat.extend(single(&direct[0], through_service.clone(), 1000, patients, &mut rng).await?);
+        gateway_lat.extend(single(&gateway[0], through_gateway.clone(), 1000, patients, &mut rng).await?);
         eprintln!("round {}: direct {d:.0}/s, through the gateway {g:.0}/s", round + 1);
         direct_rps.push(d);
         gateway_rps.push(g);
@@ -111,7 +117,7 @@ pub async fn overhead(seconds: u64, concurrency: usize, runs: usize) -> anyhow::
     let (d, g) = (Latencies(direct_lat), Latencies(gateway_lat));
     let added = g.percentile(0.5).saturating_sub(d.percentile(0.5));
     println!(
-        "\nSearchPatients by phone ({PATIENTS} patients): directly vs through the gateway, {concurrency} in flight on 4 connections, rounds of {seconds} one-second slices of each, taking turns\n"
+        "\nSearchPatients by phone ({patients} patients): directly vs through the gateway, {concurrency} in flight on 4 connections, rounds of {seconds} one-second slices of each, taking turns\n"
     );
     println!("| round | direct calls/s | gateway calls/s | ratio |");
     println!("|---:|---:|---:|---:|");

@@ -1,4 +1,4 @@
-//! `pac bench book` and `pac bench slots`: the scheduling service's measurements, over real gRPC on
+//! `pac-load bench book` and `pac-load bench slots`: the scheduling service's measurements, over real gRPC on
 //! loopback against a real Postgres, each with its baseline in the same run.
 //!
 //! - `book`: BookAppointment on distinct slots (the records check included) against pgbench running
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use futures::future::join_all;
 use pac_proto::scheduling as pb;
 use pac_proto::scheduling::scheduling_client::SchedulingClient;
@@ -19,22 +19,20 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
-use crate::bench::{Bench, Latencies, Rng, latencies, median, ms, pgbench, throughput, verdict};
+use crate::bench::{Bench, Latencies, latencies, median, ms, pgbench, throughput, verdict};
+use crate::people::{Kind, Rng, numbered};
 
-/// Ids the seed gives patients, clinics and slots, so pgbench can name them from a number.
+/// Ids the seed gives patients and slots, so pgbench can name them from a number.
 fn patient_id(n: u64) -> Uuid {
-    Uuid::from_u128(0x0000_0000_0000_4000_9000_0000_0000_0000 | u128::from(n))
+    numbered(Kind::Patient, 0, n)
 }
 fn slot_id(n: u64) -> Uuid {
-    Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0000 | u128::from(n))
+    numbered(Kind::Slot, 0, n)
 }
-const SLOT_ID_SQL: &str = "('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid";
 const PATIENTS: u64 = 1_000;
-/// Slots booked over gRPC are 1..GRPC_SLOTS; pgbench books PGBENCH_BASE+1.. (capacity 100, so its
-/// random picks never fill one).
-const GRPC_SLOTS: u64 = 300_000;
+/// Slots booked over gRPC are 1..=`slots`; pgbench books PGBENCH_BASE+1..=PGBENCH_BASE+`slots`
+/// (capacity 100, so its random picks never fill one).
 const PGBENCH_BASE: u64 = 1 << 32;
-const PGBENCH_SLOTS: u64 = 300_000;
 
 async fn clients(bench: &Bench, count: usize) -> anyhow::Result<Vec<SchedulingClient<Channel>>> {
     let mut clients = Vec::new();
@@ -45,65 +43,10 @@ async fn clients(bench: &Bench, count: usize) -> anyhow::Result<Vec<SchedulingCl
     Ok(clients)
 }
 
-/// Locations and clinics straight into the tables: clinic i offers service SVC-(i % codes) at
-/// location 1 + (i / codes) % locations, so every service is at every location.
-async fn seed_clinic(pool: &sqlx::PgPool, clinics: i64, service_codes: i64, locations: i64) -> anyhow::Result<()> {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO scheduling.locations (id, name, created_at) \
-           SELECT ('00000000-0000-4000-a000-' || lpad(to_hex(i), 12, '0'))::uuid, 'Site ' || i, now() FROM generate_series(1, {locations}) i; \
-         INSERT INTO scheduling.clinics (id, location_id, name, service_code, time_zone, created_at) \
-           SELECT ('00000000-0000-4000-b000-' || lpad(to_hex(i), 12, '0'))::uuid, \
-                  ('00000000-0000-4000-a000-' || lpad(to_hex(1 + (i / {service_codes}) % {locations}), 12, '0'))::uuid, \
-                  'Clinic ' || i, 'SVC-' || (i % {service_codes}), 'Europe/London', now() \
-           FROM generate_series(0, {clinics} - 1) i;"
-    )))
-    .execute(pool)
-    .await
-    .context("seeding clinics")?;
-    Ok(())
-}
-
-/// Slots `from..to` (by number): slot i belongs to clinic i % clinics and starts a day ahead plus
-/// i/clinics quarter-hours, so no two slots of a clinic overlap. `full_percent` of them are full.
-async fn seed_slots(pool: &sqlx::PgPool, from: u64, to: u64, clinics: i64, capacity: i32, full_percent: i32) -> anyhow::Result<()> {
-    const BATCH: u64 = 250_000;
-    let mut start = from;
-    while start < to {
-        let end = (start + BATCH).min(to);
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO scheduling.slots (id, clinic_id, service_code, location_id, start_time, end_time, local_date, local_start, capacity, occupied) \
-             SELECT {SLOT_ID_SQL}, c.id, c.service_code, c.location_id, t, t + interval '10 minutes', (t AT TIME ZONE 'Europe/London')::date, \
-                    (t AT TIME ZONE 'Europe/London')::time, {capacity}, CASE WHEN random() * 100 < {full_percent} THEN {capacity} ELSE 0 END \
-             FROM generate_series({start}::bigint, {end}::bigint - 1) i \
-             CROSS JOIN LATERAL (SELECT date_trunc('hour', now()) + interval '1 day' + ((i % {PGBENCH_BASE}) / {clinics}) * interval '15 minutes' AS t) AS times \
-             JOIN scheduling.clinics c ON c.id = ('00000000-0000-4000-b000-' || lpad(to_hex((i % {PGBENCH_BASE}) % {clinics}), 12, '0'))::uuid"
-        )))
-        .execute(pool)
-        .await
-        .context("seeding slots")?;
-        start = end;
-    }
-    Ok(())
-}
-
-async fn seed_patients(pool: &sqlx::PgPool) -> anyhow::Result<()> {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO records.patients (id, nhs_number_status, given_name, family_name, birth_date, sex, postcode, postcode_outward, \
-                                      search_name, family_phonetic, created_at, updated_at) \
-         SELECT ('00000000-0000-4000-9000-' || lpad(to_hex(i), 12, '0'))::uuid, 3, 'Bench', 'Patient', date '1960-01-01' + i, 1, \
-                'LS1 3EX', 'LS1', 'bench patient', 'PTNT', now(), now() \
-         FROM generate_series(1, {PATIENTS}) i; ANALYZE records.patients"
-    )))
-    .execute(pool)
-    .await
-    .context("seeding patients")?;
-    Ok(())
-}
-
 /// The statements BookAppointment runs for a direct booking with a request id, the records
 /// service's patient lookup first, as one pgbench transaction (with the patient's merge guard and
 /// merged-record lookup, `pac_platform::merges`).
-fn pgbench_booking_script() -> String {
+fn pgbench_booking_script(slots: u64) -> String {
     format!(
         r#"\set s random({first}, {last})
 \set p random(1, {PATIENTS})
@@ -122,7 +65,7 @@ INSERT INTO scheduling.idempotency (operation, request_id, request_hash, respons
 END;
 "#,
         first = PGBENCH_BASE + 1,
-        last = PGBENCH_BASE + PGBENCH_SLOTS,
+        last = PGBENCH_BASE + slots,
     )
 }
 
@@ -130,6 +73,7 @@ END;
 async fn booking_load(
     clients: &[SchedulingClient<Channel>],
     next_slot: Arc<AtomicU64>,
+    slots: u64,
     seconds: u64,
     concurrency: usize,
 ) -> anyhow::Result<f64> {
@@ -137,7 +81,7 @@ async fn booking_load(
         let next_slot = next_slot.clone();
         async move {
             let slot = next_slot.fetch_add(1, Ordering::Relaxed);
-            if slot > GRPC_SLOTS {
+            if slot > slots {
                 return Err(tonic::Status::resource_exhausted("the benchmark ran out of seeded slots"));
             }
             let request = pb::BookAppointmentRequest {
@@ -188,26 +132,27 @@ async fn stampede(
     (booked, refused, other, exactly_one)
 }
 
-pub async fn book(seconds: u64, concurrency: usize, runs: usize) -> anyhow::Result<()> {
+pub async fn book(seconds: u64, concurrency: usize, runs: usize, slots: u64) -> anyhow::Result<()> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
     let bench = Bench::start("pac_bench_book").await?;
-    let admin = bench.admin().await?;
-    seed_patients(&admin).await?;
-    seed_clinic(&admin, 1, 1, 1).await?;
-    seed_slots(&admin, 1, GRPC_SLOTS + 1, 1, 1, 0).await?;
-    seed_slots(&admin, PGBENCH_BASE + 1, PGBENCH_BASE + PGBENCH_SLOTS + 1, 1, 100, 0).await?;
-    sqlx::raw_sql("ANALYZE scheduling.slots").execute(&admin).await?;
+    let records = bench.records_pool().await?;
+    crate::seed::patients(&records, 0, 1..PATIENTS + 1, "RR8").await?;
+    let pool = bench.scheduling_pool().await?;
+    let clinics = crate::seed::directory(&pool, 0, 1, 1, 1, "SVC", "RR8").await?;
+    let first = crate::seed::first_slot_start();
+    crate::seed::slots(&pool, 0, 1..slots + 1, &clinics, 1, 0, first).await?;
+    crate::seed::slots(&pool, 0, PGBENCH_BASE + 1..PGBENCH_BASE + slots + 1, &clinics, 100, 0, first).await?;
     let clients = clients(&bench, 4).await?;
     let next_slot = Arc::new(AtomicU64::new(1));
-    booking_load(&clients, next_slot.clone(), 2, concurrency).await?; // warm-up
-    let script = pgbench_booking_script();
+    booking_load(&clients, next_slot.clone(), slots, 2, concurrency).await?; // warm-up
+    let script = pgbench_booking_script(slots);
     let (mut baseline, mut platform) = (Vec::new(), Vec::new());
     for round in 0..runs {
         let (url, sql) = (bench.admin_url.clone(), script.clone());
         let tps = tokio::task::spawn_blocking(move || pgbench(&url, "book", &sql, seconds, 16)).await??;
-        let rps = booking_load(&clients, next_slot.clone(), seconds, concurrency).await?;
+        let rps = booking_load(&clients, next_slot.clone(), slots, seconds, concurrency).await?;
         eprintln!("round {}: pgbench {tps:.0} bookings/s, gRPC {rps:.0} bookings/s", round + 1);
         baseline.push(tps);
         platform.push(rps);
@@ -251,8 +196,8 @@ fn slot_queries(
     rng: &mut Rng,
 ) -> Vec<(&'static str, pb::SearchSlotsRequest)> {
     use pb::search_slots_request::Target;
-    let clinic = |i: usize| format!("00000000-0000-4000-b000-{:012x}", i);
-    let location = |i: usize| format!("00000000-0000-4000-a000-{:012x}", i);
+    let clinic = |i: usize| numbered(Kind::Clinic, 0, i as u64).to_string();
+    let location = |i: usize| numbered(Kind::Location, 0, i as u64).to_string();
     (0..count)
         .map(|n| {
             let code = format!("SVC-{}", rng.below(codes as usize));
@@ -266,7 +211,7 @@ fn slot_queries(
                     "service at location",
                     pb::SearchSlotsRequest {
                         target: Some(Target::ServiceCode(code)),
-                        location_id: location(1 + rng.below(locations as usize)),
+                        location_id: location(rng.below(locations as usize)),
                         ..Default::default()
                     },
                 ),
@@ -301,14 +246,16 @@ pub async fn slots(small: i64, large: i64, queries: usize, concurrency: usize) -
     let (clinics, codes, locations) = (200, 20, 10);
     let bench = Bench::start("pac_bench_slots").await?;
     let admin = bench.admin().await?;
-    seed_clinic(&admin, clinics, codes, locations).await?;
+    let pool = bench.scheduling_pool().await?;
+    let directory = crate::seed::directory(&pool, 0, clinics as u64, codes as u64, locations as u64, "SVC", "RR8").await?;
+    let first = crate::seed::first_slot_start();
     let clients = clients(&bench, concurrency).await?;
     let mut results = Vec::new();
     let mut seeded = 0;
     for size in [small, large] {
         let started = Instant::now();
         // Two slots in three are already full: search must skip them.
-        seed_slots(&admin, seeded as u64, size as u64, clinics, 1, 67).await?;
+        crate::seed::slots(&pool, 0, seeded as u64..size as u64, &directory, 1, 67, first).await?;
         sqlx::raw_sql("VACUUM ANALYZE scheduling.slots").execute(&admin).await?;
         seeded = size;
         eprintln!("seeded {size} slots in {:.0} s", started.elapsed().as_secs_f64());

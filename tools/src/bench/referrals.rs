@@ -1,8 +1,8 @@
-//! `pac bench worklist` and `pac bench event-lag`: the referrals service's measurements, over real
+//! `pac-load bench worklist` and `pac-load bench event-lag`: the referrals service's measurements, over real
 //! gRPC on loopback against a real Postgres.
 //!
 //! - `worklist`: ListReferrals latency for the coordinators' worklists with a small and then a large
-//!   number of referrals in the table (seeded straight into it).
+//!   number of referrals in the table (seeded through the service's bulk loader).
 //! - `event-lag`: bookings made for accepted referrals at a steady rate; for each, the time from
 //!   BookAppointment's answer to the referral's `ReferralBooked` event on its WatchEvents stream.
 
@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use chrono::Datelike;
 use futures::StreamExt;
 use pac_proto::records as records_pb;
@@ -21,7 +20,8 @@ use pac_proto::scheduling as sched;
 use pac_proto::scheduling::scheduling_client::SchedulingClient;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::bench::{Bench, Latencies, Rng, latencies, ms, verdict};
+use crate::bench::{Bench, Latencies, latencies, ms, verdict};
+use crate::people::Rng;
 
 const SERVICES: i64 = 41;
 
@@ -31,60 +31,6 @@ async fn channels(address: std::net::SocketAddr, count: usize) -> anyhow::Result
         channels.push(Endpoint::from_shared(format!("http://{address}"))?.connect().await?);
     }
     Ok(channels)
-}
-
-/// Referrals `from..to` straight into the table: 41 services; 70% routine, 20% urgent, 10%
-/// two-week wait; 20% awaiting triage, 25% awaiting booking, 15% booked, 5% awaiting information,
-/// 35% completed; received over the last 300 days; 1 in 50 awaiting booking after a missed
-/// appointment; 1 in 97 open ones with an unassigned task.
-async fn seed(pool: &sqlx::PgPool, from: i64, to: i64) -> anyhow::Result<()> {
-    if from == 0 {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO referrals.services (code, name, specialty, target_wait_days, later_dna_policy, created_at) \
-             SELECT 'SVC-' || i, 'Service ' || i, 'General', 42, 'rebook', now() FROM generate_series(0, {SERVICES} - 1) i"
-        )))
-        .execute(pool)
-        .await
-        .context("seeding services")?;
-    }
-    const BATCH: i64 = 250_000;
-    let mut start = from;
-    while start < to {
-        let end = (start + BATCH).min(to);
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO referrals.referrals (id, version, patient_id, service_code, priority, status, referrer_organisation, \
-                 referrer_clinician, source, reason, received_at, clock_code, clock_state, clock_started, clock_ended, \
-                 current_appointment_id, rebook_reason, dna_follow_up, missed_appointment_ids, status_since, stuck_after, \
-                 open_tasks, unassigned_tasks, created_at, updated_at) \
-             SELECT ('00000000-0000-4000-c000-' || lpad(to_hex(i), 12, '0'))::uuid, 1, \
-                    ('00000000-0000-4000-e000-' || lpad(to_hex(i % 400000), 12, '0'))::uuid, 'SVC-' || ((i * 7) % {SERVICES}), pr, st, \
-                    'B86001', 'Dr Bench', 'GP', 'Bench referral', rec, \
-                    CASE WHEN st = 'completed' THEN 30 ELSE 10 END, CASE WHEN st = 'completed' THEN 'stopped' ELSE 'running' END, \
-                    (rec AT TIME ZONE 'Europe/London')::date, \
-                    CASE WHEN st = 'completed' THEN (rec AT TIME ZONE 'Europe/London')::date + 60 END, \
-                    CASE WHEN st = 'booked' THEN ('00000000-0000-4000-d000-' || lpad(to_hex(i), 12, '0'))::uuid END, \
-                    CASE WHEN dna THEN 'did-not-attend' END, dna, \
-                    CASE WHEN dna THEN ARRAY[('00000000-0000-4000-f000-' || lpad(to_hex(i), 12, '0'))::uuid] ELSE '{{}}' END, rec, \
-                    CASE WHEN st = 'awaiting-triage' AND pr = 3 THEN rec + interval '2 days' END, tasks, tasks, rec, rec \
-             FROM ( \
-                 SELECT i, pr, st, rec, st = 'awaiting-booking' AND i % 50 = 0 AS dna, \
-                        CASE WHEN st <> 'completed' AND i % 97 = 0 THEN 1 ELSE 0 END AS tasks \
-                 FROM ( \
-                     SELECT i, CASE WHEN i % 10 < 7 THEN 1 WHEN i % 10 < 9 THEN 2 ELSE 3 END AS pr, \
-                            (ARRAY['awaiting-triage','awaiting-triage','awaiting-triage','awaiting-triage', \
-                                   'awaiting-booking','awaiting-booking','awaiting-booking','awaiting-booking','awaiting-booking', \
-                                   'booked','booked','booked','awaiting-information', \
-                                   'completed','completed','completed','completed','completed','completed','completed'])[1 + ((i / 10) * 13) % 20] AS st, \
-                            now() - ((i * 7919) % 300) * interval '1 day' - (i % 86400) * interval '1 second' AS rec \
-                     FROM generate_series({start}::bigint, {end}::bigint - 1) i) AS base) AS s; \
-             ANALYZE referrals.referrals;"
-        )))
-        .execute(pool)
-        .await
-        .context("seeding referrals")?;
-        start = end;
-    }
-    Ok(())
 }
 
 fn worklist_queries(count: usize, rng: &mut Rng, page_two: &[(String, String)]) -> Vec<(&'static str, pb::ListReferralsRequest)> {
@@ -152,13 +98,15 @@ async fn measure(
 
 pub async fn worklist(small: i64, large: i64, queries: usize, concurrency: usize) -> anyhow::Result<()> {
     let bench = Bench::start("pac_bench_worklist").await?;
-    let admin = bench.admin().await?;
+    let pool = bench.referrals_pool().await?;
+    let services = crate::seed::referral_services(&pool, SERVICES as u64, "SVC", "RR8").await?;
     let clients: Vec<_> = channels(bench.referrals, concurrency).await?.into_iter().map(ReferralsClient::new).collect();
     let mut results = Vec::new();
     let mut seeded = 0;
     for size in [small, large] {
         let started = Instant::now();
-        seed(&admin, seeded, size).await?;
+        // Referrals of 400,000 patients (not in records: the worklists do not ask for them).
+        crate::seed::referrals(&pool, 0, seeded as u64..size as u64, &services, 400_000).await?;
         seeded = size;
         eprintln!("seeded {size} referrals in {:.0} s", started.elapsed().as_secs_f64());
         let mut page_two = Vec::new();
