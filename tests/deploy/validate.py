@@ -62,9 +62,9 @@ COMPONENT_SOURCES = {
 }
 # Support code that no deployed component runs: `pac dev`'s private Postgres and the test kit.
 NOT_DEPLOYED_SOURCES = {"services/platform/src/local_postgres.rs", "services/platform/src/testkit.rs"}
-# The `pac` command itself (dev, token, audit verify); the benchmarks are documented in BENCHMARKS.md.
+# The `pac` command itself (dev, token, audit verify); the load tool and benchmarks (`tools/`,
+# `pac-load`) are not deployed.
 COMMAND_SOURCES = ["src"]
-COMMAND_EXCLUDED = re.compile(r"^src/bench[^/]*\.rs$")
 
 # Variables a deployment target deliberately does not set, with the reason (deploy/README.md).
 EXCEPTIONS = {
@@ -164,8 +164,7 @@ def code_variables(root: Path) -> dict[str, set[str]]:
                 read[component] |= names_in(path)
     for directory in COMMAND_SOURCES:
         for path in rust_files(root, directory):
-            if not COMMAND_EXCLUDED.match(str(path.relative_to(root))):
-                read["command"] |= names_in(path)
+            read["command"] |= names_in(path)
     return read
 
 
