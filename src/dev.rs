@@ -39,6 +39,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     pac_scheduling::migrate(&platform, &scheduling).await?;
     pac_referrals::migrate(&platform, &referrals).await?;
     pac_gateway::migrate(&platform).await?;
+    let interop_token = std::sync::Arc::new(|| {
+        crate::development_token("integration", vec![pac_gateway::DEVELOPMENT_ORGANISATION.into()], Some("dev-pas".into()), 3600)
+            .expect("the development key makes tokens")
+    });
+    let gateway_default = format!("http://{}", pac_gateway::GatewayConfig::from_env(&platform)?.listen);
+    let interop = pac_interop::InteropConfig::from_env(&gateway_default, Some(pac_interop::gateway::TokenSource::Minted(interop_token)))?;
+    pac_interop::migrate(&platform, &interop).await?;
 
     let shutdown = pac_platform::grpc::shutdown_on_signals();
     let records_listener = bind(records.listen, "PAC_RECORDS_ADDR").await?;
@@ -46,6 +53,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let referrals_listener = bind(referrals.listen, "PAC_REFERRALS_ADDR").await?;
     let mut gateway = pac_gateway::GatewayConfig::from_env(&platform)?;
     let gateway_listener = bind(gateway.listen, "PAC_GATEWAY_ADDR").await?;
+    let interop_listener = bind(interop.listen, "PAC_INTEROP_ADDR").await?;
+    let mllp_listener = bind(interop.mllp.listen, "PAC_INTEROP_MLLP_ADDR").await?;
+    let (interop_addr, mllp_addr) = (interop_listener.local_addr()?, mllp_listener.local_addr()?);
     let (records_addr, scheduling_addr, referrals_addr, gateway_addr) = (
         records_listener.local_addr()?,
         scheduling_listener.local_addr()?,
@@ -70,6 +80,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     servers.spawn(pac_scheduling::serve(platform.clone(), scheduling, scheduling_listener, shutdown.clone()));
     servers.spawn(pac_referrals::serve(platform.clone(), referrals, referrals_listener, shutdown.clone()));
     servers.spawn(pac_gateway::serve(platform.clone(), gateway, gateway_listener, shutdown.clone()));
+    servers.spawn(pac_interop::serve(platform.clone(), interop, interop_listener, mllp_listener, shutdown.clone()));
 
     if !args.no_demo {
         crate::demo::load(records_addr, scheduling_addr, referrals_addr).await.context("loading demo data failed")?;
@@ -89,6 +100,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          \n  scheduling  {scheduling_addr}   pac.scheduling.v1.Scheduling\
          \n  referrals   {referrals_addr}   pac.referrals.v1.Referrals\
          \n  gateway     {gateway_addr}   every API above, bearer token required\
+         \n  interop     {mllp_addr}    HL7 v2 ADT over MLLP (account dev-pas, RR8); health on {interop_addr}\
          \n\nA coordinator's development token (8 hours; `pac token --role clinician` for others):\n  {token}\
          \n\nTry:\n  buf curl --protocol grpc --http2-prior-knowledge -d '{{\"name\":\"smith\"}}' \\\n    http://{records_addr}/pac.records.v1.PatientRecords/SearchPatients\
          \n  buf curl --protocol grpc --http2-prior-knowledge -d '{{\"service_code\":\"TO-FRACTURE\",\"page_size\":3}}' \\\n    http://{scheduling_addr}/pac.scheduling.v1.Scheduling/SearchSlots\

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use pac_platform::PlatformConfig;
-use pac_platform::config::Environment;
+use pac_platform::config::{Environment, Secret};
 
 #[derive(Parser)]
 #[command(name = "pac", version, about = "Patient Access Platform")]
@@ -96,12 +96,14 @@ enum AuditCommand {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Component {
     Records,
     Scheduling,
     Referrals,
     Gateway,
+    /// The HL7 v2 (MLLP) listener, a client of the gateway.
+    Interop,
     /// Every component in one process.
     All,
 }
@@ -180,7 +182,7 @@ async fn verify_audit(key_files: Vec<std::path::PathBuf>) -> anyhow::Result<()> 
         let key = std::fs::read_to_string(file).with_context(|| format!("cannot read the key file {}", file.display()))?;
         keys.push(AuditKey::new(key.trim_end_matches(['\r', '\n']).as_bytes()));
     }
-    let pool = pac_platform::db::admin_pool(&pac_platform::config::Secret::new(url)).await?;
+    let pool = pac_platform::db::admin_pool(&Secret::new(url)).await?;
     let result = pac_gateway::audit::verify(&pool, &keys).await.context("cannot read the audit trail")?;
     for problem in &result.problems {
         println!("BROKEN {problem}");
@@ -209,7 +211,7 @@ async fn archive_audit(before: chrono::NaiveDate) -> anyhow::Result<()> {
     let today = chrono::Utc::now().date_naive();
     let this_month = chrono::NaiveDate::from_ymd_opt(today.year(), today.month(), 1).expect("the first of a month");
     anyhow::ensure!(before <= this_month, "--before must be no later than {this_month}: only past months are archived");
-    let pool = pac_platform::db::admin_pool(&pac_platform::config::Secret::new(url)).await?;
+    let pool = pac_platform::db::admin_pool(&Secret::new(url)).await?;
     let archived = pac_gateway::audit::archive::archive(&pool, &pac_gateway::audit::AuditKey::new(key.as_bytes()), before).await?;
     if archived.is_empty() {
         println!("no whole month before {before} to archive");
@@ -243,6 +245,13 @@ async fn migrate(platform: &PlatformConfig, component: Component) -> anyhow::Res
         pac_gateway::migrate(platform).await?;
         tracing::info!(component = "gateway", "migrated");
     }
+    if matches!(component, Component::Interop | Component::All) {
+        // Migrating needs no token.
+        let gateway = format!("http://{}", pac_gateway::GatewayConfig::from_env(platform)?.listen);
+        let config = pac_interop::InteropConfig::from_env(&gateway, Some(pac_interop::gateway::TokenSource::Fixed(Secret::new(""))))?;
+        pac_interop::migrate(platform, &config).await?;
+        tracing::info!(component = "interop", "migrated");
+    }
     Ok(())
 }
 
@@ -253,6 +262,7 @@ async fn serve(component: Component) -> anyhow::Result<()> {
         Component::Scheduling => "pac-scheduling",
         Component::Referrals => "pac-referrals",
         Component::Gateway => "pac-gateway",
+        Component::Interop => "pac-interop",
         Component::All => "pac",
     };
     let _telemetry = pac_platform::telemetry::init(service_name, &platform.telemetry)?;
@@ -278,6 +288,14 @@ async fn serve(component: Component) -> anyhow::Result<()> {
         let listener = bind(config.listen, "PAC_GATEWAY_ADDR").await?;
         servers.spawn(pac_gateway::serve(platform.clone(), config, listener, shutdown.clone()));
     }
+    // `all` serves the interop component when its account's token is configured.
+    let has_token = ["PAC_INTEROP_TOKEN", "PAC_INTEROP_TOKEN_FILE"].iter().any(|v| std::env::var(v).is_ok_and(|t| !t.is_empty()));
+    if component == Component::Interop || (component == Component::All && has_token) {
+        let config = interop_config(&platform)?;
+        let listener = bind(config.listen, "PAC_INTEROP_ADDR").await?;
+        let mllp = bind(config.mllp.listen, "PAC_INTEROP_MLLP_ADDR").await?;
+        servers.spawn(pac_interop::serve(platform.clone(), config, listener, mllp, shutdown.clone()));
+    }
     while let Some(result) = servers.join_next().await {
         // One component failing stops the others.
         if let Err(error) = result.context("component task failed")? {
@@ -286,6 +304,13 @@ async fn serve(component: Component) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The interop component's settings; it calls the gateway at `PAC_INTEROP_GATEWAY_URL`, by default
+/// the address the gateway's own setting names.
+fn interop_config(platform: &PlatformConfig) -> anyhow::Result<pac_interop::InteropConfig> {
+    let gateway = format!("http://{}", pac_gateway::GatewayConfig::from_env(platform)?.listen);
+    pac_interop::InteropConfig::from_env(&gateway, None)
 }
 
 async fn bind(address: std::net::SocketAddr, variable: &str) -> anyhow::Result<tokio::net::TcpListener> {

@@ -20,7 +20,8 @@ pub enum Role {
     Coordinator,
     /// Clinician: triage and clock events, reads what care needs.
     Clinician,
-    /// An integration engine's system account: registers, books, follows event streams.
+    /// An integration engine's system account: registers, updates and merges patients as the trust's
+    /// PAS says (the master record), books, follows event streams.
     Integration,
     /// Reads the audit trail of its organisations (calls by their callers), nothing else.
     Auditor,
@@ -81,7 +82,7 @@ pub const POLICY: &[(&str, Data, &[Role])] = &[
     ("/pac.records.v1.PatientRecords/UpdatePatient", P, &[CO, IN, A]),
     ("/pac.records.v1.PatientRecords/SearchPatients", P, &[CO, CL, A]),
     ("/pac.records.v1.PatientRecords/MatchPatients", P, &[CO, IN, A]),
-    ("/pac.records.v1.PatientRecords/MergePatients", P, &[A]),
+    ("/pac.records.v1.PatientRecords/MergePatients", P, &[IN, A]),
     ("/pac.records.v1.PatientRecords/UnmergePatient", P, &[A]),
     ("/pac.records.v1.PatientRecords/WatchEvents", S, &[IN]),
     // Scheduling.

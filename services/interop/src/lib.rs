@@ -1,5 +1,223 @@
 //! The interop component: the platform as a peer of trust integration engines. HL7 v2 messages
-//! travel over MLLP (`mllp`).
+//! travel over MLLP (`mllp`); an ADT message from a patient administration system (`adt`) becomes
+//! calls to the public gateway as an integration account (`gateway`), so authorisation,
+//! organisation scoping and the audit trail stay in one place, and is answered with an ACK (`ack`)
+//! once its change is committed (`inbound`, `listener`).
+//!
+//! It owns the `interop` schema: the inbound message log, which is also the idempotency record
+//! (`store`). It reads no other service's tables. Beside the MLLP listener it serves gRPC health and
+//! reflection, like every component.
 
+pub mod ack;
+pub mod adt;
+pub mod gateway;
 pub mod hl7;
+pub mod inbound;
+pub mod listener;
 pub mod mllp;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use pac_platform::PlatformConfig;
+use pac_platform::config::{Secret, var};
+use pac_platform::db::{self, ServiceSchema};
+use pac_platform::grpc::{self, Serving};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgConnectOptions;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+use crate::gateway::{Gateway, TokenSource, Tokens};
+use crate::hl7::Charset;
+use crate::inbound::{DuplicatePolicy, Handler, Handling};
+
+pub const SCHEMA: &str = "interop";
+pub const DATABASE: ServiceSchema = ServiceSchema::new(SCHEMA, "pac_interop");
+/// The component's name in health checks.
+pub const SERVICE_NAME: &str = "pac.interop";
+/// gRPC health and reflection.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:50054";
+/// The MLLP listener: 2575 is HL7's registered port.
+pub const DEFAULT_MLLP_ADDR: &str = "127.0.0.1:2575";
+
+static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// Settings of the interop component (environment variables in docs/configuration.md).
+#[derive(Debug, Clone)]
+pub struct InteropConfig {
+    /// `PAC_INTEROP_ADDR`: gRPC health and reflection.
+    pub listen: SocketAddr,
+    /// `PAC_INTEROP_DATABASE_URL`: the component's own connection; derived from `DATABASE_URL` when unset.
+    pub database_url: Option<Secret>,
+    /// `PAC_INTEROP_GATEWAY_URL`: the public gateway.
+    pub gateway_url: String,
+    /// `PAC_INTEROP_TOKEN` or `PAC_INTEROP_TOKEN_FILE`: the integration account's bearer token.
+    pub token: TokenSource,
+    /// The ADT listener.
+    pub mllp: MllpConfig,
+    /// `PAC_INTEROP_KEY_RETENTION_DAYS` (30): how long a message's key is remembered (a resend
+    /// within it is answered from the log).
+    pub key_retention: Duration,
+    /// `PAC_INTEROP_MESSAGE_RETENTION_DAYS` (30, at most the key retention): how long a message's
+    /// text is kept for investigation.
+    pub message_retention: Duration,
+}
+
+/// The MLLP listener's settings.
+#[derive(Debug, Clone)]
+pub struct MllpConfig {
+    /// `PAC_INTEROP_MLLP_ADDR` (default 127.0.0.1:2575).
+    pub listen: SocketAddr,
+    /// `PAC_INTEROP_CHARSET` (windows-1252), `PAC_INTEROP_NEWLINES` (false), `PAC_INTEROP_ACK_BUDGET_MS`
+    /// (3000), `PAC_INTEROP_POSSIBLE_DUPLICATES` (register).
+    pub handling: Handling,
+    /// `PAC_INTEROP_MAX_FRAME_BYTES` (10 MiB), `PAC_INTEROP_MAX_CONNECTIONS` (64),
+    /// `PAC_INTEROP_KEEPALIVE_SECONDS` (60).
+    pub limits: listener::Limits,
+}
+
+impl MllpConfig {
+    pub fn development(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            handling: Handling {
+                listener: "adt".into(),
+                default_charset: Charset::Windows1252,
+                lenient_newlines: false,
+                budget: Duration::from_millis(3000),
+                duplicates: DuplicatePolicy::Register,
+            },
+            limits: listener::Limits { max_frame: mllp::DEFAULT_MAX_FRAME, max_connections: 64, keepalive: Duration::from_secs(60) },
+        }
+    }
+}
+
+const DAY: u64 = 24 * 3600;
+
+impl InteropConfig {
+    /// From the environment; `development_token` is used when neither token variable is set (`pac
+    /// dev`), else one of them is required.
+    pub fn from_env(gateway_default: &str, development_token: Option<TokenSource>) -> anyhow::Result<Self> {
+        let mut mllp = MllpConfig::development(var("PAC_INTEROP_MLLP_ADDR", DEFAULT_MLLP_ADDR.parse()?)?);
+        let charset: String = var("PAC_INTEROP_CHARSET", "windows-1252".to_string())?;
+        mllp.handling.default_charset = Charset::from_setting(&charset)
+            .with_context(|| format!("PAC_INTEROP_CHARSET={charset:?} is not ascii, 8859/1, 8859/15, utf-8 or windows-1252"))?;
+        mllp.handling.lenient_newlines = var("PAC_INTEROP_NEWLINES", false)?;
+        mllp.handling.budget = Duration::from_millis(var("PAC_INTEROP_ACK_BUDGET_MS", 3000u64)?);
+        anyhow::ensure!(
+            (100..=4500).contains(&mllp.handling.budget.as_millis()),
+            "PAC_INTEROP_ACK_BUDGET_MS must be 100 to 4500 (integration engines wait 5 seconds)"
+        );
+        let duplicates: String = var("PAC_INTEROP_POSSIBLE_DUPLICATES", "register".to_string())?;
+        mllp.handling.duplicates = DuplicatePolicy::from_setting(&duplicates)
+            .with_context(|| format!("PAC_INTEROP_POSSIBLE_DUPLICATES={duplicates:?} is not register or refuse"))?;
+        mllp.limits.max_frame = var("PAC_INTEROP_MAX_FRAME_BYTES", mllp::DEFAULT_MAX_FRAME)?;
+        mllp.limits.max_connections = var("PAC_INTEROP_MAX_CONNECTIONS", 64usize)?;
+        mllp.limits.keepalive = Duration::from_secs(var("PAC_INTEROP_KEEPALIVE_SECONDS", 60u64)?);
+        anyhow::ensure!(mllp.limits.max_frame >= 1024, "PAC_INTEROP_MAX_FRAME_BYTES must be at least 1024");
+        anyhow::ensure!(mllp.limits.max_connections >= 1, "PAC_INTEROP_MAX_CONNECTIONS must be at least 1");
+        let token = match (
+            std::env::var("PAC_INTEROP_TOKEN").ok().filter(|t| !t.is_empty()),
+            std::env::var("PAC_INTEROP_TOKEN_FILE").ok().filter(|t| !t.is_empty()),
+        ) {
+            (Some(_), Some(_)) => anyhow::bail!("set PAC_INTEROP_TOKEN or PAC_INTEROP_TOKEN_FILE, not both"),
+            (Some(token), None) => TokenSource::Fixed(Secret::new(token)),
+            (None, Some(path)) => TokenSource::File(path.into()),
+            (None, None) => development_token
+                .context("the interop component needs the integration account's token: PAC_INTEROP_TOKEN or PAC_INTEROP_TOKEN_FILE")?,
+        };
+        let config = Self {
+            listen: var("PAC_INTEROP_ADDR", DEFAULT_ADDR.parse()?)?,
+            database_url: std::env::var("PAC_INTEROP_DATABASE_URL").ok().filter(|u| !u.is_empty()).map(Secret::new),
+            gateway_url: var("PAC_INTEROP_GATEWAY_URL", gateway_default.to_string())?,
+            token,
+            mllp,
+            key_retention: Duration::from_secs(DAY * var("PAC_INTEROP_KEY_RETENTION_DAYS", 30u64)?),
+            message_retention: Duration::from_secs(DAY * var("PAC_INTEROP_MESSAGE_RETENTION_DAYS", 30u64)?),
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Development defaults: the given addresses, a token made on demand.
+    pub fn development(listen: SocketAddr, mllp: SocketAddr, gateway_url: String, token: TokenSource) -> Self {
+        Self {
+            listen,
+            database_url: None,
+            gateway_url,
+            token,
+            mllp: MllpConfig::development(mllp),
+            key_retention: Duration::from_secs(30 * DAY),
+            message_retention: Duration::from_secs(30 * DAY),
+        }
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.key_retention >= Duration::from_secs(DAY), "PAC_INTEROP_KEY_RETENTION_DAYS must be at least 1");
+        anyhow::ensure!(
+            self.message_retention <= self.key_retention,
+            "PAC_INTEROP_MESSAGE_RETENTION_DAYS must not exceed PAC_INTEROP_KEY_RETENTION_DAYS (a message's text is kept with its key)"
+        );
+        Ok(())
+    }
+}
+
+fn connect_options(platform: &PlatformConfig, config: &InteropConfig) -> anyhow::Result<PgConnectOptions> {
+    db::service_connect_options(&platform.db, DATABASE, config.database_url.as_ref())
+}
+
+/// Opens the component's pool as its own role.
+pub async fn connect(platform: &PlatformConfig, config: &InteropConfig) -> anyhow::Result<PgPool> {
+    db::connect(&platform.db, DATABASE, connect_options(platform, config)?).await
+}
+
+/// Creates the role and schema (administrator connection), then migrates as the component's role.
+pub async fn migrate(platform: &PlatformConfig, config: &InteropConfig) -> anyhow::Result<()> {
+    db::provision_and_migrate(&platform.db, DATABASE, connect_options(platform, config)?, &MIGRATIONS).await
+}
+
+/// Serves the interop component until `shutdown` fires: the MLLP listener on `mllp`, health and
+/// reflection on `listener`.
+pub async fn serve(
+    platform: PlatformConfig,
+    config: InteropConfig,
+    listener: TcpListener,
+    mllp: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.check()?;
+    let pool = connect(&platform, &config).await?;
+    let channel = tonic::transport::Endpoint::from_shared(config.gateway_url.clone())
+        .context("PAC_INTEROP_GATEWAY_URL is not a URL")?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_keepalive(Some(Duration::from_secs(30)))
+        .connect_lazy();
+    let gateway = Gateway::new(channel, Tokens::new(config.token.clone()), platform.grpc.max_message_bytes);
+    let handler = Handler::new(config.mllp.handling.clone(), pool.clone(), gateway);
+
+    let (keys, messages) = (config.key_retention, config.message_retention);
+    let prune_pool = pool.clone();
+    grpc::every(Duration::from_secs(3600), shutdown.clone(), move || {
+        let pool = prune_pool.clone();
+        async move {
+            match store::prune(&pool, keys, messages).await {
+                Ok((deleted, cleared)) => tracing::info!(deleted, cleared, "message log pruned"),
+                Err(error) => tracing::warn!(error = %pac_platform::ApiError::from(error).reason, "pruning the message log failed"),
+            }
+        }
+    });
+
+    tracing::info!(address = %mllp.local_addr()?, "MLLP listener listening");
+    let listening = tokio::spawn(listener::serve(mllp, handler, config.mllp.limits, shutdown.clone()));
+    tracing::info!(address = %listener.local_addr()?, "interop component listening");
+    let serving = Serving::service(SERVICE_NAME, pool);
+    let served = grpc::serve(&platform.grpc, listener, Routes::default(), serving, shutdown.clone()).await;
+    shutdown.cancel();
+    listening.await.context("the MLLP listener failed")?;
+    served
+}

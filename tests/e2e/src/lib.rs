@@ -5,11 +5,13 @@
 //! - [`scheduling`]: the scheduling service and the records service it calls.
 //! - [`referrals`]: records, scheduling and referrals, referrals stoppable and restartable.
 //! - [`gateway`]: all three behind the gateway, called with tokens as a client calls it.
+//! - [`interop`]: the interop component in front of that gateway, and an MLLP client (a PAS).
 //!
 //! What needs no service (databases, ports, callers, assertions) is the kit's:
 //! `pac_platform::testkit`.
 
 pub mod gateway;
+pub mod interop;
 pub mod referrals;
 pub mod scheduling;
 

@@ -16,6 +16,10 @@ mod gateway {
     mod tls;
 }
 
+mod interop {
+    mod adt;
+}
+
 mod referrals {
     mod organisations;
     mod referral_links;

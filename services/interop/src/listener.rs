@@ -1,0 +1,98 @@
+//! The MLLP listener: accepts an integration engine's connections and answers each message with its
+//! ACK before reading the next (one message in flight per connection). Connections may stay open
+//! for many messages or carry one each; TCP keepalive finds peers that went away silently.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::inbound::Handler;
+use crate::mllp::{FrameError, Mllp};
+
+/// Connection limits of a listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The largest message accepted; a longer frame closes the connection.
+    pub max_frame: usize,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// TCP keepalive: idle time before the first probe.
+    pub keepalive: Duration,
+}
+
+/// Serves `listener` until `shutdown` fires. A connection in the middle of a message finishes it
+/// and sends its ACK before closing.
+pub async fn serve(listener: TcpListener, handler: Handler, limits: Limits, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = slots.clone().acquire_owned() => permit.expect("never closed"),
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors and the like: wait a little rather than spin.
+                tracing::warn!(%error, "accepting an MLLP connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        set_keepalive(&stream, limits.keepalive);
+        let handler = handler.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            connection(stream, handler, limits.max_frame, shutdown).await;
+        });
+        // Reap finished connections so the set does not grow.
+        while connections.try_join_next().is_some() {}
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+fn set_keepalive(stream: &TcpStream, idle: Duration) {
+    let keepalive = socket2::TcpKeepalive::new().with_time(idle).with_interval(Duration::from_secs(10));
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(%error, "setting TCP keepalive failed");
+    }
+    let _ = stream.set_nodelay(true);
+}
+
+async fn connection(stream: TcpStream, handler: Handler, max_frame: usize, shutdown: CancellationToken) {
+    let mut framed = Framed::new(stream, Mllp::new(max_frame));
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = framed.next() => next,
+        };
+        let frame = match next {
+            None => return,
+            Some(Ok(frame)) => frame,
+            Some(Err(FrameError::TooLarge { max })) => {
+                tracing::warn!(max, "an MLLP frame over the size limit: connection closed");
+                return;
+            }
+            Some(Err(FrameError::Truncated)) => return,
+            Some(Err(FrameError::Io(error))) => {
+                tracing::debug!(%error, "an MLLP connection failed");
+                return;
+            }
+        };
+        let ack = handler.handle(&frame).await;
+        if let Err(error) = framed.send(ack).await {
+            tracing::debug!(%error, "sending an ACK failed");
+            return;
+        }
+    }
+}
