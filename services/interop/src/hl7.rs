@@ -214,7 +214,7 @@ impl Segment<'_, '_> {
         match raw {
             "" => Value::Absent,
             "\"\"" => Value::Null,
-            raw => Value::Text(self.separators.decode(raw).to_string()),
+            raw => Value::Text(unescape(raw, self.separators)),
         }
     }
 
@@ -222,6 +222,43 @@ impl Segment<'_, '_> {
     pub fn text(&self, field: usize, component: usize) -> String {
         self.get(field, 1, component, 1).text().unwrap_or_default().to_string()
     }
+}
+
+/// `raw` with its HL7 escape sequences decoded: `\F\ \S\ \T\ \R\ \E\` the separators, `\.br\` a
+/// line break, `\Xhh..\` the bytes given (as UTF-8 when they are, else one character per byte);
+/// formatting sequences (`\H\`, `\N\`, ...) are dropped and an unterminated one is kept as written.
+/// (hl7-parser's own decoder indexes bytes by character count and panics on non-ASCII text.)
+pub fn unescape(raw: &str, separators: &hl7_parser::message::Separators) -> String {
+    let escape = separators.escape;
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(start) = rest.find(escape) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + escape.len_utf8()..];
+        let Some(end) = after.find(escape) else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        match &after[..end] {
+            "F" => out.push(separators.field),
+            "S" => out.push(separators.component),
+            "T" => out.push(separators.subcomponent),
+            "R" => out.push(separators.repetition),
+            "E" => out.push(escape),
+            ".br" => out.push('\n'),
+            hex if hex.starts_with('X') && hex.len() % 2 == 1 && hex[1..].bytes().all(|b| b.is_ascii_hexdigit()) => {
+                let bytes: Vec<u8> = (1..hex.len()).step_by(2).filter_map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok()).collect();
+                match String::from_utf8(bytes) {
+                    Ok(text) => out.push_str(&text),
+                    Err(error) => out.extend(error.into_bytes().into_iter().map(char::from)),
+                }
+            }
+            _ => {}
+        }
+        rest = &after[end + escape.len_utf8()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -265,6 +302,24 @@ mod tests {
         assert_eq!(decode(&bad_utf8, Charset::Utf8, false).unwrap_err(), ReadError::NotText);
         assert_eq!(Charset::Ascii.decode("é".as_bytes()), None);
         assert_eq!(Charset::Latin9.encode("€"), vec![0xA4]);
+    }
+
+    #[test]
+    fn escapes_are_decoded_in_any_text() {
+        let separators = hl7_parser::message::Separators::default();
+        let cases = [
+            ("S\\T\\J", "S&J"),
+            ("a\\F\\b\\S\\c\\R\\d\\E\\e", "a|b^c~d\\e"),
+            ("line\\.br\\two", "line\ntwo"),
+            ("\\X41C3A9\\", "Aé"),
+            ("\\XE9\\", "é"),
+            ("\\H\\bold\\N\\", "bold"),
+            ("ê\\T\\é", "ê&é"),
+            ("ünterminated \\F", "ünterminated \\F"),
+        ];
+        for (raw, decoded) in cases {
+            assert_eq!(unescape(raw, &separators), decoded, "{raw}");
+        }
     }
 
     #[test]

@@ -372,6 +372,13 @@ pub fn request_id(key: &Key, body_sha256: &[u8; 32]) -> String {
     format!("hl7:{control}:{hex}")
 }
 
+/// The answer to a message whose handling failed on a defect: AE 207 (sending it again would meet
+/// the same defect).
+pub fn defect_ack() -> Vec<u8> {
+    let problem = Problem::content(code::INTERNAL, None, "the message could not be handled (application internal error)");
+    ack::build(&ack::Inbound::default(), Some(&problem), chrono::Utc::now()).into_bytes()
+}
+
 fn unreadable_problem(error: &ReadError) -> Problem {
     match error {
         ReadError::UnknownCharset(_) => Problem::content(

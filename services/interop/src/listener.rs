@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::codec::Framed;
@@ -89,7 +89,14 @@ async fn connection(stream: TcpStream, handler: Handler, max_frame: usize, shutd
                 return;
             }
         };
-        let ack = handler.handle(&frame).await;
+        // A defect met while handling one message answers it AE and keeps the connection serving.
+        let ack = match std::panic::AssertUnwindSafe(handler.handle(&frame)).catch_unwind().await {
+            Ok(ack) => ack,
+            Err(_) => {
+                tracing::error!("handling a message failed on a defect: answered AE 207");
+                crate::inbound::defect_ack()
+            }
+        };
         if let Err(error) = framed.send(ack).await {
             tracing::debug!(%error, "sending an ACK failed");
             return;

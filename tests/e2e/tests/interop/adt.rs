@@ -223,3 +223,34 @@ async fn a47_changes_a_hospital_number_and_one_connection_per_message_works() {
     assert_eq!(ack_code(&send(&mut Pas::connect(lenient).await, &newline).await), "AA");
     assert_eq!(by_local(&p, "K1NEW").await.unwrap().patient.unwrap().given_name, "Joanna");
 }
+
+#[tokio::test]
+async fn random_bytes_are_never_accepted_and_never_stop_the_listener() {
+    use rand::{Rng, SeedableRng};
+    let p = gateway::start().await;
+    let mllp = start(&p, |_| {}).await;
+    let mut pas = Pas::connect(mllp).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20261205);
+    let header = adt("A28", "ADT_A05", "R0", &pid("K1^^^RR8^PI", "Smith^Jo", "19900101|F"));
+    for i in 0..300 {
+        let length = rng.random_range(0..400);
+        // Bytes that are not block characters (those would frame differently), half of them after a
+        // valid header's first bytes so that the header reader is exercised too.
+        let mut frame: Vec<u8> = if i % 2 == 0 { header.as_bytes()[..rng.random_range(0..header.len())].to_vec() } else { Vec::new() };
+        frame.extend((0..length).map(|_| {
+            loop {
+                let b: u8 = rng.random();
+                if b != 0x0B && b != 0x1C {
+                    break b;
+                }
+            }
+        }));
+        let ack = String::from_utf8_lossy(&pas.send(&frame).await).into_owned();
+        assert_ne!(ack_code(&ack), "AA", "frame {i} {frame:?} was accepted: {ack}");
+    }
+    // (A frame above may have carried the header's control id R0 with another body: a new one.)
+    let valid = header.replace("|R0|", "|R1|");
+    assert_eq!(ack_code(&send(&mut pas, &valid).await), "AA", "the same connection still serves");
+    let admin = p.admin_pool().await;
+    assert_eq!(count(&admin, "SELECT count(*) FROM records.patients").await, 1);
+}
