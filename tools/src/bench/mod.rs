@@ -9,10 +9,12 @@
 //! - `gateway`: the gateway's overhead (see `gateway`).
 //! - `gateway-booking`: booking through the gateway against booking straight at scheduling (see
 //!   `booking`).
+//! - `adt`: the ADT listener (HL7 v2 over MLLP) against the same updates over gRPC (see `interop`).
 //! - `all --quick`: every one of them for a few seconds on small data (CI), so none can rot unseen.
 
 mod booking;
 mod gateway;
+mod interop;
 mod referrals;
 mod scheduling;
 
@@ -136,6 +138,9 @@ enum Scenario {
     /// BookAppointment through the gateway (a coordinator's token) against the same bookings sent
     /// straight to scheduling (the caller context the gateway would sign), taking turns, in one run.
     GatewayBooking(booking::GatewayBookingArgs),
+    /// A08 updates over MLLP against the same updates through the gateway over gRPC, in one run;
+    /// ACK latency at a steady rate; resent messages write nothing.
+    Adt(interop::AdtArgs),
     /// Every benchmark above, one after another.
     All {
         /// A few seconds each on small data: shows each still runs, measures nothing (CI).
@@ -155,6 +160,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::EventLag { rate, seconds } => referrals::event_lag(rate, seconds).await,
         Scenario::Gateway { seconds, concurrency, runs, patients } => gateway::overhead(seconds, concurrency, runs, patients).await,
         Scenario::GatewayBooking(args) => booking::gateway_against_direct(args).await,
+        Scenario::Adt(args) => interop::adt_against_grpc(args).await,
         Scenario::All { quick } => all(quick).await,
     }
 }
@@ -171,6 +177,7 @@ const QUICK: &[(&str, &[&str])] = &[
     ("event-lag", &["--rate", "20", "--seconds", "2"]),
     ("slots", &["--small", "2000", "--large", "8000", "--queries", "60", "--concurrency", "2"]),
     ("gateway-booking", &["--seconds", "1", "--rounds", "1", "--concurrency", "4"]),
+    ("adt", &["--seconds", "1", "--rounds", "1", "--patients", "40", "--rate", "20", "--rate-seconds", "1", "--resend", "20"]),
 ];
 
 /// Every benchmark, one after another: quick (`QUICK`) or at full size.
@@ -212,7 +219,7 @@ pub(crate) struct Bench {
     pub internal_key: pac_platform::config::Secret,
     /// The platform's settings (the services' database roles among them).
     pub platform: PlatformConfig,
-    shutdown: CancellationToken,
+    pub shutdown: CancellationToken,
 }
 
 impl Bench {
