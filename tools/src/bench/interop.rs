@@ -165,7 +165,7 @@ pub async fn adt_against_grpc(args: AdtArgs) -> anyhow::Result<()> {
     for round in 0..args.rounds {
         let (mut m, mut g) = (0.0, 0.0);
         for slice in 0..args.seconds {
-            if (slice + round as u64) % 2 == 0 {
+            if (slice + round as u64).is_multiple_of(2) {
                 m += over_mllp(connections.clone()).await?;
                 g += over_grpc(grpc.clone()).await?;
             } else {
