@@ -43,8 +43,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         crate::development_token("integration", vec![pac_gateway::DEVELOPMENT_ORGANISATION.into()], Some("dev-pas".into()), 3600)
             .expect("the development key makes tokens")
     });
-    let gateway_default = format!("http://{}", pac_gateway::GatewayConfig::from_env(&platform)?.listen);
-    let interop = pac_interop::InteropConfig::from_env(&gateway_default, Some(pac_interop::gateway::TokenSource::Minted(interop_token)))?;
+    let interop =
+        pac_interop::InteropConfig::from_env(&crate::gateway_url()?, Some(pac_interop::gateway::TokenSource::Minted(interop_token)))?;
     pac_interop::migrate(&platform, &interop).await?;
 
     let shutdown = pac_platform::grpc::shutdown_on_signals();

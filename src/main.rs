@@ -247,8 +247,8 @@ async fn migrate(platform: &PlatformConfig, component: Component) -> anyhow::Res
     }
     if matches!(component, Component::Interop | Component::All) {
         // Migrating needs no token.
-        let gateway = format!("http://{}", pac_gateway::GatewayConfig::from_env(platform)?.listen);
-        let config = pac_interop::InteropConfig::from_env(&gateway, Some(pac_interop::gateway::TokenSource::Fixed(Secret::new(""))))?;
+        let config =
+            pac_interop::InteropConfig::from_env(&gateway_url()?, Some(pac_interop::gateway::TokenSource::Fixed(Secret::new(""))))?;
         pac_interop::migrate(platform, &config).await?;
         tracing::info!(component = "interop", "migrated");
     }
@@ -291,7 +291,7 @@ async fn serve(component: Component) -> anyhow::Result<()> {
     // `all` serves the interop component when its account's token is configured.
     let has_token = ["PAC_INTEROP_TOKEN", "PAC_INTEROP_TOKEN_FILE"].iter().any(|v| std::env::var(v).is_ok_and(|t| !t.is_empty()));
     if component == Component::Interop || (component == Component::All && has_token) {
-        let config = interop_config(&platform)?;
+        let config = interop_config()?;
         let listener = bind(config.listen, "PAC_INTEROP_ADDR").await?;
         let mllp = bind(config.mllp.listen, "PAC_INTEROP_MLLP_ADDR").await?;
         servers.spawn(pac_interop::serve(platform.clone(), config, listener, mllp, shutdown.clone()));
@@ -306,11 +306,16 @@ async fn serve(component: Component) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The interop component's settings; it calls the gateway at `PAC_INTEROP_GATEWAY_URL`, by default
-/// the address the gateway's own setting names.
-fn interop_config(platform: &PlatformConfig) -> anyhow::Result<pac_interop::InteropConfig> {
-    let gateway = format!("http://{}", pac_gateway::GatewayConfig::from_env(platform)?.listen);
-    pac_interop::InteropConfig::from_env(&gateway, None)
+/// The interop component's settings (from the environment; its account's token required).
+fn interop_config() -> anyhow::Result<pac_interop::InteropConfig> {
+    pac_interop::InteropConfig::from_env(&gateway_url()?, None)
+}
+
+/// Where the interop component calls the gateway unless `PAC_INTEROP_GATEWAY_URL` says: the address
+/// `PAC_GATEWAY_ADDR` names (only that setting is read, not the gateway's keys).
+pub fn gateway_url() -> anyhow::Result<String> {
+    let address: std::net::SocketAddr = pac_platform::config::var("PAC_GATEWAY_ADDR", pac_gateway::DEFAULT_ADDR.parse()?)?;
+    Ok(format!("http://{address}"))
 }
 
 async fn bind(address: std::net::SocketAddr, variable: &str) -> anyhow::Result<tokio::net::TcpListener> {

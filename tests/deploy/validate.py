@@ -6,18 +6,20 @@
 
 What it checks:
 - deploy/docker/Dockerfile: hadolint clean; one stage per component, each running `pac serve <it>`
-  as a numeric non-root user, with a HEALTHCHECK of `pac health` on the port it listens on.
+  as a numeric non-root user, with a HEALTHCHECK of `pac health` on the port it listens on, and
+  listening on (and exposing) its other ports too.
 - .dockerignore: the build context holds every workspace member and target the manifests name,
   and `cargo metadata --locked` resolves in it (Cargo.lock is current); target/ and .git/ stay out.
 - deploy/k8s: every resource file and the kustomize output of the base and of each overlay valid
   against the Kubernetes schemas (strict, oldest and newest supported versions); grpc probes,
   resources, hardened security contexts, termination time covering preStop plus the services'
-  drain, a Service (named grpc port, appProtocol grpc), HPA and PDB per component, no committed
-  Secret, every referenced Secret key documented in deploy/README.md, network policies that allow exactly
-  the calls the code makes, and a Postgres connection budget.
+  drain, a Service (named grpc port, appProtocol grpc, and a named port per other listener), HPA
+  and PDB per component, no committed Secret, every referenced or mounted Secret (and key) documented
+  in deploy/README.md, network policies that allow exactly the calls the code makes (and clients to
+  the gateway and to the other listeners), and a Postgres connection budget.
 - deploy/compose.yaml (+ compose.production.yaml): rendered by docker-compose's own parser
-  (`config`, no engine needed); dependencies exist and use health/completion conditions, health
-  checks, hardening, service URLs and the collector wiring.
+  (`config`, every profile on, no engine needed); dependencies exist and use health/completion
+  conditions, health checks, hardening, service URLs, published ports and the collector wiring.
 - deploy/otel-collector.yaml: OTLP gRPC receiver, batch processor, OTLP export to Jaeger.
 - Drift: the environment variables each component's code reads (string literals naming them in
   services/platform/src, services/<component>/src, gateway/src) are exactly the ones compose and
@@ -50,7 +52,11 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
-COMPONENTS = {"records": 50051, "scheduling": 50052, "referrals": 50053, "gateway": 50050}
+COMPONENTS = {"records": 50051, "scheduling": 50052, "referrals": 50053, "gateway": 50050, "interop": 50054}
+
+# Ports a component listens on beside its gRPC one (plain TCP, for clients outside the platform):
+# name -> (the variable setting its address, the port). Published like the gateway's port.
+LISTENERS = {"interop": {"mllp": ("PAC_INTEROP_MLLP_ADDR", 2575)}}
 
 # Where each component's settings are read. The platform kit's are read by every component.
 PLATFORM_SOURCES = ["services/platform/src"]
@@ -59,6 +65,7 @@ COMPONENT_SOURCES = {
     "scheduling": ["services/scheduling/src"],
     "referrals": ["services/referrals/src"],
     "gateway": ["gateway/src"],
+    "interop": ["services/interop/src"],
 }
 # Support code that no deployed component runs: `pac dev`'s private Postgres and the test kit.
 NOT_DEPLOYED_SOURCES = {"services/platform/src/local_postgres.rs", "services/platform/src/testkit.rs"}
@@ -76,9 +83,10 @@ EXCEPTIONS = {
 
 # Secrets the operator creates, and the keys the manifests may use (documented in deploy/README.md).
 SECRETS = {
-    "pac-database": {"admin-url", "role-password", "records-url", "scheduling-url", "referrals-url", "gateway-url"},
+    "pac-database": {"admin-url", "role-password", "records-url", "scheduling-url", "referrals-url", "gateway-url", "interop-url"},
     "pac-internal-key": {"internal-key"},
     "pac-audit-key": {"audit-key"},
+    "pac-interop-token": {"token"},
 }
 
 # The Postgres max_connections each Kubernetes tree is sized for (see their kustomization.yaml), less
@@ -174,6 +182,17 @@ def expected_env(read: dict[str, set[str]], component: str) -> set[str]:
 
 def all_code_variables(read: dict[str, set[str]]) -> set[str]:
     return set().union(*read.values())
+
+
+def url_variables(component: str, other: str) -> set[str]:
+    """The variables through which `component` would call `other`: PAC_<OTHER>_URL, or a URL of its
+    own such as PAC_INTEROP_GATEWAY_URL."""
+    return {f"PAC_{other.upper()}_URL", f"PAC_{component.upper()}_{other.upper()}_URL"}
+
+
+def calls(read: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Who calls whom: a component that reads a URL variable of another calls it."""
+    return {c: {x for x in COMPONENTS if x != c and url_variables(c, x) & read[c]} for c in COMPONENTS}
 
 
 def compare(report: Report, where: str, component: str, sets: set[str], expected: set[str], exceptions: dict[str, str]) -> None:
@@ -284,7 +303,11 @@ def check_dockerfile(report: Report, root: Path, read: dict[str, set[str]]) -> N
         env = stage_env(stage)
         listen = env.get(f"PAC_{component.upper()}_ADDR", "")
         report.check(listen == f"0.0.0.0:{port}", f"stage {component} listens on 0.0.0.0:{port}", listen)
-        report.check(any(i == "EXPOSE" and a == str(port) for i, a in stage), f"stage {component} exposes {port}")
+        exposed = {p.split("/")[0] for i, a in stage if i == "EXPOSE" for p in a.split()}
+        report.check(str(port) in exposed, f"stage {component} exposes {port}")
+        for name, (variable, other) in LISTENERS.get(component, {}).items():
+            report.check(env.get(variable) == f"0.0.0.0:{other}", f"stage {component} listens for {name} on 0.0.0.0:{other}", env.get(variable, ""))
+            report.check(str(other) in exposed, f"stage {component} exposes {other} ({name})")
         health = [a for i, a in stage if i == "HEALTHCHECK"]
         expected = json.dumps(["/usr/local/bin/pac", "health", "--addr", f"127.0.0.1:{port}"])
         report.check(
@@ -299,7 +322,7 @@ def check_dockerfile(report: Report, root: Path, read: dict[str, set[str]]) -> N
     report.check(("HEALTHCHECK", "NONE") in migrate, "stage migrate has no health check (one-shot)")
     final = stages.get("final", [])
     report.check(bool(final) and final[0][1].startswith("${COMPONENT}"), "the final stage is chosen by the COMPONENT build argument")
-    report.check(bool(re.search(r"^ARG COMPONENT=(records|scheduling|referrals|gateway|migrate)$", text, re.M)), "COMPONENT has a default")
+    report.check(bool(re.search(r"^ARG COMPONENT=(records|scheduling|referrals|gateway|interop|migrate)$", text, re.M)), "COMPONENT has a default")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,9 +518,24 @@ def check_secret_refs(report: Report, label: str, env: dict[str, object], deploy
                     bad.append(f"{name} -> {ref['name']}/{ref['key']} is not a documented Secret key")
                 elif f"`{ref['name']}`" not in deployment_doc or f"`{ref['key']}`" not in deployment_doc:
                     bad.append(f"{ref['name']}/{ref['key']} is not described in {DEPLOYMENT_DOC}")
-        elif re.search(r"(KEY|PASSWORD)$", name) and value:
+        elif re.search(r"(KEY|PASSWORD|TOKEN)$", name) and value:
             bad.append(f"{name} has a literal value")
     report.check(not bad, f"{label}: secrets come from documented Secret keys, never literal values", "; ".join(bad))
+
+
+def check_secret_volumes(report: Report, label: str, pod: dict, deployment_doc: str) -> None:
+    bad = []
+    for volume in pod.get("volumes", []):
+        secret = volume.get("secret")
+        if secret is None:
+            continue
+        name = secret.get("secretName", "")
+        keys = {item["key"] for item in secret.get("items", [])} or SECRETS.get(name, set())
+        if name not in SECRETS or not keys <= SECRETS[name]:
+            bad.append(f"volume {volume['name']} -> {name} {sorted(keys)} is not a documented Secret")
+        elif f"`{name}`" not in deployment_doc or any(f"`{key}`" not in deployment_doc for key in keys):
+            bad.append(f"{name} is not described in {DEPLOYMENT_DOC}")
+    report.check(not bad, f"{label}: Secrets mounted as files are documented Secrets", "; ".join(bad))
 
 
 def check_kubernetes(report: Report, root: Path, read: dict[str, set[str]], only_drift: bool = False) -> None:
@@ -547,13 +585,18 @@ def check_kubernetes(report: Report, root: Path, read: dict[str, set[str]], only
                 continue
             report.check(len(containers) == 1 and container.get("args") == ["serve", component], f"{label}: runs `pac serve {component}`")
             report.check(env.get(f"PAC_{component.upper()}_ADDR") == f"0.0.0.0:{port}", f"{label}: listens on 0.0.0.0:{port}")
+            listeners = LISTENERS.get(component, {})
+            for name, (variable, other) in listeners.items():
+                report.check(env.get(variable) == f"0.0.0.0:{other}", f"{label}: listens for {name} on 0.0.0.0:{other}")
             ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
-            report.check(ports == {"grpc": port}, f"{label}: one container port named grpc ({port})", str(ports))
+            wanted_ports = {"grpc": port} | {name: other for name, (_, other) in listeners.items()}
+            report.check(ports == wanted_ports, f"{label}: container ports named as the Service names them {wanted_ports}", str(ports))
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 spec = container.get(probe, {})
                 report.check(spec.get("grpc", {}).get("port") == port, f"{label}: {probe} is a native grpc probe on {port}", str(spec))
             hardened(report, label, pod, container)
             check_secret_refs(report, label, env, deployment_doc)
+            check_secret_volumes(report, label, pod, deployment_doc)
             grace = millis(env.get("PAC_SHUTDOWN_GRACE_MS"), grace_default)
             pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
             termination = pod.get("terminationGracePeriodSeconds", 30)
@@ -569,8 +612,9 @@ def check_kubernetes(report: Report, root: Path, read: dict[str, set[str]], only
             report.check(
                 service is not None
                 and service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
-                and [(p.get("name"), p["port"], p.get("targetPort"), p.get("appProtocol")) for p in service_ports] == [("grpc", port, "grpc", "grpc")],
-                f"{label}: Service with a named grpc port, appProtocol grpc",
+                and [(p.get("name"), p["port"], p.get("targetPort"), p.get("appProtocol")) for p in service_ports]
+                == [("grpc", port, "grpc", "grpc")] + [(name, other, name, None) for name, (_, other) in listeners.items()],
+                f"{label}: Service with a named grpc port, appProtocol grpc" + "".join(f", and {name}" for name in listeners),
                 str(service_ports),
             )
             hpa = kinds.get(("HorizontalPodAutoscaler", f"pac-{component}"))
@@ -661,14 +705,24 @@ def check_network_policies(report: Report, tree: str, documents: list[dict], rea
             return True  # any peer
         return other is not None and any(peer_is_pod(peer, other) for peer in peers)
 
-    # Who calls whom: a component that reads PAC_<X>_URL calls X.
-    calls = {c: {x for x in COMPONENTS if f"PAC_{x.upper()}_URL" in read[c]} for c in COMPONENTS}
+    def admits(rule: dict, port: int) -> bool:
+        ports = rule.get("ports")
+        return ports is None or any(p.get("port") == port for p in ports)
+
+    # Who calls whom: a component that reads PAC_<X>_URL (or PAC_<ITSELF>_<X>_URL) calls X.
+    called = calls(read)
     everyone = list(pods)
     for target, port in COMPONENTS.items():
-        callers = {c for c in COMPONENTS if target in calls[c]}
+        callers = {c for c in COMPONENTS if target in called[c]}
         ingress = rules(target, "Ingress")
+        # Listeners for clients outside the platform: open to them (the overlays may narrow who).
+        for name, (_, other) in LISTENERS.get(target, {}).items():
+            report.check(any(admits(r, other) for r in ingress), f"{tree}: clients may reach {target}'s {name} listener on {other}")
         if target == "gateway":
             report.check(any(allows(r, "from", None, port) for r in ingress), f"{tree}: clients may reach the gateway on {port}")
+            for caller in sorted(callers):
+                egress_ok = any(allows(r, "to", target, port) for r in rules(caller, "Egress"))
+                report.check(egress_ok, f"{tree}: {caller} -> gateway:{port} egress allowed (it calls the gateway)")
             continue
         allowed_from = {other for other in everyone if any(allows(r, "from", other, port) for r in ingress)}
         open_to_all = any(allows(r, "from", None, port) for r in ingress)
@@ -725,7 +779,8 @@ def compose_config(root: Path, files: list[str], env: dict[str, str]) -> dict:
     for name in files:
         command += ["-f", str(root / "deploy" / name)]
     scrubbed = {k: v for k, v in os.environ.items() if not re.match(r"(PAC|OTEL|POSTGRES|DATABASE|RUST_LOG|COMPOSE)", k)}
-    result = run(command + ["config", "--format", "json"], env={**scrubbed, **env}, cwd=root)
+    # Every profile on: a service that starts only when asked for is checked like the others.
+    result = run(command + ["--profile", "*", "config", "--format", "json"], env={**scrubbed, **env}, cwd=root)
     if result.returncode != 0:
         raise RuntimeError(result.stderr)
     return json.loads(result.stdout)
@@ -762,6 +817,15 @@ def check_compose(report: Report, root: Path, read: dict[str, set[str]], only_dr
         if only_drift:
             continue
         check_compose_structure(report, label, services, stages, config)
+        if "production" in label:
+            # Production's tokens come from files (a secret that a token service renews), never values.
+            given = sorted(
+                f"{name}.{key}"
+                for name, service in services.items()
+                for key, value in service.get("environment", {}).items()
+                if key.endswith("_TOKEN") and value
+            )
+            report.check(not given, f"{label}: no token is given as a value", str(given))
     if not only_drift:
         try:
             compose_config(root, ["compose.yaml", "compose.production.yaml"], {})
@@ -798,7 +862,15 @@ def check_compose_structure(report: Report, label: str, services: dict, stages: 
         f"{label}: the collector runs deploy/otel-collector.yaml",
     )
     published = {name for name, service in services.items() if service.get("ports")}
-    report.check(published <= {"gateway", "jaeger"}, f"{label}: only the gateway and the trace UI are published", str(sorted(published)))
+    report.check(
+        published <= {"gateway", "jaeger"} | set(LISTENERS),
+        f"{label}: only the gateway, the other listeners for clients and the trace UI are published",
+        str(sorted(published)),
+    )
+    for component, listeners in LISTENERS.items():
+        targets = sorted(int(p["target"]) for p in services.get(component, {}).get("ports", []))
+        wanted = sorted(other for _, other in listeners.values())
+        report.check(targets == wanted, f"{label}: {component} publishes its listeners {wanted}, not its gRPC port", str(targets))
     for component, port in COMPONENTS.items():
         service = services.get(component)
         if not report.check(service is not None, f"{label}: {component} service present"):
@@ -806,6 +878,8 @@ def check_compose_structure(report: Report, label: str, services: dict, stages: 
         env = service.get("environment", {})
         report.check(service.get("build", {}).get("target") == component and component in stages, f"{label}: {component} is built from the Dockerfile's {component} stage")
         report.check(env.get(f"PAC_{component.upper()}_ADDR") == f"0.0.0.0:{port}", f"{label}: {component} listens on 0.0.0.0:{port}")
+        for name, (variable, other) in LISTENERS.get(component, {}).items():
+            report.check(env.get(variable) == f"0.0.0.0:{other}", f"{label}: {component} listens for {name} on 0.0.0.0:{other}")
         health = service.get("healthcheck", {}).get("test", [])
         report.check(health == ["CMD", "/usr/local/bin/pac", "health", "--addr", f"127.0.0.1:{port}"], f"{label}: {component} healthcheck is `pac health` on {port}", str(health))
         deps = service.get("depends_on", {})
@@ -814,13 +888,14 @@ def check_compose_structure(report: Report, label: str, services: dict, stages: 
             f"{label}: {component} starts after the migration completed and Postgres is healthy",
         )
         for other in COMPONENTS:
-            url = env.get(f"PAC_{other.upper()}_URL")
-            if url is None:
+            urls = [env[name] for name in sorted(url_variables(component, other)) if name in env]
+            if not urls or other == component:
                 continue
+            url = urls[0]
             # Two components that call each other (scheduling asks referrals about a referral;
             # referrals follows scheduling) cannot each wait for the other: the one that depends on
             # the other waits, and the other connects on first use.
-            mutual = f"PAC_{component.upper()}_URL" in services.get(other, {}).get("environment", {})
+            mutual = bool(url_variables(other, component) & set(services.get(other, {}).get("environment", {})))
             waits = deps.get(other, {}).get("condition") == "service_healthy"
             waited_for = services.get(other, {}).get("depends_on", {}).get(component, {}).get("condition") == "service_healthy"
             report.check(
