@@ -11,6 +11,8 @@ use base64::Engine;
 use pac_platform::config::Secret;
 use pac_proto::records::patient_records_client::PatientRecordsClient;
 use pac_proto::records::{self as pb, lookup_patient_request};
+use pac_proto::scheduling as sched;
+use pac_proto::scheduling::scheduling_client::SchedulingClient;
 use prost_types::FieldMask;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -98,6 +100,7 @@ impl Tokens {
 #[derive(Clone)]
 pub struct Gateway {
     records: PatientRecordsClient<Channel>,
+    scheduling: SchedulingClient<Channel>,
     tokens: Tokens,
 }
 
@@ -110,8 +113,9 @@ pub struct Call {
 
 impl Gateway {
     pub fn new(channel: Channel, tokens: Tokens, max_message_bytes: usize) -> Self {
-        let records = PatientRecordsClient::new(channel).max_decoding_message_size(max_message_bytes);
-        Self { records, tokens }
+        let records = PatientRecordsClient::new(channel.clone()).max_decoding_message_size(max_message_bytes);
+        let scheduling = SchedulingClient::new(channel).max_decoding_message_size(max_message_bytes);
+        Self { records, scheduling, tokens }
     }
 
     pub fn tokens(&self) -> &Tokens {
@@ -119,18 +123,24 @@ impl Gateway {
     }
 
     fn request<T>(&self, message: T, call: &Call) -> Result<Request<T>, Status> {
-        let mut request = Request::new(message);
         let remaining = call.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(Status::deadline_exceeded("the message's time budget is spent"));
         }
+        let mut request = self.unbounded(message, &call.request_id)?;
         request.set_timeout(remaining);
+        Ok(request)
+    }
+
+    /// A request with the account's token and `request_id`, and no deadline (a stream).
+    fn unbounded<T>(&self, message: T, request_id: &str) -> Result<Request<T>, Status> {
+        let mut request = Request::new(message);
         let token = self.tokens.current().map_err(Status::unavailable)?;
         let metadata = request.metadata_mut();
         let bearer =
             format!("Bearer {token}").parse().map_err(|_| Status::unavailable("the integration account's token is not a header value"))?;
         metadata.insert("authorization", bearer);
-        if let Ok(id) = call.request_id.parse() {
+        if let Ok(id) = request_id.parse() {
             metadata.insert("x-request-id", id);
         }
         pac_platform::telemetry::inject_context(metadata);
@@ -153,6 +163,23 @@ impl Gateway {
             Err(status) if status.code() == Code::NotFound => Ok(None),
             Err(status) => Err(status),
         }
+    }
+
+    pub async fn get_patient(&self, id: &str, call: &Call) -> Result<pb::Patient, Status> {
+        let response = self.records.clone().get_patient(self.request(pb::GetPatientRequest { id: id.to_string() }, call)?).await?;
+        response.into_inner().patient.ok_or_else(|| Status::internal("the gateway answered without the patient"))
+    }
+
+    pub async fn get_clinic(&self, id: &str, call: &Call) -> Result<sched::Clinic, Status> {
+        let response = self.scheduling.clone().get_clinic(self.request(sched::GetClinicRequest { id: id.to_string() }, call)?).await?;
+        response.into_inner().clinic.ok_or_else(|| Status::internal("the gateway answered without the clinic"))
+    }
+
+    /// The scheduling service's events of the account's organisations, after `cursor`, then as they
+    /// happen.
+    pub async fn watch_scheduling(&self, cursor: &str, request_id: &str) -> Result<tonic::Streaming<sched::WatchEventsResponse>, Status> {
+        let request = self.unbounded(sched::WatchEventsRequest { after_cursor: cursor.to_string() }, request_id)?;
+        Ok(self.scheduling.clone().watch_events(request).await?.into_inner())
     }
 
     pub async fn register(&self, patient: pb::Patient, allow_possible_duplicate: bool, call: &Call) -> Result<pb::Patient, Status> {

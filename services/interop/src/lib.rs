@@ -4,17 +4,23 @@
 //! organisation scoping and the audit trail stay in one place, and is answered with an ACK (`ack`)
 //! once its change is committed (`inbound`, `listener`).
 //!
-//! It owns the `interop` schema: the inbound message log, which is also the idempotency record
-//! (`store`). It reads no other service's tables. Beside the MLLP listener it serves gRPC health and
+//! Scheduling feeds go the other way (`feeds`): the appointment events of a destination's
+//! organisations, read through the gateway, become SIU messages (`siu`) delivered in order over
+//! MLLP.
+//!
+//! It owns the `interop` schema: the inbound message log, which is also the idempotency record,
+//! and the feeds' positions and messages (`store`). It reads no other service's tables. Beside the MLLP listener it serves gRPC health and
 //! reflection, like every component.
 
 pub mod ack;
 pub mod adt;
+pub mod feeds;
 pub mod gateway;
 pub mod hl7;
 pub mod inbound;
 pub mod listener;
 pub mod mllp;
+pub mod siu;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -66,6 +72,8 @@ pub struct InteropConfig {
     /// `PAC_INTEROP_MESSAGE_RETENTION_DAYS` (30, at most the key retention): how long a message's
     /// text is kept for investigation.
     pub message_retention: Duration,
+    /// `PAC_INTEROP_FEEDS`: the scheduling feeds' destinations (a JSON list; none by default).
+    pub feeds: Vec<feeds::Destination>,
 }
 
 /// The MLLP listener's settings.
@@ -139,6 +147,10 @@ impl InteropConfig {
             mllp,
             key_retention: Duration::from_secs(DAY * var("PAC_INTEROP_KEY_RETENTION_DAYS", 30u64)?),
             message_retention: Duration::from_secs(DAY * var("PAC_INTEROP_MESSAGE_RETENTION_DAYS", 30u64)?),
+            feeds: match std::env::var("PAC_INTEROP_FEEDS") {
+                Ok(json) if !json.trim().is_empty() => feeds::parse_destinations(&json)?,
+                _ => Vec::new(),
+            },
         };
         config.check()?;
         Ok(config)
@@ -154,6 +166,7 @@ impl InteropConfig {
             mllp: MllpConfig::development(mllp),
             key_retention: Duration::from_secs(30 * DAY),
             message_retention: Duration::from_secs(30 * DAY),
+            feeds: Vec::new(),
         }
     }
 
@@ -198,7 +211,8 @@ pub async fn serve(
         .tcp_keepalive(Some(Duration::from_secs(30)))
         .connect_lazy();
     let gateway = Gateway::new(channel, Tokens::new(config.token.clone()), platform.grpc.max_message_bytes);
-    let handler = Handler::new(config.mllp.handling.clone(), pool.clone(), gateway);
+    let handler = Handler::new(config.mllp.handling.clone(), pool.clone(), gateway.clone());
+    feeds::start(config.feeds.clone(), pool.clone(), gateway, shutdown.clone());
 
     let (keys, messages) = (config.key_retention, config.message_retention);
     let prune_pool = pool.clone();

@@ -139,3 +139,195 @@ pub async fn prune(pool: &PgPool, keys: Duration, messages: Duration) -> Result<
     .rows_affected();
     Ok((deleted, cleared))
 }
+
+/// A feed's message waiting to be sent.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Outbound {
+    pub sequence: i64,
+    pub patient_id: String,
+    pub control_id: String,
+    pub message: Vec<u8>,
+}
+
+/// A feed's state for an operator.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FeedStatus {
+    pub destination: String,
+    pub cursor: String,
+    pub pending: i64,
+    /// Seconds since the oldest pending message was made (0 when none is pending).
+    pub lag_seconds: f64,
+    pub delivered: i64,
+    pub parked_patients: i64,
+    pub last_error: Option<String>,
+}
+
+/// The feed's stream position, the feed made known first.
+pub async fn feed_cursor(pool: &PgPool, destination: &str) -> Result<String, sqlx::Error> {
+    sqlx::query("INSERT INTO feeds (destination) VALUES ($1) ON CONFLICT DO NOTHING").bind(destination).execute(pool).await?;
+    sqlx::query_scalar("SELECT cursor FROM feeds WHERE destination = $1").bind(destination).fetch_one(pool).await
+}
+
+/// The stream moved past events the feed sends nothing for.
+pub async fn advance_cursor(pool: &PgPool, destination: &str, cursor: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE feeds SET cursor = $2 WHERE destination = $1").bind(destination).bind(cursor).execute(pool).await?;
+    Ok(())
+}
+
+/// Stores the message `make(sequence)` returns (its control id and bytes) for the event at
+/// `cursor`, with the feed's next sequence number, and moves the feed's position past the event,
+/// in one transaction. An event stored before (a stream resumed from an older position) is not
+/// stored again.
+pub async fn enqueue(
+    pool: &PgPool,
+    destination: &str,
+    event_id: &str,
+    cursor: &str,
+    patient_id: &str,
+    message_type: &str,
+    make: impl FnOnce(i64) -> (String, Vec<u8>),
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let known: Option<i64> = sqlx::query_scalar("SELECT sequence FROM outbound_messages WHERE destination = $1 AND event_id = $2")
+        .bind(destination)
+        .bind(event_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if known.is_none() {
+        let sequence: i64 =
+            sqlx::query_scalar("UPDATE feeds SET next_sequence = next_sequence + 1 WHERE destination = $1 RETURNING next_sequence - 1")
+                .bind(destination)
+                .fetch_one(&mut *tx)
+                .await?;
+        let (control_id, message) = make(sequence);
+        sqlx::query(
+            "INSERT INTO outbound_messages (destination, sequence, event_id, event_cursor, patient_id, message_type, control_id, message) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(destination)
+        .bind(sequence)
+        .bind(event_id)
+        .bind(cursor)
+        .bind(patient_id)
+        .bind(message_type)
+        .bind(control_id)
+        .bind(message)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query("UPDATE feeds SET cursor = $2 WHERE destination = $1").bind(destination).bind(cursor).execute(&mut *tx).await?;
+    tx.commit().await
+}
+
+/// The feed's next message to send: the first pending one, in order, of a patient not parked.
+pub async fn next_outbound(pool: &PgPool, destination: &str) -> Result<Option<Outbound>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT m.sequence, m.patient_id, m.control_id, m.message FROM outbound_messages m \
+         WHERE m.destination = $1 AND m.state = 'pending' \
+           AND NOT EXISTS (SELECT 1 FROM parked_patients p WHERE p.destination = m.destination AND p.patient_id = m.patient_id) \
+         ORDER BY m.sequence LIMIT 1",
+    )
+    .bind(destination)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The destination answered AA.
+pub async fn delivered(pool: &PgPool, destination: &str, sequence: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbound_messages SET state = 'delivered', delivered_at = now(), attempts = attempts + 1 \
+         WHERE destination = $1 AND sequence = $2",
+    )
+    .bind(destination)
+    .bind(sequence)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The destination answered AE: the message and its patient are parked.
+pub async fn park(pool: &PgPool, destination: &str, message: &Outbound, reason: &str) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE outbound_messages SET state = 'parked', attempts = attempts + 1, last_error = $3 WHERE destination = $1 AND sequence = $2",
+    )
+    .bind(destination)
+    .bind(message.sequence)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO parked_patients (destination, patient_id, sequence, reason) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+        .bind(destination)
+        .bind(&message.patient_id)
+        .bind(message.sequence)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// A try that got no AA or AE (AR, no answer in time, no connection): recorded, to be tried again.
+pub async fn attempt_failed(pool: &PgPool, destination: &str, sequence: Option<i64>, error: &str) -> Result<(), sqlx::Error> {
+    if let Some(sequence) = sequence {
+        sqlx::query("UPDATE outbound_messages SET attempts = attempts + 1, last_error = $3 WHERE destination = $1 AND sequence = $2")
+            .bind(destination)
+            .bind(sequence)
+            .bind(error)
+            .execute(pool)
+            .await?;
+    }
+    sqlx::query("UPDATE feeds SET last_error = $2, last_error_at = now() WHERE destination = $1")
+        .bind(destination)
+        .bind(error)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Every feed's state.
+pub async fn feed_status(pool: &PgPool) -> Result<Vec<FeedStatus>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT f.destination, f.cursor, \
+                (SELECT count(*) FROM outbound_messages m WHERE m.destination = f.destination AND m.state = 'pending') AS pending, \
+                coalesce(extract(epoch FROM now() - (SELECT min(created_at) FROM outbound_messages m \
+                          WHERE m.destination = f.destination AND m.state = 'pending'))::float8, 0) AS lag_seconds, \
+                (SELECT count(*) FROM outbound_messages m WHERE m.destination = f.destination AND m.state = 'delivered') AS delivered, \
+                (SELECT count(*) FROM parked_patients p WHERE p.destination = f.destination) AS parked_patients, \
+                f.last_error \
+         FROM feeds f ORDER BY f.destination",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Releases a parked patient: its parked messages are sent again, in order, before its later ones.
+/// Whether the patient was parked.
+pub async fn release(pool: &PgPool, destination: &str, patient_id: &str) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let released = sqlx::query("DELETE FROM parked_patients WHERE destination = $1 AND patient_id = $2")
+        .bind(destination)
+        .bind(patient_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    sqlx::query("UPDATE outbound_messages SET state = 'pending' WHERE destination = $1 AND patient_id = $2 AND state = 'parked'")
+        .bind(destination)
+        .bind(patient_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(released > 0)
+}
+
+/// Sends a feed's messages again from `sequence` on (their stored bytes, the same control ids).
+/// How many will be sent again.
+pub async fn replay(pool: &PgPool, destination: &str, sequence: i64) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE outbound_messages SET state = 'pending', delivered_at = NULL WHERE destination = $1 AND sequence >= $2 AND state = 'delivered'",
+    )
+    .bind(destination)
+    .bind(sequence)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}

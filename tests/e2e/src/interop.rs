@@ -33,6 +33,15 @@ pub fn account_tokens(organisations: &[&str]) -> TokenSource {
 /// Starts the interop component for `p` (its account acting for RR8), adjusted by `adjust`; the
 /// MLLP listener's address.
 pub async fn start(p: &Platform, adjust: impl FnOnce(&mut InteropConfig)) -> SocketAddr {
+    start_until(p, p.shutdown.clone(), adjust).await
+}
+
+/// `start`, the component stopping when `shutdown` fires.
+pub async fn start_until(
+    p: &Platform,
+    shutdown: tokio_util::sync::CancellationToken,
+    adjust: impl FnOnce(&mut InteropConfig),
+) -> SocketAddr {
     let (health, _) = listener().await;
     let mllp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = mllp.local_addr().unwrap();
@@ -41,8 +50,17 @@ pub async fn start(p: &Platform, adjust: impl FnOnce(&mut InteropConfig)) -> Soc
     adjust(&mut config);
     let platform = p.db.platform_config();
     pac_interop::migrate(&platform, &config).await.expect("migrate interop");
-    tokio::spawn(pac_interop::serve(platform, config, health, mllp, p.shutdown.clone()));
+    tokio::spawn(pac_interop::serve(platform, config, health, mllp, shutdown));
     address
+}
+
+/// A small pool as the interop component's own role (its schema first on the search path).
+pub async fn pool(p: &Platform) -> sqlx::PgPool {
+    let mut platform = p.db.platform_config();
+    platform.db.max_connections = 2;
+    let unused: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let config = InteropConfig::development(unused, unused, String::new(), account_tokens(&["RR8"]));
+    pac_interop::connect(&platform, &config).await.unwrap()
 }
 
 /// An MLLP connection, as a PAS's integration engine holds one.
@@ -74,4 +92,76 @@ pub fn ack_code(ack: &str) -> &str {
 /// The ERR segment of an ACK ("" when none).
 pub fn err_segment(ack: &str) -> &str {
     ack.split('\r').find(|s| s.starts_with("ERR|")).unwrap_or("")
+}
+
+/// A trust's receiving engine: an MLLP server that keeps what it receives and answers AA, AE for
+/// messages containing a given text, or nothing while told to be silent.
+#[derive(Clone)]
+pub struct Receiver {
+    pub address: SocketAddr,
+    pub received: Arc<std::sync::Mutex<Vec<String>>>,
+    pub refuse_containing: Arc<std::sync::Mutex<Option<String>>>,
+    pub silent: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let receiver = Self {
+            address: listener.local_addr().unwrap(),
+            received: Default::default(),
+            refuse_containing: Default::default(),
+            silent: Default::default(),
+        };
+        let serving = receiver.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let receiver = serving.clone();
+                tokio::spawn(async move {
+                    let mut framed = Framed::new(stream, Mllp::default());
+                    while let Some(Ok(frame)) = framed.next().await {
+                        let text = pac_interop::hl7::Charset::Latin1.decode(&frame).unwrap();
+                        receiver.received.lock().unwrap().push(text.clone());
+                        if receiver.silent.load(std::sync::atomic::Ordering::SeqCst) {
+                            continue;
+                        }
+                        let control = field(&text, "MSH", 10);
+                        let refuse = receiver.refuse_containing.lock().unwrap().as_ref().is_some_and(|t| text.contains(t.as_str()));
+                        let code = if refuse { "AE" } else { "AA" };
+                        let ack = format!("MSH|^~\\&|PAS|RR8|PAC|RR8|20261205||ACK^S12^ACK|R{control}|P|2.5\rMSA|{code}|{control}\r");
+                        if framed.send(ack.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        receiver
+    }
+
+    /// The messages received so far.
+    pub fn messages(&self) -> Vec<String> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits (at most `within`) until a received message satisfies `matches`; that message.
+    pub async fn wait_for(&self, within: Duration, matches: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(found) = self.messages().into_iter().find(|m| matches(m)) {
+                return Some(found);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Field `number` of the first segment `name` of `message` ("" when absent; MSH counted as HL7 does).
+pub fn field(message: &str, name: &str, number: usize) -> String {
+    let Some(segment) = message.split('\r').find(|s| s.starts_with(name)) else { return String::new() };
+    let index = if name == "MSH" { number - 1 } else { number };
+    segment.split('|').nth(index).unwrap_or_default().to_string()
 }

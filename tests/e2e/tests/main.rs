@@ -18,6 +18,7 @@ mod gateway {
 
 mod interop {
     mod adt;
+    mod feeds;
 }
 
 mod referrals {
