@@ -4,12 +4,18 @@ PID-3 with its verification status in PID-32, the GP practice in PD1-3); hl7apy 
 strictly for its version; the effects are read back through the gateway with grpcio (a
 coordinator's token).
 
-    PAC_TOKEN=$(pac token) python3 tests/smoke/hl7_smoke.py [mllp] [gateway]
+    PAC_TOKEN=$(pac token) python3 tests/smoke/hl7_smoke.py [mllp] [gateway] [feed report]
     # defaults 127.0.0.1:2575 127.0.0.1:50050 (pac dev's listener acts for RR8)
+
+With a feed report (written by hl7_receiver.py, the receiving engine of pac dev's scheduling feed),
+it also checks that the bookings made before it (the grpcio smoke's) arrived as SIU S12 messages,
+each valid in hl7apy, strictly, as HL7 v2.5.
 """
 
+import json
 import os
 import random
+import time
 import sys
 import uuid
 
@@ -133,6 +139,27 @@ def main() -> None:
     except grpc.RpcError as error:
         assert error.code() == grpc.StatusCode.NOT_FOUND, error
     print("hl7 smoke: registration, update, merge and refusals seen through the gateway")
+
+    if len(sys.argv) > 3:
+        check_feed(sys.argv[3])
+
+
+def check_feed(path: str) -> None:
+    """The receiving engine's report: S12s arrived, every message valid, in sequence."""
+    deadline = time.time() + 30
+    while True:
+        with open(path, encoding="utf-8") as report:
+            lines = [json.loads(line) for line in report if line.strip()]
+        booked = [line for line in lines if line["type"] == "SIU^S12^SIU_S12"]
+        if len(booked) >= 3 or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(booked) >= 3, f"the grpcio smoke's three bookings as S12 messages: {lines}"
+    invalid = [line for line in lines if line["problem"]]
+    assert not invalid, invalid
+    controls = [line["control"] for line in lines]
+    assert controls == sorted(controls) and len(set(controls)) == len(controls), controls
+    print(f"hl7 smoke: {len(lines)} SIU messages from the scheduling feed, each valid in hl7apy (v2.5, strict)")
 
 
 if __name__ == "__main__":
