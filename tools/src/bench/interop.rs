@@ -234,15 +234,21 @@ pub async fn adt_against_grpc(args: AdtArgs) -> anyhow::Result<()> {
 /// The interop component for `bench`'s gateway, as the integration account `token` names; its MLLP
 /// address.
 async fn start_interop(bench: &Bench, token: &str) -> anyhow::Result<SocketAddr> {
+    start_interop_with(bench, token, Vec::new()).await
+}
+
+/// `start_interop`, with scheduling feeds to `feeds`.
+async fn start_interop_with(bench: &Bench, token: &str, feeds: Vec<pac_interop::feeds::Destination>) -> anyhow::Result<SocketAddr> {
     let health = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let mllp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = mllp.local_addr()?;
-    let config = pac_interop::InteropConfig::development(
+    let mut config = pac_interop::InteropConfig::development(
         health.local_addr()?,
         address,
         format!("http://{}", bench.gateway),
         TokenSource::Fixed(Secret::new(token)),
     );
+    config.feeds = feeds;
     pac_interop::migrate(&bench.platform, &config).await.context("migrating interop")?;
     tokio::spawn(pac_interop::serve(bench.platform.clone(), config, health, mllp, bench.shutdown.clone()));
     Ok(address)
@@ -306,4 +312,128 @@ async fn steady(
         }
     }
     Ok((latencies, sent))
+}
+
+#[derive(clap::Args)]
+pub struct SiuArgs {
+    /// Bookings a second.
+    #[arg(long, default_value_t = 100)]
+    rate: u64,
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+}
+
+/// `pac-load bench siu`: bookings made through the gateway at a steady rate; the time from each
+/// booking's answer to its S12 reaching a receiving engine (an MLLP server in this process that
+/// answers AA at once) over the interop component's scheduling feed. Bar: p99 < 1 s.
+pub async fn booking_to_s12(args: SiuArgs) -> anyhow::Result<()> {
+    use pac_proto::scheduling as sched;
+    use pac_proto::scheduling::scheduling_client::SchedulingClient;
+    if args.rate == 0 || args.seconds == 0 {
+        bail!("--rate and --seconds must be at least 1");
+    }
+    let bench = Bench::start("pac_bench_siu").await?;
+    let bookings = args.rate * args.seconds;
+    let records = bench.records_pool().await?;
+    crate::seed::patients(&records, 0, 0..bookings, "RR8").await?;
+    let scheduling = bench.scheduling_pool().await?;
+    let clinics = crate::seed::directory(&scheduling, 0, 4, 1, 1, "SIU", "RR8").await?;
+    crate::seed::slots(&scheduling, 0, 0..bookings, &clinics, 1, 0, crate::seed::first_slot_start()).await?;
+
+    // The receiving engine: when each appointment's S12 arrived.
+    let arrivals: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Default::default();
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let receiving = receiver.local_addr()?;
+    let seen = arrivals.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = receiver.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut framed = Framed::new(stream, Mllp::default());
+                while let Some(Ok(frame)) = framed.next().await {
+                    let at = Instant::now();
+                    let text = String::from_utf8_lossy(&frame).into_owned();
+                    let field = |segment: &str, n: usize| {
+                        text.split('\r').find(|s| s.starts_with(segment)).and_then(|s| s.split('|').nth(n)).unwrap_or_default().to_string()
+                    };
+                    let control = field("MSH", 9);
+                    let appointment = field("SCH", 2).split('^').next().unwrap_or_default().to_string();
+                    seen.lock().expect("not poisoned").entry(appointment).or_insert(at);
+                    let ack = format!("MSH|^~\\&|PAS|RR8|PAC|RR8|20261205||ACK^S12^ACK|R{control}|P|2.5\rMSA|AA|{control}\r");
+                    if framed.send(ack.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let identity = Identity { subject: "bench-pas".into(), role: Role::Integration, organisations: vec!["RR8".into()] };
+    let account = crate::credentials::development_token(&identity, Duration::from_secs(3600))?;
+    let destination = pac_interop::feeds::Destination {
+        name: "bench".into(),
+        address: receiving.to_string(),
+        organisations: vec!["RR8".into()],
+        messages: vec!["S12".into()],
+        receiving_application: "PAS".into(),
+        receiving_facility: "RR8".into(),
+        charset: "8859/1".into(),
+        ack_timeout_ms: 10_000,
+    };
+    start_interop_with(&bench, &account, vec![destination]).await?;
+
+    let coordinator = crate::credentials::development_token(
+        &crate::credentials::identity(Role::Coordinator, &["RR8".to_string()]),
+        Duration::from_secs(3600),
+    )?;
+    let credential = Credential::bearer(&coordinator)?;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(SchedulingClient::new(tonic::transport::Endpoint::from_shared(format!("http://{}", bench.gateway))?.connect().await?));
+    }
+    let answered: Arc<std::sync::Mutex<Vec<(String, Instant)>>> = Default::default();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+    let mut tasks = Vec::new();
+    for n in 0..bookings {
+        ticks.tick().await;
+        let (mut client, credential, answered) = (clients[(n % 4) as usize].clone(), credential.clone(), answered.clone());
+        tasks.push(tokio::spawn(async move {
+            let request = sched::BookAppointmentRequest {
+                target: Some(sched::book_appointment_request::Target::SlotId(
+                    crate::people::numbered(crate::people::Kind::Slot, 0, n).to_string(),
+                )),
+                patient_id: crate::people::numbered(crate::people::Kind::Patient, 0, n).to_string(),
+                ..Default::default()
+            };
+            let appointment = client.book_appointment(credential.request(request)).await?.into_inner().appointment.unwrap_or_default();
+            answered.lock().expect("not poisoned").push((appointment.id, Instant::now()));
+            Ok::<_, tonic::Status>(())
+        }));
+    }
+    for task in tasks {
+        task.await?.map_err(|s| anyhow::anyhow!("booking: {s:?}"))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while arrivals.lock().expect("not poisoned").len() < bookings as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let arrived = arrivals.lock().expect("not poisoned").clone();
+    let answered = answered.lock().expect("not poisoned").clone();
+    let missing = answered.iter().filter(|(id, _)| !arrived.contains_key(id)).count();
+    let lags = Latencies(answered.iter().filter_map(|(id, at)| arrived.get(id).map(|s12| s12.saturating_duration_since(*at))).collect());
+    println!(
+        "\n{bookings} bookings through the gateway at {}/s; each S12 at the receiving engine after the booking's answer:\n",
+        args.rate
+    );
+    println!("| p50 | p95 | p99 | max | missing |");
+    println!("|---:|---:|---:|---:|---:|");
+    let max = lags.0.iter().max().copied().unwrap_or_default();
+    println!("| {} | {} | {} | {} | {missing} |", ms(lags.percentile(0.5)), ms(lags.percentile(0.95)), ms(lags.percentile(0.99)), ms(max));
+    let p99 = lags.percentile(0.99);
+    println!(
+        "\nbooking -> ACKed S12 p99 at {}/s: {} (bar: < 1 s) {}",
+        args.rate,
+        ms(p99),
+        verdict(missing == 0 && p99 < Duration::from_secs(1))
+    );
+    Ok(())
 }

@@ -9,7 +9,8 @@
 //! - `gateway`: the gateway's overhead (see `gateway`).
 //! - `gateway-booking`: booking through the gateway against booking straight at scheduling (see
 //!   `booking`).
-//! - `adt`: the ADT listener (HL7 v2 over MLLP) against the same updates over gRPC (see `interop`).
+//! - `adt`: the ADT listener (HL7 v2 over MLLP) against the same updates over gRPC; `siu`: a
+//!   booking's S12 at a receiving engine (see `interop`).
 //! - `all --quick`: every one of them for a few seconds on small data (CI), so none can rot unseen.
 
 mod booking;
@@ -141,6 +142,9 @@ enum Scenario {
     /// A08 updates over MLLP against the same updates through the gateway over gRPC, in one run;
     /// ACK latency at a steady rate; resent messages write nothing.
     Adt(interop::AdtArgs),
+    /// Bookings through the gateway at a steady rate; each booking's S12 at a receiving engine over
+    /// the interop component's scheduling feed.
+    Siu(interop::SiuArgs),
     /// Every benchmark above, one after another.
     All {
         /// A few seconds each on small data: shows each still runs, measures nothing (CI).
@@ -161,6 +165,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Gateway { seconds, concurrency, runs, patients } => gateway::overhead(seconds, concurrency, runs, patients).await,
         Scenario::GatewayBooking(args) => booking::gateway_against_direct(args).await,
         Scenario::Adt(args) => interop::adt_against_grpc(args).await,
+        Scenario::Siu(args) => interop::booking_to_s12(args).await,
         Scenario::All { quick } => all(quick).await,
     }
 }
@@ -178,6 +183,7 @@ const QUICK: &[(&str, &[&str])] = &[
     ("slots", &["--small", "2000", "--large", "8000", "--queries", "60", "--concurrency", "2"]),
     ("gateway-booking", &["--seconds", "1", "--rounds", "1", "--concurrency", "4"]),
     ("adt", &["--seconds", "1", "--rounds", "1", "--patients", "40", "--rate", "20", "--rate-seconds", "1", "--resend", "20"]),
+    ("siu", &["--rate", "20", "--seconds", "1"]),
 ];
 
 /// Every benchmark, one after another: quick (`QUICK`) or at full size.
