@@ -63,6 +63,12 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The interop component's scheduling feeds: their state, parked patients, replays (the
+    /// component's own database role, as `pac serve interop` connects).
+    Interop {
+        #[command(subcommand)]
+        command: InteropCommand,
+    },
     /// Ask a component for its health (grpc.health.v1 Check, plain text); exits 0 only when SERVING.
     Health {
         /// The component's address: host:port (or an http:// URL).
@@ -74,6 +80,21 @@ enum Command {
         /// Seconds to wait for the answer, connecting included.
         #[arg(long, default_value_t = 3)]
         timeout: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum InteropCommand {
+    /// Each feed: its stream position, pending messages and lag, delivered, parked patients, last error.
+    Feeds,
+    /// Send a parked patient's messages again, in order (after the receiving engine is put right).
+    Release { feed: String, patient_id: String },
+    /// Send a feed's delivered messages again from a sequence number on (the stored bytes, the same
+    /// MSH-10s).
+    Replay {
+        feed: String,
+        #[arg(long)]
+        from: i64,
     },
 }
 
@@ -139,6 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit { command: AuditCommand::Verify { key_files } } => verify_audit(key_files).await,
         Command::Audit { command: AuditCommand::Archive { before } } => archive_audit(before).await,
+        Command::Interop { command } => interop(command).await,
         Command::Health { addr, service, timeout } => health(&addr, &service, std::time::Duration::from_secs(timeout)).await,
     }
 }
@@ -301,6 +323,40 @@ async fn serve(component: Component) -> anyhow::Result<()> {
         if let Err(error) = result.context("component task failed")? {
             shutdown.cancel();
             return Err(error);
+        }
+    }
+    Ok(())
+}
+
+async fn interop(command: InteropCommand) -> anyhow::Result<()> {
+    use pac_interop::store;
+    let mut platform = PlatformConfig::from_env(Environment::Production)?;
+    platform.db.max_connections = 1;
+    let config = pac_interop::InteropConfig::from_env(&gateway_url()?, Some(pac_interop::gateway::TokenSource::Fixed(Secret::new(""))))?;
+    let pool = pac_interop::connect(&platform, &config).await?;
+    match command {
+        InteropCommand::Feeds => {
+            println!("| feed | pending | lag | delivered | parked patients | last error |");
+            println!("|---|---:|---:|---:|---:|---|");
+            for feed in store::feed_status(&pool).await? {
+                println!(
+                    "| {} | {} | {:.1} s | {} | {} | {} |",
+                    feed.destination,
+                    feed.pending,
+                    feed.lag_seconds,
+                    feed.delivered,
+                    feed.parked_patients,
+                    feed.last_error.unwrap_or_default()
+                );
+            }
+        }
+        InteropCommand::Release { feed, patient_id } => {
+            anyhow::ensure!(store::release(&pool, &feed, &patient_id).await?, "patient {patient_id} is not parked on feed {feed}");
+            println!("released: patient {patient_id}'s messages on feed {feed} are sent again, in order");
+        }
+        InteropCommand::Replay { feed, from } => {
+            let count = store::replay(&pool, &feed, from).await?;
+            println!("{count} delivered messages of feed {feed} from sequence {from} on are sent again");
         }
     }
     Ok(())

@@ -114,6 +114,12 @@ async fn a_booking_reaches_the_receiving_engine_as_an_s12_and_a_cancellation_as_
             .await
             .unwrap();
     assert_eq!(audited, 2);
+
+    // An operator's replay from the first message: both again, the same bytes, the same MSH-10s.
+    let first_two = receiver.messages();
+    assert_eq!(pac_interop::store::replay(&pool(&p).await, "rr8-pas", 1).await.unwrap(), 2);
+    assert!(receiver.wait_for(Duration::from_secs(5), |_| receiver.messages().len() >= 4).await.is_some(), "replayed");
+    assert_eq!(receiver.messages()[2..], first_two[..]);
 }
 
 #[tokio::test]
