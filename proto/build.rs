@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "pac/referrals/v1/referrals.proto",
         "pac/access/v1/access.proto",
         "pac/audit/v1/audit.proto",
+        "pac/interop/v1/interop.proto",
     ];
     tonic_prost_build::configure().file_descriptor_set_path(out_dir.join("pac_descriptor.bin")).compile_protos(&protos, &["."])?;
     println!("cargo:rerun-if-changed=pac");

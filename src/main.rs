@@ -63,9 +63,15 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// The interop component's scheduling feeds: their state, parked patients, replays (the
-    /// component's own database role, as `pac serve interop` connects).
+    /// The interop component's operator API (`pac.interop.v1.Interop`), through the gateway with an
+    /// administrator's token.
     Interop {
+        /// The gateway.
+        #[arg(long, default_value = "http://127.0.0.1:50050")]
+        gateway: String,
+        /// An administrator's bearer token.
+        #[arg(long, env = "PAC_TOKEN", hide_env_values = true)]
+        token: String,
         #[command(subcommand)]
         command: InteropCommand,
     },
@@ -85,8 +91,15 @@ enum Command {
 
 #[derive(Subcommand)]
 enum InteropCommand {
-    /// Each feed: its stream position, pending messages and lag, delivered, parked patients, last error.
+    /// The ADT listener's messages by type and ACK code over the last hours, and its latest refusal.
+    Listener {
+        #[arg(long, default_value_t = 24)]
+        hours: i64,
+    },
+    /// Each feed: pending messages and lag, delivered, parked patients, last error.
     Feeds,
+    /// The patients parked on a feed.
+    Parked { feed: String },
     /// Send a parked patient's messages again, in order (after the receiving engine is put right).
     Release { feed: String, patient_id: String },
     /// Send a feed's delivered messages again from a sequence number on (the stored bytes, the same
@@ -160,7 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit { command: AuditCommand::Verify { key_files } } => verify_audit(key_files).await,
         Command::Audit { command: AuditCommand::Archive { before } } => archive_audit(before).await,
-        Command::Interop { command } => interop(command).await,
+        Command::Interop { gateway, token, command } => interop(&gateway, &token, command).await,
         Command::Health { addr, service, timeout } => health(&addr, &service, std::time::Duration::from_secs(timeout)).await,
     }
 }
@@ -328,35 +341,71 @@ async fn serve(component: Component) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn interop(command: InteropCommand) -> anyhow::Result<()> {
-    use pac_interop::store;
-    let mut platform = PlatformConfig::from_env(Environment::Production)?;
-    platform.db.max_connections = 1;
-    let config = pac_interop::InteropConfig::from_env(&gateway_url()?, Some(pac_interop::gateway::TokenSource::Fixed(Secret::new(""))))?;
-    let pool = pac_interop::connect(&platform, &config).await?;
+async fn interop(gateway: &str, token: &str, command: InteropCommand) -> anyhow::Result<()> {
+    use pac_proto::interop as pb;
+    let channel = tonic::transport::Endpoint::from_shared(gateway.to_string())
+        .context("--gateway is not a URL")?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the gateway at {gateway}"))?;
+    let bearer: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {}", token.trim()).parse().context("the token is not printable ASCII")?;
+    let mut client = pac_proto::interop::interop_client::InteropClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
+        request.metadata_mut().insert("authorization", bearer.clone());
+        Ok(request)
+    });
+    let failed = |status: tonic::Status| anyhow::anyhow!("{:?}: {}", status.code(), status.message());
     match command {
+        InteropCommand::Listener { hours } => {
+            let since = pac_platform::convert::timestamp(chrono::Utc::now() - chrono::Duration::hours(hours));
+            let counts =
+                client.list_listener_counts(pb::ListListenerCountsRequest { since: Some(since) }).await.map_err(failed)?.into_inner();
+            println!("| message type | ACK | count |\n|---|---|---:|");
+            for count in &counts.counts {
+                println!("| {} | {} | {} |", count.message_type, count.ack_code, count.count);
+            }
+            if counts.last_error_code != 0 {
+                println!("\nlatest refusal: {} {}", counts.last_error_code, counts.last_error_text);
+            }
+        }
         InteropCommand::Feeds => {
-            println!("| feed | pending | lag | delivered | parked patients | last error |");
-            println!("|---|---:|---:|---:|---:|---|");
-            for feed in store::feed_status(&pool).await? {
+            println!("| feed | organisations | pending | lag | delivered | parked patients | last error |");
+            println!("|---|---|---:|---:|---:|---:|---|");
+            for feed in client.list_feeds(pb::ListFeedsRequest {}).await.map_err(failed)?.into_inner().feeds {
                 println!(
-                    "| {} | {} | {:.1} s | {} | {} | {} |",
-                    feed.destination,
+                    "| {} | {} | {} | {:.1} s | {} | {} | {} |",
+                    feed.name,
+                    feed.organisations.join(", "),
                     feed.pending,
                     feed.lag_seconds,
                     feed.delivered,
                     feed.parked_patients,
-                    feed.last_error.unwrap_or_default()
+                    feed.last_error
                 );
             }
         }
+        InteropCommand::Parked { feed } => {
+            println!("| patient | sequence | reason |\n|---|---:|---|");
+            for parked in client.list_parked_patients(pb::ListParkedPatientsRequest { feed }).await.map_err(failed)?.into_inner().patients {
+                println!("| {} | {} | {} |", parked.patient_id, parked.sequence, parked.reason);
+            }
+        }
         InteropCommand::Release { feed, patient_id } => {
-            anyhow::ensure!(store::release(&pool, &feed, &patient_id).await?, "patient {patient_id} is not parked on feed {feed}");
+            client
+                .release_patient(pb::ReleasePatientRequest { feed: feed.clone(), patient_id: patient_id.clone() })
+                .await
+                .map_err(failed)?;
             println!("released: patient {patient_id}'s messages on feed {feed} are sent again, in order");
         }
         InteropCommand::Replay { feed, from } => {
-            let count = store::replay(&pool, &feed, from).await?;
-            println!("{count} delivered messages of feed {feed} from sequence {from} on are sent again");
+            let replayed = client
+                .replay_feed(pb::ReplayFeedRequest { feed: feed.clone(), from_sequence: from })
+                .await
+                .map_err(failed)?
+                .into_inner()
+                .replayed;
+            println!("{replayed} delivered messages of feed {feed} from sequence {from} on are sent again");
         }
     }
     Ok(())

@@ -47,6 +47,8 @@ use pac_proto::access::access_server::AccessServer;
 use pac_proto::audit::audit_trail_server::AuditTrailServer;
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50050";
+/// Where the interop component's operator API is, unless `PAC_INTEROP_URL` says.
+pub const DEFAULT_INTEROP_URL: &str = "http://127.0.0.1:50054";
 /// The gateway's role (it writes the audit trail) and its own schema.
 pub const DATABASE: ServiceSchema = ServiceSchema::new("gateway", "pac_gateway");
 /// The development token key: `pac token` signs with it, `pac dev`'s gateway accepts it.
@@ -81,6 +83,8 @@ pub struct GatewayConfig {
     pub records_url: String,
     pub scheduling_url: String,
     pub referrals_url: String,
+    /// `PAC_INTEROP_URL`: the interop component's operator API (`pac.interop.v1.Interop`).
+    pub interop_url: String,
     pub keys: TokenKeys,
     /// `PAC_GATEWAY_ISSUER`, `PAC_GATEWAY_AUDIENCE`.
     pub issuer: String,
@@ -206,6 +210,7 @@ impl GatewayConfig {
             records_url: var("PAC_RECORDS_URL", "http://127.0.0.1:50051".to_string())?,
             scheduling_url: var("PAC_SCHEDULING_URL", "http://127.0.0.1:50052".to_string())?,
             referrals_url: var("PAC_REFERRALS_URL", "http://127.0.0.1:50053".to_string())?,
+            interop_url: var("PAC_INTEROP_URL", DEFAULT_INTEROP_URL.to_string())?,
             keys,
             issuer: var("PAC_GATEWAY_ISSUER", DEVELOPMENT_ISSUER.to_string())?,
             audience: var("PAC_GATEWAY_AUDIENCE", DEFAULT_AUDIENCE.to_string())?,
@@ -231,6 +236,7 @@ impl GatewayConfig {
             records_url,
             scheduling_url,
             referrals_url,
+            interop_url: DEFAULT_INTEROP_URL.into(),
             keys: TokenKeys::Development(DEVELOPMENT_TOKEN_KEY.into()),
             issuer: DEVELOPMENT_ISSUER.into(),
             audience: DEFAULT_AUDIENCE.into(),
@@ -277,6 +283,7 @@ pub async fn serve(
     let records = Balanced::new(&config.records_url, config.connections)?;
     let scheduling = Balanced::new(&config.scheduling_url, config.connections)?;
     let referrals = Balanced::new(&config.referrals_url, config.connections)?;
+    let interop = Balanced::new(&config.interop_url, 1)?;
     let access = access::AccessService::new(records.clone(), scheduling.clone(), referrals.clone(), config.link_wait);
     let signer = CallerVerifier::new(&platform.internal_key, false);
     // The APIs served here read the caller context the door signed; they are reached only through it.
@@ -288,6 +295,7 @@ pub async fn serve(
         .route("/pac.records.v1.", records)
         .route("/pac.scheduling.v1.", scheduling)
         .route("/pac.referrals.v1.", referrals)
+        .route("/pac.interop.v1.", interop)
         .route("/pac.access.v1.", input_check.layer(AccessServer::new(access)))
         .route("/pac.audit.v1.", input_check.layer(AuditTrailServer::new(trail::AuditTrailService::new(pool.clone(), callers))));
     let mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
@@ -304,6 +312,7 @@ pub async fn serve(
             "pac.referrals.v1.Referrals",
             "pac.access.v1.Access",
             "pac.audit.v1.AuditTrail",
+            "pac.interop.v1.Interop",
         ],
         descriptor_sets: vec![pac_proto::FILE_DESCRIPTOR_SET],
         database: Some(pool),

@@ -28,7 +28,7 @@ pub enum Role {
     /// Reads the whole platform's audit trail, every organisation's and refusals of callers with no
     /// organisation: an explicit, separate role.
     PlatformAuditor,
-    /// Directory (clinics, sessions, services) and patient merges.
+    /// Directory (clinics, sessions, services), patient merges, the interop component's feeds.
     Admin,
 }
 
@@ -125,6 +125,12 @@ pub const POLICY: &[(&str, Data, &[Role])] = &[
     ("/pac.access.v1.Access/BookReferralAppointment", P, &[CO, IN]),
     ("/pac.access.v1.Access/GetAppointmentGuide", P, &[CO, CL, IN]),
     ("/pac.audit.v1.AuditTrail/ListAuditEvents", P, &[AU, PA]),
+    // The interop component's operator API.
+    ("/pac.interop.v1.Interop/ListListenerCounts", O, &[A]),
+    ("/pac.interop.v1.Interop/ListFeeds", O, &[A]),
+    ("/pac.interop.v1.Interop/ListParkedPatients", P, &[A]),
+    ("/pac.interop.v1.Interop/ReleasePatient", P, &[A]),
+    ("/pac.interop.v1.Interop/ReplayFeed", O, &[A]),
 ];
 
 /// The policy line of the RPC at `path` (`/package.Service/Method`).

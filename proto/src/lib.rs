@@ -34,11 +34,17 @@ pub mod pac {
             tonic::include_proto!("pac.audit.v1");
         }
     }
+    pub mod interop {
+        pub mod v1 {
+            tonic::include_proto!("pac.interop.v1");
+        }
+    }
 }
 
 pub use pac::access::v1 as access;
 pub use pac::audit::v1 as audit;
 pub use pac::common::v1 as common;
+pub use pac::interop::v1 as interop;
 pub use pac::records::v1 as records;
 pub use pac::referrals::v1 as referrals;
 pub use pac::scheduling::v1 as scheduling;

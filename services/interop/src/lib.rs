@@ -9,10 +9,12 @@
 //! MLLP.
 //!
 //! It owns the `interop` schema: the inbound message log, which is also the idempotency record,
-//! and the feeds' positions and messages (`store`). It reads no other service's tables. Beside the MLLP listener it serves gRPC health and
-//! reflection, like every component.
+//! and the feeds' positions and messages (`store`). It reads no other service's tables. Beside the
+//! MLLP listener it serves the operator API `pac.interop.v1.Interop` (`admin`, reached through the
+//! gateway), gRPC health and reflection.
 
 pub mod ack;
+pub mod admin;
 pub mod adt;
 pub mod feeds;
 pub mod gateway;
@@ -27,10 +29,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use pac_platform::PlatformConfig;
 use pac_platform::config::{Secret, var};
 use pac_platform::db::{self, ServiceSchema};
 use pac_platform::grpc::{self, Serving};
+use pac_platform::{CallerVerifier, PlatformConfig};
+use pac_proto::interop::interop_server::InteropServer;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgConnectOptions;
@@ -44,8 +47,8 @@ use crate::inbound::{DuplicatePolicy, Handler, Handling};
 
 pub const SCHEMA: &str = "interop";
 pub const DATABASE: ServiceSchema = ServiceSchema::new(SCHEMA, "pac_interop");
-/// The component's name in health checks.
-pub const SERVICE_NAME: &str = "pac.interop";
+/// The operator API this component serves (health reports it).
+pub const SERVICE_NAME: &str = "pac.interop.v1.Interop";
 /// gRPC health and reflection.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50054";
 /// The MLLP listener: 2575 is HL7's registered port.
@@ -229,8 +232,13 @@ pub async fn serve(
     tracing::info!(address = %mllp.local_addr()?, "MLLP listener listening");
     let listening = tokio::spawn(listener::serve(mllp, handler, config.mllp.limits, shutdown.clone()));
     tracing::info!(address = %listener.local_addr()?, "interop component listening");
+    let verifier = CallerVerifier::new(&platform.internal_key, platform.require_caller_context);
+    let max = platform.grpc.max_message_bytes;
+    let admin = InteropServer::new(admin::InteropService::new(pool.clone(), verifier, config.feeds.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let serving = Serving::service(SERVICE_NAME, pool);
-    let served = grpc::serve(&platform.grpc, listener, Routes::default(), serving, shutdown.clone()).await;
+    let served = grpc::serve(&platform.grpc, listener, Routes::new(admin), serving, shutdown.clone()).await;
     shutdown.cancel();
     listening.await.context("the MLLP listener failed")?;
     served

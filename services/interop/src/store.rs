@@ -331,3 +331,46 @@ pub async fn replay(pool: &PgPool, destination: &str, sequence: i64) -> Result<u
     .await?
     .rows_affected())
 }
+
+/// Listener messages received since `since`, by type and ACK code; `scope` limits them to those
+/// sending facilities (None: all).
+pub async fn listener_counts(
+    pool: &PgPool,
+    since: chrono::DateTime<chrono::Utc>,
+    scope: Option<&[String]>,
+) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT message_type, coalesce(ack_code, ''), count(*) FROM inbound_messages \
+         WHERE received_at >= $1 AND ($2::text[] IS NULL OR sending_facility = ANY($2)) \
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .bind(since)
+    .bind(scope)
+    .fetch_all(pool)
+    .await
+}
+
+/// The latest AE or AR a listener sent (its 0357 code, text and time), within `scope`.
+pub async fn last_listener_error(
+    pool: &PgPool,
+    scope: Option<&[String]>,
+) -> Result<Option<(i16, String, chrono::DateTime<chrono::Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT coalesce(error_code, 0::smallint), coalesce(error_text, ''), answered_at FROM inbound_messages \
+         WHERE ack_code IN ('AE', 'AR') AND ($1::text[] IS NULL OR sending_facility = ANY($1)) \
+         ORDER BY answered_at DESC LIMIT 1",
+    )
+    .bind(scope)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The patients parked on a feed: id, refused message's sequence, reason, when; oldest first.
+pub async fn parked(pool: &PgPool, destination: &str) -> Result<Vec<(String, i64, String, chrono::DateTime<chrono::Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT patient_id, sequence, reason, parked_at FROM parked_patients WHERE destination = $1 ORDER BY parked_at, patient_id",
+    )
+    .bind(destination)
+    .fetch_all(pool)
+    .await
+}

@@ -43,6 +43,16 @@ pub async fn start_until(
     adjust: impl FnOnce(&mut InteropConfig),
 ) -> SocketAddr {
     let (health, _) = listener().await;
+    start_serving(p, health, shutdown, adjust).await
+}
+
+/// `start_until`, its operator API (and health) served on `health`.
+pub async fn start_serving(
+    p: &Platform,
+    health: tokio::net::TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
+    adjust: impl FnOnce(&mut InteropConfig),
+) -> SocketAddr {
     let mllp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = mllp.local_addr().unwrap();
     let mut config =

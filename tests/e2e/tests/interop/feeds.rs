@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use pac_e2e::gateway::{self, free_slots, knee_clinic, token};
-use pac_e2e::interop::{Receiver, field, pool, start_until};
+use pac_e2e::interop::{Receiver, field, pool, start_serving, start_until};
 use pac_gateway::policy::Role;
 use pac_interop::feeds::Destination;
 use pac_platform::testkit::{registration, with_token};
@@ -186,4 +186,82 @@ async fn a_component_stopped_mid_feed_loses_nothing_and_resends_the_same_control
     let pool = pool(&p).await;
     let status = pac_interop::store::feed_status(&pool).await.unwrap();
     assert_eq!((status[0].pending, status[0].delivered), (0, 2));
+}
+
+#[tokio::test]
+async fn operators_see_and_release_parked_patients_through_the_gateway_for_their_organisations_only() {
+    use pac_e2e::gateway::start_with;
+    use pac_gateway::auth::{Identity, mint_development};
+    use pac_proto::interop as ipb;
+    use pac_proto::interop::interop_client::InteropClient;
+
+    let (admin_listener, admin_url) = pac_platform::testkit::listener().await;
+    let p = start_with(|config| config.interop_url = admin_url).await;
+    let clinic = knee_clinic(&p).await;
+    let slots = free_slots(&p, &clinic, 1).await;
+    let receiver = Receiver::start().await;
+    let feed = destination(&receiver);
+    start_serving(&p, admin_listener, p.shutdown.clone(), |config| config.feeds = vec![feed]).await;
+    let refused = patient(&p, "Feedone").await;
+    *receiver.refuse_containing.lock().unwrap() = Some("9998193036".into());
+    book(&p, &slots[0], &refused).await;
+    assert!(receiver.wait_for(Duration::from_secs(5), |m| m.contains("SIU^S12")).await.is_some());
+
+    let interop = InteropClient::new(p.gateway.clone());
+    let admin = token(Role::Admin, Duration::from_secs(600));
+    let parked = || {
+        let (mut interop, admin) = (interop.clone(), admin.clone());
+        async move {
+            let feeds = interop.list_feeds(with_token(ipb::ListFeedsRequest {}, Some(&admin))).await.unwrap().into_inner().feeds;
+            feeds.first().map(|f| f.parked_patients)
+        }
+    };
+    assert!(pac_platform::testkit::eventually(Duration::from_secs(5), || async { parked().await == Some(1) }).await);
+    let mut interop = interop.clone();
+    let request = ipb::ListParkedPatientsRequest { feed: "rr8-pas".into() };
+    let listed = interop.list_parked_patients(with_token(request.clone(), Some(&admin))).await.unwrap();
+    assert!(pac_platform::testkit::audited(&listed).is_empty(), "the gateway takes the audit header off");
+    assert_eq!(listed.into_inner().patients.iter().map(|p| p.patient_id.clone()).collect::<Vec<_>>(), vec![refused.clone()]);
+
+    // Another organisation's administrator sees no feed; a coordinator may not call at all.
+    let elsewhere = Identity { subject: "admin-rae".into(), role: Role::Admin, organisations: vec!["RAE".into()] };
+    let elsewhere = mint_development(
+        pac_gateway::DEVELOPMENT_TOKEN_KEY.as_bytes(),
+        pac_gateway::DEVELOPMENT_ISSUER,
+        "pac-gateway",
+        &elsewhere,
+        Duration::from_secs(600),
+    );
+    assert!(interop.list_feeds(with_token(ipb::ListFeedsRequest {}, Some(&elsewhere))).await.unwrap().into_inner().feeds.is_empty());
+    let status = interop.list_parked_patients(with_token(request, Some(&elsewhere))).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let coordinator = token(Role::Coordinator, Duration::from_secs(600));
+    let status = interop.list_feeds(with_token(ipb::ListFeedsRequest {}, Some(&coordinator))).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    // Bad input: the field named, nothing changed.
+    let bad = ipb::ReplayFeedRequest { feed: "rr8-pas".into(), from_sequence: 0 };
+    assert_eq!(interop.replay_feed(with_token(bad, Some(&admin))).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+
+    // Released once the receiving engine is put right: sent again, and delivered.
+    *receiver.refuse_containing.lock().unwrap() = None;
+    let release = ipb::ReleasePatientRequest { feed: "rr8-pas".into(), patient_id: refused.clone() };
+    interop.release_patient(with_token(release.clone(), Some(&admin))).await.unwrap();
+    assert_eq!(
+        interop.release_patient(with_token(release, Some(&admin))).await.unwrap_err().code(),
+        tonic::Code::NotFound,
+        "released once"
+    );
+    assert!(pac_platform::testkit::eventually(Duration::from_secs(5), || async { parked().await == Some(0) }).await);
+    // The release is in the audit trail with the patient.
+    let admin_pool = p.admin_pool().await;
+    let audited: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit.events WHERE action LIKE '%ReleasePatient%' AND $1 = ANY(patient_ids)")
+            .bind(&refused)
+            .fetch_one(&admin_pool)
+            .await
+            .unwrap();
+    assert_eq!(audited, 1);
+    let counts =
+        interop.list_listener_counts(with_token(ipb::ListListenerCountsRequest::default(), Some(&admin))).await.unwrap().into_inner();
+    assert!(counts.counts.is_empty(), "no ADT was sent in this test");
 }
