@@ -12,6 +12,8 @@
 //!   broken connection: the connection is closed and the same bytes, the same MSH-10, are sent
 //!   again after a backoff. AE: the message and its patient are parked (that patient's later
 //!   messages wait; the others' go on) until an operator releases the patient.
+//!
+//! A destination may be reached over TLS (its CA, a client certificate when it wants one).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use crate::hl7::{Charset, Message};
 use crate::mllp::Mllp;
 use crate::siu::{self, Addressing, Context};
 use crate::store;
+use crate::tls::Io;
 
 /// A destination, as configured (`PAC_INTEROP_FEEDS`, a JSON list).
 #[derive(Debug, Clone, serde::Deserialize, PartialEq, Eq)]
@@ -55,6 +58,44 @@ pub struct Destination {
     /// How long to wait for an ACK [10000].
     #[serde(default = "ack_timeout")]
     pub ack_timeout_ms: u64,
+    /// TLS to the receiving engine; plain TCP when absent.
+    #[serde(default)]
+    pub tls: Option<DestinationTls>,
+}
+
+/// A destination's TLS: the CA its certificate is signed by, a client certificate when it wants
+/// one (mutual TLS), and the name its certificate carries when not the address's host.
+#[derive(Debug, Clone, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationTls {
+    pub ca_file: std::path::PathBuf,
+    #[serde(default)]
+    pub cert_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// A destination's TLS, ready to connect with.
+struct Secured {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl Destination {
+    fn secured(&self) -> anyhow::Result<Option<Secured>> {
+        let Some(tls) = &self.tls else { return Ok(None) };
+        let identity = match (&tls.cert_file, &tls.key_file) {
+            (Some(certificate), Some(key)) => Some(crate::tls::Identity::from_files(certificate, key)?),
+            (None, None) => None,
+            _ => anyhow::bail!("feed {}: a client certificate needs cert_file and key_file", self.name),
+        };
+        let connector = crate::tls::connector(&crate::tls::read(&tls.ca_file)?, identity.as_ref())?;
+        let host = self.address.rsplit_once(':').map(|(host, _)| host.trim_matches(['[', ']'])).unwrap_or_default();
+        let name = crate::tls::server_name(tls.server_name.as_deref().unwrap_or(host))?;
+        Ok(Some(Secured { connector, name }))
+    }
 }
 
 fn all_triggers() -> Vec<String> {
@@ -90,21 +131,31 @@ pub fn parse_destinations(json: &str) -> anyhow::Result<Vec<Destination>> {
         }
         anyhow::ensure!(Charset::from_setting(&d.charset).is_some(), "feed {}: charset {:?} is not known", d.name, d.charset);
         anyhow::ensure!((100..=60_000).contains(&d.ack_timeout_ms), "feed {}: ack_timeout_ms must be 100 to 60000", d.name);
+        d.secured()?;
     }
     Ok(destinations)
 }
 
-/// Starts every destination's reader and sender.
-pub fn start(destinations: Vec<Destination>, pool: PgPool, gateway: Gateway, shutdown: CancellationToken) {
+/// Starts every destination's reader and sender (their TLS settings read first: a file that
+/// cannot be read stops the start).
+pub fn start(destinations: Vec<Destination>, pool: PgPool, gateway: Gateway, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut feeds = Vec::new();
     for destination in destinations {
-        let feed = Arc::new(Feed { destination, pool: pool.clone(), gateway: gateway.clone(), stored: Notify::new() });
+        let tls = destination.secured()?;
+        feeds.push(Arc::new(Feed { destination, tls, pool: pool.clone(), gateway: gateway.clone(), stored: Notify::new() }));
+    }
+    for feed in feeds {
         tokio::spawn(feed.clone().read(shutdown.clone()));
         tokio::spawn(feed.send(shutdown.clone()));
     }
+    Ok(())
 }
+
+type Connection = Framed<Box<dyn Io>, Mllp>;
 
 struct Feed {
     destination: Destination,
+    tls: Option<Secured>,
     pool: PgPool,
     gateway: Gateway,
     /// Wakes the sender when the reader stored a message.
@@ -222,7 +273,7 @@ impl Feed {
     }
 
     async fn send(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut connection: Option<Framed<TcpStream, Mllp>> = None;
+        let mut connection: Option<Connection> = None;
         let mut backoff = Backoff::new();
         loop {
             let next = match store::next_outbound(&self.pool, self.name()).await {
@@ -278,7 +329,7 @@ impl Feed {
     }
 
     /// Sends `message` and waits for its ACK: Ok for AA or AE, Err for anything to try again.
-    async fn deliver(&self, connection: &mut Option<Framed<TcpStream, Mllp>>, message: &store::Outbound) -> Result<Ack, String> {
+    async fn deliver(&self, connection: &mut Option<Connection>, message: &store::Outbound) -> Result<Ack, String> {
         let timeout = Duration::from_millis(self.destination.ack_timeout_ms);
         if connection.is_none() {
             let stream = tokio::time::timeout(timeout, TcpStream::connect(&self.destination.address))
@@ -286,6 +337,15 @@ impl Feed {
                 .map_err(|_| "connecting timed out".to_string())?
                 .map_err(|e| format!("connecting: {e}"))?;
             let _ = stream.set_nodelay(true);
+            let stream: Box<dyn Io> = match &self.tls {
+                None => Box::new(stream),
+                Some(tls) => Box::new(
+                    tokio::time::timeout(timeout, tls.connector.connect(tls.name.clone(), stream))
+                        .await
+                        .map_err(|_| "the TLS handshake timed out".to_string())?
+                        .map_err(|e| format!("the TLS handshake: {e}"))?,
+                ),
+            };
             *connection = Some(Framed::new(stream, Mllp::default()));
         }
         let framed = connection.as_mut().expect("connected above");

@@ -24,6 +24,7 @@ pub mod listener;
 pub mod mllp;
 pub mod siu;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -77,6 +78,19 @@ pub struct InteropConfig {
     pub message_retention: Duration,
     /// `PAC_INTEROP_FEEDS`: the scheduling feeds' destinations (a JSON list; none by default).
     pub feeds: Vec<feeds::Destination>,
+    /// `PAC_INTEROP_GATEWAY_CA_FILE` (and the client certificate `PAC_INTEROP_GATEWAY_CERT_FILE`,
+    /// `PAC_INTEROP_GATEWAY_KEY_FILE`, for a gateway requiring mutual TLS of integration accounts):
+    /// the gateway over TLS, its URL `https://`.
+    pub gateway_tls: Option<GatewayTls>,
+}
+
+/// How the component calls the gateway over TLS.
+#[derive(Debug, Clone)]
+pub struct GatewayTls {
+    /// PEM: the CA the gateway's certificate is signed by.
+    pub ca: String,
+    /// The client certificate presented (mutual TLS).
+    pub identity: Option<tls::Identity>,
 }
 
 /// The MLLP listener's settings.
@@ -90,6 +104,17 @@ pub struct MllpConfig {
     /// `PAC_INTEROP_MAX_FRAME_BYTES` (10 MiB), `PAC_INTEROP_MAX_CONNECTIONS` (64),
     /// `PAC_INTEROP_KEEPALIVE_SECONDS` (60).
     pub limits: listener::Limits,
+    /// `PAC_INTEROP_TLS_CERT_FILE` and `PAC_INTEROP_TLS_KEY_FILE`: TLS on the listener;
+    /// `PAC_INTEROP_TLS_CLIENT_CA_FILE`: mutual TLS, engines presenting a certificate it signed.
+    pub tls: Option<ListenerTls>,
+}
+
+/// The listener's TLS.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub identity: tls::Identity,
+    /// PEM; when set, every connection must present a certificate it signed.
+    pub client_ca: Option<String>,
 }
 
 impl MllpConfig {
@@ -104,6 +129,7 @@ impl MllpConfig {
                 duplicates: DuplicatePolicy::Register,
             },
             limits: listener::Limits { max_frame: mllp::DEFAULT_MAX_FRAME, max_connections: 64, keepalive: Duration::from_secs(60) },
+            tls: None,
         }
     }
 }
@@ -132,6 +158,32 @@ impl InteropConfig {
         mllp.limits.keepalive = Duration::from_secs(var("PAC_INTEROP_KEEPALIVE_SECONDS", 60u64)?);
         anyhow::ensure!(mllp.limits.max_frame >= 1024, "PAC_INTEROP_MAX_FRAME_BYTES must be at least 1024");
         anyhow::ensure!(mllp.limits.max_connections >= 1, "PAC_INTEROP_MAX_CONNECTIONS must be at least 1");
+        let file = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+        mllp.tls = match (file("PAC_INTEROP_TLS_CERT_FILE"), file("PAC_INTEROP_TLS_KEY_FILE"), file("PAC_INTEROP_TLS_CLIENT_CA_FILE")) {
+            (Some(certificate), Some(key), ca) => Some(ListenerTls {
+                identity: tls::Identity::from_files(&certificate, &key)?,
+                client_ca: ca.map(|ca| tls::read(&ca)).transpose()?,
+            }),
+            (None, None, None) => None,
+            _ => anyhow::bail!(
+                "TLS on the listener needs PAC_INTEROP_TLS_CERT_FILE and PAC_INTEROP_TLS_KEY_FILE (and PAC_INTEROP_TLS_CLIENT_CA_FILE for mutual TLS)"
+            ),
+        };
+        let gateway_tls =
+            match (file("PAC_INTEROP_GATEWAY_CA_FILE"), file("PAC_INTEROP_GATEWAY_CERT_FILE"), file("PAC_INTEROP_GATEWAY_KEY_FILE")) {
+                (None, None, None) => None,
+                (Some(ca), certificate, key) => Some(GatewayTls {
+                    ca: tls::read(&ca)?,
+                    identity: match (certificate, key) {
+                        (Some(certificate), Some(key)) => Some(tls::Identity::from_files(&certificate, &key)?),
+                        (None, None) => None,
+                        _ => anyhow::bail!(
+                            "a client certificate for the gateway needs PAC_INTEROP_GATEWAY_CERT_FILE and PAC_INTEROP_GATEWAY_KEY_FILE"
+                        ),
+                    },
+                }),
+                _ => anyhow::bail!("TLS to the gateway needs PAC_INTEROP_GATEWAY_CA_FILE (the CA its certificate is signed by)"),
+            };
         let token = match (
             std::env::var("PAC_INTEROP_TOKEN").ok().filter(|t| !t.is_empty()),
             std::env::var("PAC_INTEROP_TOKEN_FILE").ok().filter(|t| !t.is_empty()),
@@ -154,6 +206,7 @@ impl InteropConfig {
                 Ok(json) if !json.trim().is_empty() => feeds::parse_destinations(&json)?,
                 _ => Vec::new(),
             },
+            gateway_tls,
         };
         config.check()?;
         Ok(config)
@@ -170,6 +223,7 @@ impl InteropConfig {
             key_retention: Duration::from_secs(30 * DAY),
             message_retention: Duration::from_secs(30 * DAY),
             feeds: Vec::new(),
+            gateway_tls: None,
         }
     }
 
@@ -208,14 +262,21 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     config.check()?;
     let pool = connect(&platform, &config).await?;
-    let channel = tonic::transport::Endpoint::from_shared(config.gateway_url.clone())
+    let mut endpoint = tonic::transport::Endpoint::from_shared(config.gateway_url.clone())
         .context("PAC_INTEROP_GATEWAY_URL is not a URL")?
         .connect_timeout(Duration::from_secs(2))
-        .tcp_keepalive(Some(Duration::from_secs(30)))
-        .connect_lazy();
+        .tcp_keepalive(Some(Duration::from_secs(30)));
+    if let Some(tls) = &config.gateway_tls {
+        let mut client = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca));
+        if let Some(identity) = &tls.identity {
+            client = client.identity(tonic::transport::Identity::from_pem(&identity.certificate, &identity.key));
+        }
+        endpoint = endpoint.tls_config(client).context("TLS to the gateway")?;
+    }
+    let channel = endpoint.connect_lazy();
     let gateway = Gateway::new(channel, Tokens::new(config.token.clone()), platform.grpc.max_message_bytes);
     let handler = Handler::new(config.mllp.handling.clone(), pool.clone(), gateway.clone());
-    feeds::start(config.feeds.clone(), pool.clone(), gateway, shutdown.clone());
+    feeds::start(config.feeds.clone(), pool.clone(), gateway, shutdown.clone())?;
 
     let (keys, messages) = (config.key_retention, config.message_retention);
     let prune_pool = pool.clone();
@@ -229,8 +290,12 @@ pub async fn serve(
         }
     });
 
-    tracing::info!(address = %mllp.local_addr()?, "MLLP listener listening");
-    let listening = tokio::spawn(listener::serve(mllp, handler, config.mllp.limits, shutdown.clone()));
+    let acceptor = match &config.mllp.tls {
+        Some(settings) => Some(tls::acceptor(&settings.identity, settings.client_ca.as_deref()).context("the listener's TLS")?),
+        None => None,
+    };
+    tracing::info!(address = %mllp.local_addr()?, tls = acceptor.is_some(), "MLLP listener listening");
+    let listening = tokio::spawn(listener::serve(mllp, handler, config.mllp.limits, acceptor, shutdown.clone()));
     tracing::info!(address = %listener.local_addr()?, "interop component listening");
     let verifier = CallerVerifier::new(&platform.internal_key, platform.require_caller_context);
     let max = platform.grpc.max_message_bytes;

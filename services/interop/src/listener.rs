@@ -1,6 +1,8 @@
 //! The MLLP listener: accepts an integration engine's connections and answers each message with its
 //! ACK before reading the next (one message in flight per connection). Connections may stay open
-//! for many messages or carry one each; TCP keepalive finds peers that went away silently.
+//! for many messages or carry one each; TCP keepalive finds peers that went away silently. With
+//! TLS configured every connection is TLS, and with a client CA each must present a certificate
+//! it signed (mutual TLS).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +13,14 @@ use tokio::sync::Semaphore;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsAcceptor;
+
 use crate::inbound::Handler;
 use crate::mllp::{FrameError, Mllp};
+
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connection limits of a listener.
 #[derive(Debug, Clone, Copy)]
@@ -25,9 +33,9 @@ pub struct Limits {
     pub keepalive: Duration,
 }
 
-/// Serves `listener` until `shutdown` fires. A connection in the middle of a message finishes it
-/// and sends its ACK before closing.
-pub async fn serve(listener: TcpListener, handler: Handler, limits: Limits, shutdown: CancellationToken) {
+/// Serves `listener` until `shutdown` fires, over TLS when `tls` is given. A connection in the
+/// middle of a message finishes it and sends its ACK before closing.
+pub async fn serve(listener: TcpListener, handler: Handler, limits: Limits, tls: Option<TlsAcceptor>, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -49,11 +57,17 @@ pub async fn serve(listener: TcpListener, handler: Handler, limits: Limits, shut
             }
         };
         set_keepalive(&stream, limits.keepalive);
-        let handler = handler.clone();
-        let shutdown = shutdown.clone();
+        let (handler, shutdown, tls) = (handler.clone(), shutdown.clone(), tls.clone());
         connections.spawn(async move {
             let _permit = permit;
-            connection(stream, handler, limits.max_frame, shutdown).await;
+            match tls {
+                None => connection(stream, handler, limits.max_frame, shutdown).await,
+                Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => connection(stream, handler, limits.max_frame, shutdown).await,
+                    Ok(Err(error)) => tracing::info!(%error, "an MLLP connection's TLS handshake failed"),
+                    Err(_) => tracing::info!("an MLLP connection's TLS handshake timed out"),
+                },
+            }
         });
         // Reap finished connections so the set does not grow.
         while connections.try_join_next().is_some() {}
@@ -69,7 +83,7 @@ fn set_keepalive(stream: &TcpStream, idle: Duration) {
     let _ = stream.set_nodelay(true);
 }
 
-async fn connection(stream: TcpStream, handler: Handler, max_frame: usize, shutdown: CancellationToken) {
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(stream: S, handler: Handler, max_frame: usize, shutdown: CancellationToken) {
     let mut framed = Framed::new(stream, Mllp::new(max_frame));
     loop {
         let next = tokio::select! {

@@ -12,6 +12,7 @@ use pac_gateway::{DEVELOPMENT_ISSUER, DEVELOPMENT_TOKEN_KEY};
 use pac_interop::InteropConfig;
 use pac_interop::gateway::TokenSource;
 use pac_interop::mllp::Mllp;
+use pac_interop::tls::{Io, TlsAcceptor, TlsConnector};
 use pac_platform::testkit::listener;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
@@ -74,11 +75,29 @@ pub async fn pool(p: &Platform) -> sqlx::PgPool {
 }
 
 /// An MLLP connection, as a PAS's integration engine holds one.
-pub struct Pas(Framed<TcpStream, Mllp>);
+pub struct Pas(Framed<Box<dyn Io>, Mllp>);
 
 impl Pas {
     pub async fn connect(address: SocketAddr) -> Self {
-        Self(Framed::new(TcpStream::connect(address).await.unwrap(), Mllp::default()))
+        Self(Framed::new(Box::new(TcpStream::connect(address).await.unwrap()), Mllp::default()))
+    }
+
+    /// Over TLS, the listener's certificate checked as `localhost`; the handshake's error if it fails.
+    pub async fn connect_tls(address: SocketAddr, tls: &TlsConnector) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(address).await?;
+        let name = pac_interop::tls::server_name("localhost").unwrap();
+        let stream = tls.connect(name, stream).await?;
+        Ok(Self(Framed::new(Box::new(stream), Mllp::default())))
+    }
+
+    /// Sends `message` and reads what comes back within `within`: the ACK, or None when the
+    /// connection closed or nothing came.
+    pub async fn try_send(&mut self, message: impl AsRef<[u8]>, within: Duration) -> Option<Vec<u8>> {
+        self.0.send(message.as_ref()).await.ok()?;
+        match tokio::time::timeout(within, self.0.next()).await {
+            Ok(Some(Ok(ack))) => Some(ack.to_vec()),
+            _ => None,
+        }
     }
 
     /// Sends `message` and waits (at most 5 s, as engines do) for its ACK.
@@ -116,6 +135,11 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Over TLS when `tls` is given.
+    pub async fn start_with(tls: Option<TlsAcceptor>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let receiver = Self {
             address: listener.local_addr().unwrap(),
@@ -126,8 +150,15 @@ impl Receiver {
         let serving = receiver.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let receiver = serving.clone();
+                let (receiver, tls) = (serving.clone(), tls.clone());
                 tokio::spawn(async move {
+                    let stream: Box<dyn Io> = match tls {
+                        None => Box::new(stream),
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => Box::new(stream),
+                            Err(_) => return,
+                        },
+                    };
                     let mut framed = Framed::new(stream, Mllp::default());
                     while let Some(Ok(frame)) = framed.next().await {
                         let text = pac_interop::hl7::Charset::Latin1.decode(&frame).unwrap();

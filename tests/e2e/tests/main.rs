@@ -7,6 +7,9 @@
 //! work; `gateway/starvation.rs` measures latency that the other tests' load would distort. Each is
 //! a test binary of its own (Cargo.toml).
 
+/// A certificate authority for the TLS tests.
+mod authority;
+
 mod gateway {
     mod access;
     mod admission;
@@ -19,6 +22,7 @@ mod gateway {
 mod interop {
     mod adt;
     mod feeds;
+    mod tls;
 }
 
 mod referrals {

@@ -378,6 +378,7 @@ pub async fn booking_to_s12(args: SiuArgs) -> anyhow::Result<()> {
         receiving_facility: "RR8".into(),
         charset: "8859/1".into(),
         ack_timeout_ms: 10_000,
+        tls: None,
     };
     start_interop_with(&bench, &account, vec![destination]).await?;
 

@@ -9,31 +9,10 @@ use pac_gateway::policy::Role;
 use pac_platform::testkit::with_token;
 use pac_proto::records as records_pb;
 use pac_proto::records::patient_records_client::PatientRecordsClient;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use tonic::Code;
+
+use crate::authority::Authority;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-
-struct Authority {
-    certificate: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Authority {
-    fn new(name: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        Self { certificate: params.self_signed(&key).unwrap(), key }
-    }
-
-    /// A certificate for `name`, and its key, in PEM.
-    fn issue(&self, name: &str) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let certificate = CertificateParams::new(vec![name.to_string()]).unwrap().signed_by(&key, &self.certificate, &self.key).unwrap();
-        (certificate.pem(), key.serialize_pem())
-    }
-}
 
 #[tokio::test]
 async fn integration_accounts_need_a_client_certificate() {

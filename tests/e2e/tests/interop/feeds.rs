@@ -24,6 +24,7 @@ fn destination(receiver: &Receiver) -> Destination {
         receiving_facility: "RR8".into(),
         charset: "8859/1".into(),
         ack_timeout_ms: 500,
+        tls: None,
     }
 }
 
