@@ -109,6 +109,10 @@ enum InteropCommand {
         #[arg(long)]
         from: i64,
     },
+    /// The coordinators' worklist: messages refused as possible duplicates, to look at.
+    Reviews,
+    /// Close a review task, saying what was done.
+    Resolve { task: i64, resolution: String },
 }
 
 #[derive(Subcommand)]
@@ -397,6 +401,24 @@ async fn interop(gateway: &str, token: &str, command: InteropCommand) -> anyhow:
                 .await
                 .map_err(failed)?;
             println!("released: patient {patient_id}'s messages on feed {feed} are sent again, in order");
+        }
+        InteropCommand::Reviews => {
+            println!("| task | control id | type | facility | reason | candidates |\n|---:|---|---|---|---|---|");
+            for task in client.list_review_tasks(pb::ListReviewTasksRequest {}).await.map_err(failed)?.into_inner().tasks {
+                println!(
+                    "| {} | {} | {} | {} | {} | {} |",
+                    task.id,
+                    task.control_id,
+                    task.message_type,
+                    task.sending_facility,
+                    task.reason,
+                    task.candidate_patient_ids.join(", ")
+                );
+            }
+        }
+        InteropCommand::Resolve { task, resolution } => {
+            client.resolve_review_task(pb::ResolveReviewTaskRequest { task_id: task, resolution }).await.map_err(failed)?;
+            println!("review task {task} resolved");
         }
         InteropCommand::Replay { feed, from } => {
             let replayed = client

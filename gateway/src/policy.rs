@@ -131,6 +131,8 @@ pub const POLICY: &[(&str, Data, &[Role])] = &[
     ("/pac.interop.v1.Interop/ListParkedPatients", P, &[A]),
     ("/pac.interop.v1.Interop/ReleasePatient", P, &[A]),
     ("/pac.interop.v1.Interop/ReplayFeed", O, &[A]),
+    ("/pac.interop.v1.Interop/ListReviewTasks", P, &[CO, A]),
+    ("/pac.interop.v1.Interop/ResolveReviewTask", P, &[CO, A]),
 ];
 
 /// The policy line of the RPC at `path` (`/package.Service/Method`).

@@ -142,4 +142,43 @@ impl Interop for InteropService {
         let replayed = run(async move { store::replay(&pool, &feed, from).await }).await?;
         Ok(Response::new(pb::ReplayFeedResponse { replayed: replayed as i64 }))
     }
+
+    async fn list_review_tasks(
+        &self,
+        request: Request<pb::ListReviewTasksRequest>,
+    ) -> Result<Response<pb::ListReviewTasksResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let (pool, scope) = (self.pool.clone(), caller.scope().map(<[String]>::to_vec));
+        let open = run(async move { store::open_reviews(&pool, scope.as_deref()).await }).await?;
+        let patients: Vec<String> = open.iter().flat_map(|t| t.candidate_ids.clone()).collect();
+        let tasks = open
+            .into_iter()
+            .map(|t| pb::ReviewTask {
+                id: t.id,
+                control_id: t.control_id,
+                message_type: t.message_type,
+                sending_facility: t.sending_facility,
+                reason: t.reason,
+                candidate_patient_ids: t.candidate_ids,
+                create_time: Some(timestamp(t.created_at)),
+            })
+            .collect();
+        Ok(with_patients(Response::new(pb::ListReviewTasksResponse { tasks }), patients))
+    }
+
+    async fn resolve_review_task(
+        &self,
+        request: Request<pb::ResolveReviewTaskRequest>,
+    ) -> Result<Response<pb::ResolveReviewTaskResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let pb::ResolveReviewTaskRequest { task_id, resolution } = request.into_inner();
+        let resolution = resolution.trim().to_string();
+        if resolution.is_empty() || resolution.chars().count() > 500 {
+            return Err(ApiError::invalid_field("resolution", "RESOLUTION_INVALID", "say what was done, in 1-500 characters").into());
+        }
+        let (pool, scope, by) = (self.pool.clone(), caller.scope().map(<[String]>::to_vec), caller.actor.subject.clone());
+        let resolved = run(async move { store::resolve_review(&pool, task_id, scope.as_deref(), &by, &resolution).await }).await?;
+        let candidates = resolved.ok_or_else(|| Status::from(ApiError::not_found("open review task", task_id.to_string())))?;
+        Ok(with_patients(Response::new(pb::ResolveReviewTaskResponse {}), candidates))
+    }
 }

@@ -122,7 +122,7 @@ impl Handler {
             }
         };
         let call = Call { request_id, deadline };
-        let work = self.process(&message, &inbound, &call);
+        let work = self.process(&message, &inbound, &call, id);
         let outcome = match tokio::time::timeout_at(deadline.into(), work).await {
             Ok(outcome) => outcome,
             Err(_) => Err(Problem::transient("the message took longer than its time budget")),
@@ -158,7 +158,7 @@ impl Handler {
     }
 
     /// Checks the message and does what it asks.
-    async fn process(&self, message: &Message<'_>, inbound: &ack::Inbound, call: &Call) -> Result<(), Problem> {
+    async fn process(&self, message: &Message<'_>, inbound: &ack::Inbound, call: &Call, logged: i64) -> Result<(), Problem> {
         let message_type = message.header(9, 1);
         if message_type != "ADT" {
             return Err(Problem::content(
@@ -185,7 +185,7 @@ impl Handler {
         };
         match adt::read(message, &trigger, &facility)? {
             Request::Upsert { identifiers, verified, demographics } => {
-                self.upsert(&identifiers, verified, demographics, &facility, call).await
+                self.upsert(&identifiers, verified, demographics, &facility, call, logged).await
             }
             Request::Merge { survivor, survivor_verified, merged } => {
                 self.merge(&survivor, survivor_verified, &merged, &format!("HL7 ADT^A40 {}", inbound.control_id), call).await
@@ -205,6 +205,7 @@ impl Handler {
         Ok(None)
     }
 
+    /// `logged`: the message's row in the log, which a review task names.
     async fn upsert(
         &self,
         identifiers: &Identifiers,
@@ -212,6 +213,7 @@ impl Handler {
         demographics: Demographics,
         facility: &str,
         call: &Call,
+        logged: i64,
     ) -> Result<(), Problem> {
         let order = identifiers.lookup_order(verified);
         for _ in 0..ATTEMPTS {
@@ -238,7 +240,16 @@ impl Handler {
                 // Changed, or registered, since it was read: read it again.
                 Err(status) if status.code() == Code::Aborted => continue,
                 Err(status) if status.code() == Code::AlreadyExists && !order.is_empty() => continue,
-                Err(status) => return Err(problem(&status)),
+                Err(status) => {
+                    // A possible duplicate (the listener refuses them): a task on the coordinators'
+                    // worklist, stored before the AE goes back (AR if it cannot be).
+                    if let Some(candidates) = duplicate_candidates(&status) {
+                        store::open_review(&self.pool, logged, facility, "POSSIBLE_DUPLICATE", &candidates)
+                            .await
+                            .map_err(|_| Problem::transient("the review task could not be stored"))?;
+                    }
+                    return Err(problem(&status));
+                }
             }
         }
         Err(Problem::content(
@@ -394,6 +405,13 @@ fn unreadable_problem(error: &ReadError) -> Problem {
     }
 }
 
+/// The records a registration refused as a possible duplicate names (ErrorInfo `candidate_ids`).
+fn duplicate_candidates(status: &Status) -> Option<Vec<String>> {
+    let info = status.get_details_error_info().filter(|info| info.reason == "POSSIBLE_DUPLICATE")?;
+    let ids = info.metadata.get("candidate_ids").map(String::as_str).unwrap_or_default();
+    Some(ids.split(',').filter(|id| !id.is_empty()).map(str::to_string).collect())
+}
+
 /// The answer for a gateway call that failed. Texts name fields and reasons, never values.
 pub fn problem(status: &Status) -> Problem {
     let reason = status.get_details_error_info().map(|info| info.reason).unwrap_or_default();
@@ -416,7 +434,7 @@ pub fn problem(status: &Status) -> Problem {
         Code::FailedPrecondition if reason == "POSSIBLE_DUPLICATE" => Problem::content(
             code::INTERNAL,
             Some(Location::field("PID", 0)),
-            "possible duplicate of an existing patient: a coordinator must decide (POSSIBLE_DUPLICATE)",
+            "possible duplicate of an existing patient: a review task is on the coordinators' worklist (POSSIBLE_DUPLICATE)",
         ),
         Code::FailedPrecondition => Problem::content(code::INTERNAL, None, format!("refused: {reason}")),
         Code::Unauthenticated | Code::PermissionDenied => Problem::transient(format!("the integration account was refused ({reason})")),

@@ -374,3 +374,64 @@ pub async fn parked(pool: &PgPool, destination: &str) -> Result<Vec<(String, i64
     .fetch_all(pool)
     .await
 }
+
+/// Opens a review task for the message logged as `message_id` (once per message and reason).
+pub async fn open_review(pool: &PgPool, message_id: i64, facility: &str, reason: &str, candidates: &[String]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO review_tasks (message_id, sending_facility, reason, candidate_ids) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (message_id, reason) DO UPDATE SET candidate_ids = EXCLUDED.candidate_ids",
+    )
+    .bind(message_id)
+    .bind(facility)
+    .bind(reason)
+    .bind(candidates)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// An open review task, with its message's control id and type.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ReviewTask {
+    pub id: i64,
+    pub control_id: String,
+    pub message_type: String,
+    pub sending_facility: String,
+    pub reason: String,
+    pub candidate_ids: Vec<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The open review tasks of `scope`'s sending facilities (None: all), oldest first.
+pub async fn open_reviews(pool: &PgPool, scope: Option<&[String]>) -> Result<Vec<ReviewTask>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT t.id, m.control_id, m.message_type, t.sending_facility, t.reason, t.candidate_ids, t.created_at \
+         FROM review_tasks t JOIN inbound_messages m ON m.id = t.message_id \
+         WHERE t.resolved_at IS NULL AND ($1::text[] IS NULL OR t.sending_facility = ANY($1)) \
+         ORDER BY t.created_at, t.id LIMIT 500",
+    )
+    .bind(scope)
+    .fetch_all(pool)
+    .await
+}
+
+/// Resolves an open task of `scope`'s sending facilities; its candidates, or None when there is no
+/// such open task.
+pub async fn resolve_review(
+    pool: &PgPool,
+    id: i64,
+    scope: Option<&[String]>,
+    by: &str,
+    resolution: &str,
+) -> Result<Option<Vec<String>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE review_tasks SET resolved_at = now(), resolved_by = $3, resolution = $4 \
+         WHERE id = $1 AND resolved_at IS NULL AND ($2::text[] IS NULL OR sending_facility = ANY($2)) RETURNING candidate_ids",
+    )
+    .bind(id)
+    .bind(scope)
+    .bind(by)
+    .bind(resolution)
+    .fetch_optional(pool)
+    .await
+}

@@ -254,3 +254,59 @@ async fn random_bytes_are_never_accepted_and_never_stop_the_listener() {
     let admin = p.admin_pool().await;
     assert_eq!(count(&admin, "SELECT count(*) FROM records.patients").await, 1);
 }
+
+#[tokio::test]
+async fn a_refused_possible_duplicate_is_a_task_on_the_coordinators_worklist() {
+    use pac_e2e::interop::start_serving;
+    use pac_gateway::auth::{Identity, mint_development};
+    use pac_interop::inbound::DuplicatePolicy;
+    use pac_proto::interop as ipb;
+    use pac_proto::interop::interop_client::InteropClient;
+
+    let (admin_listener, admin_url) = pac_platform::testkit::listener().await;
+    let p = gateway::start_with(|config| config.interop_url = admin_url).await;
+    let mllp =
+        start_serving(&p, admin_listener, p.shutdown.clone(), |config| config.mllp.handling.duplicates = DuplicatePolicy::Refuse).await;
+    let mut pas = Pas::connect(mllp).await;
+    let person = "Smith^Joanna||19900101|F|||1 High Street^^Leeds^^LS1 4AB";
+    assert_eq!(ack_code(&send(&mut pas, &adt("A28", "ADT_A05", "D1", &pid("KD1^^^RR8^PI", person, ""))).await), "AA");
+    let first = by_local(&p, "KD1").await.unwrap().patient.unwrap();
+    let ack = send(&mut pas, &adt("A28", "ADT_A05", "D2", &pid("KD2^^^RR8^PI", person, ""))).await;
+    assert_eq!(ack_code(&ack), "AE", "{ack}");
+    assert!(ack.contains("POSSIBLE_DUPLICATE"), "{ack}");
+    assert!(by_local(&p, "KD2").await.is_none());
+
+    let mut interop = InteropClient::new(p.gateway.clone());
+    let coordinator = token(Role::Coordinator, Duration::from_secs(600));
+    let list = || with_token(ipb::ListReviewTasksRequest {}, Some(&coordinator));
+    let tasks = interop.list_review_tasks(list()).await.unwrap().into_inner().tasks;
+    assert_eq!(tasks.len(), 1);
+    assert_eq!((tasks[0].control_id.as_str(), tasks[0].reason.as_str()), ("D2", "POSSIBLE_DUPLICATE"));
+    assert_eq!(tasks[0].candidate_patient_ids, vec![first.id.clone()]);
+    // Another organisation's coordinator does not see it.
+    let elsewhere = Identity { subject: "coordinator-rae".into(), role: Role::Coordinator, organisations: vec!["RAE".into()] };
+    let elsewhere = mint_development(
+        pac_gateway::DEVELOPMENT_TOKEN_KEY.as_bytes(),
+        pac_gateway::DEVELOPMENT_ISSUER,
+        "pac-gateway",
+        &elsewhere,
+        Duration::from_secs(600),
+    );
+    assert!(
+        interop
+            .list_review_tasks(with_token(ipb::ListReviewTasksRequest {}, Some(&elsewhere)))
+            .await
+            .unwrap()
+            .into_inner()
+            .tasks
+            .is_empty()
+    );
+
+    let resolve = |resolution: &str| {
+        with_token(ipb::ResolveReviewTaskRequest { task_id: tasks[0].id, resolution: resolution.into() }, Some(&coordinator))
+    };
+    assert_eq!(interop.resolve_review_task(resolve(" ")).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    interop.resolve_review_task(resolve("The same patient: KD2 added to the existing record")).await.unwrap();
+    assert!(interop.list_review_tasks(list()).await.unwrap().into_inner().tasks.is_empty());
+    assert_eq!(interop.resolve_review_task(resolve("again")).await.unwrap_err().code(), tonic::Code::NotFound);
+}
