@@ -284,7 +284,7 @@ pub async fn serve(
         let pool = prune_pool.clone();
         async move {
             match store::prune(&pool, keys, messages).await {
-                Ok((deleted, cleared)) => tracing::info!(deleted, cleared, "message log pruned"),
+                Ok((deleted, cleared, sent)) => tracing::info!(deleted, cleared, sent, "message log pruned"),
                 Err(error) => tracing::warn!(error = %pac_platform::ApiError::from(error).reason, "pruning the message log failed"),
             }
         }

@@ -121,23 +121,32 @@ pub async fn log_unreadable(
     Ok(())
 }
 
-/// Forgets keys older than `keys` and clears message text older than `messages` (at most `keys`).
-/// Returns (rows deleted, messages cleared).
-pub async fn prune(pool: &PgPool, keys: Duration, messages: Duration) -> Result<(u64, u64), sqlx::Error> {
-    let deleted = sqlx::query("DELETE FROM inbound_messages WHERE received_at < now() - make_interval(secs => $1)")
-        .bind(keys.as_secs_f64())
-        .execute(pool)
-        .await?
-        .rows_affected();
-    let cleared = sqlx::query(
+/// Forgets keys older than `keys` and clears message text older than `messages` (at most `keys`),
+/// but for messages a review task still waits on; forgets feed messages delivered longer than
+/// `messages` ago. Returns (keys forgotten, messages cleared, feed messages forgotten).
+pub async fn prune(pool: &PgPool, keys: Duration, messages: Duration) -> Result<(u64, u64, u64), sqlx::Error> {
+    const NO_OPEN_TASK: &str = "NOT EXISTS (SELECT 1 FROM review_tasks t WHERE t.message_id = inbound_messages.id AND t.resolved_at IS NULL)";
+    let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM inbound_messages WHERE received_at < now() - make_interval(secs => $1) AND {NO_OPEN_TASK}"
+    )))
+    .bind(keys.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected();
+    let cleared = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE inbound_messages SET raw = NULL, raw_cleared = true \
-         WHERE NOT raw_cleared AND received_at < now() - make_interval(secs => $1)",
-    )
+         WHERE NOT raw_cleared AND received_at < now() - make_interval(secs => $1) AND {NO_OPEN_TASK}"
+    )))
     .bind(messages.as_secs_f64())
     .execute(pool)
     .await?
     .rows_affected();
-    Ok((deleted, cleared))
+    let sent = sqlx::query("DELETE FROM outbound_messages WHERE state = 'delivered' AND delivered_at < now() - make_interval(secs => $1)")
+        .bind(messages.as_secs_f64())
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok((deleted, cleared, sent))
 }
 
 /// A feed's message waiting to be sent.

@@ -306,7 +306,15 @@ async fn a_refused_possible_duplicate_is_a_task_on_the_coordinators_worklist() {
         with_token(ipb::ResolveReviewTaskRequest { task_id: tasks[0].id, resolution: resolution.into() }, Some(&coordinator))
     };
     assert_eq!(interop.resolve_review_task(resolve(" ")).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    // Retention: past the key retention a message is forgotten, but not one a task waits on.
+    let pool = pac_e2e::interop::pool(&p).await;
+    sqlx::query("UPDATE inbound_messages SET received_at = now() - interval '40 days'").execute(&pool).await.unwrap();
+    let month = Duration::from_secs(30 * 24 * 3600);
+    let (forgotten, cleared, _) = pac_interop::store::prune(&pool, month, month).await.unwrap();
+    assert_eq!((forgotten, cleared), (1, 0), "the task's message stays, with its text");
+
     interop.resolve_review_task(resolve("The same patient: KD2 added to the existing record")).await.unwrap();
+    assert_eq!(pac_interop::store::prune(&pool, month, month).await.unwrap().0, 1, "forgotten once resolved");
     assert!(interop.list_review_tasks(list()).await.unwrap().into_inner().tasks.is_empty());
     assert_eq!(interop.resolve_review_task(resolve("again")).await.unwrap_err().code(), tonic::Code::NotFound);
 }
