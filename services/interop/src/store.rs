@@ -102,30 +102,26 @@ pub async fn log_unreadable(
     listener: &str,
     body_sha256: &[u8; 32],
     raw: &[u8],
-    answer: &Answer<'_>,
+    reply: &Answer<'_>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO inbound_messages (listener, sending_application, sending_facility, control_id, body_sha256, message_type, request_id, raw, \
-                                       answered_at, ack_code, error_code, error_text, ack) \
-         VALUES ($1, '', '', '', $2, '', '', $3, now(), $4, $5, $6, $7)",
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO inbound_messages (listener, sending_application, sending_facility, control_id, body_sha256, message_type, request_id, raw) \
+         VALUES ($1, '', '', '', $2, '', '', $3) RETURNING id",
     )
     .bind(listener)
     .bind(&body_sha256[..])
     .bind(raw)
-    .bind(answer.ack_code)
-    .bind(answer.error_code.map(|c| c as i16))
-    .bind(answer.error_text)
-    .bind(answer.ack)
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(())
+    answer(pool, id, reply).await
 }
 
 /// Forgets keys older than `keys` and clears message text older than `messages` (at most `keys`),
 /// but for messages a review task still waits on; forgets feed messages delivered longer than
 /// `messages` ago. Returns (keys forgotten, messages cleared, feed messages forgotten).
 pub async fn prune(pool: &PgPool, keys: Duration, messages: Duration) -> Result<(u64, u64, u64), sqlx::Error> {
-    const NO_OPEN_TASK: &str = "NOT EXISTS (SELECT 1 FROM review_tasks t WHERE t.message_id = inbound_messages.id AND t.resolved_at IS NULL)";
+    const NO_OPEN_TASK: &str =
+        "NOT EXISTS (SELECT 1 FROM review_tasks t WHERE t.message_id = inbound_messages.id AND t.resolved_at IS NULL)";
     let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM inbound_messages WHERE received_at < now() - make_interval(secs => $1) AND {NO_OPEN_TASK}"
     )))

@@ -61,7 +61,13 @@ pub async fn start_with(adjust: impl FnOnce(&mut GatewayConfig)) -> Platform {
 }
 
 pub fn token(role: Role, ttl: Duration) -> String {
-    let identity = Identity { subject: format!("{}-1", role.name()), role, organisations: vec!["RR8".into()] };
+    token_for(role, "RR8", ttl)
+}
+
+/// A development token for `role` acting for `organisation`.
+pub fn token_for(role: Role, organisation: &str, ttl: Duration) -> String {
+    let identity =
+        Identity { subject: format!("{}-{}", role.name(), organisation.to_lowercase()), role, organisations: vec![organisation.into()] };
     mint_development(DEVELOPMENT_TOKEN_KEY.as_bytes(), DEVELOPMENT_ISSUER, "pac-gateway", &identity, ttl)
 }
 

@@ -258,7 +258,6 @@ async fn random_bytes_are_never_accepted_and_never_stop_the_listener() {
 #[tokio::test]
 async fn a_refused_possible_duplicate_is_a_task_on_the_coordinators_worklist() {
     use pac_e2e::interop::start_serving;
-    use pac_gateway::auth::{Identity, mint_development};
     use pac_interop::inbound::DuplicatePolicy;
     use pac_proto::interop as ipb;
     use pac_proto::interop::interop_client::InteropClient;
@@ -284,14 +283,7 @@ async fn a_refused_possible_duplicate_is_a_task_on_the_coordinators_worklist() {
     assert_eq!((tasks[0].control_id.as_str(), tasks[0].reason.as_str()), ("D2", "POSSIBLE_DUPLICATE"));
     assert_eq!(tasks[0].candidate_patient_ids, vec![first.id.clone()]);
     // Another organisation's coordinator does not see it.
-    let elsewhere = Identity { subject: "coordinator-rae".into(), role: Role::Coordinator, organisations: vec!["RAE".into()] };
-    let elsewhere = mint_development(
-        pac_gateway::DEVELOPMENT_TOKEN_KEY.as_bytes(),
-        pac_gateway::DEVELOPMENT_ISSUER,
-        "pac-gateway",
-        &elsewhere,
-        Duration::from_secs(600),
-    );
+    let elsewhere = pac_e2e::gateway::token_for(Role::Coordinator, "RAE", Duration::from_secs(600));
     assert!(
         interop
             .list_review_tasks(with_token(ipb::ListReviewTasksRequest {}, Some(&elsewhere)))

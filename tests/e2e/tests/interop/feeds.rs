@@ -192,7 +192,6 @@ async fn a_component_stopped_mid_feed_loses_nothing_and_resends_the_same_control
 #[tokio::test]
 async fn operators_see_and_release_parked_patients_through_the_gateway_for_their_organisations_only() {
     use pac_e2e::gateway::start_with;
-    use pac_gateway::auth::{Identity, mint_development};
     use pac_proto::interop as ipb;
     use pac_proto::interop::interop_client::InteropClient;
 
@@ -225,14 +224,7 @@ async fn operators_see_and_release_parked_patients_through_the_gateway_for_their
     assert_eq!(listed.into_inner().patients.iter().map(|p| p.patient_id.clone()).collect::<Vec<_>>(), vec![refused.clone()]);
 
     // Another organisation's administrator sees no feed; a coordinator may not call at all.
-    let elsewhere = Identity { subject: "admin-rae".into(), role: Role::Admin, organisations: vec!["RAE".into()] };
-    let elsewhere = mint_development(
-        pac_gateway::DEVELOPMENT_TOKEN_KEY.as_bytes(),
-        pac_gateway::DEVELOPMENT_ISSUER,
-        "pac-gateway",
-        &elsewhere,
-        Duration::from_secs(600),
-    );
+    let elsewhere = pac_e2e::gateway::token_for(Role::Admin, "RAE", Duration::from_secs(600));
     assert!(interop.list_feeds(with_token(ipb::ListFeedsRequest {}, Some(&elsewhere))).await.unwrap().into_inner().feeds.is_empty());
     let status = interop.list_parked_patients(with_token(request, Some(&elsewhere))).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound);
