@@ -128,15 +128,13 @@ pub struct Inbound {
 }
 
 /// A fresh control id for an ACK: at most 20 characters (MSH-10 is ST(20) in v2.5), unique within
-/// this process and, with the start time in it, across restarts.
+/// this process and, with a random part drawn at start, across processes and restarts.
 pub fn new_control_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default() % 100_000_000
-    });
+    static PROCESS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let process = *PROCESS.get_or_init(|| uuid::Uuid::new_v4().as_u128() as u32);
     let n = NEXT.fetch_add(1, Ordering::Relaxed) % 1_000_000_000;
-    format!("PAC{start:08}{n:09}")
+    format!("PAC{process:08X}{n:09}")
 }
 
 /// HL7 escapes for text written into a field with the standard separators `|^~\&`.

@@ -39,12 +39,22 @@ impl InteropService {
         })
     }
 
-    /// The feed named `name`, when `caller` may see it.
+    /// The feed named `name`, when `caller` acts for every organisation it carries: its parked
+    /// patients and messages may be any of them.
     fn feed(&self, caller: &Caller, name: &str) -> Result<String, Status> {
         if name.trim().is_empty() {
             return Err(ApiError::invalid_field("feed", "FIELD_REQUIRED", "name the feed").into());
         }
-        self.visible(caller).find(|f| f.name == name).map(|f| f.name.clone()).ok_or_else(|| ApiError::not_found("feed", name).into())
+        let whole = |feed: &&Destination| match caller.scope() {
+            None => true,
+            Some(organisations) => feed.organisations.iter().all(|o| organisations.contains(o)),
+        };
+        self.feeds
+            .iter()
+            .filter(whole)
+            .find(|f| f.name == name)
+            .map(|f| f.name.clone())
+            .ok_or_else(|| ApiError::not_found("feed", name).into())
     }
 }
 

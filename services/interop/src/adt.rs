@@ -77,11 +77,22 @@ pub enum Request {
 /// The events that create or update a patient.
 pub const UPSERT_EVENTS: &[&str] = &["A28", "A04", "A01", "A05", "A08", "A31"];
 
+/// Visit and movement events: acknowledged, changing nothing here. Any other trigger (a patient
+/// event this listener does not do, such as A29 or the 2.3 merges A34-A36) is AE 201, never a
+/// silent AA.
+pub const VISIT_EVENTS: &[&str] = &[
+    "A02", "A03", "A06", "A07", "A09", "A10", "A11", "A12", "A13", "A14", "A15", "A16", "A17", "A20", "A21", "A22", "A23", "A24", "A25",
+    "A26", "A27", "A32", "A33", "A38", "A52", "A53", "A54", "A55",
+];
+
 /// What the ADT message `message` with trigger `trigger` asks for; `facility` is MSH-4, the issuer
 /// of local identifiers that name none.
 pub fn read(message: &Message<'_>, trigger: &str, facility: &str) -> Result<Request, Problem> {
-    if !UPSERT_EVENTS.contains(&trigger) && !matches!(trigger, "A40" | "A47") {
+    if VISIT_EVENTS.contains(&trigger) {
         return Ok(Request::Ignored);
+    }
+    if !UPSERT_EVENTS.contains(&trigger) && !matches!(trigger, "A40" | "A47") {
+        return Err(Problem::content(code::UNSUPPORTED_EVENT, Some(Location::field("MSH", 9)), "this ADT event is not handled here"));
     }
     let pid = message
         .segment("PID")
@@ -105,8 +116,8 @@ pub fn read(message: &Message<'_>, trigger: &str, facility: &str) -> Result<Requ
             let mrg = message.segment("MRG").ok_or_else(|| required("MRG", 0, "the MRG segment is missing"))?;
             let old = identifiers_of(&mrg, 1, facility).local.into_iter().next();
             let old = old.ok_or_else(|| required("MRG", 1, "MRG-1 has no local identifier"))?;
-            let new = identifiers.local.iter().find(|l| l.issuer == old.issuer).or(identifiers.local.first()).cloned();
-            let new = new.ok_or_else(|| required("PID", 3, "PID-3 has no local identifier"))?;
+            let new = identifiers.local.iter().find(|l| l.issuer == old.issuer).cloned();
+            let new = new.ok_or_else(|| required("PID", 3, "PID-3 has no local identifier of MRG-1's issuer"))?;
             Ok(Request::ChangeIdentifier { old, new })
         }
         _ => {
@@ -183,7 +194,8 @@ fn demographics(
     name(pid, &mut d);
     match pid.get(7, 1, 1, 1) {
         Value::Absent => {}
-        Value::Null => d.set("birth_date", |p| p.birth_date = None),
+        // A birth date is required: the null leaves it as it is.
+        Value::Null => {}
         Value::Text(text) => {
             let date = parse_date(&text).ok_or_else(|| invalid("PID", 7, "PID-7 is not a date (YYYYMMDD)"))?;
             d.set("birth_date", |p| p.birth_date = Some(date));

@@ -223,7 +223,7 @@ impl Feed {
 
     /// Stores the event's message, or moves past an event the destination does not want.
     async fn take(&self, item: sched::WatchEventsResponse, clinics: &mut HashMap<String, sched::Clinic>) -> Result<(), String> {
-        let envelope = item.envelope.unwrap_or_default();
+        let Some(envelope) = item.envelope else { return Err("an event without its envelope".into()) };
         let wanted = item.event.as_ref().and_then(siu::trigger_of).filter(|(trigger, event)| {
             self.destination.messages.iter().any(|m| m == trigger)
                 && event.appointment.as_ref().is_some_and(|a| self.destination.organisations.contains(&a.organisation))
@@ -241,14 +241,21 @@ impl Feed {
             Ok(patient) => patient,
             // A patient the account cannot see (never expected: the appointment is of its
             // organisation): the message names the platform's id alone rather than stop the feed.
-            Err(status) if status.code() == tonic::Code::NotFound => {
+            Err(status) if matches!(status.code(), tonic::Code::NotFound | tonic::Code::PermissionDenied) => {
                 pac_proto::records::Patient { id: appointment.patient_id.clone(), ..Default::default() }
             }
             Err(status) => return Err(format!("reading the patient: {}", status.code())),
         };
         if !clinics.contains_key(&appointment.clinic_id) {
-            let clinic =
-                self.gateway.get_clinic(&appointment.clinic_id, &call).await.map_err(|s| format!("reading the clinic: {}", s.code()))?;
+            let clinic = match self.gateway.get_clinic(&appointment.clinic_id, &call).await {
+                Ok(clinic) => clinic,
+                // Gone or out of reach: the message names no clinic rather than stop the feed.
+                Err(status) if matches!(status.code(), tonic::Code::NotFound | tonic::Code::PermissionDenied) => sched::Clinic::default(),
+                Err(status) => return Err(format!("reading the clinic: {}", status.code())),
+            };
+            if clinics.len() >= 1_000 {
+                clinics.clear();
+            }
             clinics.insert(appointment.clinic_id.clone(), clinic);
         }
         let clinic = &clinics[&appointment.clinic_id];
@@ -383,7 +390,7 @@ fn read_ack(frame: &[u8], control_id: &str) -> Option<Result<Ack, String>> {
     }
     Some(match msa.text(1, 1).as_str() {
         "AA" | "CA" => Ok(Ack::Accepted),
-        "AE" | "CE" => {
+        "AE" | "CE" | "CR" => {
             let err = ack.segment("ERR").map(|e| [e.text(3, 1), e.text(1, 4)].join(" ").trim().to_string()).unwrap_or_default();
             Ok(Ack::Refused(format!("AE {err}").trim().to_string()))
         }

@@ -56,6 +56,9 @@ pub struct Handling {
     pub lenient_newlines: bool,
     /// The time from a message's arrival to its ACK.
     pub budget: Duration,
+    /// The processing id (MSH-11) handled: `P` in production; a listener for a trust's test
+    /// system takes `T` (a message with another is AE 202, and changes nothing).
+    pub processing_id: String,
     pub duplicates: DuplicatePolicy,
 }
 
@@ -170,11 +173,18 @@ impl Handler {
         if !ack::is_supported_version(&inbound.version) {
             return Err(Problem::content(code::UNSUPPORTED_VERSION, Some(Location::field("MSH", 12)), "versions 2.3 to 2.5.1 are read"));
         }
-        if !matches!(inbound.processing_id.as_str(), "P" | "T" | "D") {
-            return Err(Problem::content(code::UNSUPPORTED_PROCESSING_ID, Some(Location::field("MSH", 11)), "MSH-11 must be P, T or D"));
+        if inbound.processing_id != self.handling.processing_id {
+            return Err(Problem::content(
+                code::UNSUPPORTED_PROCESSING_ID,
+                Some(Location::field("MSH", 11)),
+                "MSH-11 is not this listener's processing id",
+            ));
         }
         let facility = inbound.sending_facility.first().cloned().unwrap_or_default();
-        let organisations = self.gateway.tokens().organisations().map_err(Problem::transient)?;
+        let organisations = self.gateway.tokens().organisations().map_err(|error| {
+            tracing::warn!(error, "the integration account's token cannot be read");
+            Problem::transient("the listener's account is not available")
+        })?;
         if !organisations.iter().any(|o| o.eq_ignore_ascii_case(&facility)) {
             return Err(Problem::transient("this listener does not act for the sending facility (MSH-4)"));
         }
@@ -216,6 +226,7 @@ impl Handler {
         logged: i64,
     ) -> Result<(), Problem> {
         let order = identifiers.lookup_order(verified);
+        let mut last = Code::Ok;
         for _ in 0..ATTEMPTS {
             let written = match self.find(&order, call).await? {
                 Some(current) => {
@@ -235,6 +246,7 @@ impl Handler {
                     self.gateway.register(patient, allow, call).await
                 }
             };
+            last = written.as_ref().err().map_or(Code::Ok, |s| s.code());
             match written {
                 Ok(_) => return Ok(()),
                 // Changed, or registered, since it was read: read it again.
@@ -251,6 +263,9 @@ impl Handler {
                     return Err(problem(&status));
                 }
             }
+        }
+        if last == Code::Aborted {
+            return Err(Problem::transient("the record kept changing while it was updated"));
         }
         Err(Problem::content(
             code::DUPLICATE_KEY,
@@ -270,8 +285,12 @@ impl Handler {
         let survivor =
             self.find(&survivor.lookup_order(verified), call).await?.ok_or_else(|| unknown("PID", 3, "surviving patient (PID-3)"))?;
         // The merged record's identifiers resolve to its survivor once merged, so a merge already
-        // made finds the survivor itself.
-        let merged = self.find(&merged.lookup_order(true), call).await?.ok_or_else(|| unknown("MRG", 1, "merge source (MRG-1)"))?;
+        // made finds the survivor itself. A merge cannot be undone by the PAS: the record merged
+        // away is found by the PAS's own identifiers, its NHS number only when it gave none.
+        let merged = self
+            .find(&merged.lookup_order(merged.local.is_empty()), call)
+            .await?
+            .ok_or_else(|| unknown("MRG", 1, "merge source (MRG-1)"))?;
         if merged.id == survivor.id {
             return Ok(());
         }
@@ -340,11 +359,9 @@ fn update_of(current: &pb::Patient, demographics: &Demographics) -> (pb::Patient
             paths.push(path.to_string());
         }
     }
-    // A number added to a record whose status said none was present: now present, not traced.
-    if paths.iter().any(|p| p == "nhs_number")
-        && !paths.iter().any(|p| p == "nhs_number_status")
-        && current.nhs_number_status == pb::NhsNumberStatus::NotPresent as i32
-    {
+    // A number changed without a status (PID-32): present, not traced; never left "verified" (or
+    // "not present") from the number it replaces.
+    if paths.iter().any(|p| p == "nhs_number") && !paths.iter().any(|p| p == "nhs_number_status") {
         patient.nhs_number_status = pb::NhsNumberStatus::NotTraced as i32;
         paths.push("nhs_number_status".into());
     }

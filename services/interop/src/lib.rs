@@ -126,6 +126,7 @@ impl MllpConfig {
                 default_charset: Charset::Windows1252,
                 lenient_newlines: false,
                 budget: Duration::from_millis(3000),
+                processing_id: "P".into(),
                 duplicates: DuplicatePolicy::Register,
             },
             limits: listener::Limits { max_frame: mllp::DEFAULT_MAX_FRAME, max_connections: 64, keepalive: Duration::from_secs(60) },
@@ -145,6 +146,11 @@ impl InteropConfig {
         mllp.handling.default_charset = Charset::from_setting(&charset)
             .with_context(|| format!("PAC_INTEROP_CHARSET={charset:?} is not ascii, 8859/1, 8859/15, utf-8 or windows-1252"))?;
         mllp.handling.lenient_newlines = var("PAC_INTEROP_NEWLINES", false)?;
+        mllp.handling.processing_id = var("PAC_INTEROP_PROCESSING_ID", "P".to_string())?;
+        anyhow::ensure!(
+            matches!(mllp.handling.processing_id.as_str(), "P" | "T" | "D"),
+            "PAC_INTEROP_PROCESSING_ID must be P (production), T (training) or D (debugging)"
+        );
         mllp.handling.budget = Duration::from_millis(var("PAC_INTEROP_ACK_BUDGET_MS", 3000u64)?);
         anyhow::ensure!(
             (100..=4500).contains(&mllp.handling.budget.as_millis()),
@@ -228,6 +234,12 @@ impl InteropConfig {
     }
 
     fn check(&self) -> anyhow::Result<()> {
+        // tonic speaks TLS only to an https:// URL; a CA with an http:// URL would send the
+        // account's token in plain text.
+        anyhow::ensure!(
+            self.gateway_tls.is_none() || self.gateway_url.starts_with("https://"),
+            "PAC_INTEROP_GATEWAY_CA_FILE is set: PAC_INTEROP_GATEWAY_URL must be https://"
+        );
         anyhow::ensure!(self.key_retention >= Duration::from_secs(DAY), "PAC_INTEROP_KEY_RETENTION_DAYS must be at least 1");
         anyhow::ensure!(
             self.message_retention <= self.key_retention,

@@ -165,7 +165,8 @@ pub fn build(
     };
     let organisation = escape(&appointment.organisation);
     let mut message = format!(
-        "MSH|^~\\&|{}|{organisation}|{}|{}|{}||SIU^{trigger}^SIU_S12|{}|P|2.5|||AL|NE||{charset_name}\r",
+        // MSH-15 and MSH-16 empty: original mode, an application ACK (AA, AE, AR) for each message.
+        "MSH|^~\\&|{}|{organisation}|{}|{}|{}||SIU^{trigger}^SIU_S12|{}|P|2.5||||||{charset_name}\r",
         escape(&addressing.sending_application),
         escape(&addressing.receiving_application),
         escape(&addressing.receiving_facility),
@@ -173,7 +174,7 @@ pub fn build(
         escape(control_id),
     );
     message.push_str(&format!(
-        "SCH||{}^PAC||||{}^{}^PAC||||||||||PAC^Patient Access Platform||||{}||||{}\r",
+        "SCH||{}^PAC||||{}^{}^PAC||||||||||PAC^Patient Access Platform||||{}|||||{}\r",
         escape(&appointment.id),
         escape(&reason_code),
         escape(&reason_text),
@@ -258,7 +259,10 @@ mod tests {
         let segments: Vec<&str> = message.split('\r').collect();
         assert!(segments[0].contains("|SIU^S15^SIU_S12|PAC00000000000000042|P|2.5|"), "{message}");
         assert!(segments[1].starts_with("SCH||a1^PAC||||PATIENT_UNWELL^Cancelled by the patient^PAC|"), "{message}");
-        assert!(segments[1].ends_with("|coordinator-1||||Cancelled"), "{message}");
+        let sch: Vec<&str> = segments[1].split('|').collect();
+        assert_eq!((sch[16], sch[20], sch[25]), ("PAC^Patient Access Platform", "coordinator-1", "Cancelled"), "{message}");
+        let msh: Vec<&str> = segments[0].split('|').collect();
+        assert_eq!((msh[14], msh[15], msh[17]), ("", "", "8859/1"), "original mode: {message}");
         assert!(segments[2].starts_with("PID|1||9434765919^^^NHS^NH~K1^^^RR8^PI~p1^^^PAC^PI||O'Brien^Seán||"), "{message}");
         assert!(segments[2].ends_with("|NSTS01"), "{message}");
         assert!(segments[4].contains("|20270115080000+0000|||15|min^minutes^UCUM"), "{message}");

@@ -289,18 +289,20 @@ pub async fn attempt_failed(pool: &PgPool, destination: &str, sequence: Option<i
     Ok(())
 }
 
-/// Every feed's state.
+/// Every feed's state; pending messages and lag count those of patients not parked.
 pub async fn feed_status(pool: &PgPool) -> Result<Vec<FeedStatus>, sqlx::Error> {
-    sqlx::query_as(
+    const NOT_PARKED: &str =
+        "NOT EXISTS (SELECT 1 FROM parked_patients p WHERE p.destination = m.destination AND p.patient_id = m.patient_id)";
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT f.destination, f.cursor, \
-                (SELECT count(*) FROM outbound_messages m WHERE m.destination = f.destination AND m.state = 'pending') AS pending, \
+                (SELECT count(*) FROM outbound_messages m WHERE m.destination = f.destination AND m.state = 'pending' AND {NOT_PARKED}) AS pending, \
                 coalesce(extract(epoch FROM now() - (SELECT min(created_at) FROM outbound_messages m \
-                          WHERE m.destination = f.destination AND m.state = 'pending'))::float8, 0) AS lag_seconds, \
+                          WHERE m.destination = f.destination AND m.state = 'pending' AND {NOT_PARKED}))::float8, 0) AS lag_seconds, \
                 (SELECT count(*) FROM outbound_messages m WHERE m.destination = f.destination AND m.state = 'delivered') AS delivered, \
                 (SELECT count(*) FROM parked_patients p WHERE p.destination = f.destination) AS parked_patients, \
                 f.last_error \
-         FROM feeds f ORDER BY f.destination",
-    )
+         FROM feeds f ORDER BY f.destination"
+    )))
     .fetch_all(pool)
     .await
 }

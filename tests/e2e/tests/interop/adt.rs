@@ -154,6 +154,10 @@ async fn content_errors_are_ae_with_table_0357_codes_and_change_nothing() {
         (adt("A40", "ADT_A39", "E4", &format!("{}MRG|K404^^^RR8^PI\r", pid("K5^^^RR8^PI", "Smith^Jo", ""))), "204"),
         // Not ADT.
         ("MSH|^~\\&|LAB|RR8|PAC|PAC|20261205||ORU^R01|E5|P|2.4\rPID|1||K6^^^RR8^PI\r".to_string(), "MSH^1^9^200"),
+        // A patient event this listener does not do: never a silent AA.
+        (adt("A29", "ADT_A21", "E8", &pid("K8^^^RR8^PI", "Smith^Jo", "")), "MSH^1^9^201"),
+        // A training message at a production listener.
+        (adt("A28", "ADT_A05", "E9", &pid("K9^^^RR8^PI", "Smith^Jo", "19900101|F")).replace("|P|2.4|", "|T|2.4|"), "MSH^1^11^202"),
         // A version this listener does not read.
         (adt("A28", "ADT_A05", "E6", &pid("K7^^^RR8^PI", "Smith^Jo", "19900101|F")).replace("|P|2.4|", "|P|2.2|"), "203"),
     ];
