@@ -101,6 +101,11 @@ impl Handler {
             sending_facility: inbound.sending_facility.first().cloned().unwrap_or_default(),
             control_id: inbound.control_id.clone(),
         };
+        let reject = |problem: Problem| charset.encode(&ack::build(&inbound, Some(&problem), chrono::Utc::now()));
+        // A sending facility the account does not act for: AR, and nothing of the message kept.
+        if let Err(problem) = self.acts_for(&key.sending_facility) {
+            return reject(problem);
+        }
         let request_id = request_id(&key, &hash);
         let message_type = format!("{}^{}", message.header(9, 1), inbound.trigger);
         let received = Received {
@@ -111,18 +116,24 @@ impl Handler {
             request_id: &request_id,
             raw: bytes,
         };
-        let id = match store::claim(&self.pool, &received).await {
-            Ok(Claim::Handle(id)) => id,
-            Ok(Claim::Replay(ack)) => return ack,
-            Ok(Claim::Conflict) => {
-                let problem =
-                    Problem::content(code::DUPLICATE_KEY, Some(Location::field("MSH", 10)), "this control id was used by another message");
-                return charset.encode(&ack::build(&inbound, Some(&problem), chrono::Utc::now()));
+        // The log's work is inside the budget too: a slow database is AR in time, never silence.
+        let claimed = tokio::time::timeout_at(deadline.into(), store::claim(&self.pool, &received, self.handling.budget)).await;
+        let id = match claimed {
+            Ok(Ok(Claim::Handle(id))) => id,
+            Ok(Ok(Claim::Replay(ack))) => return ack,
+            Ok(Ok(Claim::Conflict)) => {
+                return reject(Problem::content(
+                    code::DUPLICATE_KEY,
+                    Some(Location::field("MSH", 10)),
+                    "this control id was used by another message",
+                ));
             }
-            Err(error) => {
+            Ok(Ok(Claim::Busy)) => return reject(Problem::transient("this message is being handled; send it again later")),
+            Ok(Err(error)) => {
                 tracing::warn!(error = %pac_platform::ApiError::from(error).reason, "the message log is unavailable");
-                return charset.encode(&ack::build(&inbound, Some(&Problem::transient("the platform is unavailable")), chrono::Utc::now()));
+                return reject(Problem::transient("the platform is unavailable"));
             }
+            Err(_) => return reject(Problem::transient("the message log did not answer in time")),
         };
         let call = Call { request_id, deadline };
         let work = self.process(&message, &inbound, &call, id);
@@ -138,10 +149,14 @@ impl Handler {
             error_text: problem.as_ref().map(|p| p.text.as_str()),
             ack: &ack,
         };
-        if let Err(error) = store::answer(&self.pool, id, &answer).await {
-            // The change (if any) is committed; the ACK goes out. A resend is handled again, and
-            // every call it makes is idempotent.
-            tracing::warn!(error = %pac_platform::ApiError::from(error).reason, "storing a message's answer failed");
+        // Stored for a resend's replay, but the ACK goes out in time whatever the log does: the
+        // change (if any) is committed; a resend before the answer is stored is answered AR while
+        // the claim lasts, then handled again, and every call it makes is idempotent.
+        let grace = tokio::time::Instant::from(deadline) + Duration::from_millis(500);
+        match tokio::time::timeout_at(grace, store::answer(&self.pool, id, &answer)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(error = %pac_platform::ApiError::from(error).reason, "storing a message's answer failed"),
+            Err(_) => tracing::warn!("storing a message's answer took too long"),
         }
         ack
     }
@@ -181,13 +196,6 @@ impl Handler {
             ));
         }
         let facility = inbound.sending_facility.first().cloned().unwrap_or_default();
-        let organisations = self.gateway.tokens().organisations().map_err(|error| {
-            tracing::warn!(error, "the integration account's token cannot be read");
-            Problem::transient("the listener's account is not available")
-        })?;
-        if !organisations.iter().any(|o| o.eq_ignore_ascii_case(&facility)) {
-            return Err(Problem::transient("this listener does not act for the sending facility (MSH-4)"));
-        }
         let trigger = if inbound.trigger.is_empty() {
             message.segment("EVN").map(|e| e.text(1, 1)).unwrap_or_default()
         } else {
@@ -203,6 +211,19 @@ impl Handler {
             Request::ChangeIdentifier { old, new } => self.change_identifier(old, new, call).await,
             Request::Ignored => Ok(()),
         }
+    }
+
+    /// Whether the listener's account acts for the sending facility (MSH-4): AR when it does not
+    /// (or its token cannot be read).
+    fn acts_for(&self, facility: &str) -> Result<(), Problem> {
+        let organisations = self.gateway.tokens().organisations().map_err(|error| {
+            tracing::warn!(error, "the integration account's token cannot be read");
+            Problem::transient("the listener's account is not available")
+        })?;
+        if !organisations.iter().any(|o| o == facility) {
+            return Err(Problem::transient("this listener does not act for the sending facility (MSH-4)"));
+        }
+        Ok(())
     }
 
     /// The first patient found by `order`.

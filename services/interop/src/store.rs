@@ -25,13 +25,15 @@ pub struct Received<'a> {
 /// What the log says about a message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Claim {
-    /// Handle it: new, or its last answer was AR (or never sent) so it may be tried again. The
-    /// log row's id.
+    /// Handle it: new, or its last answer was AR (or never sent, its claim lapsed) so it may be
+    /// tried again. The log row's id; the message is claimed for the lease.
     Handle(i64),
     /// Answered before with AA or AE: send this ACK again, change nothing.
     Replay(Vec<u8>),
     /// The key was used by a message with another body.
     Conflict,
+    /// The same message is being handled right now (another connection or replica).
+    Busy,
 }
 
 /// The answer a message got.
@@ -42,11 +44,13 @@ pub struct Answer<'a> {
     pub ack: &'a [u8],
 }
 
-/// Logs `message` unless its key is known, and says what to do with it.
-pub async fn claim(pool: &PgPool, message: &Received<'_>) -> Result<Claim, sqlx::Error> {
+/// Logs `message` unless its key is known, and says what to do with it; a message handled is
+/// claimed for `lease`.
+pub async fn claim(pool: &PgPool, message: &Received<'_>, lease: Duration) -> Result<Claim, sqlx::Error> {
+    let lease = lease.as_secs_f64();
     let inserted: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO inbound_messages (listener, sending_application, sending_facility, control_id, body_sha256, message_type, request_id, raw) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+        "INSERT INTO inbound_messages (listener, sending_application, sending_facility, control_id, body_sha256, message_type, request_id, raw, claimed_until) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9)) \
          ON CONFLICT (sending_application, sending_facility, control_id) WHERE control_id <> '' DO NOTHING RETURNING id",
     )
     .bind(message.listener)
@@ -57,9 +61,26 @@ pub async fn claim(pool: &PgPool, message: &Received<'_>) -> Result<Claim, sqlx:
     .bind(message.message_type)
     .bind(message.request_id)
     .bind(message.raw)
+    .bind(lease)
     .fetch_optional(pool)
     .await?;
     if let Some(id) = inserted {
+        return Ok(Claim::Handle(id));
+    }
+    // Known: take it over if it may be handled again (AR, or unanswered with its claim lapsed).
+    let taken: Option<i64> = sqlx::query_scalar(
+        "UPDATE inbound_messages SET claimed_until = now() + make_interval(secs => $5) \
+         WHERE sending_application = $1 AND sending_facility = $2 AND control_id = $3 AND control_id <> '' AND body_sha256 = $4 \
+           AND (ack_code IS NULL OR ack_code = 'AR') AND (claimed_until IS NULL OR claimed_until < now()) RETURNING id",
+    )
+    .bind(&message.key.sending_application)
+    .bind(&message.key.sending_facility)
+    .bind(&message.key.control_id)
+    .bind(&message.body_sha256[..])
+    .bind(lease)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(id) = taken {
         return Ok(Claim::Handle(id));
     }
     let known: Option<Logged> = sqlx::query_as(
@@ -72,11 +93,11 @@ pub async fn claim(pool: &PgPool, message: &Received<'_>) -> Result<Claim, sqlx:
     .fetch_optional(pool)
     .await?;
     Ok(match known {
-        // Pruned between the insert and the read: handle it as new.
-        None => return Box::pin(claim(pool, message)).await,
+        // Pruned meanwhile: handle it as new.
+        None => return Box::pin(claim(pool, message, Duration::from_secs_f64(lease))).await,
         Some((_, hash, _, _)) if hash != message.body_sha256[..] => Claim::Conflict,
         Some((_, _, Some(code), Some(ack))) if code != "AR" => Claim::Replay(ack),
-        Some((id, ..)) => Claim::Handle(id),
+        Some(_) => Claim::Busy,
     })
 }
 
@@ -85,7 +106,9 @@ type Logged = (i64, Vec<u8>, Option<String>, Option<Vec<u8>>);
 
 /// Records the answer to the message logged as `id`.
 pub async fn answer(pool: &PgPool, id: i64, answer: &Answer<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE inbound_messages SET answered_at = now(), ack_code = $2, error_code = $3, error_text = $4, ack = $5 WHERE id = $1")
+    sqlx::query(
+        "UPDATE inbound_messages SET answered_at = now(), ack_code = $2, error_code = $3, error_text = $4, ack = $5, claimed_until = NULL WHERE id = $1",
+    )
         .bind(id)
         .bind(answer.ack_code)
         .bind(answer.error_code.map(|c| c as i16))

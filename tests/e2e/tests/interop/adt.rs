@@ -314,3 +314,26 @@ async fn a_refused_possible_duplicate_is_a_task_on_the_coordinators_worklist() {
     assert!(interop.list_review_tasks(list()).await.unwrap().into_inner().tasks.is_empty());
     assert_eq!(interop.resolve_review_task(resolve("again")).await.unwrap_err().code(), tonic::Code::NotFound);
 }
+
+#[tokio::test]
+async fn a_message_being_handled_is_not_handled_again_at_the_same_time() {
+    use pac_interop::store::{self, Answer, Claim, Key, Received};
+    let p = gateway::start().await;
+    start(&p, |_| {}).await;
+    let pool = pac_e2e::interop::pool(&p).await;
+    let key = Key { sending_application: "PAS".into(), sending_facility: "RR8".into(), control_id: "B1".into() };
+    let received =
+        Received { listener: "adt", key: &key, body_sha256: &[7; 32], message_type: "ADT^A08", request_id: "hl7:B1:x", raw: b"MSH|" };
+    let lease = Duration::from_secs(3);
+    let Claim::Handle(id) = store::claim(&pool, &received, lease).await.unwrap() else { panic!("the first is handled") };
+    // The engine's resend on another connection while the first is handled: AR, not a second run.
+    assert_eq!(store::claim(&pool, &received, lease).await.unwrap(), Claim::Busy);
+    store::answer(&pool, id, &Answer { ack_code: "AA", error_code: None, error_text: None, ack: b"ACK" }).await.unwrap();
+    assert_eq!(store::claim(&pool, &received, lease).await.unwrap(), Claim::Replay(b"ACK".to_vec()));
+    // A claim that lapsed (its handler gone without an answer) is taken over.
+    let other = Key { control_id: "B2".into(), ..key.clone() };
+    let lapsed = Received { key: &other, ..received };
+    let Claim::Handle(first) = store::claim(&pool, &lapsed, Duration::from_millis(100)).await.unwrap() else { panic!() };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(store::claim(&pool, &lapsed, lease).await.unwrap(), Claim::Handle(first));
+}
