@@ -13,7 +13,8 @@
 //!   again after a backoff. AE: the message and its patient are parked (that patient's later
 //!   messages wait; the others' go on) until an operator releases the patient.
 //!
-//! A destination may be reached over TLS (its CA, a client certificate when it wants one).
+//! A destination may be reached over TLS (its CA, a client certificate when it wants one). However
+//! many replicas run, one holds each feed (`Feed::own`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -145,11 +146,14 @@ pub fn start(destinations: Vec<Destination>, pool: PgPool, gateway: Gateway, shu
         feeds.push(Arc::new(Feed { destination, tls, pool: pool.clone(), gateway: gateway.clone(), stored: Notify::new() }));
     }
     for feed in feeds {
-        tokio::spawn(feed.clone().read(shutdown.clone()));
-        tokio::spawn(feed.send(shutdown.clone()));
+        tokio::spawn(feed.own(shutdown.clone()));
     }
     Ok(())
 }
+
+/// How often a process that does not run a feed tries for it, and one that does checks it still
+/// holds it.
+const OWNERSHIP_CHECK: Duration = Duration::from_secs(2);
 
 type Connection = Framed<Box<dyn Io>, Mllp>;
 
@@ -188,6 +192,58 @@ impl Feed {
         tracing::warn!(feed = self.name(), error, "feed");
         if let Err(e) = store::attempt_failed(&self.pool, self.name(), sequence, error).await {
             tracing::warn!(feed = self.name(), error = %pac_platform::ApiError::from(e).reason, "recording a feed's error failed");
+        }
+    }
+
+    /// Runs the feed while this process holds its lock (a session advisory lock on a connection of
+    /// its own): whatever the replicas, one process reads and sends each feed, so its messages go
+    /// one at a time and in order. The lock goes with the connection: a process that dies or loses
+    /// its database connection lets another take the feed over.
+    async fn own(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            match self.lock().await {
+                Ok(Some(mut held)) => {
+                    let running = shutdown.child_token();
+                    let reader = tokio::spawn(self.clone().read(running.clone()));
+                    let sender = tokio::spawn(self.clone().send(running.clone()));
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(OWNERSHIP_CHECK) => {
+                                if sqlx::query("SELECT 1").execute(&mut held).await.is_err() {
+                                    tracing::warn!(feed = self.name(), "the feed's lock connection failed: the feed stops here");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    running.cancel();
+                    let _ = reader.await;
+                    let _ = sender.await;
+                    let _ = sqlx::Connection::close(held).await;
+                }
+                Ok(None) => {}
+                Err(error) => self.note_error(None, &format!("taking the feed's lock: {error}")).await,
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(OWNERSHIP_CHECK) => {}
+            }
+        }
+    }
+
+    /// A connection holding the feed's lock, or None when another process holds it.
+    async fn lock(&self) -> Result<Option<sqlx::PgConnection>, sqlx::Error> {
+        let mut connection = self.pool.acquire().await?.detach();
+        let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('pac-interop-feed:' || $1))")
+            .bind(self.name())
+            .fetch_one(&mut connection)
+            .await?;
+        if held {
+            Ok(Some(connection))
+        } else {
+            let _ = sqlx::Connection::close(connection).await;
+            Ok(None)
         }
     }
 

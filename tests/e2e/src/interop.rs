@@ -131,6 +131,8 @@ pub struct Receiver {
     pub received: Arc<std::sync::Mutex<Vec<String>>>,
     pub refuse_containing: Arc<std::sync::Mutex<Option<String>>>,
     pub silent: Arc<std::sync::atomic::AtomicBool>,
+    /// Milliseconds it takes to answer.
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Receiver {
@@ -146,6 +148,7 @@ impl Receiver {
             received: Default::default(),
             refuse_containing: Default::default(),
             silent: Default::default(),
+            delay_ms: Default::default(),
         };
         let serving = receiver.clone();
         tokio::spawn(async move {
@@ -166,6 +169,8 @@ impl Receiver {
                         if receiver.silent.load(std::sync::atomic::Ordering::SeqCst) {
                             continue;
                         }
+                        let delay = receiver.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
                         let control = field(&text, "MSH", 10);
                         let refuse = receiver.refuse_containing.lock().unwrap().as_ref().is_some_and(|t| text.contains(t.as_str()));
                         let code = if refuse { "AE" } else { "AA" };

@@ -259,3 +259,27 @@ async fn operators_see_and_release_parked_patients_through_the_gateway_for_their
         interop.list_listener_counts(with_token(ipb::ListListenerCountsRequest::default(), Some(&admin))).await.unwrap().into_inner();
     assert!(counts.counts.is_empty(), "no ADT was sent in this test");
 }
+
+#[tokio::test]
+async fn two_replicas_send_each_message_once_in_order() {
+    let p = gateway::start().await;
+    let clinic = knee_clinic(&p).await;
+    let slots = free_slots(&p, &clinic, 4).await;
+    let receiver = Receiver::start().await;
+    // A slow engine: two senders would both find the same message waiting.
+    receiver.delay_ms.store(700, std::sync::atomic::Ordering::SeqCst);
+    let feed = Destination { ack_timeout_ms: 5_000, ..destination(&receiver) };
+    for _ in 0..2 {
+        let feed = feed.clone();
+        start_until(&p, p.shutdown.clone(), move |config| config.feeds = vec![feed]).await;
+    }
+    let patient_id = patient(&p, "Feedone").await;
+    for slot in &slots {
+        book(&p, slot, &patient_id).await;
+    }
+    assert!(receiver.wait_for(Duration::from_secs(15), |_| receiver.messages().len() >= 4).await.is_some());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let controls: Vec<String> = receiver.messages().iter().map(|m| field(m, "MSH", 10)).collect();
+    assert_eq!(controls, (1..=4).map(|n| format!("PAC{n:017}")).collect::<Vec<_>>(), "each once, in order");
+}
