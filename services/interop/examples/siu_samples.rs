@@ -37,7 +37,11 @@ fn main() {
         }),
         ..Default::default()
     };
-    let event = |status, reason: &str| sched::AppointmentEvent { appointment: Some(appointment(status)), reason: reason.into(), ..Default::default() };
+    let event = |status, reason: &str| sched::AppointmentEvent {
+        appointment: Some(appointment(status)),
+        reason: reason.into(),
+        ..Default::default()
+    };
     use sched::AppointmentStatus as S;
     let events = [
         Event::AppointmentBooked(event(S::Booked, "")),

@@ -112,6 +112,15 @@ fn raw_header_field(bytes: &[u8], number: usize) -> Option<&[u8]> {
     }
 }
 
+/// Component `component` of MSH-`field` read from the raw header bytes, for answering a message
+/// that cannot be parsed ("" when absent; bytes outside ASCII become U+FFFD).
+pub fn raw_header_text(bytes: &[u8], field: usize, component: usize) -> String {
+    let Some(value) = raw_header_field(bytes, field) else { return String::new() };
+    let separator = bytes.get(4).copied().unwrap_or(b'^');
+    let part = value.split(|&b| b == separator).nth(component - 1).unwrap_or_default();
+    String::from_utf8_lossy(part).trim().to_string()
+}
+
 /// The character set a message is in: MSH-18's, else the listener's default.
 pub fn charset_of(bytes: &[u8], default: Charset) -> Result<Charset, ReadError> {
     let named = raw_header_field(bytes, 1).ok_or(ReadError::NoHeader).map(|_| raw_header_field(bytes, 18))?;

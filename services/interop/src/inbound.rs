@@ -161,8 +161,24 @@ impl Handler {
         ack
     }
 
+    /// Answers a message that cannot be parsed with what its raw header says (so that the engine
+    /// can match the ACK to it by MSA-2), and logs it without a key.
     async fn unreadable(&self, bytes: &[u8], hash: &[u8; 32], problem: &Problem, charset: Charset) -> Vec<u8> {
-        let inbound = ack::Inbound::default();
+        let raw = |field, component| hl7::raw_header_text(bytes, field, component);
+        let hd = |field| (1..=3).map(|component| raw(field, component)).collect();
+        let named = raw(18, 1);
+        let inbound = ack::Inbound {
+            sending_application: hd(3),
+            sending_facility: hd(4),
+            receiving_application: hd(5),
+            receiving_facility: hd(6),
+            trigger: raw(9, 2),
+            control_id: raw(10, 1),
+            processing_id: raw(11, 1),
+            version: raw(12, 1),
+            // Echoed only when it is the set the ACK is written in.
+            charset_name: if Charset::from_msh18(&named) == Some(charset) { named } else { String::new() },
+        };
         self.unreadable_with(bytes, hash, &inbound, problem, charset).await
     }
 

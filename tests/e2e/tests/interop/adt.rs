@@ -169,6 +169,14 @@ async fn content_errors_are_ae_with_table_0357_codes_and_change_nothing() {
     }
     assert_eq!(count(&admin, "SELECT count(*) FROM records.patients").await, 0);
 
+    // A message whose header is readable but whose body is not text in its character set: AE,
+    // answering its control id.
+    let broken =
+        [adt("A28", "ADT_A05", "E10", "").replace("8859/1", "UNICODE UTF-8").as_bytes(), &[b'P', b'I', b'D', b'|', 0xFF, 0xFE, b'\r']]
+            .concat();
+    let ack = String::from_utf8_lossy(&pas.send(&broken).await).into_owned();
+    assert_eq!(ack_code(&ack), "AE", "{ack}");
+    assert!(ack.contains("\rMSA|AE|E10"), "{ack}");
     // Bytes that are no HL7 message: AE, never AA, and the connection serves the next message.
     let ack = send(&mut pas, "\u{1}\u{2}garbage|||").await;
     assert_eq!(ack_code(&ack), "AE", "{ack}");
