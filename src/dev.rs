@@ -53,9 +53,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let referrals_listener = bind(referrals.listen, "PAC_REFERRALS_ADDR").await?;
     let mut gateway = pac_gateway::GatewayConfig::from_env(&platform)?;
     let gateway_listener = bind(gateway.listen, "PAC_GATEWAY_ADDR").await?;
-    let interop_listener = bind(interop.listen, "PAC_INTEROP_ADDR").await?;
-    let mllp_listener = bind(interop.mllp.listen, "PAC_INTEROP_MLLP_ADDR").await?;
-    let (interop_addr, mllp_addr) = (interop_listener.local_addr()?, mllp_listener.local_addr()?);
+    let interop_listeners = pac_interop::Listeners::bind(&interop).await?;
+    let (interop_addr, mllp_addr, fhir_addr) =
+        (interop_listeners.grpc.local_addr()?, interop_listeners.mllp.local_addr()?, interop_listeners.fhir.local_addr()?);
     let (records_addr, scheduling_addr, referrals_addr, gateway_addr) = (
         records_listener.local_addr()?,
         scheduling_listener.local_addr()?,
@@ -80,7 +80,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     servers.spawn(pac_scheduling::serve(platform.clone(), scheduling, scheduling_listener, shutdown.clone()));
     servers.spawn(pac_referrals::serve(platform.clone(), referrals, referrals_listener, shutdown.clone()));
     servers.spawn(pac_gateway::serve(platform.clone(), gateway, gateway_listener, shutdown.clone()));
-    servers.spawn(pac_interop::serve(platform.clone(), interop, interop_listener, mllp_listener, shutdown.clone()));
+    servers.spawn(pac_interop::serve(platform.clone(), interop, interop_listeners, shutdown.clone()));
 
     if !args.no_demo {
         crate::demo::load(records_addr, scheduling_addr, referrals_addr).await.context("loading demo data failed")?;
@@ -101,6 +101,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          \n  referrals   {referrals_addr}   pac.referrals.v1.Referrals\
          \n  gateway     {gateway_addr}   every API above, bearer token required\
          \n  interop     {mllp_addr}    HL7 v2 ADT over MLLP (account dev-pas, RR8); health on {interop_addr}\
+         \n  FHIR R4     http://{fhir_addr}/fhir/R4   Patient read and search, your bearer token\
          \n\nA coordinator's development token (8 hours; `pac token --role clinician` for others):\n  {token}\
          \n\nTry:\n  buf curl --protocol grpc --http2-prior-knowledge -d '{{\"name\":\"smith\"}}' \\\n    http://{records_addr}/pac.records.v1.PatientRecords/SearchPatients\
          \n  buf curl --protocol grpc --http2-prior-knowledge -d '{{\"service_code\":\"TO-FRACTURE\",\"page_size\":3}}' \\\n    http://{scheduling_addr}/pac.scheduling.v1.Scheduling/SearchSlots\

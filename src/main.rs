@@ -331,9 +331,8 @@ async fn serve(component: Component) -> anyhow::Result<()> {
     let has_token = ["PAC_INTEROP_TOKEN", "PAC_INTEROP_TOKEN_FILE"].iter().any(|v| std::env::var(v).is_ok_and(|t| !t.is_empty()));
     if component == Component::Interop || (component == Component::All && has_token) {
         let config = interop_config()?;
-        let listener = bind(config.listen, "PAC_INTEROP_ADDR").await?;
-        let mllp = bind(config.mllp.listen, "PAC_INTEROP_MLLP_ADDR").await?;
-        servers.spawn(pac_interop::serve(platform.clone(), config, listener, mllp, shutdown.clone()));
+        let listeners = pac_interop::Listeners::bind(&config).await?;
+        servers.spawn(pac_interop::serve(platform.clone(), config, listeners, shutdown.clone()));
     }
     while let Some(result) = servers.join_next().await {
         // One component failing stops the others.

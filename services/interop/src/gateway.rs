@@ -122,6 +122,11 @@ impl Gateway {
         &self.tokens
     }
 
+    /// The gateway as another caller, with their own bearer token (the FHIR API's callers).
+    pub fn as_caller(&self, bearer: String) -> Self {
+        Self { tokens: Tokens::new(TokenSource::Fixed(Secret::new(bearer))), ..self.clone() }
+    }
+
     fn request<T>(&self, message: T, call: &Call) -> Result<Request<T>, Status> {
         let remaining = call.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
@@ -168,6 +173,19 @@ impl Gateway {
     pub async fn get_patient(&self, id: &str, call: &Call) -> Result<pb::Patient, Status> {
         let response = self.records.clone().get_patient(self.request(pb::GetPatientRequest { id: id.to_string() }, call)?).await?;
         response.into_inner().patient.ok_or_else(|| Status::internal("the gateway answered without the patient"))
+    }
+
+    /// The patient with `id`, and the id asked for when that record was merged away.
+    pub async fn read_patient(&self, id: &str, call: &Call) -> Result<(pb::Patient, String), Status> {
+        let response =
+            self.records.clone().get_patient(self.request(pb::GetPatientRequest { id: id.to_string() }, call)?).await?.into_inner();
+        let patient = response.patient.ok_or_else(|| Status::internal("the gateway answered without the patient"))?;
+        Ok((patient, response.merged_from))
+    }
+
+    pub async fn search_patients(&self, request: pb::SearchPatientsRequest, call: &Call) -> Result<Vec<pb::Patient>, Status> {
+        let response = self.records.clone().search_patients(self.request(request, call)?).await?.into_inner();
+        Ok(response.results.into_iter().filter_map(|r| r.patient).collect())
     }
 
     pub async fn get_clinic(&self, id: &str, call: &Call) -> Result<sched::Clinic, Status> {

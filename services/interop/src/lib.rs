@@ -17,6 +17,7 @@ pub mod ack;
 pub mod admin;
 pub mod adt;
 pub mod feeds;
+pub mod fhir;
 pub mod gateway;
 pub mod hl7;
 pub mod inbound;
@@ -54,14 +55,18 @@ pub const SERVICE_NAME: &str = "pac.interop.v1.Interop";
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50054";
 /// The MLLP listener: 2575 is HL7's registered port.
 pub const DEFAULT_MLLP_ADDR: &str = "127.0.0.1:2575";
+/// The FHIR R4 API (`/fhir/R4`).
+pub const DEFAULT_FHIR_ADDR: &str = "127.0.0.1:8080";
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 /// Settings of the interop component (environment variables in docs/configuration.md).
 #[derive(Debug, Clone)]
 pub struct InteropConfig {
-    /// `PAC_INTEROP_ADDR`: gRPC health and reflection.
+    /// `PAC_INTEROP_ADDR`: the operator API, gRPC health and reflection.
     pub listen: SocketAddr,
+    /// `PAC_INTEROP_FHIR_ADDR`: the FHIR R4 API (HTTP).
+    pub fhir_listen: SocketAddr,
     /// `PAC_INTEROP_DATABASE_URL`: the component's own connection; derived from `DATABASE_URL` when unset.
     pub database_url: Option<Secret>,
     /// `PAC_INTEROP_GATEWAY_URL`: the public gateway.
@@ -202,6 +207,7 @@ impl InteropConfig {
         };
         let config = Self {
             listen: var("PAC_INTEROP_ADDR", DEFAULT_ADDR.parse()?)?,
+            fhir_listen: var("PAC_INTEROP_FHIR_ADDR", DEFAULT_FHIR_ADDR.parse()?)?,
             database_url: std::env::var("PAC_INTEROP_DATABASE_URL").ok().filter(|u| !u.is_empty()).map(Secret::new),
             gateway_url: var("PAC_INTEROP_GATEWAY_URL", gateway_default.to_string())?,
             token,
@@ -222,6 +228,7 @@ impl InteropConfig {
     pub fn development(listen: SocketAddr, mllp: SocketAddr, gateway_url: String, token: TokenSource) -> Self {
         Self {
             listen,
+            fhir_listen: DEFAULT_FHIR_ADDR.parse().expect("an address"),
             database_url: None,
             gateway_url,
             token,
@@ -263,15 +270,38 @@ pub async fn migrate(platform: &PlatformConfig, config: &InteropConfig) -> anyho
     db::provision_and_migrate(&platform.db, DATABASE, connect_options(platform, config)?, &MIGRATIONS).await
 }
 
-/// Serves the interop component until `shutdown` fires: the MLLP listener on `mllp`, health and
-/// reflection on `listener`.
+/// Where the component listens.
+pub struct Listeners {
+    /// The operator API, health and reflection (gRPC).
+    pub grpc: TcpListener,
+    /// HL7 v2 over MLLP.
+    pub mllp: TcpListener,
+    /// The FHIR R4 API (HTTP).
+    pub fhir: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses.
+    pub async fn bind(config: &InteropConfig) -> anyhow::Result<Self> {
+        let bind = |address: SocketAddr, variable: &'static str| async move {
+            TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address} ({variable})"))
+        };
+        Ok(Self {
+            grpc: bind(config.listen, "PAC_INTEROP_ADDR").await?,
+            mllp: bind(config.mllp.listen, "PAC_INTEROP_MLLP_ADDR").await?,
+            fhir: bind(config.fhir_listen, "PAC_INTEROP_FHIR_ADDR").await?,
+        })
+    }
+}
+
+/// Serves the interop component until `shutdown` fires.
 pub async fn serve(
     platform: PlatformConfig,
     config: InteropConfig,
-    listener: TcpListener,
-    mllp: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Listeners { grpc: listener, mllp, fhir } = listeners;
     config.check()?;
     let pool = connect(&platform, &config).await?;
     let mut endpoint = tonic::transport::Endpoint::from_shared(config.gateway_url.clone())
@@ -288,7 +318,14 @@ pub async fn serve(
     let channel = endpoint.connect_lazy();
     let gateway = Gateway::new(channel, Tokens::new(config.token.clone()), platform.grpc.max_message_bytes);
     let handler = Handler::new(config.mllp.handling.clone(), pool.clone(), gateway.clone());
-    feeds::start(config.feeds.clone(), pool.clone(), gateway, shutdown.clone())?;
+    tracing::info!(address = %fhir.local_addr()?, "FHIR R4 API listening");
+    let fhir_shutdown = shutdown.clone();
+    let routes = fhir::router(gateway.clone());
+    let fhir_api =
+        tokio::spawn(
+            async move { axum::serve(fhir, routes.into_make_service()).with_graceful_shutdown(fhir_shutdown.cancelled_owned()).await },
+        );
+    feeds::start(config.feeds.clone(), pool.clone(), gateway.clone(), shutdown.clone())?;
 
     let (keys, messages) = (config.key_retention, config.message_retention);
     let prune_pool = pool.clone();
@@ -318,5 +355,6 @@ pub async fn serve(
     let served = grpc::serve(&platform.grpc, listener, Routes::new(admin), serving, shutdown.clone()).await;
     shutdown.cancel();
     listening.await.context("the MLLP listener failed")?;
+    fhir_api.await.context("the FHIR API failed")?.context("the FHIR API failed")?;
     served
 }

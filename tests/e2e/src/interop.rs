@@ -54,6 +54,16 @@ pub async fn start_serving(
     shutdown: tokio_util::sync::CancellationToken,
     adjust: impl FnOnce(&mut InteropConfig),
 ) -> SocketAddr {
+    start_listening(p, health, shutdown, adjust).await.0
+}
+
+/// `start_serving`; the MLLP listener's address and the FHIR API's.
+pub async fn start_listening(
+    p: &Platform,
+    health: tokio::net::TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
+    adjust: impl FnOnce(&mut InteropConfig),
+) -> (SocketAddr, SocketAddr) {
     let mllp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = mllp.local_addr().unwrap();
     let mut config =
@@ -61,8 +71,41 @@ pub async fn start_serving(
     adjust(&mut config);
     let platform = p.db.platform_config();
     pac_interop::migrate(&platform, &config).await.expect("migrate interop");
-    tokio::spawn(pac_interop::serve(platform, config, health, mllp, shutdown));
-    address
+    let fhir = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fhir_address = fhir.local_addr().unwrap();
+    tokio::spawn(pac_interop::serve(platform, config, pac_interop::Listeners { grpc: health, mllp, fhir }, shutdown));
+    (address, fhir_address)
+}
+
+/// A FHIR API answer: status, headers (lower-case names) and JSON body.
+pub struct FhirAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: serde_json::Value,
+}
+
+impl FhirAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` over HTTP/1.1 with `token` as the bearer, as any FHIR client sends it.
+pub async fn fhir_get(address: SocketAddr, path: &str, token: Option<&str>) -> FhirAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let authorization = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: application/fhir+json\r\n{authorization}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines.filter_map(|l| l.split_once(": ")).map(|(n, v)| (n.to_lowercase(), v.to_string())).collect();
+    FhirAnswer { status, headers, body: serde_json::from_str(body).unwrap_or(serde_json::Value::Null) }
 }
 
 /// A small pool as the interop component's own role (its schema first on the search path).

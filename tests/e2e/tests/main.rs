@@ -22,6 +22,7 @@ mod gateway {
 mod interop {
     mod adt;
     mod feeds;
+    mod fhir;
     mod tls;
 }
 

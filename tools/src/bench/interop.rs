@@ -250,7 +250,9 @@ async fn start_interop_with(bench: &Bench, token: &str, feeds: Vec<pac_interop::
     );
     config.feeds = feeds;
     pac_interop::migrate(&bench.platform, &config).await.context("migrating interop")?;
-    tokio::spawn(pac_interop::serve(bench.platform.clone(), config, health, mllp, bench.shutdown.clone()));
+    let fhir = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listeners = pac_interop::Listeners { grpc: health, mllp, fhir };
+    tokio::spawn(pac_interop::serve(bench.platform.clone(), config, listeners, bench.shutdown.clone()));
     Ok(address)
 }
 

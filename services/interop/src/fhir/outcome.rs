@@ -1,0 +1,89 @@
+//! FHIR errors: an OperationOutcome, its HTTP status from the gRPC code the gateway answered, its
+//! issue code, and the platform's reason. Never a stack trace or SQL text: the text is the
+//! gateway's answer to the caller, which never carries either.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use super::json;
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationOutcome {
+    resource_type: &'static str,
+    issue: Vec<Issue>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Issue {
+    severity: &'static str,
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<Details>,
+    diagnostics: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    expression: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Details {
+    text: String,
+}
+
+/// A FHIR error: the HTTP status and its OperationOutcome.
+pub struct Failure {
+    status: StatusCode,
+    outcome: OperationOutcome,
+}
+
+impl Failure {
+    /// A request this API refuses before calling anything (an unsupported parameter, a bad id).
+    pub fn invalid(diagnostics: impl Into<String>, expression: Option<&str>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid", diagnostics.into(), None, expression.map(str::to_string).into_iter().collect())
+    }
+
+    pub fn not_supported(diagnostics: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "not-supported", diagnostics.into(), None, Vec::new())
+    }
+
+    fn new(status: StatusCode, code: &'static str, diagnostics: String, reason: Option<String>, expression: Vec<String>) -> Self {
+        let issue = Issue { severity: "error", code, details: reason.map(|text| Details { text }), diagnostics, expression };
+        Self { status, outcome: OperationOutcome { resource_type: "OperationOutcome", issue: vec![issue] } }
+    }
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        let reason = status.get_details_error_info().map(|info| info.reason);
+        let fields: Vec<String> =
+            status.get_details_bad_request().map(|b| b.field_violations.into_iter().map(|v| v.field).collect()).unwrap_or_default();
+        let (http, code) = match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => (StatusCode::BAD_REQUEST, "invalid"),
+            Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "login"),
+            Code::PermissionDenied => (StatusCode::FORBIDDEN, "forbidden"),
+            Code::NotFound => (StatusCode::NOT_FOUND, "not-found"),
+            Code::AlreadyExists => (StatusCode::CONFLICT, "duplicate"),
+            Code::Aborted => (StatusCode::PRECONDITION_FAILED, "conflict"),
+            Code::FailedPrecondition => (StatusCode::UNPROCESSABLE_ENTITY, "business-rule"),
+            Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "transient"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "exception"),
+        };
+        let diagnostics = match status.code() {
+            // The platform's own words for a caller's mistake; a failure of ours is not described.
+            Code::Internal | Code::Unknown | Code::DataLoss => "the platform could not answer".to_string(),
+            _ => status.message().to_string(),
+        };
+        Self::new(http, code, diagnostics, reason, fields)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        json(self.status, &self.outcome)
+    }
+}
