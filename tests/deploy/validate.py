@@ -56,7 +56,7 @@ COMPONENTS = {"records": 50051, "scheduling": 50052, "referrals": 50053, "gatewa
 
 # Ports a component listens on beside its gRPC one (plain TCP, for clients outside the platform):
 # name -> (the variable setting its address, the port). Published like the gateway's port.
-LISTENERS = {"interop": {"mllp": ("PAC_INTEROP_MLLP_ADDR", 2575)}}
+LISTENERS = {"interop": {"mllp": ("PAC_INTEROP_MLLP_ADDR", 2575), "fhir": ("PAC_INTEROP_FHIR_ADDR", 8080)}}
 
 # Where each component's settings are read. The platform kit's are read by every component.
 PLATFORM_SOURCES = ["services/platform/src"]
