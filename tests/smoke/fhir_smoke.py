@@ -1,0 +1,72 @@
+"""The FHIR R4 API of a running platform with an independent FHIR library: every resource it
+returns is validated with `fhir.resources` (its R4B models, close to R4 for what is served), and
+the UK Core NHS number system and verification-status extension URLs are checked literally. Run
+after `hl7_smoke.py`, whose PAS registered the patients searched for here.
+
+    PAC_TOKEN=$(pac token) python3 tests/smoke/fhir_smoke.py [fhir base URL]
+    # default http://127.0.0.1:8080/fhir/R4
+"""
+
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.operationoutcome import OperationOutcome
+from fhir.resources.R4B.patient import Patient
+
+NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+VERIFICATION = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus"
+
+
+def get(base: str, path: str, token: str | None) -> tuple[int, dict]:
+    request = urllib.request.Request(base + path, headers={"Accept": "application/fhir+json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.headers["Content-Type"].startswith("application/fhir+json"), response.headers
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def main() -> None:
+    base = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8080/fhir/R4"
+    token = os.environ["PAC_TOKEN"]
+
+    status, body = get(base, "/metadata", None)
+    assert status == 200, body
+    CapabilityStatement.model_validate(body)
+
+    # The patients python-hl7 registered as the PAS (hl7_smoke.py): found by family name.
+    status, body = get(base, "/Patient?family=Bhriain&_count=50", token)
+    assert status == 200, body
+    bundle = Bundle.model_validate(body)
+    patients = [entry.resource for entry in bundle.entry or []]
+    assert patients, "the hl7 smoke's patients are found"
+    checked = 0
+    for patient in patients:
+        status, read = get(base, f"/Patient/{patient.id}", token)
+        assert status == 200, read
+        Patient.model_validate(read)
+        checked += 1
+        for identifier in read.get("identifier", []):
+            if identifier["system"] == NHS_SYSTEM:
+                assert identifier["extension"][0]["url"] == VERIFICATION, identifier
+                status, found = get(base, f"/Patient?identifier={NHS_SYSTEM}|{identifier['value']}", token)
+                assert status == 200 and found["entry"][0]["resource"]["id"] == read["id"], found
+                Bundle.model_validate(found)
+
+    for path, token_used, expected in [("/Patient?name=smith", token, 400), (f"/Patient/{patients[0].id}", None, 401)]:
+        status, outcome = get(base, path, token_used)
+        assert status == expected, (path, status, outcome)
+        OperationOutcome.model_validate(outcome)
+    print(f"fhir smoke: capability statement, {checked} patients, searches and refusals valid in fhir.resources (R4B)")
+
+
+if __name__ == "__main__":
+    main()
