@@ -127,7 +127,13 @@ impl Gateway {
         Self { tokens: Tokens::new(TokenSource::Fixed(Secret::new(bearer))), ..self.clone() }
     }
 
-    fn request<T>(&self, message: T, call: &Call) -> Result<Request<T>, Status> {
+    /// The scheduling service's client, through the gateway (requests made with [`Self::request`]).
+    pub fn scheduling(&self) -> SchedulingClient<Channel> {
+        self.scheduling.clone()
+    }
+
+    /// `message` as a request of this caller, with the call's request id and deadline.
+    pub fn request<T>(&self, message: T, call: &Call) -> Result<Request<T>, Status> {
         let remaining = call.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(Status::deadline_exceeded("the message's time budget is spent"));

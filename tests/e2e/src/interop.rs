@@ -92,12 +92,32 @@ impl FhirAnswer {
 
 /// `GET path` over HTTP/1.1 with `token` as the bearer, as any FHIR client sends it.
 pub async fn fhir_get(address: SocketAddr, path: &str, token: Option<&str>) -> FhirAnswer {
+    fhir_send(address, "GET", path, token, &[], None).await
+}
+
+/// `method path` with `headers` and a JSON `body`.
+pub async fn fhir_send(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&serde_json::Value>,
+) -> FhirAnswer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(address).await.unwrap();
-    let authorization = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: application/fhir+json\r\n{authorization}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nAccept: application/fhir+json\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    if !body.is_empty() {
+        head.push_str(&format!("Content-Type: application/fhir+json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    stream.write_all(format!("{head}\r\n{body}").as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();
     let text = String::from_utf8(raw).unwrap();

@@ -68,6 +68,8 @@ impl From<tonic::Status> for Failure {
             Code::NotFound => (StatusCode::NOT_FOUND, "not-found"),
             Code::AlreadyExists => (StatusCode::CONFLICT, "duplicate"),
             Code::Aborted => (StatusCode::PRECONDITION_FAILED, "conflict"),
+            // A slot someone else took: a conflict the caller resolves by choosing another.
+            Code::FailedPrecondition if reason.as_deref() == Some("SLOT_UNAVAILABLE") => (StatusCode::CONFLICT, "conflict"),
             Code::FailedPrecondition => (StatusCode::UNPROCESSABLE_ENTITY, "business-rule"),
             Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "transient"),
@@ -76,6 +78,9 @@ impl From<tonic::Status> for Failure {
         let diagnostics = match status.code() {
             // The platform's own words for a caller's mistake; a failure of ours is not described.
             Code::Internal | Code::Unknown | Code::DataLoss => "the platform could not answer".to_string(),
+            Code::FailedPrecondition if reason.as_deref() == Some("SLOT_UNAVAILABLE") => {
+                "That slot is no longer free: someone else has just booked it. Choose another slot.".to_string()
+            }
             _ => status.message().to_string(),
         };
         Self::new(http, code, diagnostics, reason, fields)

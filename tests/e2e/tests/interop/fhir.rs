@@ -109,3 +109,86 @@ async fn patients_are_read_and_searched_as_uk_core_for_the_callers_organisation_
     .unwrap();
     assert_eq!(audited, 1);
 }
+
+#[tokio::test]
+async fn a_free_slot_is_found_booked_read_back_and_cancelled_and_a_taken_one_is_a_409() {
+    use pac_e2e::interop::fhir_send;
+    let p = gateway::start().await;
+    let clinic = gateway::knee_clinic(&p).await;
+    let (health, _) = pac_platform::testkit::listener().await;
+    let (_, fhir) = start_listening(&p, health, p.shutdown.clone(), |_| {}).await;
+    let coordinator = token(Role::Coordinator, Duration::from_secs(600));
+    let register = |name: &str| {
+        let (mut client, request, coordinator) = (PatientRecordsClient::new(p.gateway.clone()), registration(name), coordinator.clone());
+        async move { client.register_patient(with_token(request, Some(&coordinator))).await.unwrap().into_inner().patient.unwrap().id }
+    };
+    let (first, second) = (register("Fhirbooker").await, register("Fhirsecond").await);
+
+    // Free slots of the knee service, with their Schedule included.
+    let slots = fhir_get(fhir, "/fhir/R4/Slot?service-type=KNEE&status=free&_count=2&_include=Slot:schedule", Some(&coordinator)).await;
+    assert_eq!(slots.status, 200, "{}", slots.body);
+    let entries = slots.body["entry"].as_array().unwrap();
+    let slot = entries.iter().find(|e| e["resource"]["resourceType"] == "Slot").unwrap()["resource"].clone();
+    assert_eq!(slot["status"], "free");
+    let schedule = entries.iter().find(|e| e["search"]["mode"] == "include").expect("the schedule included");
+    assert_eq!(schedule["resource"]["id"], clinic.id.as_str());
+    assert!(slots.body["link"][0]["url"].as_str().unwrap().starts_with("Slot?"), "a next page: {}", slots.body);
+    let schedules = fhir_get(fhir, "/fhir/R4/Schedule?service-type=KNEE", Some(&coordinator)).await;
+    assert_eq!(schedules.body["entry"][0]["resource"]["id"], clinic.id.as_str());
+
+    // Book it.
+    let appointment = |patient: &str| {
+        serde_json::json!({
+            "resourceType": "Appointment",
+            "status": "booked",
+            "slot": [{ "reference": format!("Slot/{}", slot["id"].as_str().unwrap()) }],
+            "participant": [{ "actor": { "reference": format!("Patient/{patient}") }, "status": "accepted" }],
+        })
+    };
+    let booked =
+        fhir_send(fhir, "POST", "/fhir/R4/Appointment", Some(&coordinator), &[("X-Request-Id", "fhir-book-1")], Some(&appointment(&first)))
+            .await;
+    assert_eq!(booked.status, 201, "{}", booked.body);
+    assert_eq!(booked.body["status"], "booked");
+    let id = booked.body["id"].as_str().unwrap().to_string();
+    assert_eq!(booked.header("location"), Some(format!("Appointment/{id}").as_str()));
+    // The same request again (same X-Request-Id): the same appointment, not a second one.
+    let again =
+        fhir_send(fhir, "POST", "/fhir/R4/Appointment", Some(&coordinator), &[("X-Request-Id", "fhir-book-1")], Some(&appointment(&first)))
+            .await;
+    assert_eq!(again.body["id"], id.as_str());
+    // The slot is taken now: 409, in plain words.
+    let taken = fhir_send(fhir, "POST", "/fhir/R4/Appointment", Some(&coordinator), &[], Some(&appointment(&second))).await;
+    assert_eq!((taken.status, taken.body["issue"][0]["code"].as_str()), (409, Some("conflict")), "{}", taken.body);
+    assert!(taken.body["issue"][0]["diagnostics"].as_str().unwrap().contains("no longer free"), "{}", taken.body);
+
+    // Read back; another organisation's coordinator cannot.
+    let read = fhir_get(fhir, &format!("/fhir/R4/Appointment/{id}"), Some(&coordinator)).await;
+    assert_eq!((read.status, read.body["participant"][0]["actor"]["reference"].as_str()), (200, Some(format!("Patient/{first}").as_str())));
+    let elsewhere = token_for(Role::Coordinator, "RAE", Duration::from_secs(600));
+    assert_eq!(fhir_get(fhir, &format!("/fhir/R4/Appointment/{id}"), Some(&elsewhere)).await.status, 404);
+
+    // Cancel: status cancelled, why and who, If-Match the current version.
+    let etag = read.header("etag").unwrap().to_string();
+    let mut cancel = read.body.clone();
+    cancel["status"] = "cancelled".into();
+    cancel["cancelationReason"] = serde_json::json!({ "coding": [
+        { "system": "urn:pac:cancellation-reason", "code": "PATIENT_UNWELL" },
+        { "system": "urn:pac:cancelled-by", "code": "patient" }
+    ]});
+    let without_who = {
+        let mut body = cancel.clone();
+        body["cancelationReason"]["coding"].as_array_mut().unwrap().pop();
+        body
+    };
+    let refused =
+        fhir_send(fhir, "PUT", &format!("/fhir/R4/Appointment/{id}"), Some(&coordinator), &[("If-Match", &etag)], Some(&without_who)).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    let stale =
+        fhir_send(fhir, "PUT", &format!("/fhir/R4/Appointment/{id}"), Some(&coordinator), &[("If-Match", "W/\"0\"")], Some(&cancel)).await;
+    assert_eq!(stale.status, 412, "{}", stale.body);
+    let cancelled =
+        fhir_send(fhir, "PUT", &format!("/fhir/R4/Appointment/{id}"), Some(&coordinator), &[("If-Match", &etag)], Some(&cancel)).await;
+    assert_eq!((cancelled.status, cancelled.body["status"].as_str()), (200, Some("cancelled")), "{}", cancelled.body);
+    assert_eq!(cancelled.body["cancelationReason"]["coding"][0]["code"], "PATIENT_UNWELL");
+}
