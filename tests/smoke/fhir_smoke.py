@@ -13,17 +13,25 @@ import sys
 import urllib.error
 import urllib.request
 
+from fhir.resources.R4B.appointment import Appointment
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.schedule import Schedule
+from fhir.resources.R4B.slot import Slot
 
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 VERIFICATION = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus"
 
 
-def get(base: str, path: str, token: str | None) -> tuple[int, dict]:
-    request = urllib.request.Request(base + path, headers={"Accept": "application/fhir+json"})
+def get(base: str, path: str, token: str | None, method: str = "GET", body: dict | None = None,
+        headers: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, method=method,
+                                     headers={"Accept": "application/fhir+json", **(headers or {})})
+    if data is not None:
+        request.add_header("Content-Type", "application/fhir+json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -65,7 +73,39 @@ def main() -> None:
         status, outcome = get(base, path, token_used)
         assert status == expected, (path, status, outcome)
         OperationOutcome.model_validate(outcome)
-    print(f"fhir smoke: capability statement, {checked} patients, searches and refusals valid in fhir.resources (R4B)")
+    # A schedule, its free slots, a booking and its cancellation.
+    status, body = get(base, "/Schedule", token)
+    assert status == 200, body
+    schedules = Bundle.model_validate(body).entry or []
+    assert schedules, "the grpcio smoke's clinics are schedules"
+    for entry in schedules:
+        Schedule.model_validate(entry.resource.model_dump(mode="json"))
+    booked = None
+    for entry in schedules:
+        status, body = get(base, f"/Slot?schedule=Schedule/{entry.resource.id}&status=free&_include=Slot:schedule&_count=5", token)
+        assert status == 200, body
+        Bundle.model_validate(body)
+        slots = [e["resource"] for e in body.get("entry", []) if e["resource"]["resourceType"] == "Slot"]
+        for slot in slots:
+            Slot.model_validate(slot)
+        if slots and booked is None:
+            appointment = {"resourceType": "Appointment", "status": "booked", "slot": [{"reference": f"Slot/{slots[0]['id']}"}],
+                           "participant": [{"actor": {"reference": f"Patient/{patients[0].id}"}, "status": "accepted"}]}
+            status, booked = get(base, "/Appointment", token, "POST", appointment)
+            assert status == 201, booked
+    assert booked is not None, "a free slot was found and booked"
+    Appointment.model_validate(booked)
+    status, read = get(base, f"/Appointment/{booked['id']}", token)
+    assert status == 200, read
+    Appointment.model_validate(read)
+    read["status"] = "cancelled"
+    read["cancelationReason"] = {"coding": [{"system": "urn:pac:cancellation-reason", "code": "PATIENT_UNWELL"},
+                                            {"system": "urn:pac:cancelled-by", "code": "patient"}]}
+    status, cancelled = get(base, f"/Appointment/{booked['id']}", token, "PUT", read, {"If-Match": f"W/\"{read['meta']['versionId']}\""})
+    assert status == 200 and cancelled["status"] == "cancelled", cancelled
+    Appointment.model_validate(cancelled)
+    print(f"fhir smoke: capability statement, {checked} patients, schedules, slots, a booking and its cancellation, "
+          "searches and refusals valid in fhir.resources (R4B)")
 
 
 if __name__ == "__main__":

@@ -55,10 +55,36 @@ pub fn router(gateway: Gateway) -> Router {
         .with_state(Api { gateway })
 }
 
-/// A FHIR JSON answer.
+/// A FHIR JSON answer. FHIR has no empty values: nulls, empty strings, arrays and objects are left
+/// out.
 pub(crate) fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut value = serde_json::to_value(body).unwrap_or_default();
+    prune(&mut value);
+    let bytes = serde_json::to_vec(&value).unwrap_or_default();
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+json; charset=utf-8"))], bytes).into_response()
+}
+
+/// `value` without its empty members, recursively.
+fn prune(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    let empty = |v: &Value| match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    };
+    match value {
+        Value::Object(members) => {
+            members.values_mut().for_each(prune);
+            members.retain(|_, v| !empty(v));
+        }
+        Value::Array(items) => {
+            items.iter_mut().for_each(prune);
+            items.retain(|v| !empty(v));
+        }
+        _ => {}
+    }
 }
 
 /// An instant as FHIR writes it.
