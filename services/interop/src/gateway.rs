@@ -11,6 +11,7 @@ use base64::Engine;
 use pac_platform::config::Secret;
 use pac_proto::records::patient_records_client::PatientRecordsClient;
 use pac_proto::records::{self as pb, lookup_patient_request};
+use pac_proto::referrals::referrals_client::ReferralsClient;
 use pac_proto::scheduling as sched;
 use pac_proto::scheduling::scheduling_client::SchedulingClient;
 use prost_types::FieldMask;
@@ -101,6 +102,7 @@ impl Tokens {
 pub struct Gateway {
     records: PatientRecordsClient<Channel>,
     scheduling: SchedulingClient<Channel>,
+    referrals: ReferralsClient<Channel>,
     tokens: Tokens,
 }
 
@@ -114,8 +116,9 @@ pub struct Call {
 impl Gateway {
     pub fn new(channel: Channel, tokens: Tokens, max_message_bytes: usize) -> Self {
         let records = PatientRecordsClient::new(channel.clone()).max_decoding_message_size(max_message_bytes);
-        let scheduling = SchedulingClient::new(channel).max_decoding_message_size(max_message_bytes);
-        Self { records, scheduling, tokens }
+        let scheduling = SchedulingClient::new(channel.clone()).max_decoding_message_size(max_message_bytes);
+        let referrals = ReferralsClient::new(channel).max_decoding_message_size(max_message_bytes);
+        Self { records, scheduling, referrals, tokens }
     }
 
     pub fn tokens(&self) -> &Tokens {
@@ -130,6 +133,11 @@ impl Gateway {
     /// The scheduling service's client, through the gateway (requests made with [`Self::request`]).
     pub fn scheduling(&self) -> SchedulingClient<Channel> {
         self.scheduling.clone()
+    }
+
+    /// The referrals service's client, through the gateway (requests made with [`Self::request`]).
+    pub fn referrals(&self) -> ReferralsClient<Channel> {
+        self.referrals.clone()
     }
 
     /// `message` as a request of this caller, with the call's request id and deadline.

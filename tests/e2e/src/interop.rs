@@ -104,6 +104,19 @@ pub async fn fhir_send(
     headers: &[(&str, &str)],
     body: Option<&serde_json::Value>,
 ) -> FhirAnswer {
+    fhir_send_typed(address, method, path, token, headers, body, "application/fhir+json").await
+}
+
+/// `fhir_send` with the body's `content_type`.
+pub async fn fhir_send_typed(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&serde_json::Value>,
+    content_type: &str,
+) -> FhirAnswer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(address).await.unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nAccept: application/fhir+json\r\nConnection: close\r\n");
@@ -115,7 +128,7 @@ pub async fn fhir_send(
     }
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     if !body.is_empty() {
-        head.push_str(&format!("Content-Type: application/fhir+json\r\nContent-Length: {}\r\n", body.len()));
+        head.push_str(&format!("Content-Type: {content_type}\r\nContent-Length: {}\r\n", body.len()));
     }
     stream.write_all(format!("{head}\r\n{body}").as_bytes()).await.unwrap();
     let mut raw = Vec::new();

@@ -3,12 +3,13 @@
 //! organisation scoping and the audit trail are the gateway's, as for any client. One module a
 //! resource maps it; the JSON types are serde structs for just what is served.
 //!
-//! Served so far: `metadata`; Patient read and search; Schedule read and search; Slot search;
-//! Appointment read, book and cancel. ServiceRequest and Patient writes are still to come
+//! Served: `metadata`; Patient read, search, create and contact-detail update; Schedule read and
+//! search; Slot search; Appointment read, search, book and cancel; ServiceRequest read and search
 //! (docs/fhir.md).
 
 pub mod outcome;
 pub mod patient;
+pub mod referrals;
 pub mod scheduling;
 
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::get;
 use pac_proto::records as pb;
 use serde::Serialize;
 
@@ -44,13 +45,15 @@ struct Api {
 pub fn router(gateway: Gateway) -> Router {
     Router::new()
         .route("/fhir/R4/metadata", get(metadata))
-        .route("/fhir/R4/Patient/{id}", get(read_patient))
-        .route("/fhir/R4/Patient", get(search_patients))
+        .route("/fhir/R4/Patient/{id}", get(read_patient).put(update_patient).patch(update_patient))
+        .route("/fhir/R4/Patient", get(search_patients).post(create_patient))
         .route("/fhir/R4/Schedule/{id}", get(read_schedule))
         .route("/fhir/R4/Schedule", get(search_schedules))
         .route("/fhir/R4/Slot", get(search_slots))
-        .route("/fhir/R4/Appointment/{id}", put(update_appointment).get(read_appointment))
-        .route("/fhir/R4/Appointment", axum::routing::post(book_appointment))
+        .route("/fhir/R4/Appointment/{id}", get(read_appointment).put(update_appointment).patch(update_appointment))
+        .route("/fhir/R4/Appointment", get(search_appointments).post(book_appointment))
+        .route("/fhir/R4/ServiceRequest/{id}", get(read_service_request))
+        .route("/fhir/R4/ServiceRequest", get(search_service_requests))
         .fallback(|| async { Failure::not_supported("this FHIR interaction is not supported here (see GET /fhir/R4/metadata)") })
         .with_state(Api { gateway })
 }
@@ -131,7 +134,9 @@ async fn metadata() -> Response {
             "resource": [{
                 "type": "Patient",
                 "profile": "https://fhir.hl7.org.uk/StructureDefinition/UKCore-Patient",
-                "interaction": [{ "code": "read" }, { "code": "search-type" }],
+                "interaction": [{ "code": "read" }, { "code": "search-type" }, { "code": "create" }, { "code": "update" }, { "code": "patch" }],
+                "conditionalCreate": true,
+                "conditionalUpdate": false,
                 "searchParam": search(&[("identifier", "token"), ("family", "string"), ("given", "string"), ("birthdate", "date"), ("address-postalcode", "string"), ("_count", "number")]),
             }, {
                 "type": "Schedule",
@@ -144,8 +149,13 @@ async fn metadata() -> Response {
                 "searchParam": search(&[("schedule", "reference"), ("service-type", "token"), ("start", "date"), ("status", "token"), ("_count", "number")]),
             }, {
                 "type": "Appointment",
-                "interaction": [{ "code": "read" }, { "code": "create" }, { "code": "update" }],
+                "interaction": [{ "code": "read" }, { "code": "search-type" }, { "code": "create" }, { "code": "update" }, { "code": "patch" }],
                 "conditionalUpdate": false,
+                "searchParam": search(&[("patient", "reference"), ("actor", "reference"), ("date", "date"), ("status", "token"), ("_count", "number")]),
+            }, {
+                "type": "ServiceRequest",
+                "interaction": [{ "code": "read" }, { "code": "search-type" }],
+                "searchParam": search(&[("patient", "reference"), ("status", "token"), ("_count", "number")]),
             }],
         }],
     });
@@ -367,23 +377,14 @@ async fn search_slots(State(api): State<Api>, Query(pairs): Query<Vec<(String, S
     let (gateway, call) = api.caller(&headers);
     let found = gateway.scheduling().search_slots(gateway.request(request, &call)?).await?.into_inner();
     let mut entries: Vec<serde_json::Value> = Vec::new();
-    let mut clinics: HashMap<String, pac_proto::scheduling::Clinic> = HashMap::new();
+    let mut clinics = Clinics::new(&gateway, &call);
     for slot in &found.slots {
-        if !clinics.contains_key(&slot.clinic_id) {
-            clinics.insert(slot.clinic_id.clone(), gateway.get_clinic(&slot.clinic_id, &call).await?);
-        }
-        entries.push(entry(scheduling::slot(slot, &clinics[&slot.clinic_id].service_code), "match"));
+        entries.push(entry(scheduling::slot(slot, &clinics.get(&slot.clinic_id).await?.service_code), "match"));
     }
     if first(&pairs, "_include") == Some("Slot:schedule") {
-        entries.extend(clinics.values().map(|c| entry(scheduling::schedule(c), "include")));
+        entries.extend(clinics.known.values().map(|c| entry(scheduling::schedule(c), "include")));
     }
-    let next = (!found.next_page_token.is_empty()).then(|| {
-        let mut query: Vec<(String, String)> = pairs.iter().filter(|(n, _)| n != "_page_token").cloned().collect();
-        query.push(("_page_token".into(), found.next_page_token.clone()));
-        let encoded = query.iter().map(|(n, v)| format!("{n}={}", percent(v))).collect::<Vec<_>>().join("&");
-        format!("Slot?{encoded}")
-    });
-    Ok(json(StatusCode::OK, &searchset(entries, next)))
+    Ok(json(StatusCode::OK, &searchset(entries, next_link("Slot", &pairs, &found.next_page_token))))
 }
 
 /// `value` percent-encoded for a query string.
@@ -397,10 +398,14 @@ fn percent(value: &str) -> String {
 async fn read_appointment(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, Failure> {
     checked_id(&id, "Appointment")?;
     let (gateway, call) = api.caller(&headers);
-    let request = pac_proto::scheduling::GetAppointmentRequest { id };
-    let appointment =
-        gateway.scheduling().get_appointment(gateway.request(request, &call)?).await?.into_inner().appointment.unwrap_or_default();
-    Ok(with_etag(json(StatusCode::OK, &scheduling::appointment(&appointment)), &appointment.etag))
+    let appointment = get_appointment(&gateway, &id, &call).await?;
+    let rendered = Clinics::new(&gateway, &call).appointment(&appointment).await?;
+    Ok(with_etag(json(StatusCode::OK, &rendered), &appointment.etag))
+}
+
+async fn get_appointment(gateway: &Gateway, id: &str, call: &Call) -> Result<pac_proto::scheduling::Appointment, Failure> {
+    let request = gateway.request(pac_proto::scheduling::GetAppointmentRequest { id: id.to_string() }, call)?;
+    Ok(gateway.scheduling().get_appointment(request).await?.into_inner().appointment.unwrap_or_default())
 }
 
 fn with_etag(mut response: Response, etag: &str) -> Response {
@@ -410,7 +415,7 @@ fn with_etag(mut response: Response, etag: &str) -> Response {
     response
 }
 
-fn appointment_body(body: &axum::body::Bytes) -> Result<scheduling::AppointmentInput, Failure> {
+fn appointment_body(body: &[u8]) -> Result<scheduling::AppointmentInput, Failure> {
     let input: scheduling::AppointmentInput =
         serde_json::from_slice(body).map_err(|e| Failure::invalid(format!("the body is not an Appointment: {e}"), Some("Appointment")))?;
     if input.resource_type != "Appointment" {
@@ -441,27 +446,48 @@ async fn book_appointment(State(api): State<Api>, headers: HeaderMap, body: axum
     };
     let booked =
         gateway.scheduling().book_appointment(gateway.request(request, &call)?).await?.into_inner().appointment.unwrap_or_default();
-    let mut response = with_etag(json(StatusCode::CREATED, &scheduling::appointment(&booked)), &booked.etag);
-    if let Ok(location) = HeaderValue::from_str(&format!("Appointment/{}", booked.id)) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    let rendered = Clinics::new(&gateway, &call).appointment(&booked).await?;
+    Ok(with_location(with_etag(json(StatusCode::CREATED, &rendered), &booked.etag), &format!("Appointment/{}", booked.id)))
 }
 
-/// Cancels: the Appointment with status `cancelled` and a `cancelationReason`, `If-Match` its
-/// current version. Any other change is refused.
+/// Cancels by `PUT` (the whole Appointment) or `PATCH` (a JSON Patch of it): status `cancelled`
+/// with a `cancelationReason`, `If-Match` its current version. Any other change is refused.
 async fn update_appointment(
     State(api): State<Api>,
+    method: axum::http::Method,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Failure> {
     checked_id(&id, "Appointment")?;
-    let input = appointment_body(&body)?;
+    let etag = if_match(&headers)?;
+    let (gateway, call) = api.caller(&headers);
+    let current = get_appointment(&gateway, &id, &call).await?;
+    let mut clinics = Clinics::new(&gateway, &call);
+    let input = if method == axum::http::Method::PATCH {
+        if current.etag != etag {
+            return Err(Failure::stale());
+        }
+        let rendered = clinics.appointment(&current).await?;
+        appointment_body(&serde_json::to_vec(&patched(rendered, &headers, &body)?).unwrap_or_default())?
+    } else {
+        appointment_body(&body)?
+    };
     if input.status != "cancelled" {
         return Err(Failure::invalid(
             "only a cancellation is taken here: status cancelled, with a cancelationReason",
             Some("Appointment.status"),
+        ));
+    }
+    let named = |references: Vec<&scheduling::Reference>, kind: &str, current: &str| {
+        scheduling::id_of(references, kind).is_none_or(|id| id == current)
+    };
+    if !named(input.slot.iter().collect(), "Slot", &current.slot_id)
+        || !named(input.participant.iter().filter_map(|p| p.actor.as_ref()).collect(), "Patient", &current.patient_id)
+        || !named(input.based_on.iter().collect(), "ServiceRequest", &current.referral_id)
+    {
+        return Err(Failure::unprocessable(
+            "only a cancellation is taken here: the slot, patient and basedOn stay as they are (to move an appointment, book the new slot, then cancel this one)",
         ));
     }
     let codings = input.cancelation_reason.as_ref().map(|r| r.coding.as_slice()).unwrap_or_default();
@@ -484,12 +510,6 @@ async fn update_appointment(
             ));
         }
     };
-    let etag = headers
-        .get(header::IF_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().trim_start_matches("W/").trim_matches('"').to_string())
-        .ok_or_else(|| Failure::invalid("If-Match: the appointment's current version (its ETag)", Some("If-Match")))?;
-    let (gateway, call) = api.caller(&headers);
     let request = pac_proto::scheduling::CancelAppointmentRequest {
         appointment_id: id,
         reason_code: reason,
@@ -499,5 +519,262 @@ async fn update_appointment(
     };
     let cancelled =
         gateway.scheduling().cancel_appointment(gateway.request(request, &call)?).await?.into_inner().appointment.unwrap_or_default();
-    Ok(with_etag(json(StatusCode::OK, &scheduling::appointment(&cancelled)), &cancelled.etag))
+    Ok(with_etag(json(StatusCode::OK, &clinics.appointment(&cancelled).await?), &cancelled.etag))
+}
+
+/// The id of `Kind/<id>` (or of a bare id), when it is one.
+fn reference_id(reference: &str, kind: &str) -> Option<String> {
+    let id = reference.strip_prefix(kind).and_then(|r| r.strip_prefix('/')).unwrap_or(reference);
+    uuid::Uuid::parse_str(id).ok().map(|_| id.to_string())
+}
+
+/// The next page of a search: the same parameters with the service's page token.
+fn next_link(kind: &str, pairs: &[(String, String)], page_token: &str) -> Option<String> {
+    if page_token.is_empty() {
+        return None;
+    }
+    let mut query: Vec<(&str, &str)> = pairs.iter().filter(|(n, _)| n != "_page_token").map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    query.push(("_page_token", page_token));
+    let encoded = query.iter().map(|(n, v)| format!("{n}={}", percent(v))).collect::<Vec<_>>().join("&");
+    Some(format!("{kind}?{encoded}"))
+}
+
+fn with_location(mut response: Response, location: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// The version `If-Match` names (`W/"<etag>"`), which every change needs.
+fn if_match(headers: &HeaderMap) -> Result<String, Failure> {
+    headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().trim_start_matches("W/").trim_matches('"').to_string())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Failure::invalid("If-Match: the resource's current version (its ETag)", Some("If-Match")))
+}
+
+/// `current` with the JSON Patch (RFC 6902) in `body` applied; PATCH takes no other kind.
+fn patched(current: serde_json::Value, headers: &HeaderMap, body: &[u8]) -> Result<serde_json::Value, Failure> {
+    let json_patch = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().starts_with("application/json-patch+json"));
+    if !json_patch {
+        return Err(Failure::unsupported_media("PATCH takes a JSON Patch: Content-Type application/json-patch+json"));
+    }
+    let patch: json_patch::Patch =
+        serde_json::from_slice(body).map_err(|e| Failure::invalid(format!("the body is not a JSON Patch: {e}"), None))?;
+    let mut document = current;
+    json_patch::patch(&mut document, &patch).map_err(|e| Failure::unprocessable(format!("the patch does not apply: {e}")))?;
+    Ok(document)
+}
+
+/// A new Patient, unless `If-None-Exist` (`identifier=<system>|<value>`) finds one: then that one
+/// (200) and nothing is registered. Idempotent on `X-Request-Id`.
+async fn create_patient(State(api): State<Api>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, Failure> {
+    let input = patient::input(&body)?;
+    let record = patient::to_record(&input)?;
+    let (gateway, call) = api.caller(&headers);
+    if let Some(condition) = headers.get("if-none-exist") {
+        let condition = condition.to_str().unwrap_or_default();
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(condition.trim_start_matches('?'))
+            .map_err(|_| Failure::invalid("If-None-Exist is a search: identifier=<system>|<value>", Some("If-None-Exist")))?;
+        let token = match pairs.as_slice() {
+            [(name, value)] if name == "identifier" => value,
+            _ => return Err(Failure::invalid("If-None-Exist takes one parameter: identifier=<system>|<value>", Some("If-None-Exist"))),
+        };
+        if let Some((found, _)) = gateway.lookup(&identifier(token)?, &call).await? {
+            return Ok(with_etag(json(StatusCode::OK, &patient::from_record(&found, "")), &found.etag));
+        }
+    }
+    let registered = gateway.register(record, false, &call).await?;
+    let response = with_etag(json(StatusCode::CREATED, &patient::from_record(&registered, "")), &registered.etag);
+    Ok(with_location(response, &format!("Patient/{}", registered.id)))
+}
+
+/// Contact details changed: the whole Patient (`PUT`) or a JSON Patch of it (`PATCH`), `If-Match`
+/// its current version. Anything else changed is refused (422), never dropped.
+async fn update_patient(
+    State(api): State<Api>,
+    method: axum::http::Method,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Failure> {
+    checked_id(&id, "Patient")?;
+    let etag = if_match(&headers)?;
+    let (gateway, call) = api.caller(&headers);
+    let (current, _) = gateway.read_patient(&id, &call).await?;
+    if current.id != id {
+        return Err(Failure::unprocessable(format!("this record was merged into Patient/{}: change that one", current.id)));
+    }
+    let input = if method == axum::http::Method::PATCH {
+        if current.etag != etag {
+            return Err(Failure::stale());
+        }
+        let document = patched(serde_json::to_value(patient::from_record(&current, "")).unwrap_or_default(), &headers, &body)?;
+        patient::input(&serde_json::to_vec(&document).unwrap_or_default())?
+    } else {
+        patient::input(&body)?
+    };
+    if !input.id.is_empty() && input.id != id {
+        return Err(Failure::invalid("the body's id is not the Patient addressed", Some("Patient.id")));
+    }
+    let wanted = patient::to_record(&input)?;
+    if let Some(field) = patient::other_change(&current, &wanted) {
+        return Err(Failure::unprocessable(format!(
+            "only contact details (address, telecom) are changed through this API; {field} differs from the record"
+        )));
+    }
+    let change = pb::Patient { id, etag, address: wanted.address, phone: wanted.phone, email: wanted.email, ..Default::default() };
+    let updated = gateway.update(change, patient::CONTACT_FIELDS.map(String::from).to_vec(), &call).await?;
+    Ok(with_etag(json(StatusCode::OK, &patient::from_record(&updated, "")), &updated.etag))
+}
+
+async fn read_service_request(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, Failure> {
+    checked_id(&id, "ServiceRequest")?;
+    let (gateway, call) = api.caller(&headers);
+    let request = gateway.request(pac_proto::referrals::GetReferralRequest { id }, &call)?;
+    let referral = gateway.referrals().get_referral(request).await?.into_inner().referral.unwrap_or_default();
+    Ok(with_etag(json(StatusCode::OK, &referrals::service_request(&referral)), &referral.etag))
+}
+
+async fn search_service_requests(
+    State(api): State<Api>,
+    Query(pairs): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, Failure> {
+    let pairs = parameters(pairs, &["patient", "status", "_count", "_page_token"], &[])?;
+    let page_token = first(&pairs, "_page_token").unwrap_or_default().to_string();
+    let request = referrals::list_request(first(&pairs, "patient"), first(&pairs, "status"), count(&pairs)?, page_token)?;
+    let (gateway, call) = api.caller(&headers);
+    let found = gateway.referrals().list_referrals(gateway.request(request, &call)?).await?.into_inner();
+    let entries = found.referrals.iter().map(|r| entry(referrals::service_request(r), "match")).collect();
+    Ok(json(StatusCode::OK, &searchset(entries, next_link("ServiceRequest", &pairs, &found.next_page_token))))
+}
+
+/// The clinics of a request's appointments, each fetched once.
+struct Clinics<'a> {
+    gateway: &'a Gateway,
+    call: &'a Call,
+    known: HashMap<String, pac_proto::scheduling::Clinic>,
+}
+
+impl<'a> Clinics<'a> {
+    fn new(gateway: &'a Gateway, call: &'a Call) -> Self {
+        Self { gateway, call, known: HashMap::new() }
+    }
+
+    async fn get(&mut self, id: &str) -> Result<&pac_proto::scheduling::Clinic, Failure> {
+        if !self.known.contains_key(id) {
+            let clinic = self.gateway.get_clinic(id, self.call).await?;
+            self.known.insert(id.to_string(), clinic);
+        }
+        Ok(&self.known[id])
+    }
+
+    /// The FHIR Appointment, with its clinic's Location as a participant.
+    async fn appointment(&mut self, appointment: &pac_proto::scheduling::Appointment) -> Result<serde_json::Value, Failure> {
+        Ok(scheduling::appointment(appointment, self.get(&appointment.clinic_id).await?))
+    }
+}
+
+/// At most this many appointments answer a search by Location and day (every clinic there).
+const LOCATION_DAY_LIMIT: usize = 1000;
+
+/// Appointments of a patient (`patient`, or `actor=Patient/<id>`), optionally on a `date` and in
+/// some `status`es; or of a Location (`actor=Location/<id>`) on a `date`.
+async fn search_appointments(
+    State(api): State<Api>,
+    Query(pairs): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, Failure> {
+    use pac_proto::scheduling as sched;
+    let pairs = parameters(pairs, &["patient", "actor", "date", "status", "_count", "_page_token"], &[])?;
+    let mut statuses = Vec::new();
+    for token in first(&pairs, "status").into_iter().flat_map(|s| s.split(',')) {
+        let status = scheduling::status_of(token.trim())
+            .ok_or_else(|| Failure::invalid(format!("status {token} is not an appointment status"), Some("status")))?;
+        statuses.push(status as i32);
+    }
+    let day = match first(&pairs, "date") {
+        None => None,
+        Some(text) => Some(
+            date(text.strip_prefix("eq").unwrap_or(text))
+                .ok_or_else(|| Failure::invalid("date is a day, YYYY-MM-DD (equality only)", Some("date")))?,
+        ),
+    };
+    let actor = first(&pairs, "actor");
+    let patient = match (first(&pairs, "patient"), actor.filter(|a| a.starts_with("Patient/"))) {
+        (Some(_), Some(_)) => return Err(Failure::invalid("name the patient once: patient or actor=Patient/<id>", Some("actor"))),
+        (patient, from_actor) => patient.or(from_actor),
+    };
+    let location = actor.filter(|a| !a.starts_with("Patient/"));
+    let (gateway, call) = api.caller(&headers);
+    let mut clinics = Clinics::new(&gateway, &call);
+    let mut entries = Vec::new();
+    let next = match (patient, location) {
+        (Some(patient), None) => {
+            let patient_id =
+                reference_id(patient, "Patient").ok_or_else(|| Failure::invalid("patient must be Patient/<id>", Some("patient")))?;
+            let page_token = first(&pairs, "_page_token").unwrap_or_default().to_string();
+            let request =
+                sched::ListAppointmentsRequest { patient_id, statuses, page_size: count(&pairs)?, page_token, ..Default::default() };
+            let found = gateway.scheduling().list_appointments(gateway.request(request, &call)?).await?.into_inner();
+            for appointment in &found.appointments {
+                let clinic = clinics.get(&appointment.clinic_id).await?;
+                if day.as_ref().is_none_or(|d| scheduling::local_day(appointment, clinic).as_ref() == Some(d)) {
+                    entries.push(entry(clinics.appointment(appointment).await?, "match"));
+                }
+            }
+            next_link("Appointment", &pairs, &found.next_page_token)
+        }
+        (None, Some(location)) => {
+            let location_id = reference_id(location, "Location")
+                .ok_or_else(|| Failure::invalid("actor must be Patient/<id> or Location/<id>", Some("actor")))?;
+            let day = day.ok_or_else(|| Failure::invalid("a search by Location needs a date (YYYY-MM-DD)", Some("date")))?;
+            if first(&pairs, "_page_token").is_some() {
+                return Err(Failure::invalid("a Location's day is answered in one page", Some("_page_token")));
+            }
+            let request = sched::ListClinicsRequest { location_id, page_size: 100, ..Default::default() };
+            let here = gateway.scheduling().list_clinics(gateway.request(request, &call)?).await?.into_inner().clinics;
+            for clinic in here {
+                let mut page_token = String::new();
+                loop {
+                    let request = sched::ListAppointmentsRequest {
+                        clinic_id: clinic.id.clone(),
+                        day: Some(day),
+                        statuses: statuses.clone(),
+                        page_size: 100,
+                        page_token,
+                        ..Default::default()
+                    };
+                    let found = gateway.scheduling().list_appointments(gateway.request(request, &call)?).await?.into_inner();
+                    for appointment in &found.appointments {
+                        entries.push(entry(scheduling::appointment(appointment, &clinic), "match"));
+                    }
+                    if entries.len() > LOCATION_DAY_LIMIT {
+                        return Err(Failure::unprocessable(format!(
+                            "more than {LOCATION_DAY_LIMIT} appointments at this Location on that day: search by status too"
+                        )));
+                    }
+                    if found.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = found.next_page_token;
+                }
+            }
+            None
+        }
+        _ => {
+            return Err(Failure::invalid(
+                "search appointments by patient (or actor=Patient/<id>), or by actor=Location/<id> with a date",
+                None,
+            ));
+        }
+    };
+    Ok(json(StatusCode::OK, &searchset(entries, next)))
 }

@@ -10,14 +10,14 @@ use tonic_types::StatusExt;
 
 use super::json;
 
-#[derive(Serialize)]
+#[derive(Serialize, Debug)]
 #[serde(rename_all = "camelCase")]
 pub struct OperationOutcome {
     resource_type: &'static str,
     issue: Vec<Issue>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Debug)]
 #[serde(rename_all = "camelCase")]
 struct Issue {
     severity: &'static str,
@@ -29,12 +29,13 @@ struct Issue {
     expression: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Debug)]
 struct Details {
     text: String,
 }
 
 /// A FHIR error: the HTTP status and its OperationOutcome.
+#[derive(Debug)]
 pub struct Failure {
     status: StatusCode,
     outcome: OperationOutcome,
@@ -48,6 +49,22 @@ impl Failure {
 
     pub fn not_supported(diagnostics: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "not-supported", diagnostics.into(), None, Vec::new())
+    }
+
+    /// A request that is well formed but cannot be carried out as asked (422).
+    pub fn unprocessable(diagnostics: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "processing", diagnostics.into(), None, Vec::new())
+    }
+
+    /// `If-Match` named a version that is no longer the current one (412).
+    pub fn stale() -> Self {
+        let text = "the resource has changed since that version (If-Match): read it again".to_string();
+        Self::new(StatusCode::PRECONDITION_FAILED, "conflict", text, None, vec!["If-Match".to_string()])
+    }
+
+    /// A body of a kind this interaction does not take (415).
+    pub fn unsupported_media(diagnostics: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported", diagnostics.into(), None, Vec::new())
     }
 
     fn new(status: StatusCode, code: &'static str, diagnostics: String, reason: Option<String>, expression: Vec<String>) -> Self {

@@ -3,7 +3,9 @@
 //! and the link to the record it replaced or was replaced by in a merge.
 
 use pac_proto::records as pb;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use super::outcome::Failure;
 
 pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
 pub const VERIFICATION_EXTENSION: &str = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus";
@@ -30,6 +32,8 @@ pub struct Patient {
     telecom: Vec<ContactPoint>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     general_practitioner: Vec<Reference>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    managing_organization: Option<Reference>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     link: Vec<Link>,
 }
@@ -223,12 +227,241 @@ pub fn from_record(patient: &pb::Patient, replaces: &str) -> Patient {
         address,
         telecom,
         general_practitioner: (!patient.gp_practice_code.is_empty()).then(|| ods(&patient.gp_practice_code)).into_iter().collect(),
+        managing_organization: (!patient.organisation.is_empty()).then(|| ods(&patient.organisation)),
         link,
     }
 }
 
 fn reference(id: &str) -> Reference {
     Reference { reference: Some(format!("Patient/{id}")), identifier: None }
+}
+
+/// What `POST Patient` and `PUT Patient/{id}` read of a UK Core Patient. Elements the platform does
+/// not keep are refused by name rather than dropped; `id`, `meta`, `text` and `link` (output only)
+/// are read past.
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatientInput {
+    resource_type: String,
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    meta: serde::de::IgnoredAny,
+    #[serde(default)]
+    #[allow(dead_code)]
+    text: serde::de::IgnoredAny,
+    #[serde(default)]
+    #[allow(dead_code)]
+    link: serde::de::IgnoredAny,
+    #[serde(default)]
+    identifier: Vec<IdentifierInput>,
+    #[serde(default)]
+    name: Vec<NameInput>,
+    #[serde(default)]
+    gender: String,
+    #[serde(default)]
+    birth_date: String,
+    #[serde(default)]
+    address: Vec<AddressInput>,
+    #[serde(default)]
+    telecom: Vec<ContactPointInput>,
+    #[serde(default)]
+    general_practitioner: Vec<ReferenceInput>,
+    #[serde(default)]
+    managing_organization: Option<ReferenceInput>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+struct IdentifierInput {
+    #[serde(default)]
+    extension: Vec<ExtensionInput>,
+    #[serde(default)]
+    system: String,
+    #[serde(default)]
+    value: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct ExtensionInput {
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    value_codeable_concept: Option<ConceptInput>,
+}
+
+#[derive(Deserialize, Debug)]
+struct ConceptInput {
+    #[serde(default)]
+    coding: Vec<CodingInput>,
+}
+
+#[derive(Deserialize, Debug)]
+struct CodingInput {
+    #[serde(default)]
+    system: String,
+    #[serde(default)]
+    code: String,
+}
+
+#[derive(Deserialize, Debug)]
+struct NameInput {
+    #[serde(default, rename = "use")]
+    kind: String,
+    #[serde(default)]
+    family: String,
+    #[serde(default)]
+    given: Vec<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct AddressInput {
+    #[serde(default, rename = "use")]
+    kind: String,
+    #[serde(default)]
+    line: Vec<String>,
+    #[serde(default)]
+    city: String,
+    #[serde(default)]
+    district: String,
+    #[serde(default)]
+    postal_code: String,
+    #[serde(default)]
+    country: String,
+}
+
+#[derive(Deserialize, Debug)]
+struct ContactPointInput {
+    #[serde(default)]
+    system: String,
+    #[serde(default)]
+    value: String,
+}
+
+#[derive(Deserialize, Debug)]
+struct ReferenceInput {
+    #[serde(default)]
+    identifier: Option<IdentifierInput>,
+}
+
+/// `body` read as a Patient.
+pub fn input(body: &[u8]) -> Result<PatientInput, Failure> {
+    let input: PatientInput = serde_json::from_slice(body)
+        .map_err(|e| Failure::invalid(format!("the body is not a Patient this API takes: {e}"), Some("Patient")))?;
+    if input.resource_type != "Patient" {
+        return Err(Failure::invalid("the body is not a Patient", Some("Patient.resourceType")));
+    }
+    Ok(input)
+}
+
+/// An ODS code from a reference by identifier.
+fn ods_code(reference: &ReferenceInput, field: &str) -> Result<String, Failure> {
+    match &reference.identifier {
+        Some(id) if id.system == ODS_SYSTEM && !id.value.trim().is_empty() => Ok(id.value.trim().to_string()),
+        _ => Err(Failure::invalid(format!("{field} is named by an identifier of {ODS_SYSTEM}"), Some(field))),
+    }
+}
+
+/// The platform's patient for `input`: what the records service validates further (NHS number
+/// check digit, postcode, phone) is passed on as given.
+pub fn to_record(input: &PatientInput) -> Result<pb::Patient, Failure> {
+    let mut patient = pb::Patient::default();
+    for identifier in &input.identifier {
+        let value = identifier.value.trim().to_string();
+        if identifier.system == NHS_NUMBER_SYSTEM {
+            if !patient.nhs_number.is_empty() {
+                return Err(Failure::invalid("one NHS number a patient", Some("Patient.identifier")));
+            }
+            patient.nhs_number = value;
+            let status = identifier
+                .extension
+                .iter()
+                .filter(|e| e.url == VERIFICATION_EXTENSION)
+                .flat_map(|e| e.value_codeable_concept.iter().flat_map(|c| &c.coding))
+                .find(|c| c.system == VERIFICATION_SYSTEM);
+            if let Some(coding) = status {
+                patient.nhs_number_status = coding.code.parse::<i32>().ok().filter(|n| (1..=8).contains(n)).ok_or_else(|| {
+                    Failure::invalid("the NHS number verification status is a code 01 to 08", Some("Patient.identifier.extension"))
+                })?;
+            }
+        } else if let Some(issuer) = identifier.system.strip_prefix(LOCAL_SYSTEM_PREFIX).filter(|i| !i.is_empty()) {
+            patient.local_identifiers.push(pb::LocalIdentifier { issuer: issuer.to_string(), value });
+        } else {
+            return Err(Failure::invalid(
+                format!("identifier system must be {NHS_NUMBER_SYSTEM} or {LOCAL_SYSTEM_PREFIX}<ODS code>"),
+                Some("Patient.identifier"),
+            ));
+        }
+    }
+    if let Some(name) = input.name.iter().find(|n| n.kind == "official").or(input.name.first()) {
+        patient.family_name = name.family.clone();
+        patient.given_name = name.given.join(" ");
+    }
+    patient.sex = match input.gender.as_str() {
+        "male" => pb::Sex::Male,
+        "female" => pb::Sex::Female,
+        "other" => pb::Sex::Other,
+        "unknown" => pb::Sex::Unknown,
+        "" => pb::Sex::Unspecified,
+        _ => return Err(Failure::invalid("gender is male, female, other or unknown", Some("Patient.gender"))),
+    } as i32;
+    if !input.birth_date.is_empty() {
+        patient.birth_date = Some(
+            super::date(&input.birth_date).ok_or_else(|| Failure::invalid("birthDate is a date, YYYY-MM-DD", Some("Patient.birthDate")))?,
+        );
+    }
+    if let Some(address) = input.address.iter().find(|a| a.kind == "home").or(input.address.first()) {
+        patient.address = Some(pac_proto::common::Address {
+            lines: address.line.clone(),
+            locality: address.city.clone(),
+            district: address.district.clone(),
+            postcode: address.postal_code.clone(),
+            country: if address.country == "GB" { String::new() } else { address.country.clone() },
+        });
+    }
+    for contact in &input.telecom {
+        match contact.system.as_str() {
+            "phone" | "sms" if patient.phone.is_empty() => patient.phone = contact.value.clone(),
+            "email" if patient.email.is_empty() => patient.email = contact.value.clone(),
+            "phone" | "sms" | "email" => {}
+            _ => return Err(Failure::invalid("telecom is a phone number or an email address", Some("Patient.telecom"))),
+        }
+    }
+    if let Some(gp) = input.general_practitioner.first() {
+        patient.gp_practice_code = ods_code(gp, "Patient.generalPractitioner")?;
+    }
+    if let Some(organisation) = &input.managing_organization {
+        patient.organisation = ods_code(organisation, "Patient.managingOrganization")?;
+    }
+    Ok(patient)
+}
+
+/// The fields of `patient` an update through FHIR may change: its contact details.
+pub const CONTACT_FIELDS: [&str; 3] = ["address", "phone", "email"];
+
+/// Whether `wanted` differs from `current` in anything but contact details (the only change
+/// `PUT`/`PATCH Patient` makes), naming the first difference.
+pub fn other_change(current: &pb::Patient, wanted: &pb::Patient) -> Option<&'static str> {
+    // An unrecorded sex is read out as `unknown`.
+    let known = |sex: i32| if sex == pb::Sex::Unspecified as i32 { pb::Sex::Unknown as i32 } else { sex };
+    let mut current_locals = current.local_identifiers.clone();
+    let mut wanted_locals = wanted.local_identifiers.clone();
+    current_locals.sort_by(|a, b| (&a.issuer, &a.value).cmp(&(&b.issuer, &b.value)));
+    wanted_locals.sort_by(|a, b| (&a.issuer, &a.value).cmp(&(&b.issuer, &b.value)));
+    [
+        (current.nhs_number != wanted.nhs_number, "identifier (NHS number)"),
+        (current.nhs_number_status != wanted.nhs_number_status && wanted.nhs_number_status != 0, "identifier (verification status)"),
+        (current_locals != wanted_locals, "identifier (hospital numbers)"),
+        (current.family_name != wanted.family_name || current.given_name != wanted.given_name, "name"),
+        (known(current.sex) != known(wanted.sex), "gender"),
+        (current.birth_date != wanted.birth_date, "birthDate"),
+        (current.gp_practice_code != wanted.gp_practice_code, "generalPractitioner"),
+        (!wanted.organisation.is_empty() && current.organisation != wanted.organisation, "managingOrganization"),
+    ]
+    .into_iter()
+    .find_map(|(differs, what)| differs.then_some(what))
 }
 
 #[cfg(test)]
@@ -261,5 +494,39 @@ mod tests {
         assert_eq!(json["generalPractitioner"][0]["identifier"]["value"], "B86001");
         assert_eq!(json["link"][0]["type"], "replaced-by");
         assert_eq!(json["meta"]["versionId"], "3");
+    }
+
+    #[test]
+    fn a_patient_read_back_in_is_the_same_record_and_only_contact_changes_pass() {
+        let record = pb::Patient {
+            id: "p1".into(),
+            etag: "3".into(),
+            nhs_number: "9434765919".into(),
+            nhs_number_status: 2,
+            local_identifiers: vec![pb::LocalIdentifier { issuer: "RR8".into(), value: "K1".into() }],
+            given_name: "Seán Patrick".into(),
+            family_name: "O'Brien".into(),
+            birth_date: Some(pac_proto::common::Date { year: 1980, month: 1, day: 31 }),
+            address: Some(pac_proto::common::Address { lines: vec!["1 Main St".into()], postcode: "LS1 4AP".into(), ..Default::default() }),
+            phone: "+447700900123".into(),
+            gp_practice_code: "B86001".into(),
+            organisation: "RR8".into(),
+            ..Default::default()
+        };
+        let body = serde_json::to_vec(&from_record(&record, "")).unwrap();
+        let read = to_record(&input(&body).unwrap()).unwrap();
+        assert_eq!(other_change(&record, &read), None);
+        assert_eq!((read.address, read.phone), (record.address.clone(), record.phone.clone()));
+
+        let mut json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        json["telecom"][0]["value"] = "+447700900999".into();
+        let moved = to_record(&input(&serde_json::to_vec(&json).unwrap()).unwrap()).unwrap();
+        assert_eq!((other_change(&record, &moved), moved.phone.as_str()), (None, "+447700900999"));
+        json["name"][0]["family"] = "Brien".into();
+        let renamed = to_record(&input(&serde_json::to_vec(&json).unwrap()).unwrap()).unwrap();
+        assert_eq!(other_change(&record, &renamed), Some("name"));
+
+        let unknown = serde_json::json!({ "resourceType": "Patient", "contact": [] });
+        assert!(input(&serde_json::to_vec(&unknown).unwrap()).is_err(), "elements not kept are refused, not dropped");
     }
 }

@@ -52,9 +52,27 @@ pub fn status(status: sched::AppointmentStatus) -> &'static str {
     }
 }
 
-/// `Appointment`: its slot, patient, the referral it is for (`basedOn` ServiceRequest), and why it
-/// was cancelled.
-pub fn appointment(appointment: &sched::Appointment) -> Value {
+/// The appointment status a FHIR status token names.
+pub fn status_of(token: &str) -> Option<sched::AppointmentStatus> {
+    use sched::AppointmentStatus as S;
+    [S::Proposed, S::Pending, S::Booked, S::Arrived, S::CheckedIn, S::Fulfilled, S::Cancelled, S::Noshow, S::EnteredInError, S::Waitlist]
+        .into_iter()
+        .find(|s| status(*s) == token)
+}
+
+/// The day an appointment starts on in its clinic's time zone (the UK's when the clinic names
+/// none it knows).
+pub fn local_day(appointment: &sched::Appointment, clinic: &sched::Clinic) -> Option<pac_proto::common::Date> {
+    use chrono::Datelike;
+    let start = appointment.start_time.as_ref()?;
+    let zone: chrono_tz::Tz = clinic.time_zone.parse().unwrap_or(chrono_tz::Europe::London);
+    let day = chrono::DateTime::<chrono::Utc>::from_timestamp(start.seconds, 0)?.with_timezone(&zone).date_naive();
+    Some(pac_proto::common::Date { year: day.year(), month: day.month() as i32, day: day.day() as i32 })
+}
+
+/// `Appointment`: its slot, its patient and its clinic's Location as participants, the referral it
+/// is for (`basedOn` ServiceRequest), and why it was cancelled.
+pub fn appointment(appointment: &sched::Appointment, clinic: &sched::Clinic) -> Value {
     let mut value = json!({
         "resourceType": "Appointment",
         "id": appointment.id,
@@ -64,7 +82,10 @@ pub fn appointment(appointment: &sched::Appointment) -> Value {
         "start": appointment.start_time.as_ref().and_then(instant),
         "end": appointment.end_time.as_ref().and_then(instant),
         "slot": [{ "reference": format!("Slot/{}", appointment.slot_id) }],
-        "participant": [{ "actor": { "reference": format!("Patient/{}", appointment.patient_id) }, "status": "accepted" }],
+        "participant": [
+            { "actor": { "reference": format!("Patient/{}", appointment.patient_id) }, "status": "accepted" },
+            { "actor": { "reference": format!("Location/{}", clinic.location_id), "display": clinic.name }, "status": "accepted" },
+        ],
     });
     if !appointment.referral_id.is_empty() {
         value["basedOn"] = json!([{ "reference": format!("ServiceRequest/{}", appointment.referral_id) }]);

@@ -192,3 +192,212 @@ async fn a_free_slot_is_found_booked_read_back_and_cancelled_and_a_taken_one_is_
     assert_eq!((cancelled.status, cancelled.body["status"].as_str()), (200, Some("cancelled")), "{}", cancelled.body);
     assert_eq!(cancelled.body["cancelationReason"]["coding"][0]["code"], "PATIENT_UNWELL");
 }
+
+#[tokio::test]
+async fn a_patient_is_created_once_and_only_its_contact_details_change_with_if_match() {
+    use pac_e2e::interop::fhir_send;
+    let p = gateway::start().await;
+    let (health, _) = pac_platform::testkit::listener().await;
+    let (_, fhir) = start_listening(&p, health, p.shutdown.clone(), |_| {}).await;
+    let coordinator = token(Role::Coordinator, Duration::from_secs(600));
+    let nhs = "9990000018";
+    let patient = serde_json::json!({
+        "resourceType": "Patient",
+        "identifier": [{
+            "system": "https://fhir.nhs.uk/Id/nhs-number",
+            "value": nhs,
+            "extension": [{
+                "url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus",
+                "valueCodeableConcept": { "coding": [{ "system": "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland", "code": "01" }] }
+            }]
+        }, { "system": "urn:pac:local-identifier:RR8", "value": "KC1" }],
+        "name": [{ "use": "official", "family": "Fhircreated", "given": ["Aoife", "Mary"] }],
+        "gender": "female",
+        "birthDate": "1975-06-01",
+        "address": [{ "use": "home", "line": ["2 Park Row"], "city": "Leeds", "postalCode": "LS1 5HD" }],
+        "telecom": [{ "system": "phone", "value": "07700900456" }],
+        "generalPractitioner": [{ "identifier": { "system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "B86001" } }]
+    });
+    let condition = format!("identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}");
+    let created = fhir_send(fhir, "POST", "/fhir/R4/Patient", Some(&coordinator), &[("If-None-Exist", &condition)], Some(&patient)).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    assert_eq!(created.header("location"), Some(format!("Patient/{id}").as_str()));
+    assert_eq!(created.body["identifier"][0]["extension"][0]["valueCodeableConcept"]["coding"][0]["code"], "01");
+    assert_eq!(
+        (created.body["name"][0]["given"][1].as_str(), created.body["telecom"][0]["value"].as_str()),
+        (Some("Mary"), Some("+447700900456"))
+    );
+    // The same create again: If-None-Exist finds it, nothing new is registered.
+    let again = fhir_send(fhir, "POST", "/fhir/R4/Patient", Some(&coordinator), &[("If-None-Exist", &condition)], Some(&patient)).await;
+    assert_eq!((again.status, again.body["id"].as_str()), (200, Some(id.as_str())), "{}", again.body);
+    // Without the condition, the NHS number is the organisation's already: 409.
+    let duplicate = fhir_send(fhir, "POST", "/fhir/R4/Patient", Some(&coordinator), &[], Some(&patient)).await;
+    assert_eq!((duplicate.status, duplicate.body["issue"][0]["code"].as_str()), (409, Some("duplicate")), "{}", duplicate.body);
+    // Elements the platform does not keep are refused by name, not dropped.
+    let mut with_contact = patient.clone();
+    with_contact["contact"] = serde_json::json!([{ "name": { "family": "Next-of-kin" } }]);
+    let refused = fhir_send(fhir, "POST", "/fhir/R4/Patient", Some(&coordinator), &[], Some(&with_contact)).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body["issue"][0]["diagnostics"].as_str().unwrap().contains("contact"), "{}", refused.body);
+
+    // PUT: a new phone number, If-Match the current version.
+    let etag = created.header("etag").unwrap().to_string();
+    let mut changed = created.body.clone();
+    changed["telecom"] =
+        serde_json::json!([{ "system": "phone", "value": "07700900789" }, { "system": "email", "value": "aoife@example.org" }]);
+    let path = format!("/fhir/R4/Patient/{id}");
+    let put = fhir_send(fhir, "PUT", &path, Some(&coordinator), &[("If-Match", &etag)], Some(&changed)).await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    assert_eq!(
+        (put.body["telecom"][0]["value"].as_str(), put.body["telecom"][1]["value"].as_str()),
+        (Some("+447700900789"), Some("aoife@example.org"))
+    );
+    assert_ne!(put.header("etag"), Some(etag.as_str()));
+    // The version it named is gone now: 412. No If-Match: 400.
+    assert_eq!(fhir_send(fhir, "PUT", &path, Some(&coordinator), &[("If-Match", &etag)], Some(&changed)).await.status, 412);
+    assert_eq!(fhir_send(fhir, "PUT", &path, Some(&coordinator), &[], Some(&changed)).await.status, 400);
+    // Anything but contact details: 422, nothing changed.
+    let current = put.header("etag").unwrap().to_string();
+    let mut renamed = put.body.clone();
+    renamed["name"][0]["family"] = "Renamed".into();
+    let refused = fhir_send(fhir, "PUT", &path, Some(&coordinator), &[("If-Match", &current)], Some(&renamed)).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(refused.body["issue"][0]["diagnostics"].as_str().unwrap().contains("name"), "{}", refused.body);
+
+    // PATCH: a JSON Patch of the address.
+    let patch = serde_json::json!([{ "op": "replace", "path": "/address/0/postalCode", "value": "LS2 9JT" }]);
+    let patched = fhir_patch(fhir, &path, &coordinator, &current, &patch).await;
+    assert_eq!((patched.status, patched.body["address"][0]["postalCode"].as_str()), (200, Some("LS2 9JT")), "{}", patched.body);
+    assert_eq!(patched.body["name"][0]["family"], "Fhircreated");
+    let stale = fhir_patch(fhir, &path, &coordinator, &current, &patch).await;
+    assert_eq!(stale.status, 412, "{}", stale.body);
+    let not_json_patch =
+        fhir_send(fhir, "PATCH", &path, Some(&coordinator), &[("If-Match", patched.header("etag").unwrap())], Some(&patch)).await;
+    assert_eq!(not_json_patch.status, 415, "{}", not_json_patch.body);
+
+    // Another organisation's coordinator cannot see it to change it, and creates a record of its own.
+    let elsewhere = token_for(Role::Coordinator, "RAE", Duration::from_secs(600));
+    let hidden = fhir_send(fhir, "PUT", &path, Some(&elsewhere), &[("If-Match", patched.header("etag").unwrap())], Some(&changed)).await;
+    assert_eq!(hidden.status, 404, "{}", hidden.body);
+    let mut theirs = patient.clone();
+    theirs["identifier"].as_array_mut().unwrap().truncate(1);
+    let own = fhir_send(fhir, "POST", "/fhir/R4/Patient", Some(&elsewhere), &[("If-None-Exist", &condition)], Some(&theirs)).await;
+    assert_eq!(own.status, 201, "{}", own.body);
+    assert_ne!(own.body["id"].as_str(), Some(id.as_str()));
+}
+
+/// `PATCH path` with a JSON Patch.
+async fn fhir_patch(
+    fhir: std::net::SocketAddr,
+    path: &str,
+    bearer: &str,
+    etag: &str,
+    patch: &serde_json::Value,
+) -> pac_e2e::interop::FhirAnswer {
+    pac_e2e::interop::fhir_send_typed(fhir, "PATCH", path, Some(bearer), &[("If-Match", etag)], Some(patch), "application/json-patch+json")
+        .await
+}
+
+#[tokio::test]
+async fn a_referral_is_a_service_request_and_its_appointments_are_found_and_cancelled_for_its_organisation_only() {
+    use pac_e2e::interop::fhir_send;
+    let p = gateway::start().await;
+    let clinic = gateway::knee_clinic(&p).await;
+    let (health, _) = pac_platform::testkit::listener().await;
+    let (_, fhir) = start_listening(&p, health, p.shutdown.clone(), |_| {}).await;
+    let coordinator = token(Role::Coordinator, Duration::from_secs(600));
+    let (patient, referral) = gateway::referred_patient(&p, "Fhirreferred", true).await;
+
+    let read = fhir_get(fhir, &format!("/fhir/R4/ServiceRequest/{}", referral.id), Some(&coordinator)).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    let request = &read.body;
+    assert_eq!(
+        (request["status"].as_str(), request["intent"].as_str(), request["priority"].as_str()),
+        (Some("active"), Some("order"), Some("routine"))
+    );
+    assert_eq!(request["subject"]["reference"], format!("Patient/{patient}").as_str());
+    assert_eq!(request["requester"]["identifier"]["value"], "B86001");
+    assert_eq!(request["performer"][0]["identifier"]["value"], "KNEE");
+    let by_patient = fhir_get(fhir, &format!("/fhir/R4/ServiceRequest?patient=Patient/{patient}"), Some(&coordinator)).await;
+    assert_eq!(by_patient.body["entry"][0]["resource"]["id"], referral.id.as_str(), "{}", by_patient.body);
+    let revoked = fhir_get(fhir, &format!("/fhir/R4/ServiceRequest?patient={patient}&status=revoked"), Some(&coordinator)).await;
+    assert_eq!((revoked.status, revoked.body.get("entry")), (200, None), "{}", revoked.body);
+    for bad in ["status=draft", "patient=Patient/nobody", "requester=B86001", ""] {
+        let answer = fhir_get(fhir, &format!("/fhir/R4/ServiceRequest?{bad}"), Some(&coordinator)).await;
+        assert_eq!(answer.status, 400, "{bad}: {}", answer.body);
+    }
+
+    // Book a free slot for the referral, then find the appointment by patient, day and place.
+    let slots = fhir_get(fhir, &format!("/fhir/R4/Slot?schedule=Schedule/{}&status=free&_count=1", clinic.id), Some(&coordinator)).await;
+    let slot = slots.body["entry"][0]["resource"].clone();
+    let appointment = serde_json::json!({
+        "resourceType": "Appointment",
+        "status": "booked",
+        "slot": [{ "reference": format!("Slot/{}", slot["id"].as_str().unwrap()) }],
+        "participant": [{ "actor": { "reference": format!("Patient/{patient}") }, "status": "accepted" }],
+        "basedOn": [{ "reference": format!("ServiceRequest/{}", referral.id) }],
+    });
+    let booked = fhir_send(fhir, "POST", "/fhir/R4/Appointment", Some(&coordinator), &[], Some(&appointment)).await;
+    assert_eq!(booked.status, 201, "{}", booked.body);
+    let id = booked.body["id"].as_str().unwrap().to_string();
+    assert_eq!(booked.body["basedOn"][0]["reference"], format!("ServiceRequest/{}", referral.id).as_str());
+    assert_eq!(booked.body["participant"][1]["actor"]["reference"], format!("Location/{}", clinic.location_id).as_str());
+    let day = slot["start"].as_str().unwrap()[..10].to_string();
+    for query in [
+        format!("patient=Patient/{patient}"),
+        format!("actor=Patient/{patient}&status=booked"),
+        format!("patient={patient}&date={day}"),
+        format!("actor=Location/{}&date={day}", clinic.location_id),
+    ] {
+        let found = fhir_get(fhir, &format!("/fhir/R4/Appointment?{query}"), Some(&coordinator)).await;
+        assert_eq!((found.status, found.body["entry"][0]["resource"]["id"].as_str()), (200, Some(id.as_str())), "{query}: {}", found.body);
+    }
+    for query in [format!("patient={patient}&status=cancelled"), format!("patient={patient}&date=2001-01-01")] {
+        let found = fhir_get(fhir, &format!("/fhir/R4/Appointment?{query}"), Some(&coordinator)).await;
+        assert_eq!((found.status, found.body.get("entry")), (200, None), "{query}: {}", found.body);
+    }
+    for bad in [format!("actor=Location/{}", clinic.location_id), "status=booked".into(), format!("patient={patient}&status=done")] {
+        assert_eq!(fhir_get(fhir, &format!("/fhir/R4/Appointment?{bad}"), Some(&coordinator)).await.status, 400, "{bad}");
+    }
+    let booked_referral = fhir_get(fhir, &format!("/fhir/R4/ServiceRequest/{}", referral.id), Some(&coordinator)).await;
+    assert_eq!(booked_referral.body["status"], "active");
+
+    // Another organisation's coordinator sees none of it.
+    let elsewhere = token_for(Role::Coordinator, "RAE", Duration::from_secs(600));
+    assert_eq!(fhir_get(fhir, &format!("/fhir/R4/ServiceRequest/{}", referral.id), Some(&elsewhere)).await.status, 404);
+    let theirs = fhir_get(fhir, &format!("/fhir/R4/ServiceRequest?patient={patient}"), Some(&elsewhere)).await;
+    assert!(theirs.status == 404 || theirs.body.get("entry").is_none(), "{}", theirs.body);
+    let theirs = fhir_get(fhir, &format!("/fhir/R4/Appointment?patient={patient}"), Some(&elsewhere)).await;
+    assert!(theirs.status == 404 || theirs.body.get("entry").is_none(), "{}", theirs.body);
+    let theirs = fhir_get(fhir, &format!("/fhir/R4/Appointment?actor=Location/{}&date={day}", clinic.location_id), Some(&elsewhere)).await;
+    assert!(theirs.status == 404 || theirs.body.get("entry").is_none(), "{}", theirs.body);
+
+    // Cancel by PATCH; moving it by the same means is refused.
+    let etag = booked.header("etag").unwrap().to_string();
+    let path = format!("/fhir/R4/Appointment/{id}");
+    let move_it = serde_json::json!([
+        { "op": "replace", "path": "/status", "value": "cancelled" },
+        { "op": "replace", "path": "/slot/0/reference", "value": format!("Slot/{}", uuid::Uuid::now_v7()) },
+        { "op": "add", "path": "/cancelationReason", "value": { "coding": [
+            { "system": "urn:pac:cancellation-reason", "code": "PATIENT_UNWELL" }, { "system": "urn:pac:cancelled-by", "code": "patient" }] } }
+    ]);
+    assert_eq!(fhir_patch(fhir, &path, &coordinator, &etag, &move_it).await.status, 422);
+    let cancel = serde_json::json!([move_it[0], move_it[2]]);
+    let cancelled = fhir_patch(fhir, &path, &coordinator, &etag, &cancel).await;
+    assert_eq!((cancelled.status, cancelled.body["status"].as_str()), (200, Some("cancelled")), "{}", cancelled.body);
+    let after = fhir_get(fhir, &format!("/fhir/R4/ServiceRequest/{}", referral.id), Some(&coordinator)).await;
+    assert_eq!(after.body["status"], "active", "awaiting booking again: {}", after.body);
+
+    // Every one of those calls reached the gateway under the coordinator: audited.
+    let admin = p.admin_pool().await;
+    for action in ["GetReferral", "ListReferrals", "ListAppointments", "BookAppointment", "CancelAppointment", "GetAppointment"] {
+        let audited: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM audit.events WHERE subject = 'coordinator-1' AND action LIKE '%' || $1")
+                .bind(action)
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+        assert!(audited > 0, "{action} audited");
+    }
+}
