@@ -9,6 +9,7 @@ after `hl7_smoke.py`, whose PAS registered the patients searched for here.
 
 import json
 import os
+import random
 import sys
 import urllib.error
 import urllib.request
@@ -19,6 +20,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.schedule import Schedule
+from fhir.resources.R4B.servicerequest import ServiceRequest
 from fhir.resources.R4B.slot import Slot
 
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
@@ -30,7 +32,7 @@ def get(base: str, path: str, token: str | None, method: str = "GET", body: dict
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(base + path, data=data, method=method,
                                      headers={"Accept": "application/fhir+json", **(headers or {})})
-    if data is not None:
+    if data is not None and "Content-Type" not in (headers or {}):
         request.add_header("Content-Type", "application/fhir+json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
@@ -40,6 +42,17 @@ def get(base: str, path: str, token: str | None, method: str = "GET", body: dict
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)
+
+
+def nhs_number() -> str:
+    """A random NHS number with a valid check digit (modulus 11)."""
+    while True:
+        digits = [random.randint(0, 9) for _ in range(9)]
+        check = 11 - sum(d * (10 - i) for i, d in enumerate(digits)) % 11
+        if check == 11:
+            check = 0
+        if check != 10:
+            return "".join(map(str, digits)) + str(check)
 
 
 def main() -> None:
@@ -104,7 +117,48 @@ def main() -> None:
     status, cancelled = get(base, f"/Appointment/{booked['id']}", token, "PUT", read, {"If-Match": f"W/\"{read['meta']['versionId']}\""})
     assert status == 200 and cancelled["status"] == "cancelled", cancelled
     Appointment.model_validate(cancelled)
+
+    # The patient's appointments, and the organisation's referrals as ServiceRequests.
+    status, body = get(base, f"/Appointment?patient=Patient/{patients[0].id}", token)
+    assert status == 200 and body.get("entry"), body
+    for entry in Bundle.model_validate(body).entry:
+        Appointment.model_validate(entry.resource.model_dump(mode="json"))
+    status, requests = get(base, "/ServiceRequest?status=active,on-hold,revoked,completed&_count=20", token)
+    assert status == 200 and requests.get("entry"), ("the grpcio smoke's referrals", requests)
+    for entry in requests["entry"]:
+        ServiceRequest.model_validate(entry["resource"])
+        status, read = get(base, f"/ServiceRequest/{entry['resource']['id']}", token)
+        assert status == 200, read
+        ServiceRequest.model_validate(read)
+    Bundle.model_validate(requests)
+
+    # A new patient (If-None-Exist on its NHS number), a new phone number (PUT), a new postcode
+    # (JSON Patch), each with If-Match.
+    number = nhs_number()
+    new = {"resourceType": "Patient",
+           "identifier": [{"system": NHS_SYSTEM, "value": number}],
+           "name": [{"use": "official", "family": "Fhirsmoke", "given": ["Niamh"]}],
+           "gender": "female", "birthDate": "1990-04-05",
+           "address": [{"use": "home", "line": ["1 Infirmary Street"], "city": "Leeds", "postalCode": "LS1 2JP"}],
+           "telecom": [{"system": "phone", "value": "07700900111"}]}
+    Patient.model_validate(new)
+    status, created = get(base, "/Patient", token, "POST", new, {"If-None-Exist": f"identifier={NHS_SYSTEM}|{number}"})
+    assert status == 201, created
+    Patient.model_validate(created)
+    status, again = get(base, "/Patient", token, "POST", new, {"If-None-Exist": f"identifier={NHS_SYSTEM}|{number}"})
+    assert status == 200 and again["id"] == created["id"], again
+    created["telecom"] = [{"system": "phone", "value": "07700900222"}]
+    status, updated = get(base, f"/Patient/{created['id']}", token, "PUT", created,
+                          {"If-Match": f"W/\"{created['meta']['versionId']}\""})
+    assert status == 200 and updated["telecom"][0]["value"] == "+447700900222", updated
+    Patient.model_validate(updated)
+    patch = [{"op": "replace", "path": "/address/0/postalCode", "value": "LS2 9JT"}]
+    status, patched = get(base, f"/Patient/{created['id']}", token, "PATCH", patch,
+                          {"If-Match": f"W/\"{updated['meta']['versionId']}\"", "Content-Type": "application/json-patch+json"})
+    assert status == 200 and patched["address"][0]["postalCode"] == "LS2 9JT", patched
+    Patient.model_validate(patched)
     print(f"fhir smoke: capability statement, {checked} patients, schedules, slots, a booking and its cancellation, "
+          f"appointments, {len(requests['entry'])} service requests, a patient created and changed twice, "
           "searches and refusals valid in fhir.resources (R4B)")
 
 
