@@ -101,7 +101,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          \n  referrals   {referrals_addr}   pac.referrals.v1.Referrals\
          \n  gateway     {gateway_addr}   every API above, bearer token required\
          \n  interop     {mllp_addr}    HL7 v2 ADT over MLLP (account dev-pas, RR8); health on {interop_addr}\
-         \n  FHIR R4     http://{fhir_addr}/fhir/R4   Patient, Schedule, Slot, Appointment; your bearer token\
+         \n  FHIR R4     http://{fhir_addr}/fhir/R4   Patient, Schedule, Slot, Appointment, ServiceRequest; your bearer token\
          \n\nA coordinator's development token (8 hours; `pac token --role clinician` for others):\n  {token}\
          \n\nTry:\n  buf curl --protocol grpc --http2-prior-knowledge -d '{{\"name\":\"smith\"}}' \\\n    http://{records_addr}/pac.records.v1.PatientRecords/SearchPatients\
          \n  buf curl --protocol grpc --http2-prior-knowledge -d '{{\"service_code\":\"TO-FRACTURE\",\"page_size\":3}}' \\\n    http://{scheduling_addr}/pac.scheduling.v1.Scheduling/SearchSlots\

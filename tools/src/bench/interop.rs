@@ -234,11 +234,15 @@ pub async fn adt_against_grpc(args: AdtArgs) -> anyhow::Result<()> {
 /// The interop component for `bench`'s gateway, as the integration account `token` names; its MLLP
 /// address.
 async fn start_interop(bench: &Bench, token: &str) -> anyhow::Result<SocketAddr> {
-    start_interop_with(bench, token, Vec::new()).await
+    Ok(start_interop_with(bench, token, Vec::new()).await?.0)
 }
 
-/// `start_interop`, with scheduling feeds to `feeds`.
-async fn start_interop_with(bench: &Bench, token: &str, feeds: Vec<pac_interop::feeds::Destination>) -> anyhow::Result<SocketAddr> {
+/// `start_interop`, with scheduling feeds to `feeds`; its MLLP and FHIR addresses.
+pub(crate) async fn start_interop_with(
+    bench: &Bench,
+    token: &str,
+    feeds: Vec<pac_interop::feeds::Destination>,
+) -> anyhow::Result<(SocketAddr, SocketAddr)> {
     let health = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let mllp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = mllp.local_addr()?;
@@ -251,9 +255,10 @@ async fn start_interop_with(bench: &Bench, token: &str, feeds: Vec<pac_interop::
     config.feeds = feeds;
     pac_interop::migrate(&bench.platform, &config).await.context("migrating interop")?;
     let fhir = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let fhir_address = fhir.local_addr()?;
     let listeners = pac_interop::Listeners { grpc: health, mllp, fhir };
     tokio::spawn(pac_interop::serve(bench.platform.clone(), config, listeners, bench.shutdown.clone()));
-    Ok(address)
+    Ok((address, fhir_address))
 }
 
 /// What a gRPC client does for the same update: find the patient by hospital number, then update

@@ -11,9 +11,12 @@
 //!   `booking`).
 //! - `adt`: the ADT listener (HL7 v2 over MLLP) against the same updates over gRPC; `siu`: a
 //!   booking's S12 at a receiving engine (see `interop`).
+//! - `fhir`: the FHIR API's Patient read against GetPatient over gRPC, and its Patient and Slot
+//!   searches at size (see `fhir`).
 //! - `all --quick`: every one of them for a few seconds on small data (CI), so none can rot unseen.
 
 mod booking;
+mod fhir;
 mod gateway;
 mod interop;
 mod referrals;
@@ -145,6 +148,9 @@ enum Scenario {
     /// Bookings through the gateway at a steady rate; each booking's S12 at a receiving engine over
     /// the interop component's scheduling feed.
     Siu(interop::SiuArgs),
+    /// `GET Patient/{id}` through the FHIR API against GetPatient over gRPC through the gateway,
+    /// taking turns, in one run; Patient and Slot searches through the FHIR API at size.
+    Fhir(fhir::FhirArgs),
     /// Every benchmark above, one after another.
     All {
         /// A few seconds each on small data: shows each still runs, measures nothing (CI).
@@ -166,6 +172,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::GatewayBooking(args) => booking::gateway_against_direct(args).await,
         Scenario::Adt(args) => interop::adt_against_grpc(args).await,
         Scenario::Siu(args) => interop::booking_to_s12(args).await,
+        Scenario::Fhir(args) => fhir::fhir(args).await,
         Scenario::All { quick } => all(quick).await,
     }
 }
@@ -184,6 +191,7 @@ const QUICK: &[(&str, &[&str])] = &[
     ("gateway-booking", &["--seconds", "1", "--rounds", "1", "--concurrency", "4"]),
     ("adt", &["--seconds", "1", "--rounds", "1", "--patients", "40", "--rate", "20", "--rate-seconds", "1", "--resend", "20"]),
     ("siu", &["--rate", "20", "--seconds", "1"]),
+    ("fhir", &["--seconds", "1", "--rounds", "1", "--concurrency", "4", "--patients", "2000", "--slots", "20000", "--queries", "60"]),
 ];
 
 /// Every benchmark, one after another: quick (`QUICK`) or at full size.
@@ -335,7 +343,7 @@ pub(crate) async fn records_clients(address: SocketAddr, count: usize) -> anyhow
 }
 
 /// The query mix: full names (common and rare), misspelt names, name with birth date, a district, a phone.
-fn search_queries(count: usize, patients: i64, rng: &mut Rng) -> Vec<(&'static str, pb::SearchPatientsRequest)> {
+pub(crate) fn search_queries(count: usize, patients: i64, rng: &mut Rng) -> Vec<(&'static str, pb::SearchPatientsRequest)> {
     let (family, given) = people::names();
     (0..count)
         .map(|n| {

@@ -187,7 +187,7 @@ pub async fn book(seconds: u64, concurrency: usize, runs: usize, slots: u64) -> 
 
 /// The SearchSlots query mix: by clinic, by service code, by service code at a location, and by
 /// service code from a later start (a page deep into the horizon).
-fn slot_queries(
+pub(crate) fn slot_queries(
     count: usize,
     clinics: i64,
     codes: i64,

@@ -150,6 +150,7 @@ async fn metadata() -> Response {
             }, {
                 "type": "Appointment",
                 "interaction": [{ "code": "read" }, { "code": "search-type" }, { "code": "create" }, { "code": "update" }, { "code": "patch" }],
+                "conditionalCreate": true,
                 "conditionalUpdate": false,
                 "searchParam": search(&[("patient", "reference"), ("actor", "reference"), ("date", "date"), ("status", "token"), ("_count", "number")]),
             }, {
@@ -378,6 +379,7 @@ async fn search_slots(State(api): State<Api>, Query(pairs): Query<Vec<(String, S
     let found = gateway.scheduling().search_slots(gateway.request(request, &call)?).await?.into_inner();
     let mut entries: Vec<serde_json::Value> = Vec::new();
     let mut clinics = Clinics::new(&gateway, &call);
+    clinics.load(found.slots.iter().map(|s| s.clinic_id.as_str())).await?;
     for slot in &found.slots {
         entries.push(entry(scheduling::slot(slot, &clinics.get(&slot.clinic_id).await?.service_code), "match"));
     }
@@ -424,8 +426,63 @@ fn appointment_body(body: &[u8]) -> Result<scheduling::AppointmentInput, Failure
     Ok(input)
 }
 
+/// The search of an `If-None-Exist` header (a conditional create), when there is one; only the
+/// parameters in `known`, each once.
+fn condition(headers: &HeaderMap, known: &[&str]) -> Result<Option<Vec<(String, String)>>, Failure> {
+    let Some(value) = headers.get("if-none-exist") else { return Ok(None) };
+    let refused = || Failure::invalid(format!("If-None-Exist is a search by {}", known.join(", ")), Some("If-None-Exist"));
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(value.to_str().map_err(|_| refused())?.trim_start_matches('?')).map_err(|_| refused())?;
+    if pairs.is_empty() {
+        return Err(refused());
+    }
+    parameters(pairs, known, &[]).map(Some).map_err(|_| refused())
+}
+
+/// The patient's one appointment a conditional booking (`If-None-Exist: patient=…&slot=…&status=…`)
+/// finds; several are a 412, as FHIR has it.
+async fn existing_appointment(
+    gateway: &Gateway,
+    call: &Call,
+    condition: &[(String, String)],
+) -> Result<Option<pac_proto::scheduling::Appointment>, Failure> {
+    let patient_id = first(condition, "patient")
+        .and_then(|p| reference_id(p, "Patient"))
+        .ok_or_else(|| Failure::invalid("If-None-Exist names the patient: patient=Patient/<id>", Some("If-None-Exist")))?;
+    let slot = match first(condition, "slot") {
+        None => None,
+        Some(slot) => Some(reference_id(slot, "Slot").ok_or_else(|| Failure::invalid("slot must be Slot/<id>", Some("If-None-Exist")))?),
+    };
+    let mut statuses = Vec::new();
+    for token in first(condition, "status").into_iter().flat_map(|s| s.split(',')) {
+        let status = scheduling::status_of(token.trim())
+            .ok_or_else(|| Failure::invalid(format!("status {token} is not an appointment status"), Some("If-None-Exist")))?;
+        statuses.push(status as i32);
+    }
+    let (mut matches, mut page_token) = (Vec::new(), String::new());
+    loop {
+        let request = pac_proto::scheduling::ListAppointmentsRequest {
+            patient_id: patient_id.clone(),
+            statuses: statuses.clone(),
+            page_size: 100,
+            page_token,
+            ..Default::default()
+        };
+        let found = gateway.scheduling().list_appointments(gateway.request(request, call)?).await?.into_inner();
+        matches.extend(found.appointments.into_iter().filter(|a| slot.as_ref().is_none_or(|s| *s == a.slot_id)));
+        if matches.len() > 1 {
+            return Err(Failure::precondition("more than one appointment matches If-None-Exist: make the search narrower"));
+        }
+        if found.next_page_token.is_empty() {
+            return Ok(matches.pop());
+        }
+        page_token = found.next_page_token;
+    }
+}
+
 /// Books: a free Slot (`slot`) for a Patient (a `participant`), for a referral when `basedOn` names
-/// its ServiceRequest. Idempotent on `X-Request-Id`.
+/// its ServiceRequest. Idempotent on `X-Request-Id`, or conditional on `If-None-Exist`
+/// (`patient`, `slot`, `status`): the one appointment it finds is answered (200), none booked.
 async fn book_appointment(State(api): State<Api>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, Failure> {
     let input = appointment_body(&body)?;
     if !matches!(input.status.as_str(), "" | "booked" | "proposed" | "pending") {
@@ -437,6 +494,12 @@ async fn book_appointment(State(api): State<Api>, headers: HeaderMap, body: axum
         .ok_or_else(|| Failure::invalid("name the Patient (a participant's actor)", Some("Appointment.participant")))?;
     let referral_id = scheduling::id_of(&input.based_on, "ServiceRequest").unwrap_or_default();
     let (gateway, call) = api.caller(&headers);
+    if let Some(condition) = condition(&headers, &["patient", "slot", "status"])?
+        && let Some(found) = existing_appointment(&gateway, &call, &condition).await?
+    {
+        let rendered = Clinics::new(&gateway, &call).appointment(&found).await?;
+        return Ok(with_etag(json(StatusCode::OK, &rendered), &found.etag));
+    }
     let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let request = pac_proto::scheduling::BookAppointmentRequest {
         target: Some(pac_proto::scheduling::book_appointment_request::Target::SlotId(slot_id)),
@@ -578,14 +641,8 @@ async fn create_patient(State(api): State<Api>, headers: HeaderMap, body: axum::
     let input = patient::input(&body)?;
     let record = patient::to_record(&input)?;
     let (gateway, call) = api.caller(&headers);
-    if let Some(condition) = headers.get("if-none-exist") {
-        let condition = condition.to_str().unwrap_or_default();
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(condition.trim_start_matches('?'))
-            .map_err(|_| Failure::invalid("If-None-Exist is a search: identifier=<system>|<value>", Some("If-None-Exist")))?;
-        let token = match pairs.as_slice() {
-            [(name, value)] if name == "identifier" => value,
-            _ => return Err(Failure::invalid("If-None-Exist takes one parameter: identifier=<system>|<value>", Some("If-None-Exist"))),
-        };
+    if let Some(condition) = condition(&headers, &["identifier"])? {
+        let token = first(&condition, "identifier").unwrap_or_default();
         if let Some((found, _)) = gateway.lookup(&identifier(token)?, &call).await? {
             return Ok(with_etag(json(StatusCode::OK, &patient::from_record(&found, "")), &found.etag));
         }
@@ -668,6 +725,16 @@ impl<'a> Clinics<'a> {
         Self { gateway, call, known: HashMap::new() }
     }
 
+    /// Fetches the clinics of `ids` not yet known, all at once.
+    async fn load<'i>(&mut self, ids: impl IntoIterator<Item = &'i str>) -> Result<(), Failure> {
+        let mut missing: Vec<&str> = ids.into_iter().filter(|id| !self.known.contains_key(*id)).collect();
+        missing.sort_unstable();
+        missing.dedup();
+        let fetched = futures::future::try_join_all(missing.iter().map(|id| self.gateway.get_clinic(id, self.call))).await?;
+        self.known.extend(fetched.into_iter().map(|clinic| (clinic.id.clone(), clinic)));
+        Ok(())
+    }
+
     async fn get(&mut self, id: &str) -> Result<&pac_proto::scheduling::Clinic, Failure> {
         if !self.known.contains_key(id) {
             let clinic = self.gateway.get_clinic(id, self.call).await?;
@@ -724,6 +791,7 @@ async fn search_appointments(
             let request =
                 sched::ListAppointmentsRequest { patient_id, statuses, page_size: count(&pairs)?, page_token, ..Default::default() };
             let found = gateway.scheduling().list_appointments(gateway.request(request, &call)?).await?.into_inner();
+            clinics.load(found.appointments.iter().map(|a| a.clinic_id.as_str())).await?;
             for appointment in &found.appointments {
                 let clinic = clinics.get(&appointment.clinic_id).await?;
                 if day.as_ref().is_none_or(|d| scheduling::local_day(appointment, clinic).as_ref() == Some(d)) {

@@ -62,6 +62,11 @@ impl Failure {
         Self::new(StatusCode::PRECONDITION_FAILED, "conflict", text, None, vec!["If-Match".to_string()])
     }
 
+    /// A condition (`If-None-Exist`) that matches more than one resource (412).
+    pub fn precondition(diagnostics: impl Into<String>) -> Self {
+        Self::new(StatusCode::PRECONDITION_FAILED, "multiple-matches", diagnostics.into(), None, Vec::new())
+    }
+
     /// A body of a kind this interaction does not take (415).
     pub fn unsupported_media(diagnostics: impl Into<String>) -> Self {
         Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported", diagnostics.into(), None, Vec::new())

@@ -343,6 +343,15 @@ async fn a_referral_is_a_service_request_and_its_appointments_are_found_and_canc
     let id = booked.body["id"].as_str().unwrap().to_string();
     assert_eq!(booked.body["basedOn"][0]["reference"], format!("ServiceRequest/{}", referral.id).as_str());
     assert_eq!(booked.body["participant"][1]["actor"]["reference"], format!("Location/{}", clinic.location_id).as_str());
+    // A conditional booking finds that one: nothing new is booked.
+    let condition = format!("patient=Patient/{patient}&slot=Slot/{}&status=booked", slot["id"].as_str().unwrap());
+    let again =
+        fhir_send(fhir, "POST", "/fhir/R4/Appointment", Some(&coordinator), &[("If-None-Exist", &condition)], Some(&appointment)).await;
+    assert_eq!((again.status, again.body["id"].as_str()), (200, Some(id.as_str())), "{}", again.body);
+    let unsupported =
+        fhir_send(fhir, "POST", "/fhir/R4/Appointment", Some(&coordinator), &[("If-None-Exist", "date=2030-01-01")], Some(&appointment))
+            .await;
+    assert_eq!(unsupported.status, 400, "{}", unsupported.body);
     let day = slot["start"].as_str().unwrap()[..10].to_string();
     for query in [
         format!("patient=Patient/{patient}"),
