@@ -2,10 +2,17 @@
 //! status extension, hospital numbers, name, gender, birth date, address, telecom, GP practice,
 //! and the link to the record it replaced or was replaced by in a merge.
 
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::Response;
 use pac_proto::records as pb;
 use serde::{Deserialize, Serialize};
 
 use super::outcome::Failure;
+use super::rest::{checked_id, condition, date, first, if_match, updated, with_etag, with_location};
+use super::{Api, json};
 
 pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
 pub const VERIFICATION_EXTENSION: &str = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus";
@@ -408,9 +415,8 @@ pub fn to_record(input: &PatientInput) -> Result<pb::Patient, Failure> {
         _ => return Err(Failure::invalid("gender is male, female, other or unknown", Some("Patient.gender"))),
     } as i32;
     if !input.birth_date.is_empty() {
-        patient.birth_date = Some(
-            super::date(&input.birth_date).ok_or_else(|| Failure::invalid("birthDate is a date, YYYY-MM-DD", Some("Patient.birthDate")))?,
-        );
+        patient.birth_date =
+            Some(date(&input.birth_date).ok_or_else(|| Failure::invalid("birthDate is a date, YYYY-MM-DD", Some("Patient.birthDate")))?);
     }
     if let Some(address) = input.address.iter().find(|a| a.kind == "home").or(input.address.first()) {
         patient.address = Some(pac_proto::common::Address {
@@ -462,6 +468,144 @@ pub fn other_change(current: &pb::Patient, wanted: &pb::Patient) -> Option<&'sta
     ]
     .into_iter()
     .find_map(|(differs, what)| differs.then_some(what))
+}
+
+// The interactions.
+
+pub(super) async fn read(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, Failure> {
+    if uuid::Uuid::parse_str(&id).is_err() {
+        return Err(Failure::invalid("the id is not a patient id", Some("Patient.id")));
+    }
+    let (gateway, call) = api.caller(&headers);
+    let (record, merged_from) = gateway.read_patient(&id, &call).await?;
+    Ok(with_etag(json(StatusCode::OK, &from_record(&record, &merged_from)), &record.etag))
+}
+
+/// The parameters Patient search takes; any other is refused (400), never ignored.
+pub(super) const PATIENT_SEARCH: &[&str] = &["identifier", "family", "given", "birthdate", "address-postalcode", "_count"];
+
+pub(super) async fn search(
+    State(api): State<Api>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, Failure> {
+    if let Some(unknown) = query.keys().find(|k| !PATIENT_SEARCH.contains(&k.as_str())) {
+        return Err(Failure::invalid(format!("search parameter {unknown} is not supported for Patient"), Some(unknown)));
+    }
+    let count: i32 = match query.get("_count") {
+        None => 20,
+        Some(n) => {
+            n.parse().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| Failure::invalid("_count must be 1 to 100", Some("_count")))?
+        }
+    };
+    let birth_date = match query.get("birthdate") {
+        None => None,
+        Some(text) => {
+            Some(date(text).ok_or_else(|| Failure::invalid("birthdate must be a date, YYYY-MM-DD (equality only)", Some("birthdate")))?)
+        }
+    };
+    let (gateway, call) = api.caller(&headers);
+    let found: Vec<pb::Patient> = match query.get("identifier") {
+        Some(token) => {
+            let identifier = identifier(token)?;
+            let found = gateway.lookup(&identifier, &call).await?.map(|(p, _)| p);
+            // Combined with the other parameters: the one found must meet them too.
+            found.into_iter().filter(|p| meets(p, &query, birth_date.as_ref())).collect()
+        }
+        None => {
+            let name = [query.get("given"), query.get("family")].into_iter().flatten().cloned().collect::<Vec<_>>().join(" ");
+            let postcode = query.get("address-postalcode").cloned().unwrap_or_default();
+            if name.is_empty() && postcode.is_empty() && birth_date.is_none() {
+                return Err(Failure::invalid("search by identifier, family, given, birthdate or address-postalcode", None));
+            }
+            let request = pb::SearchPatientsRequest { name, birth_date, postcode, page_size: count, ..Default::default() };
+            gateway.search_patients(request, &call).await?
+        }
+    };
+    let entry: Vec<serde_json::Value> = found
+        .iter()
+        .map(|p| serde_json::json!({ "fullUrl": format!("Patient/{}", p.id), "resource": from_record(p, ""), "search": { "mode": "match" } }))
+        .collect();
+    let bundle = serde_json::json!({ "resourceType": "Bundle", "type": "searchset", "total": entry.len(), "entry": entry });
+    Ok(json(StatusCode::OK, &bundle))
+}
+
+/// `system|value` (or a bare value, taken as an NHS number).
+pub(super) fn identifier(token: &str) -> Result<crate::adt::Identifier, Failure> {
+    let (system, value) = token.split_once('|').unwrap_or((NHS_NUMBER_SYSTEM, token));
+    let value = value.trim().to_string();
+    if value.is_empty() {
+        return Err(Failure::invalid("identifier needs a value", Some("identifier")));
+    }
+    if system == NHS_NUMBER_SYSTEM || system.is_empty() {
+        return Ok(crate::adt::Identifier::Nhs(value));
+    }
+    match system.strip_prefix(LOCAL_SYSTEM_PREFIX) {
+        Some(issuer) if !issuer.is_empty() => Ok(crate::adt::Identifier::Local(pb::LocalIdentifier { issuer: issuer.to_string(), value })),
+        _ => Err(Failure::invalid(
+            format!("identifier system must be {} or {}<ODS code>", NHS_NUMBER_SYSTEM, LOCAL_SYSTEM_PREFIX),
+            Some("identifier"),
+        )),
+    }
+}
+
+/// Whether `patient` meets the name, birth date and postcode parameters.
+pub(super) fn meets(patient: &pb::Patient, query: &HashMap<String, String>, birth_date: Option<&pac_proto::common::Date>) -> bool {
+    let starts = |field: &str, wanted: Option<&String>| wanted.is_none_or(|w| field.to_lowercase().starts_with(&w.to_lowercase()));
+    let postcode = patient.address.as_ref().map(|a| a.postcode.replace(' ', "").to_uppercase()).unwrap_or_default();
+    starts(&patient.family_name, query.get("family"))
+        && starts(&patient.given_name, query.get("given"))
+        && birth_date.is_none_or(|d| patient.birth_date.as_ref() == Some(d))
+        && query.get("address-postalcode").is_none_or(|p| postcode.starts_with(&p.replace(' ', "").to_uppercase()))
+}
+
+/// A new Patient, unless `If-None-Exist` (`identifier=<system>|<value>`) finds one: then that one
+/// (200) and nothing is registered. Idempotent on `X-Request-Id`.
+pub(super) async fn create(State(api): State<Api>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, Failure> {
+    let input = input(&body)?;
+    let record = to_record(&input)?;
+    let (gateway, call) = api.caller(&headers);
+    if let Some(condition) = condition(&headers, &["identifier"])? {
+        let token = first(&condition, "identifier").unwrap_or_default();
+        if let Some((found, _)) = gateway.lookup(&identifier(token)?, &call).await? {
+            return Ok(with_etag(json(StatusCode::OK, &from_record(&found, "")), &found.etag));
+        }
+    }
+    let registered = gateway.register(record, false, &call).await?;
+    let response = with_etag(json(StatusCode::CREATED, &from_record(&registered, "")), &registered.etag);
+    Ok(with_location(response, &format!("Patient/{}", registered.id)))
+}
+
+/// Contact details changed: the whole Patient (`PUT`) or a JSON Patch of it (`PATCH`), `If-Match`
+/// its current version. Anything else changed is refused (422), never dropped.
+pub(super) async fn update(
+    State(api): State<Api>,
+    method: Method,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Failure> {
+    checked_id(&id, "Patient")?;
+    let etag = if_match(&headers)?;
+    let (gateway, call) = api.caller(&headers);
+    let (current, _) = gateway.read_patient(&id, &call).await?;
+    if current.id != id {
+        return Err(Failure::unprocessable(format!("this record was merged into Patient/{}: change that one", current.id)));
+    }
+    let rendered = || serde_json::to_value(from_record(&current, "")).unwrap_or_default();
+    let input = input(&updated(&method, &etag, &current.etag, rendered, &headers, &body)?)?;
+    if !input.id.is_empty() && input.id != id {
+        return Err(Failure::invalid("the body's id is not the Patient addressed", Some("Patient.id")));
+    }
+    let wanted = to_record(&input)?;
+    if let Some(field) = other_change(&current, &wanted) {
+        return Err(Failure::unprocessable(format!(
+            "only contact details (address, telecom) are changed through this API; {field} differs from the record"
+        )));
+    }
+    let change = pb::Patient { id, etag, address: wanted.address, phone: wanted.phone, email: wanted.email, ..Default::default() };
+    let updated = gateway.update(change, CONTACT_FIELDS.map(String::from).to_vec(), &call).await?;
+    Ok(with_etag(json(StatusCode::OK, &from_record(&updated, "")), &updated.etag))
 }
 
 #[cfg(test)]

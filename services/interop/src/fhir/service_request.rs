@@ -1,12 +1,17 @@
 //! ServiceRequest from the referrals service's referral: its status and priority mapped, the
 //! patient, the referrer (an ODS code) as requester, the receiving service as performer.
 
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use pac_proto::referrals as refs;
 use serde_json::{Value, json};
 
 use super::instant;
 use super::outcome::Failure;
 use super::patient::ODS_SYSTEM;
+use super::rest::{checked_id, count, entry, first, next_link, parameters, searchset, with_etag};
+use super::{Api, json};
 
 /// The FHIR status of a referral status: awaiting triage, awaiting booking and booked are `active`;
 /// awaiting information `on-hold`; rejected, returned, redirected and cancelled `revoked`;
@@ -83,9 +88,8 @@ pub fn list_request(
 ) -> Result<refs::ListReferralsRequest, Failure> {
     let patient_id = match patient {
         None => String::new(),
-        Some(patient) => {
-            super::reference_id(patient, "Patient").ok_or_else(|| Failure::invalid("patient must be Patient/<id>", Some("patient")))?
-        }
+        Some(patient) => super::rest::reference_id(patient, "Patient")
+            .ok_or_else(|| Failure::invalid("patient must be Patient/<id>", Some("patient")))?,
     };
     let mut wanted = Vec::new();
     for token in status.into_iter().flat_map(|s| s.split(',')) {
@@ -97,6 +101,30 @@ pub fn list_request(
         return Err(Failure::invalid("search ServiceRequests by patient, status or both", None));
     }
     Ok(refs::ListReferralsRequest { statuses: wanted, patient_id, page_size, page_token, ..Default::default() })
+}
+
+// The interactions.
+
+pub(super) async fn read(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, Failure> {
+    checked_id(&id, "ServiceRequest")?;
+    let (gateway, call) = api.caller(&headers);
+    let request = gateway.request(refs::GetReferralRequest { id }, &call)?;
+    let referral = gateway.referrals().get_referral(request).await?.into_inner().referral.unwrap_or_default();
+    Ok(with_etag(json(StatusCode::OK, &service_request(&referral)), &referral.etag))
+}
+
+pub(super) async fn search(
+    State(api): State<Api>,
+    Query(pairs): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, Failure> {
+    let pairs = parameters(pairs, &["patient", "status", "_count", "_page_token"], &[])?;
+    let page_token = first(&pairs, "_page_token").unwrap_or_default().to_string();
+    let request = list_request(first(&pairs, "patient"), first(&pairs, "status"), count(&pairs)?, page_token)?;
+    let (gateway, call) = api.caller(&headers);
+    let found = gateway.referrals().list_referrals(gateway.request(request, &call)?).await?.into_inner();
+    let entries = found.referrals.iter().map(|r| entry(service_request(r), "match")).collect();
+    Ok(json(StatusCode::OK, &searchset(entries, next_link("ServiceRequest", &pairs, &found.next_page_token))))
 }
 
 #[cfg(test)]

@@ -1,0 +1,400 @@
+//! Appointment: statuses one to one, its slot, its patient and its clinic's Location as
+//! participants, `basedOn` the referral's ServiceRequest, `cancelationReason`. Read, search, book
+//! (idempotent, or conditional) and cancel.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::Response;
+use pac_proto::scheduling as sched;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::outcome::Failure;
+use super::rest::{
+    checked_id, condition, count, date, entry, first, if_match, next_link, parameters, reference_id, searchset, updated, with_etag,
+    with_location,
+};
+use super::schedule::Clinics;
+use super::{Api, CANCELLATION_SYSTEM, CANCELLED_BY_SYSTEM, instant, json};
+use crate::gateway::{Call, Gateway};
+
+/// The FHIR status of an appointment status (one to one).
+pub fn status(status: sched::AppointmentStatus) -> &'static str {
+    use sched::AppointmentStatus as S;
+    match status {
+        S::Proposed => "proposed",
+        S::Pending => "pending",
+        S::Booked => "booked",
+        S::Arrived => "arrived",
+        S::CheckedIn => "checked-in",
+        S::Fulfilled => "fulfilled",
+        S::Cancelled => "cancelled",
+        S::Noshow => "noshow",
+        S::EnteredInError => "entered-in-error",
+        S::Waitlist => "waitlist",
+        S::Unspecified => "proposed",
+    }
+}
+
+/// The appointment status a FHIR status token names.
+pub fn status_of(token: &str) -> Option<sched::AppointmentStatus> {
+    use sched::AppointmentStatus as S;
+    [S::Proposed, S::Pending, S::Booked, S::Arrived, S::CheckedIn, S::Fulfilled, S::Cancelled, S::Noshow, S::EnteredInError, S::Waitlist]
+        .into_iter()
+        .find(|s| status(*s) == token)
+}
+
+/// The day an appointment starts on in its clinic's time zone (the UK's when the clinic names
+/// none it knows).
+pub fn local_day(appointment: &sched::Appointment, clinic: &sched::Clinic) -> Option<pac_proto::common::Date> {
+    use chrono::Datelike;
+    let start = appointment.start_time.as_ref()?;
+    let zone: chrono_tz::Tz = clinic.time_zone.parse().unwrap_or(chrono_tz::Europe::London);
+    let day = chrono::DateTime::<chrono::Utc>::from_timestamp(start.seconds, 0)?.with_timezone(&zone).date_naive();
+    Some(pac_proto::common::Date { year: day.year(), month: day.month() as i32, day: day.day() as i32 })
+}
+
+/// `Appointment`: its slot, its patient and its clinic's Location as participants, the referral it
+/// is for (`basedOn` ServiceRequest), and why it was cancelled.
+pub fn appointment(appointment: &sched::Appointment, clinic: &sched::Clinic) -> Value {
+    let mut value = json!({
+        "resourceType": "Appointment",
+        "id": appointment.id,
+        "meta": { "versionId": appointment.etag },
+        "status": status(appointment.status()),
+        "serviceType": [{ "coding": [{ "system": super::SERVICE_SYSTEM, "code": appointment.service_code }] }],
+        "start": appointment.start_time.as_ref().and_then(instant),
+        "end": appointment.end_time.as_ref().and_then(instant),
+        "slot": [{ "reference": format!("Slot/{}", appointment.slot_id) }],
+        "participant": [
+            { "actor": { "reference": format!("Patient/{}", appointment.patient_id) }, "status": "accepted" },
+            { "actor": { "reference": format!("Location/{}", clinic.location_id), "display": clinic.name }, "status": "accepted" },
+        ],
+    });
+    if !appointment.referral_id.is_empty() {
+        value["basedOn"] = json!([{ "reference": format!("ServiceRequest/{}", appointment.referral_id) }]);
+    }
+    if let Some(cancellation) = &appointment.cancellation {
+        let (by, who) = match cancellation.cancelled_by() {
+            sched::CancelledBy::Patient => ("patient", "the patient"),
+            sched::CancelledBy::Provider => ("provider", "the hospital"),
+            sched::CancelledBy::System => ("system", "the system"),
+            sched::CancelledBy::Unspecified => ("", ""),
+        };
+        let mut coding = vec![json!({ "system": super::CANCELLATION_SYSTEM, "code": cancellation.reason_code })];
+        if !by.is_empty() {
+            coding.push(json!({ "system": super::CANCELLED_BY_SYSTEM, "code": by }));
+        }
+        value["cancelationReason"] = json!({
+            "coding": coding,
+            "text": if who.is_empty() { cancellation.reason_code.clone() } else { format!("{} (cancelled by {who})", cancellation.reason_code) },
+        });
+    }
+    value
+}
+
+/// What `POST Appointment` and `PUT Appointment/{id}` read of the body.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppointmentInput {
+    pub resource_type: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub slot: Vec<Reference>,
+    #[serde(default)]
+    pub participant: Vec<Participant>,
+    #[serde(default)]
+    pub based_on: Vec<Reference>,
+    #[serde(default)]
+    pub cancelation_reason: Option<CodeableConcept>,
+}
+
+#[derive(Deserialize, Serialize)]
+pub struct Reference {
+    #[serde(default)]
+    pub reference: String,
+}
+
+#[derive(Deserialize)]
+pub struct Participant {
+    pub actor: Option<Reference>,
+}
+
+#[derive(Deserialize)]
+pub struct CodeableConcept {
+    #[serde(default)]
+    pub coding: Vec<Coding>,
+    #[serde(default)]
+    pub text: String,
+}
+
+#[derive(Deserialize)]
+pub struct Coding {
+    #[serde(default)]
+    pub system: String,
+    #[serde(default)]
+    pub code: String,
+}
+
+/// The id in a reference `Type/id` of `kind`.
+pub fn id_of<'a>(references: impl IntoIterator<Item = &'a Reference>, kind: &str) -> Option<String> {
+    references.into_iter().find_map(|r| r.reference.strip_prefix(kind)?.strip_prefix('/').map(str::to_string))
+}
+
+// The interactions.
+
+pub(super) async fn read(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, Failure> {
+    checked_id(&id, "Appointment")?;
+    let (gateway, call) = api.caller(&headers);
+    let appointment = get_appointment(&gateway, &id, &call).await?;
+    let rendered = Clinics::new(&gateway, &call).appointment(&appointment).await?;
+    Ok(with_etag(json(StatusCode::OK, &rendered), &appointment.etag))
+}
+
+pub(super) async fn get_appointment(gateway: &Gateway, id: &str, call: &Call) -> Result<sched::Appointment, Failure> {
+    let request = gateway.request(sched::GetAppointmentRequest { id: id.to_string() }, call)?;
+    Ok(gateway.scheduling().get_appointment(request).await?.into_inner().appointment.unwrap_or_default())
+}
+
+pub(super) fn appointment_body(body: &[u8]) -> Result<AppointmentInput, Failure> {
+    let input: AppointmentInput =
+        serde_json::from_slice(body).map_err(|e| Failure::invalid(format!("the body is not an Appointment: {e}"), Some("Appointment")))?;
+    if input.resource_type != "Appointment" {
+        return Err(Failure::invalid("the body is not an Appointment", Some("Appointment.resourceType")));
+    }
+    Ok(input)
+}
+
+/// The patient's one appointment a conditional booking (`If-None-Exist: patient=…&slot=…&status=…`)
+/// finds; several are a 412, as FHIR has it.
+pub(super) async fn existing_appointment(
+    gateway: &Gateway,
+    call: &Call,
+    condition: &[(String, String)],
+) -> Result<Option<sched::Appointment>, Failure> {
+    let patient_id = first(condition, "patient")
+        .and_then(|p| reference_id(p, "Patient"))
+        .ok_or_else(|| Failure::invalid("If-None-Exist names the patient: patient=Patient/<id>", Some("If-None-Exist")))?;
+    let slot = match first(condition, "slot") {
+        None => None,
+        Some(slot) => Some(reference_id(slot, "Slot").ok_or_else(|| Failure::invalid("slot must be Slot/<id>", Some("If-None-Exist")))?),
+    };
+    let mut statuses = Vec::new();
+    for token in first(condition, "status").into_iter().flat_map(|s| s.split(',')) {
+        let status = status_of(token.trim())
+            .ok_or_else(|| Failure::invalid(format!("status {token} is not an appointment status"), Some("If-None-Exist")))?;
+        statuses.push(status as i32);
+    }
+    let (mut matches, mut page_token) = (Vec::new(), String::new());
+    loop {
+        let request = sched::ListAppointmentsRequest {
+            patient_id: patient_id.clone(),
+            statuses: statuses.clone(),
+            page_size: 100,
+            page_token,
+            ..Default::default()
+        };
+        let found = gateway.scheduling().list_appointments(gateway.request(request, call)?).await?.into_inner();
+        matches.extend(found.appointments.into_iter().filter(|a| slot.as_ref().is_none_or(|s| *s == a.slot_id)));
+        if matches.len() > 1 {
+            return Err(Failure::precondition("more than one appointment matches If-None-Exist: make the search narrower"));
+        }
+        if found.next_page_token.is_empty() {
+            return Ok(matches.pop());
+        }
+        page_token = found.next_page_token;
+    }
+}
+
+/// Books: a free Slot (`slot`) for a Patient (a `participant`), for a referral when `basedOn` names
+/// its ServiceRequest. Idempotent on `X-Request-Id`, or conditional on `If-None-Exist`
+/// (`patient`, `slot`, `status`): the one appointment it finds is answered (200), none booked.
+pub(super) async fn book(State(api): State<Api>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, Failure> {
+    let input = appointment_body(&body)?;
+    if !matches!(input.status.as_str(), "" | "booked" | "proposed" | "pending") {
+        return Err(Failure::invalid("a new appointment is booked: status booked", Some("Appointment.status")));
+    }
+    let slot_id =
+        id_of(&input.slot, "Slot").ok_or_else(|| Failure::invalid("name the free Slot to book (slot)", Some("Appointment.slot")))?;
+    let patient_id = id_of(input.participant.iter().filter_map(|p| p.actor.as_ref()), "Patient")
+        .ok_or_else(|| Failure::invalid("name the Patient (a participant's actor)", Some("Appointment.participant")))?;
+    let referral_id = id_of(&input.based_on, "ServiceRequest").unwrap_or_default();
+    let (gateway, call) = api.caller(&headers);
+    if let Some(condition) = condition(&headers, &["patient", "slot", "status"])?
+        && let Some(found) = existing_appointment(&gateway, &call, &condition).await?
+    {
+        let rendered = Clinics::new(&gateway, &call).appointment(&found).await?;
+        return Ok(with_etag(json(StatusCode::OK, &rendered), &found.etag));
+    }
+    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let request = sched::BookAppointmentRequest {
+        target: Some(sched::book_appointment_request::Target::SlotId(slot_id)),
+        patient_id,
+        referral_id,
+        request_id,
+    };
+    let booked =
+        gateway.scheduling().book_appointment(gateway.request(request, &call)?).await?.into_inner().appointment.unwrap_or_default();
+    let rendered = Clinics::new(&gateway, &call).appointment(&booked).await?;
+    Ok(with_location(with_etag(json(StatusCode::CREATED, &rendered), &booked.etag), &format!("Appointment/{}", booked.id)))
+}
+
+/// Cancels by `PUT` (the whole Appointment) or `PATCH` (a JSON Patch of it): status `cancelled`
+/// with a `cancelationReason`, `If-Match` its current version. Any other change is refused.
+pub(super) async fn update(
+    State(api): State<Api>,
+    method: Method,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Failure> {
+    checked_id(&id, "Appointment")?;
+    let etag = if_match(&headers)?;
+    let (gateway, call) = api.caller(&headers);
+    let current = get_appointment(&gateway, &id, &call).await?;
+    let mut clinics = Clinics::new(&gateway, &call);
+    let rendered = clinics.appointment(&current).await?;
+    let input = appointment_body(&updated(&method, &etag, &current.etag, || rendered, &headers, &body)?)?;
+    if input.status != "cancelled" {
+        return Err(Failure::invalid(
+            "only a cancellation is taken here: status cancelled, with a cancelationReason",
+            Some("Appointment.status"),
+        ));
+    }
+    let named = |references: Vec<&Reference>, kind: &str, current: &str| id_of(references, kind).is_none_or(|id| id == current);
+    if !named(input.slot.iter().collect(), "Slot", &current.slot_id)
+        || !named(input.participant.iter().filter_map(|p| p.actor.as_ref()).collect(), "Patient", &current.patient_id)
+        || !named(input.based_on.iter().collect(), "ServiceRequest", &current.referral_id)
+    {
+        return Err(Failure::unprocessable(
+            "only a cancellation is taken here: the slot, patient and basedOn stay as they are (to move an appointment, book the new slot, then cancel this one)",
+        ));
+    }
+    let codings = input.cancelation_reason.as_ref().map(|r| r.coding.as_slice()).unwrap_or_default();
+    let coded = |system: &str| codings.iter().find(|c| c.system == system).map(|c| c.code.clone());
+    let reason = coded(CANCELLATION_SYSTEM).ok_or_else(|| {
+        Failure::invalid(
+            format!("say why: a cancelationReason coding of {CANCELLATION_SYSTEM}, e.g. PATIENT_UNWELL"),
+            Some("Appointment.cancelationReason"),
+        )
+    })?;
+    let cancelled_by = match coded(CANCELLED_BY_SYSTEM).as_deref() {
+        Some("patient") => sched::CancelledBy::Patient,
+        Some("provider") => sched::CancelledBy::Provider,
+        _ => {
+            return Err(Failure::invalid(
+                format!(
+                    "say who cancelled: a cancelationReason coding of {CANCELLED_BY_SYSTEM}, patient or provider (it decides the waiting-time clock)"
+                ),
+                Some("Appointment.cancelationReason"),
+            ));
+        }
+    };
+    let request = sched::CancelAppointmentRequest {
+        appointment_id: id,
+        reason_code: reason,
+        cancelled_by: cancelled_by as i32,
+        etag,
+        request_id: headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string(),
+    };
+    let cancelled =
+        gateway.scheduling().cancel_appointment(gateway.request(request, &call)?).await?.into_inner().appointment.unwrap_or_default();
+    Ok(with_etag(json(StatusCode::OK, &clinics.appointment(&cancelled).await?), &cancelled.etag))
+}
+
+/// At most this many appointments answer a search by Location and day (every clinic there).
+pub(super) const LOCATION_DAY_LIMIT: usize = 1000;
+
+/// Appointments of a patient (`patient`, or `actor=Patient/<id>`), optionally on a `date` and in
+/// some `status`es; or of a Location (`actor=Location/<id>`) on a `date`.
+pub(super) async fn search(
+    State(api): State<Api>,
+    Query(pairs): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, Failure> {
+    use pac_proto::scheduling as sched;
+    let pairs = parameters(pairs, &["patient", "actor", "date", "status", "_count", "_page_token"], &[])?;
+    let mut statuses = Vec::new();
+    for token in first(&pairs, "status").into_iter().flat_map(|s| s.split(',')) {
+        let status = status_of(token.trim())
+            .ok_or_else(|| Failure::invalid(format!("status {token} is not an appointment status"), Some("status")))?;
+        statuses.push(status as i32);
+    }
+    let day = match first(&pairs, "date") {
+        None => None,
+        Some(text) => Some(
+            date(text.strip_prefix("eq").unwrap_or(text))
+                .ok_or_else(|| Failure::invalid("date is a day, YYYY-MM-DD (equality only)", Some("date")))?,
+        ),
+    };
+    let actor = first(&pairs, "actor");
+    let patient = match (first(&pairs, "patient"), actor.filter(|a| a.starts_with("Patient/"))) {
+        (Some(_), Some(_)) => return Err(Failure::invalid("name the patient once: patient or actor=Patient/<id>", Some("actor"))),
+        (patient, from_actor) => patient.or(from_actor),
+    };
+    let location = actor.filter(|a| !a.starts_with("Patient/"));
+    let (gateway, call) = api.caller(&headers);
+    let mut clinics = Clinics::new(&gateway, &call);
+    let mut entries = Vec::new();
+    let next = match (patient, location) {
+        (Some(patient), None) => {
+            let patient_id =
+                reference_id(patient, "Patient").ok_or_else(|| Failure::invalid("patient must be Patient/<id>", Some("patient")))?;
+            let page_token = first(&pairs, "_page_token").unwrap_or_default().to_string();
+            let request =
+                sched::ListAppointmentsRequest { patient_id, statuses, page_size: count(&pairs)?, page_token, ..Default::default() };
+            let found = gateway.scheduling().list_appointments(gateway.request(request, &call)?).await?.into_inner();
+            clinics.load(found.appointments.iter().map(|a| a.clinic_id.as_str())).await?;
+            for appointment in &found.appointments {
+                let clinic = clinics.get(&appointment.clinic_id).await?;
+                if day.as_ref().is_none_or(|d| local_day(appointment, clinic).as_ref() == Some(d)) {
+                    entries.push(entry(clinics.appointment(appointment).await?, "match"));
+                }
+            }
+            next_link("Appointment", &pairs, &found.next_page_token)
+        }
+        (None, Some(location)) => {
+            let location_id = reference_id(location, "Location")
+                .ok_or_else(|| Failure::invalid("actor must be Patient/<id> or Location/<id>", Some("actor")))?;
+            let day = day.ok_or_else(|| Failure::invalid("a search by Location needs a date (YYYY-MM-DD)", Some("date")))?;
+            if first(&pairs, "_page_token").is_some() {
+                return Err(Failure::invalid("a Location's day is answered in one page", Some("_page_token")));
+            }
+            let request = sched::ListClinicsRequest { location_id, page_size: 100, ..Default::default() };
+            let here = gateway.scheduling().list_clinics(gateway.request(request, &call)?).await?.into_inner().clinics;
+            for clinic in here {
+                let mut page_token = String::new();
+                loop {
+                    let request = sched::ListAppointmentsRequest {
+                        clinic_id: clinic.id.clone(),
+                        day: Some(day),
+                        statuses: statuses.clone(),
+                        page_size: 100,
+                        page_token,
+                        ..Default::default()
+                    };
+                    let found = gateway.scheduling().list_appointments(gateway.request(request, &call)?).await?.into_inner();
+                    entries.extend(found.appointments.iter().map(|a| entry(appointment(a, &clinic), "match")));
+                    if entries.len() > LOCATION_DAY_LIMIT {
+                        return Err(Failure::unprocessable(format!(
+                            "more than {LOCATION_DAY_LIMIT} appointments at this Location on that day: search by status too"
+                        )));
+                    }
+                    if found.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = found.next_page_token;
+                }
+            }
+            None
+        }
+        _ => {
+            return Err(Failure::invalid(
+                "search appointments by patient (or actor=Patient/<id>), or by actor=Location/<id> with a date",
+                None,
+            ));
+        }
+    };
+    Ok(json(StatusCode::OK, &searchset(entries, next)))
+}
