@@ -197,9 +197,10 @@ impl Gateway {
         Ok((patient, response.merged_from))
     }
 
-    pub async fn search_patients(&self, request: pb::SearchPatientsRequest, call: &Call) -> Result<Vec<pb::Patient>, Status> {
+    /// A page of the patients `request` finds, and the next page's token (empty on the last).
+    pub async fn search_patients(&self, request: pb::SearchPatientsRequest, call: &Call) -> Result<(Vec<pb::Patient>, String), Status> {
         let response = self.records.clone().search_patients(self.request(request, call)?).await?.into_inner();
-        Ok(response.results.into_iter().filter_map(|r| r.patient).collect())
+        Ok((response.results.into_iter().filter_map(|r| r.patient).collect(), response.next_page_token))
     }
 
     pub async fn get_clinic(&self, id: &str, call: &Call) -> Result<sched::Clinic, Status> {

@@ -2,7 +2,7 @@
 //! participants, `basedOn` the referral's ServiceRequest, `cancelationReason`. Read, search, book
 //! (idempotent, or conditional) and cancel.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use pac_proto::scheduling as sched;
@@ -11,11 +11,11 @@ use serde_json::{Value, json};
 
 use super::outcome::Failure;
 use super::rest::{
-    checked_id, condition, count, date, entry, first, if_match, next_link, parameters, reference_id, searchset, updated, with_etag,
-    with_location,
+    checked_id, condition, count, date, entry, first, if_match, next_link, parameters, prefixed, query, reference_id, searchset, typed_id,
+    updated, with_etag, with_location,
 };
 use super::schedule::Clinics;
-use super::{Api, CANCELLATION_SYSTEM, CANCELLED_BY_SYSTEM, instant, json};
+use super::{Api, CANCELLATION_SYSTEM, CANCELLED_BY_SYSTEM, instant, json, prune};
 use crate::gateway::{Call, Gateway};
 
 /// The FHIR status of an appointment status (one to one).
@@ -137,9 +137,14 @@ pub struct Coding {
     pub code: String,
 }
 
-/// The id in a reference `Type/id` of `kind`.
-pub fn id_of<'a>(references: impl IntoIterator<Item = &'a Reference>, kind: &str) -> Option<String> {
-    references.into_iter().find_map(|r| r.reference.strip_prefix(kind)?.strip_prefix('/').map(str::to_string))
+/// The id of the first of `references` to a `kind` (`Kind/<id>`); one that is no id is refused.
+fn id_of<'a>(references: impl IntoIterator<Item = &'a Reference>, kind: &str, field: &str) -> Result<Option<String>, Failure> {
+    match references.into_iter().find(|r| r.reference.strip_prefix(kind).is_some_and(|id| id.starts_with('/'))) {
+        None => Ok(None),
+        Some(r) => typed_id(&r.reference, kind)
+            .map(Some)
+            .ok_or_else(|| Failure::invalid(format!("{} is not a {kind} reference (Kind/<id>)", r.reference), Some(field))),
+    }
 }
 
 // The interactions.
@@ -166,6 +171,26 @@ pub(super) fn appointment_body(body: &[u8]) -> Result<AppointmentInput, Failure>
     Ok(input)
 }
 
+/// The statuses an appointment is live in (it holds its slot).
+const LIVE: [sched::AppointmentStatus; 4] = [
+    sched::AppointmentStatus::Pending,
+    sched::AppointmentStatus::Booked,
+    sched::AppointmentStatus::Arrived,
+    sched::AppointmentStatus::CheckedIn,
+];
+
+/// The statuses of a comma-separated `status` parameter.
+fn statuses(tokens: &str, parameter: &str) -> Result<Vec<i32>, Failure> {
+    tokens
+        .split(',')
+        .map(|token| {
+            status_of(token.trim())
+                .map(|s| s as i32)
+                .ok_or_else(|| Failure::invalid(format!("status {token} is not an appointment status"), Some(parameter)))
+        })
+        .collect()
+}
+
 /// The patient's one appointment a conditional booking (`If-None-Exist: patient=…&slot=…&status=…`)
 /// finds; several are a 412, as FHIR has it.
 pub(super) async fn existing_appointment(
@@ -180,12 +205,11 @@ pub(super) async fn existing_appointment(
         None => None,
         Some(slot) => Some(reference_id(slot, "Slot").ok_or_else(|| Failure::invalid("slot must be Slot/<id>", Some("If-None-Exist")))?),
     };
-    let mut statuses = Vec::new();
-    for token in first(condition, "status").into_iter().flat_map(|s| s.split(',')) {
-        let status = status_of(token.trim())
-            .ok_or_else(|| Failure::invalid(format!("status {token} is not an appointment status"), Some("If-None-Exist")))?;
-        statuses.push(status as i32);
-    }
+    // Without a status, a live appointment: a cancelled one does not stop a booking.
+    let statuses = match first(condition, "status") {
+        Some(tokens) => statuses(tokens, "If-None-Exist")?,
+        None => LIVE.iter().map(|s| *s as i32).collect(),
+    };
     let (mut matches, mut page_token) = (Vec::new(), String::new());
     loop {
         let request = sched::ListAppointmentsRequest {
@@ -215,24 +239,26 @@ pub(super) async fn book(State(api): State<Api>, headers: HeaderMap, body: axum:
     if !matches!(input.status.as_str(), "" | "booked" | "proposed" | "pending") {
         return Err(Failure::invalid("a new appointment is booked: status booked", Some("Appointment.status")));
     }
-    let slot_id =
-        id_of(&input.slot, "Slot").ok_or_else(|| Failure::invalid("name the free Slot to book (slot)", Some("Appointment.slot")))?;
-    let patient_id = id_of(input.participant.iter().filter_map(|p| p.actor.as_ref()), "Patient")
+    let slot_id = id_of(&input.slot, "Slot", "Appointment.slot")?
+        .ok_or_else(|| Failure::invalid("name the free Slot to book (slot)", Some("Appointment.slot")))?;
+    let patient_id = id_of(input.participant.iter().filter_map(|p| p.actor.as_ref()), "Patient", "Appointment.participant")?
         .ok_or_else(|| Failure::invalid("name the Patient (a participant's actor)", Some("Appointment.participant")))?;
-    let referral_id = id_of(&input.based_on, "ServiceRequest").unwrap_or_default();
+    let referral_id = id_of(&input.based_on, "ServiceRequest", "Appointment.basedOn")?.unwrap_or_default();
     let (gateway, call) = api.caller(&headers);
-    if let Some(condition) = condition(&headers, &["patient", "slot", "status"])?
-        && let Some(found) = existing_appointment(&gateway, &call, &condition).await?
-    {
-        let rendered = Clinics::new(&gateway, &call).appointment(&found).await?;
-        return Ok(with_etag(json(StatusCode::OK, &rendered), &found.etag));
+    if let Some(condition) = condition(&headers, &["patient", "slot", "status"])? {
+        if first(&condition, "patient").and_then(|p| reference_id(p, "Patient")).is_some_and(|p| p != patient_id) {
+            return Err(Failure::invalid("If-None-Exist names another patient than the appointment", Some("If-None-Exist")));
+        }
+        if let Some(found) = existing_appointment(&gateway, &call, &condition).await? {
+            let rendered = Clinics::new(&gateway, &call).appointment(&found).await?;
+            return Ok(with_etag(json(StatusCode::OK, &rendered), &found.etag));
+        }
     }
-    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let request = sched::BookAppointmentRequest {
         target: Some(sched::book_appointment_request::Target::SlotId(slot_id)),
         patient_id,
         referral_id,
-        request_id,
+        request_id: call.request_id.clone(),
     };
     let booked =
         gateway.scheduling().book_appointment(gateway.request(request, &call)?).await?.into_inner().appointment.unwrap_or_default();
@@ -254,22 +280,29 @@ pub(super) async fn update(
     let (gateway, call) = api.caller(&headers);
     let current = get_appointment(&gateway, &id, &call).await?;
     let mut clinics = Clinics::new(&gateway, &call);
-    let rendered = clinics.appointment(&current).await?;
-    let input = appointment_body(&updated(&method, &etag, &current.etag, || rendered, &headers, &body)?)?;
+    let mut rendered = clinics.appointment(&current).await?;
+    let wanted = updated(&method, &etag, &current.etag, || rendered.clone(), &headers, &body)?;
+    let input = appointment_body(&wanted)?;
     if input.status != "cancelled" {
         return Err(Failure::invalid(
             "only a cancellation is taken here: status cancelled, with a cancelationReason",
             Some("Appointment.status"),
         ));
     }
-    let named = |references: Vec<&Reference>, kind: &str, current: &str| id_of(references, kind).is_none_or(|id| id == current);
-    if !named(input.slot.iter().collect(), "Slot", &current.slot_id)
-        || !named(input.participant.iter().filter_map(|p| p.actor.as_ref()).collect(), "Patient", &current.patient_id)
-        || !named(input.based_on.iter().collect(), "ServiceRequest", &current.referral_id)
-    {
-        return Err(Failure::unprocessable(
-            "only a cancellation is taken here: the slot, patient and basedOn stay as they are (to move an appointment, book the new slot, then cancel this one)",
-        ));
+    // Every element sent but the status and the reason must be as it is now (left out: left as is).
+    let mut wanted: Value = serde_json::from_slice(&wanted).unwrap_or_default();
+    prune(&mut wanted);
+    prune(&mut rendered);
+    let kept = ["resourceType", "id", "meta", "status", "cancelationReason"];
+    let changed = wanted
+        .as_object()
+        .into_iter()
+        .flatten()
+        .find(|(name, value)| !kept.contains(&name.as_str()) && rendered.get(name.as_str()) != Some(value));
+    if let Some((name, _)) = changed {
+        return Err(Failure::unprocessable(format!(
+            "only a cancellation is taken here, and {name} would change (to move an appointment, book the new slot, then cancel this one)"
+        )));
     }
     let codings = input.cancelation_reason.as_ref().map(|r| r.coding.as_slice()).unwrap_or_default();
     let coded = |system: &str| codings.iter().find(|c| c.system == system).map(|c| c.code.clone());
@@ -296,7 +329,7 @@ pub(super) async fn update(
         reason_code: reason,
         cancelled_by: cancelled_by as i32,
         etag,
-        request_id: headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string(),
+        request_id: call.request_id.clone(),
     };
     let cancelled =
         gateway.scheduling().cancel_appointment(gateway.request(request, &call)?).await?.into_inner().appointment.unwrap_or_default();
@@ -306,88 +339,72 @@ pub(super) async fn update(
 /// At most this many appointments answer a search by Location and day (every clinic there).
 pub(super) const LOCATION_DAY_LIMIT: usize = 1000;
 
+/// At most this many pages of a patient's appointments are read to fill one page of those on a
+/// `date` (the rest follow by the next link).
+const PAGES_A_SEARCH: usize = 10;
+
 /// Appointments of a patient (`patient`, or `actor=Patient/<id>`), optionally on a `date` and in
 /// some `status`es; or of a Location (`actor=Location/<id>`) on a `date`.
-pub(super) async fn search(
-    State(api): State<Api>,
-    Query(pairs): Query<Vec<(String, String)>>,
-    headers: HeaderMap,
-) -> Result<Response, Failure> {
-    use pac_proto::scheduling as sched;
-    let pairs = parameters(pairs, &["patient", "actor", "date", "status", "_count", "_page_token"], &[])?;
-    let mut statuses = Vec::new();
-    for token in first(&pairs, "status").into_iter().flat_map(|s| s.split(',')) {
-        let status = status_of(token.trim())
-            .ok_or_else(|| Failure::invalid(format!("status {token} is not an appointment status"), Some("status")))?;
-        statuses.push(status as i32);
-    }
-    let day = match first(&pairs, "date") {
-        None => None,
-        Some(text) => Some(
-            date(text.strip_prefix("eq").unwrap_or(text))
-                .ok_or_else(|| Failure::invalid("date is a day, YYYY-MM-DD (equality only)", Some("date")))?,
-        ),
-    };
-    let actor = first(&pairs, "actor");
-    let patient = match (first(&pairs, "patient"), actor.filter(|a| a.starts_with("Patient/"))) {
-        (Some(_), Some(_)) => return Err(Failure::invalid("name the patient once: patient or actor=Patient/<id>", Some("actor"))),
-        (patient, from_actor) => patient.or(from_actor),
-    };
-    let location = actor.filter(|a| !a.starts_with("Patient/"));
-    let (gateway, call) = api.caller(&headers);
-    let mut clinics = Clinics::new(&gateway, &call);
-    let mut entries = Vec::new();
-    let next = match (patient, location) {
-        (Some(patient), None) => {
-            let patient_id =
-                reference_id(patient, "Patient").ok_or_else(|| Failure::invalid("patient must be Patient/<id>", Some("patient")))?;
-            let page_token = first(&pairs, "_page_token").unwrap_or_default().to_string();
-            let request =
-                sched::ListAppointmentsRequest { patient_id, statuses, page_size: count(&pairs)?, page_token, ..Default::default() };
-            let found = gateway.scheduling().list_appointments(gateway.request(request, &call)?).await?.into_inner();
-            clinics.load(found.appointments.iter().map(|a| a.clinic_id.as_str())).await?;
-            for appointment in &found.appointments {
-                let clinic = clinics.get(&appointment.clinic_id).await?;
-                if day.as_ref().is_none_or(|d| local_day(appointment, clinic).as_ref() == Some(d)) {
-                    entries.push(entry(clinics.appointment(appointment).await?, "match"));
-                }
+pub(super) async fn search(State(api): State<Api>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Result<Response, Failure> {
+    let pairs = parameters(query(raw)?, &["patient", "actor", "date", "status", "_count", "_page_token"], &[])?;
+    let statuses = first(&pairs, "status").map(|tokens| statuses(tokens, "status")).transpose()?.unwrap_or_default();
+    let day = first(&pairs, "date")
+        .map(|text| {
+            let day = match prefixed(text) {
+                ("eq", day) => date(day),
+                _ => None,
+            };
+            day.ok_or_else(|| Failure::invalid("date is a day, YYYY-MM-DD (equality only)", Some("date")))
+        })
+        .transpose()?;
+    let (mut patient, mut location) = (first(&pairs, "patient").map(|p| reference_id(p, "Patient")), None);
+    if let Some(actor) = first(&pairs, "actor") {
+        match (typed_id(actor, "Patient"), typed_id(actor, "Location")) {
+            (Some(_), _) if patient.is_some() => {
+                return Err(Failure::invalid("name the patient once: patient or actor=Patient/<id>", Some("actor")));
             }
-            next_link("Appointment", &pairs, &found.next_page_token)
+            (Some(id), _) => patient = Some(Some(id)),
+            (None, Some(id)) => location = Some(id),
+            (None, None) => return Err(Failure::invalid("actor must be Patient/<id> or Location/<id>", Some("actor"))),
         }
-        (None, Some(location)) => {
-            let location_id = reference_id(location, "Location")
-                .ok_or_else(|| Failure::invalid("actor must be Patient/<id> or Location/<id>", Some("actor")))?;
-            let day = day.ok_or_else(|| Failure::invalid("a search by Location needs a date (YYYY-MM-DD)", Some("date")))?;
-            if first(&pairs, "_page_token").is_some() {
-                return Err(Failure::invalid("a Location's day is answered in one page", Some("_page_token")));
-            }
-            let request = sched::ListClinicsRequest { location_id, page_size: 100, ..Default::default() };
-            let here = gateway.scheduling().list_clinics(gateway.request(request, &call)?).await?.into_inner().clinics;
-            for clinic in here {
-                let mut page_token = String::new();
-                loop {
-                    let request = sched::ListAppointmentsRequest {
-                        clinic_id: clinic.id.clone(),
-                        day: Some(day),
-                        statuses: statuses.clone(),
-                        page_size: 100,
-                        page_token,
-                        ..Default::default()
-                    };
-                    let found = gateway.scheduling().list_appointments(gateway.request(request, &call)?).await?.into_inner();
-                    entries.extend(found.appointments.iter().map(|a| entry(appointment(a, &clinic), "match")));
-                    if entries.len() > LOCATION_DAY_LIMIT {
-                        return Err(Failure::unprocessable(format!(
-                            "more than {LOCATION_DAY_LIMIT} appointments at this Location on that day: search by status too"
-                        )));
+    }
+    let (gateway, call) = api.caller(&headers);
+    let (entries, next) = match (patient, location) {
+        (Some(patient_id), None) => {
+            let patient_id = patient_id.ok_or_else(|| Failure::invalid("patient must be Patient/<id>", Some("patient")))?;
+            let (count, mut page_token) = (count(&pairs)?, first(&pairs, "_page_token").unwrap_or_default().to_string());
+            let mut clinics = Clinics::new(&gateway, &call);
+            let mut entries = Vec::new();
+            for _ in 0..PAGES_A_SEARCH {
+                let page_size = count - entries.len() as i32;
+                let request = sched::ListAppointmentsRequest {
+                    patient_id: patient_id.clone(),
+                    statuses: statuses.clone(),
+                    page_size,
+                    page_token,
+                    ..Default::default()
+                };
+                let found = gateway.scheduling().list_appointments(gateway.request(request, &call)?).await?.into_inner();
+                clinics.load(found.appointments.iter().map(|a| a.clinic_id.as_str())).await?;
+                for listed in &found.appointments {
+                    let on_the_day = day.as_ref().is_none_or(|d| local_day(listed, &clinics.known[&listed.clinic_id]).as_ref() == Some(d));
+                    if on_the_day {
+                        entries.push(entry(clinics.appointment(listed).await?, "match"));
                     }
-                    if found.next_page_token.is_empty() {
-                        break;
-                    }
-                    page_token = found.next_page_token;
+                }
+                page_token = found.next_page_token;
+                if page_token.is_empty() || entries.len() as i32 >= count {
+                    break;
                 }
             }
-            None
+            (entries, next_link("Appointment", &pairs, &page_token))
+        }
+        (None, Some(location_id)) => {
+            let day = day.ok_or_else(|| Failure::invalid("a search by Location needs a date (YYYY-MM-DD)", Some("date")))?;
+            if let Some(name) = ["_count", "_page_token"].into_iter().find(|name| first(&pairs, name).is_some()) {
+                return Err(Failure::invalid(format!("a Location's day is answered whole, in one page: no {name}"), Some(name)));
+            }
+            (location_day(&gateway, &call, location_id, day, &statuses).await?, None)
         }
         _ => {
             return Err(Failure::invalid(
@@ -397,4 +414,48 @@ pub(super) async fn search(
         }
     };
     Ok(json(StatusCode::OK, &searchset(entries, next)))
+}
+
+/// Every appointment on `day` at every clinic of the Location, as search entries.
+async fn location_day(
+    gateway: &Gateway,
+    call: &Call,
+    location_id: String,
+    day: pac_proto::common::Date,
+    statuses: &[i32],
+) -> Result<Vec<Value>, Failure> {
+    let (mut entries, mut clinics_page) = (Vec::new(), String::new());
+    loop {
+        let request =
+            sched::ListClinicsRequest { location_id: location_id.clone(), page_size: 100, page_token: clinics_page, ..Default::default() };
+        let here = gateway.scheduling().list_clinics(gateway.request(request, call)?).await?.into_inner();
+        for clinic in &here.clinics {
+            let mut page_token = String::new();
+            loop {
+                let request = sched::ListAppointmentsRequest {
+                    clinic_id: clinic.id.clone(),
+                    day: Some(day),
+                    statuses: statuses.to_vec(),
+                    page_size: 100,
+                    page_token,
+                    ..Default::default()
+                };
+                let found = gateway.scheduling().list_appointments(gateway.request(request, call)?).await?.into_inner();
+                entries.extend(found.appointments.iter().map(|a| entry(appointment(a, clinic), "match")));
+                if entries.len() > LOCATION_DAY_LIMIT {
+                    return Err(Failure::unprocessable(format!(
+                        "more than {LOCATION_DAY_LIMIT} appointments at this Location on that day: search by status too"
+                    )));
+                }
+                if found.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = found.next_page_token;
+            }
+        }
+        if here.next_page_token.is_empty() {
+            return Ok(entries);
+        }
+        clinics_page = here.next_page_token;
+    }
 }

@@ -56,6 +56,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/fhir/R4/ServiceRequest/{id}", get(service_request::read))
         .route("/fhir/R4/ServiceRequest", get(service_request::search))
         .fallback(|| async { Failure::not_supported("this FHIR interaction is not supported here (see GET /fhir/R4/metadata)") })
+        .method_not_allowed_fallback(|| async { Failure::method_not_allowed() })
         .with_state(Api { gateway })
 }
 
@@ -69,7 +70,7 @@ pub(crate) fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
 }
 
 /// `value` without its empty members, recursively.
-fn prune(value: &mut serde_json::Value) {
+pub(super) fn prune(value: &mut serde_json::Value) {
     use serde_json::Value;
     let empty = |v: &Value| match v {
         Value::Null => true,

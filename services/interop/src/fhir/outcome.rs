@@ -67,6 +67,12 @@ impl Failure {
         Self::new(StatusCode::PRECONDITION_FAILED, "multiple-matches", diagnostics.into(), None, Vec::new())
     }
 
+    /// A method this resource does not take (405), e.g. `DELETE Patient/{id}`.
+    pub fn method_not_allowed() -> Self {
+        let text = "this resource does not take that method (see GET /fhir/R4/metadata)".to_string();
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", text, None, Vec::new())
+    }
+
     /// A body of a kind this interaction does not take (415).
     pub fn unsupported_media(diagnostics: impl Into<String>) -> Self {
         Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-supported", diagnostics.into(), None, Vec::new())

@@ -2,16 +2,16 @@
 //! status extension, hospital numbers, name, gender, birth date, address, telecom, GP practice,
 //! and the link to the record it replaced or was replaced by in a merge.
 
-use std::collections::HashMap;
-
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use pac_proto::records as pb;
 use serde::{Deserialize, Serialize};
 
 use super::outcome::Failure;
-use super::rest::{checked_id, condition, date, first, if_match, updated, with_etag, with_location};
+use super::rest::{
+    checked_id, condition, count, date, entry, first, if_match, next_link, parameters, query, searchset, updated, with_etag, with_location,
+};
 use super::{Api, json};
 
 pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
@@ -198,7 +198,9 @@ pub fn from_record(patient: &pb::Patient, replaces: &str) -> Patient {
     let address = patient
         .address
         .as_ref()
-        .filter(|a| !a.lines.is_empty() || !a.postcode.is_empty() || !a.locality.is_empty())
+        .filter(|a| {
+            !a.lines.is_empty() || !a.postcode.is_empty() || !a.locality.is_empty() || !a.district.is_empty() || !a.country.is_empty()
+        })
         .map(|a| Address {
             kind: "home",
             line: a.lines.clone(),
@@ -473,61 +475,46 @@ pub fn other_change(current: &pb::Patient, wanted: &pb::Patient) -> Option<&'sta
 // The interactions.
 
 pub(super) async fn read(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, Failure> {
-    if uuid::Uuid::parse_str(&id).is_err() {
-        return Err(Failure::invalid("the id is not a patient id", Some("Patient.id")));
-    }
+    checked_id(&id, "Patient")?;
     let (gateway, call) = api.caller(&headers);
     let (record, merged_from) = gateway.read_patient(&id, &call).await?;
     Ok(with_etag(json(StatusCode::OK, &from_record(&record, &merged_from)), &record.etag))
 }
 
 /// The parameters Patient search takes; any other is refused (400), never ignored.
-pub(super) const PATIENT_SEARCH: &[&str] = &["identifier", "family", "given", "birthdate", "address-postalcode", "_count"];
+const SEARCH: &[&str] = &["identifier", "family", "given", "birthdate", "address-postalcode", "_count", "_page_token"];
 
-pub(super) async fn search(
-    State(api): State<Api>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Result<Response, Failure> {
-    if let Some(unknown) = query.keys().find(|k| !PATIENT_SEARCH.contains(&k.as_str())) {
-        return Err(Failure::invalid(format!("search parameter {unknown} is not supported for Patient"), Some(unknown)));
-    }
-    let count: i32 = match query.get("_count") {
-        None => 20,
-        Some(n) => {
-            n.parse().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| Failure::invalid("_count must be 1 to 100", Some("_count")))?
-        }
-    };
-    let birth_date = match query.get("birthdate") {
+pub(super) async fn search(State(api): State<Api>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Result<Response, Failure> {
+    let pairs = parameters(query(raw)?, SEARCH, &[])?;
+    let birth_date = match first(&pairs, "birthdate") {
         None => None,
         Some(text) => {
             Some(date(text).ok_or_else(|| Failure::invalid("birthdate must be a date, YYYY-MM-DD (equality only)", Some("birthdate")))?)
         }
     };
     let (gateway, call) = api.caller(&headers);
-    let found: Vec<pb::Patient> = match query.get("identifier") {
+    let (found, next) = match first(&pairs, "identifier") {
         Some(token) => {
             let identifier = identifier(token)?;
             let found = gateway.lookup(&identifier, &call).await?.map(|(p, _)| p);
             // Combined with the other parameters: the one found must meet them too.
-            found.into_iter().filter(|p| meets(p, &query, birth_date.as_ref())).collect()
+            (found.into_iter().filter(|p| meets(p, &pairs, birth_date.as_ref())).collect(), String::new())
         }
         None => {
-            let name = [query.get("given"), query.get("family")].into_iter().flatten().cloned().collect::<Vec<_>>().join(" ");
-            let postcode = query.get("address-postalcode").cloned().unwrap_or_default();
+            let name = [first(&pairs, "given"), first(&pairs, "family")].into_iter().flatten().collect::<Vec<_>>().join(" ");
+            let postcode = first(&pairs, "address-postalcode").unwrap_or_default().to_string();
             if name.is_empty() && postcode.is_empty() && birth_date.is_none() {
                 return Err(Failure::invalid("search by identifier, family, given, birthdate or address-postalcode", None));
             }
-            let request = pb::SearchPatientsRequest { name, birth_date, postcode, page_size: count, ..Default::default() };
+            let page_token = first(&pairs, "_page_token").unwrap_or_default().to_string();
+            let request =
+                pb::SearchPatientsRequest { name, birth_date, postcode, page_size: count(&pairs)?, page_token, ..Default::default() };
             gateway.search_patients(request, &call).await?
         }
     };
-    let entry: Vec<serde_json::Value> = found
-        .iter()
-        .map(|p| serde_json::json!({ "fullUrl": format!("Patient/{}", p.id), "resource": from_record(p, ""), "search": { "mode": "match" } }))
-        .collect();
-    let bundle = serde_json::json!({ "resourceType": "Bundle", "type": "searchset", "total": entry.len(), "entry": entry });
-    Ok(json(StatusCode::OK, &bundle))
+    let entries: Vec<serde_json::Value> =
+        found.iter().map(|p| entry(serde_json::to_value(from_record(p, "")).unwrap_or_default(), "match")).collect();
+    Ok(json(StatusCode::OK, &searchset(entries, next_link("Patient", &pairs, &next))))
 }
 
 /// `system|value` (or a bare value, taken as an NHS number).
@@ -550,13 +537,13 @@ pub(super) fn identifier(token: &str) -> Result<crate::adt::Identifier, Failure>
 }
 
 /// Whether `patient` meets the name, birth date and postcode parameters.
-pub(super) fn meets(patient: &pb::Patient, query: &HashMap<String, String>, birth_date: Option<&pac_proto::common::Date>) -> bool {
-    let starts = |field: &str, wanted: Option<&String>| wanted.is_none_or(|w| field.to_lowercase().starts_with(&w.to_lowercase()));
+fn meets(patient: &pb::Patient, pairs: &[(String, String)], birth_date: Option<&pac_proto::common::Date>) -> bool {
+    let starts = |field: &str, wanted: Option<&str>| wanted.is_none_or(|w| field.to_lowercase().starts_with(&w.to_lowercase()));
     let postcode = patient.address.as_ref().map(|a| a.postcode.replace(' ', "").to_uppercase()).unwrap_or_default();
-    starts(&patient.family_name, query.get("family"))
-        && starts(&patient.given_name, query.get("given"))
+    starts(&patient.family_name, first(pairs, "family"))
+        && starts(&patient.given_name, first(pairs, "given"))
         && birth_date.is_none_or(|d| patient.birth_date.as_ref() == Some(d))
-        && query.get("address-postalcode").is_none_or(|p| postcode.starts_with(&p.replace(' ', "").to_uppercase()))
+        && first(pairs, "address-postalcode").is_none_or(|p| postcode.starts_with(&p.replace(' ', "").to_uppercase()))
 }
 
 /// A new Patient, unless `If-None-Exist` (`identifier=<system>|<value>`) finds one: then that one

@@ -69,9 +69,14 @@ pub(super) fn next_link(kind: &str, pairs: &[(String, String)], page_token: &str
     Some(format!("{kind}?{encoded}"))
 }
 
-/// The id of `Kind/<id>` (or of a bare id), when it is one.
+/// The id of `Kind/<id>` (or of a bare id, as a search parameter may be), when it is one.
 pub(super) fn reference_id(reference: &str, kind: &str) -> Option<String> {
-    let id = reference.strip_prefix(kind).and_then(|r| r.strip_prefix('/')).unwrap_or(reference);
+    typed_id(reference, kind).or_else(|| uuid::Uuid::parse_str(reference).ok().map(|_| reference.to_string()))
+}
+
+/// The id of `Kind/<id>`, when it is one.
+pub(super) fn typed_id(reference: &str, kind: &str) -> Option<String> {
+    let id = reference.strip_prefix(kind)?.strip_prefix('/')?;
     uuid::Uuid::parse_str(id).ok().map(|_| id.to_string())
 }
 
@@ -83,11 +88,31 @@ pub(super) fn date(text: &str) -> Option<pac_proto::common::Date> {
 
 /// An instant for `start`: a date (midnight UTC) or a date-time with its offset.
 pub(super) fn instant_param(text: &str) -> Option<prost_types::Timestamp> {
-    let at = chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&chrono::Utc))
-        .ok()
-        .or_else(|| chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|t| t.and_utc()))?;
+    use chrono::TimeZone;
+    let at = match chrono::DateTime::parse_from_rfc3339(text) {
+        Ok(at) => at.with_timezone(&chrono::Utc),
+        // A day starts at midnight in the UK, where the clinics are.
+        Err(_) => {
+            let midnight = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?.and_hms_opt(0, 0, 0)?;
+            chrono_tz::Europe::London.from_local_datetime(&midnight).earliest()?.with_timezone(&chrono::Utc)
+        }
+    };
     Some(pac_platform::convert::timestamp(at))
+}
+
+/// A search parameter's value split into its prefix (`ge`, `lt`, …) and the rest; `eq` when it
+/// has none.
+pub(super) fn prefixed(value: &str) -> (&str, &str) {
+    ["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
+        .into_iter()
+        .find_map(|prefix| value.strip_prefix(prefix).map(|rest| (prefix, rest)))
+        .unwrap_or(("eq", value))
+}
+
+/// The query string's parameters, in order; an undecodable one is a 400 like any other mistake.
+pub(super) fn query(raw: Option<String>) -> Result<Vec<(String, String)>, Failure> {
+    serde_urlencoded::from_str(raw.as_deref().unwrap_or_default())
+        .map_err(|e| Failure::invalid(format!("the query string does not decode: {e}"), None))
 }
 
 pub(super) fn with_etag(mut response: Response, etag: &str) -> Response {
@@ -110,8 +135,8 @@ pub(super) fn if_match(headers: &HeaderMap) -> Result<String, Failure> {
         .get(header::IF_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().trim_start_matches("W/").trim_matches('"').to_string())
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| Failure::invalid("If-Match: the resource's current version (its ETag)", Some("If-Match")))
+        .filter(|v| !v.is_empty() && v != "*")
+        .ok_or_else(|| Failure::invalid("If-Match is required: the ETag of the version you read, e.g. W/\"3\" (not *)", Some("If-Match")))
 }
 
 /// The resource an update asks for: a `PUT`'s body as sent, or a `PATCH` applied to `current` (as
@@ -124,11 +149,12 @@ pub(super) fn updated(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Vec<u8>, Failure> {
-    if method != Method::PATCH {
-        return Ok(body.to_vec());
-    }
+    // A change made to another version than the one read is refused before anything is compared.
     if current_etag != etag {
         return Err(Failure::stale());
+    }
+    if method != Method::PATCH {
+        return Ok(body.to_vec());
     }
     Ok(serde_json::to_vec(&patched(current(), headers, body)?).unwrap_or_default())
 }

@@ -3,14 +3,14 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use pac_proto::scheduling as sched;
 use serde_json::{Value, json};
 
 use super::outcome::Failure;
-use super::rest::{checked_id, count, entry, first, parameters, searchset};
+use super::rest::{checked_id, count, entry, first, parameters, query, searchset};
 use super::{Api, json};
 use crate::gateway::{Call, Gateway};
 
@@ -69,12 +69,8 @@ pub(super) async fn read(State(api): State<Api>, Path(id): Path<String>, headers
     Ok(json(StatusCode::OK, &schedule(&clinic)))
 }
 
-pub(super) async fn search(
-    State(api): State<Api>,
-    Query(pairs): Query<Vec<(String, String)>>,
-    headers: HeaderMap,
-) -> Result<Response, Failure> {
-    let pairs = parameters(pairs, &["actor", "service-type", "_count"], &[])?;
+pub(super) async fn search(State(api): State<Api>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Result<Response, Failure> {
+    let pairs = parameters(query(raw)?, &["actor", "service-type", "_count"], &[])?;
     let location_id = match first(&pairs, "actor") {
         None => String::new(),
         Some(actor) => actor

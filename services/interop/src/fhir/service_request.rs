@@ -1,7 +1,7 @@
 //! ServiceRequest from the referrals service's referral: its status and priority mapped, the
 //! patient, the referrer (an ODS code) as requester, the receiving service as performer.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use pac_proto::referrals as refs;
@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::instant;
 use super::outcome::Failure;
 use super::patient::ODS_SYSTEM;
-use super::rest::{checked_id, count, entry, first, next_link, parameters, searchset, with_etag};
+use super::rest::{checked_id, count, entry, first, next_link, parameters, query, searchset, with_etag};
 use super::{Api, json};
 
 /// The FHIR status of a referral status: awaiting triage, awaiting booking and booked are `active`;
@@ -113,12 +113,8 @@ pub(super) async fn read(State(api): State<Api>, Path(id): Path<String>, headers
     Ok(with_etag(json(StatusCode::OK, &service_request(&referral)), &referral.etag))
 }
 
-pub(super) async fn search(
-    State(api): State<Api>,
-    Query(pairs): Query<Vec<(String, String)>>,
-    headers: HeaderMap,
-) -> Result<Response, Failure> {
-    let pairs = parameters(pairs, &["patient", "status", "_count", "_page_token"], &[])?;
+pub(super) async fn search(State(api): State<Api>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Result<Response, Failure> {
+    let pairs = parameters(query(raw)?, &["patient", "status", "_count", "_page_token"], &[])?;
     let page_token = first(&pairs, "_page_token").unwrap_or_default().to_string();
     let request = list_request(first(&pairs, "patient"), first(&pairs, "status"), count(&pairs)?, page_token)?;
     let (gateway, call) = api.caller(&headers);

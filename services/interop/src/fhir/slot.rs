@@ -1,7 +1,7 @@
 //! Slot: `free` while it has room, else `busy`. Search by schedule or service type, start window,
 //! `_include=Slot:schedule`, next-page links.
 
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use pac_proto::scheduling as sched;
@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::instant;
 use super::outcome::Failure;
-use super::rest::{count, entry, first, instant_param, next_link, parameters, searchset};
+use super::rest::{count, entry, first, instant_param, next_link, parameters, prefixed, query, reference_id, searchset};
 use super::schedule::Clinics;
 use super::{Api, json};
 
@@ -29,13 +29,8 @@ pub fn slot(slot: &sched::Slot, service_code: &str) -> Value {
     value
 }
 
-pub(super) async fn search(
-    State(api): State<Api>,
-    Query(pairs): Query<Vec<(String, String)>>,
-    headers: HeaderMap,
-) -> Result<Response, Failure> {
-    use pac_proto::scheduling as sched;
-    let pairs = parameters(pairs, &["schedule", "service-type", "start", "status", "_count", "_include", "_page_token"], &["start"])?;
+pub(super) async fn search(State(api): State<Api>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Result<Response, Failure> {
+    let pairs = parameters(query(raw)?, &["schedule", "service-type", "start", "status", "_count", "_include", "_page_token"], &["start"])?;
     if first(&pairs, "status").is_some_and(|s| s != "free") {
         return Err(Failure::invalid("status: only free slots are searched (status=free)", Some("status")));
     }
@@ -44,7 +39,9 @@ pub(super) async fn search(
     }
     let target = match (first(&pairs, "schedule"), first(&pairs, "service-type")) {
         (Some(schedule), None) => {
-            sched::search_slots_request::Target::ClinicId(schedule.strip_prefix("Schedule/").unwrap_or(schedule).to_string())
+            let id =
+                reference_id(schedule, "Schedule").ok_or_else(|| Failure::invalid("schedule must be Schedule/<id>", Some("schedule")))?;
+            sched::search_slots_request::Target::ClinicId(id)
         }
         (None, Some(service)) => {
             sched::search_slots_request::Target::ServiceCode(service.rsplit('|').next().unwrap_or(service).to_string())
@@ -53,7 +50,7 @@ pub(super) async fn search(
     };
     let (mut start_time, mut end_time) = (None, None);
     for (_, value) in pairs.iter().filter(|(n, _)| n == "start") {
-        let (prefix, rest) = value.split_at(value.len().min(2));
+        let (prefix, rest) = prefixed(value);
         let at = instant_param(rest)
             .ok_or_else(|| Failure::invalid("start must be ge<date or date-time> or lt<date or date-time>", Some("start")))?;
         match prefix {

@@ -72,13 +72,13 @@ async fn patients_are_read_and_searched_as_uk_core_for_the_callers_organisation_
         assert_eq!(found.body["entry"][0]["resource"]["id"], registered.id.as_str(), "{query}");
     }
     let none = fhir_get(fhir, &format!("/fhir/R4/Patient?identifier={NHS}&birthdate=1999-01-01"), Some(&coordinator)).await;
-    assert_eq!(none.body["total"], 0, "combined parameters must all match");
+    assert_eq!((none.status, none.body.get("entry")), (200, None), "combined parameters must all match: {}", none.body);
 
     // Another organisation's coordinator: not found, and no search hit.
     let elsewhere = token_for(Role::Coordinator, "RAE", Duration::from_secs(600));
     assert_eq!(fhir_get(fhir, &format!("/fhir/R4/Patient/{}", registered.id), Some(&elsewhere)).await.status, 404);
     let search = fhir_get(fhir, &format!("/fhir/R4/Patient?identifier={NHS}"), Some(&elsewhere)).await;
-    assert_eq!(search.body["total"], 0);
+    assert_eq!((search.status, search.body.get("entry")), (200, None), "{}", search.body);
 
     // Refusals are OperationOutcomes with the HTTP status of the gateway's answer.
     let cases = [
@@ -87,7 +87,14 @@ async fn patients_are_read_and_searched_as_uk_core_for_the_callers_organisation_
         ("/fhir/R4/Patient?birthdate=ge1980-01-01".to_string(), Some(coordinator.as_str()), 400, "invalid"),
         ("/fhir/R4/Patient/not-an-id".to_string(), Some(coordinator.as_str()), 400, "invalid"),
         ("/fhir/R4/Encounter".to_string(), Some(coordinator.as_str()), 400, "not-supported"),
+        ("/fhir/R4/Patient?family=a&family=b".to_string(), Some(coordinator.as_str()), 400, "invalid"),
+        ("/fhir/R4/Patient?family=%FF".to_string(), Some(coordinator.as_str()), 400, "invalid"),
+        // A multi-byte character where a prefix would be: once a panic that closed the connection.
+        ("/fhir/R4/Slot?service-type=KNEE&start=a%C3%A9".to_string(), Some(coordinator.as_str()), 400, "invalid"),
     ];
+    let deleted =
+        pac_e2e::interop::fhir_send(fhir, "DELETE", &format!("/fhir/R4/Patient/{}", registered.id), Some(&coordinator), &[], None).await;
+    assert_eq!((deleted.status, deleted.body["resourceType"].as_str()), (405, Some("OperationOutcome")), "{}", deleted.body);
     for (path, bearer, status, code) in cases {
         let answer = fhir_get(fhir, &path, bearer).await;
         assert_eq!(
@@ -257,6 +264,10 @@ async fn a_patient_is_created_once_and_only_its_contact_details_change_with_if_m
     // The version it named is gone now: 412. No If-Match: 400.
     assert_eq!(fhir_send(fhir, "PUT", &path, Some(&coordinator), &[("If-Match", &etag)], Some(&changed)).await.status, 412);
     assert_eq!(fhir_send(fhir, "PUT", &path, Some(&coordinator), &[], Some(&changed)).await.status, 400);
+    // A stale version is 412 whatever else the body says.
+    let mut stale_rename = changed.clone();
+    stale_rename["name"][0]["family"] = "Renamed".into();
+    assert_eq!(fhir_send(fhir, "PUT", &path, Some(&coordinator), &[("If-Match", &etag)], Some(&stale_rename)).await.status, 412);
     // Anything but contact details: 422, nothing changed.
     let current = put.header("etag").unwrap().to_string();
     let mut renamed = put.body.clone();
@@ -352,6 +363,14 @@ async fn a_referral_is_a_service_request_and_its_appointments_are_found_and_canc
         fhir_send(fhir, "POST", "/fhir/R4/Appointment", Some(&coordinator), &[("If-None-Exist", "date=2030-01-01")], Some(&appointment))
             .await;
     assert_eq!(unsupported.status, 400, "{}", unsupported.body);
+    let other = format!("patient=Patient/{}", uuid::Uuid::now_v7());
+    let mismatch =
+        fhir_send(fhir, "POST", "/fhir/R4/Appointment", Some(&coordinator), &[("If-None-Exist", &other)], Some(&appointment)).await;
+    assert_eq!(mismatch.status, 400, "the condition names another patient: {}", mismatch.body);
+    let mut bad_referral = appointment.clone();
+    bad_referral["basedOn"][0]["reference"] = "ServiceRequest/not-an-id".into();
+    let refused = fhir_send(fhir, "POST", "/fhir/R4/Appointment", Some(&coordinator), &[], Some(&bad_referral)).await;
+    assert_eq!(refused.status, 400, "a basedOn that is no id is refused, not dropped: {}", refused.body);
     let day = slot["start"].as_str().unwrap()[..10].to_string();
     for query in [
         format!("patient=Patient/{patient}"),
@@ -366,7 +385,13 @@ async fn a_referral_is_a_service_request_and_its_appointments_are_found_and_canc
         let found = fhir_get(fhir, &format!("/fhir/R4/Appointment?{query}"), Some(&coordinator)).await;
         assert_eq!((found.status, found.body.get("entry")), (200, None), "{query}: {}", found.body);
     }
-    for bad in [format!("actor=Location/{}", clinic.location_id), "status=booked".into(), format!("patient={patient}&status=done")] {
+    for bad in [
+        format!("actor=Location/{}", clinic.location_id),
+        "status=booked".into(),
+        format!("patient={patient}&status=done"),
+        format!("actor={patient}"),
+        format!("actor=Location/{}&date={day}&_count=5", clinic.location_id),
+    ] {
         assert_eq!(fhir_get(fhir, &format!("/fhir/R4/Appointment?{bad}"), Some(&coordinator)).await.status, 400, "{bad}");
     }
     let booked_referral = fhir_get(fhir, &format!("/fhir/R4/ServiceRequest/{}", referral.id), Some(&coordinator)).await;
@@ -392,11 +417,22 @@ async fn a_referral_is_a_service_request_and_its_appointments_are_found_and_canc
             { "system": "urn:pac:cancellation-reason", "code": "PATIENT_UNWELL" }, { "system": "urn:pac:cancelled-by", "code": "patient" }] } }
     ]);
     assert_eq!(fhir_patch(fhir, &path, &coordinator, &etag, &move_it).await.status, 422);
+    let mut move_start = move_it.clone();
+    move_start[1] = serde_json::json!({ "op": "replace", "path": "/start", "value": "2031-01-01T09:00:00.000Z" });
+    let moved = fhir_patch(fhir, &path, &coordinator, &etag, &move_start).await;
+    assert_eq!(moved.status, 422, "a changed start is refused, not dropped: {}", moved.body);
+    assert!(moved.body["issue"][0]["diagnostics"].as_str().unwrap().contains("start"), "{}", moved.body);
     let cancel = serde_json::json!([move_it[0], move_it[2]]);
     let cancelled = fhir_patch(fhir, &path, &coordinator, &etag, &cancel).await;
     assert_eq!((cancelled.status, cancelled.body["status"].as_str()), (200, Some("cancelled")), "{}", cancelled.body);
     let after = fhir_get(fhir, &format!("/fhir/R4/ServiceRequest/{}", referral.id), Some(&coordinator)).await;
     assert_eq!(after.body["status"], "active", "awaiting booking again: {}", after.body);
+    // The cancelled appointment is not the one a conditional booking looks for: the slot is booked anew.
+    let condition = format!("patient=Patient/{patient}&slot=Slot/{}", slot["id"].as_str().unwrap());
+    let rebooked =
+        fhir_send(fhir, "POST", "/fhir/R4/Appointment", Some(&coordinator), &[("If-None-Exist", &condition)], Some(&appointment)).await;
+    assert_eq!(rebooked.status, 201, "{}", rebooked.body);
+    assert_ne!(rebooked.body["id"].as_str(), Some(id.as_str()));
 
     // Every one of those calls reached the gateway under the coordinator: audited.
     let admin = p.admin_pool().await;
