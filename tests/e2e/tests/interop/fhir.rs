@@ -140,6 +140,15 @@ async fn a_free_slot_is_found_booked_read_back_and_cancelled_and_a_taken_one_is_
     let schedule = entries.iter().find(|e| e["search"]["mode"] == "include").expect("the schedule included");
     assert_eq!(schedule["resource"]["id"], clinic.id.as_str());
     assert!(slots.body["link"][0]["url"].as_str().unwrap().starts_with("Slot?"), "a next page: {}", slots.body);
+    // Patient search pages: one a page, the next link gives the other.
+    let page = fhir_get(fhir, "/fhir/R4/Patient?birthdate=1980-02-03&_count=1", Some(&coordinator)).await;
+    assert_eq!((page.status, page.body["entry"].as_array().map(Vec::len)), (200, Some(1)), "{}", page.body);
+    let next = page.body["link"][0]["url"].as_str().expect("a next link");
+    let rest = fhir_get(fhir, &format!("/fhir/R4/{next}"), Some(&coordinator)).await;
+    assert_eq!(rest.status, 200, "{}", rest.body);
+    let ids: std::collections::HashSet<&str> =
+        [&page, &rest].iter().flat_map(|b| b.body["entry"].as_array().unwrap()).map(|e| e["resource"]["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(first.as_str()) && ids.contains(second.as_str()), "both patients over the two pages: {ids:?}");
     let schedules = fhir_get(fhir, "/fhir/R4/Schedule?service-type=KNEE", Some(&coordinator)).await;
     assert_eq!(schedules.body["entry"][0]["resource"]["id"], clinic.id.as_str());
 
@@ -381,6 +390,23 @@ async fn a_referral_is_a_service_request_and_its_appointments_are_found_and_canc
         let found = fhir_get(fhir, &format!("/fhir/R4/Appointment?{query}"), Some(&coordinator)).await;
         assert_eq!((found.status, found.body["entry"][0]["resource"]["id"].as_str()), (200, Some(id.as_str())), "{query}: {}", found.body);
     }
+    // A second appointment three days on: a page of one on that day is filled from the pages after
+    // the first (which holds the earlier appointment).
+    let later_day = (chrono::NaiveDate::parse_from_str(&day, "%Y-%m-%d").unwrap() + chrono::Duration::days(3)).to_string();
+    let later = fhir_get(
+        fhir,
+        &format!("/fhir/R4/Slot?schedule=Schedule/{}&status=free&start=ge{later_day}&_count=1", clinic.id),
+        Some(&coordinator),
+    )
+    .await;
+    let mut second = appointment.clone();
+    second["slot"][0]["reference"] = format!("Slot/{}", later.body["entry"][0]["resource"]["id"].as_str().unwrap()).into();
+    second.as_object_mut().unwrap().remove("basedOn");
+    let second = fhir_send(fhir, "POST", "/fhir/R4/Appointment", Some(&coordinator), &[], Some(&second)).await;
+    assert_eq!(second.status, 201, "{}", second.body);
+    let on_later_day =
+        fhir_get(fhir, &format!("/fhir/R4/Appointment?patient={patient}&_count=1&date={later_day}"), Some(&coordinator)).await;
+    assert_eq!(on_later_day.body["entry"][0]["resource"]["id"], second.body["id"], "{}", on_later_day.body);
     for query in [format!("patient={patient}&status=cancelled"), format!("patient={patient}&date=2001-01-01")] {
         let found = fhir_get(fhir, &format!("/fhir/R4/Appointment?{query}"), Some(&coordinator)).await;
         assert_eq!((found.status, found.body.get("entry")), (200, None), "{query}: {}", found.body);
