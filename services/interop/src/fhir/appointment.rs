@@ -137,14 +137,18 @@ pub struct Coding {
     pub code: String,
 }
 
-/// The id of the first of `references` to a `kind` (`Kind/<id>`); one that is no id is refused.
+/// The id of the one reference to a `kind` among `references` (`Kind/<id>`), if any. Two, or one
+/// that is no `Kind/<id>`, are refused: nothing sent is dropped.
 fn id_of<'a>(references: impl IntoIterator<Item = &'a Reference>, kind: &str, field: &str) -> Result<Option<String>, Failure> {
-    match references.into_iter().find(|r| r.reference.strip_prefix(kind).is_some_and(|id| id.starts_with('/'))) {
-        None => Ok(None),
-        Some(r) => typed_id(&r.reference, kind)
-            .map(Some)
-            .ok_or_else(|| Failure::invalid(format!("{} is not a {kind} reference (Kind/<id>)", r.reference), Some(field))),
+    let mut found = None;
+    for reference in references {
+        let id = typed_id(&reference.reference, kind)
+            .ok_or_else(|| Failure::invalid(format!("{} is not a {kind} reference ({kind}/<id>)", reference.reference), Some(field)))?;
+        if found.replace(id).is_some() {
+            return Err(Failure::invalid(format!("one {kind} only"), Some(field)));
+        }
     }
+    Ok(found)
 }
 
 // The interactions.
@@ -241,13 +245,18 @@ pub(super) async fn book(State(api): State<Api>, headers: HeaderMap, body: axum:
     }
     let slot_id = id_of(&input.slot, "Slot", "Appointment.slot")?
         .ok_or_else(|| Failure::invalid("name the free Slot to book (slot)", Some("Appointment.slot")))?;
-    let patient_id = id_of(input.participant.iter().filter_map(|p| p.actor.as_ref()), "Patient", "Appointment.participant")?
+    // The clinic's Location is the platform's to set: only the Patient is read of the participants.
+    let patients = input.participant.iter().filter_map(|p| p.actor.as_ref()).filter(|a| !a.reference.starts_with("Location/"));
+    let patient_id = id_of(patients, "Patient", "Appointment.participant")?
         .ok_or_else(|| Failure::invalid("name the Patient (a participant's actor)", Some("Appointment.participant")))?;
     let referral_id = id_of(&input.based_on, "ServiceRequest", "Appointment.basedOn")?.unwrap_or_default();
     let (gateway, call) = api.caller(&headers);
     if let Some(condition) = condition(&headers, &["patient", "slot", "status"])? {
         if first(&condition, "patient").and_then(|p| reference_id(p, "Patient")).is_some_and(|p| p != patient_id) {
             return Err(Failure::invalid("If-None-Exist names another patient than the appointment", Some("If-None-Exist")));
+        }
+        if first(&condition, "slot").and_then(|s| reference_id(s, "Slot")).is_some_and(|s| s != slot_id) {
+            return Err(Failure::invalid("If-None-Exist names another slot than the appointment", Some("If-None-Exist")));
         }
         if let Some(found) = existing_appointment(&gateway, &call, &condition).await? {
             let rendered = Clinics::new(&gateway, &call).appointment(&found).await?;
@@ -291,6 +300,9 @@ pub(super) async fn update(
     }
     // Every element sent but the status and the reason must be as it is now (left out: left as is).
     let mut wanted: Value = serde_json::from_slice(&wanted).unwrap_or_default();
+    if wanted.get("id").is_some_and(|sent| sent.as_str() != Some(id.as_str())) {
+        return Err(Failure::invalid("the body's id is not the Appointment addressed", Some("Appointment.id")));
+    }
     prune(&mut wanted);
     prune(&mut rendered);
     let kept = ["resourceType", "id", "meta", "status", "cancelationReason"];
@@ -387,7 +399,8 @@ pub(super) async fn search(State(api): State<Api>, RawQuery(raw): RawQuery, head
                 let found = gateway.scheduling().list_appointments(gateway.request(request, &call)?).await?.into_inner();
                 clinics.load(found.appointments.iter().map(|a| a.clinic_id.as_str())).await?;
                 for listed in &found.appointments {
-                    let on_the_day = day.as_ref().is_none_or(|d| local_day(listed, &clinics.known[&listed.clinic_id]).as_ref() == Some(d));
+                    let clinic = clinics.get(&listed.clinic_id).await?;
+                    let on_the_day = day.as_ref().is_none_or(|d| local_day(listed, clinic).as_ref() == Some(d));
                     if on_the_day {
                         entries.push(entry(clinics.appointment(listed).await?, "match"));
                     }

@@ -495,6 +495,10 @@ pub(super) async fn search(State(api): State<Api>, RawQuery(raw): RawQuery, head
     let (gateway, call) = api.caller(&headers);
     let (found, next) = match first(&pairs, "identifier") {
         Some(token) => {
+            count(&pairs)?;
+            if first(&pairs, "_page_token").is_some() {
+                return Err(Failure::invalid("a search by identifier finds one patient, in one page", Some("_page_token")));
+            }
             let identifier = identifier(token)?;
             let found = gateway.lookup(&identifier, &call).await?.map(|(p, _)| p);
             // Combined with the other parameters: the one found must meet them too.

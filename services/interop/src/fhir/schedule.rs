@@ -44,7 +44,7 @@ impl<'a> Clinics<'a> {
         missing.sort_unstable();
         missing.dedup();
         let fetched = futures::future::try_join_all(missing.iter().map(|id| self.gateway.get_clinic(id, self.call))).await?;
-        self.known.extend(fetched.into_iter().map(|clinic| (clinic.id.clone(), clinic)));
+        self.known.extend(missing.into_iter().map(str::to_string).zip(fetched));
         Ok(())
     }
 

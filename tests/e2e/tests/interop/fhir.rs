@@ -89,6 +89,7 @@ async fn patients_are_read_and_searched_as_uk_core_for_the_callers_organisation_
         ("/fhir/R4/Encounter".to_string(), Some(coordinator.as_str()), 400, "not-supported"),
         ("/fhir/R4/Patient?family=a&family=b".to_string(), Some(coordinator.as_str()), 400, "invalid"),
         ("/fhir/R4/Patient?family=%FF".to_string(), Some(coordinator.as_str()), 400, "invalid"),
+        (format!("/fhir/R4/Patient?identifier={NHS}&_page_token=x"), Some(coordinator.as_str()), 400, "invalid"),
         // A multi-byte character where a prefix would be: once a panic that closed the connection.
         ("/fhir/R4/Slot?service-type=KNEE&start=a%C3%A9".to_string(), Some(coordinator.as_str()), 400, "invalid"),
     ];
@@ -380,6 +381,14 @@ async fn a_referral_is_a_service_request_and_its_appointments_are_found_and_canc
     bad_referral["basedOn"][0]["reference"] = "ServiceRequest/not-an-id".into();
     let refused = fhir_send(fhir, "POST", "/fhir/R4/Appointment", Some(&coordinator), &[], Some(&bad_referral)).await;
     assert_eq!(refused.status, 400, "a basedOn that is no id is refused, not dropped: {}", refused.body);
+    let mut two_slots = appointment.clone();
+    two_slots["slot"].as_array_mut().unwrap().push(serde_json::json!({ "reference": format!("Slot/{}", uuid::Uuid::now_v7()) }));
+    let refused = fhir_send(fhir, "POST", "/fhir/R4/Appointment", Some(&coordinator), &[], Some(&two_slots)).await;
+    assert_eq!(refused.status, 400, "a second slot is refused, not dropped: {}", refused.body);
+    let other_slot = format!("patient=Patient/{patient}&slot=Slot/{}", uuid::Uuid::now_v7());
+    let refused =
+        fhir_send(fhir, "POST", "/fhir/R4/Appointment", Some(&coordinator), &[("If-None-Exist", &other_slot)], Some(&appointment)).await;
+    assert_eq!(refused.status, 400, "the condition names another slot: {}", refused.body);
     let day = slot["start"].as_str().unwrap()[..10].to_string();
     for query in [
         format!("patient=Patient/{patient}"),
@@ -448,6 +457,13 @@ async fn a_referral_is_a_service_request_and_its_appointments_are_found_and_canc
     let moved = fhir_patch(fhir, &path, &coordinator, &etag, &move_start).await;
     assert_eq!(moved.status, 422, "a changed start is refused, not dropped: {}", moved.body);
     assert!(moved.body["issue"][0]["diagnostics"].as_str().unwrap().contains("start"), "{}", moved.body);
+    // Another appointment's body sent to this one's address: refused, this one left as it is.
+    let mut elsewhere_body = booked.body.clone();
+    elsewhere_body["id"] = uuid::Uuid::now_v7().to_string().into();
+    elsewhere_body["status"] = "cancelled".into();
+    elsewhere_body["cancelationReason"] = move_it[2]["value"].clone();
+    let misdirected = fhir_send(fhir, "PUT", &path, Some(&coordinator), &[("If-Match", &etag)], Some(&elsewhere_body)).await;
+    assert_eq!(misdirected.status, 400, "{}", misdirected.body);
     let cancel = serde_json::json!([move_it[0], move_it[2]]);
     let cancelled = fhir_patch(fhir, &path, &coordinator, &etag, &cancel).await;
     assert_eq!((cancelled.status, cancelled.body["status"].as_str()), (200, Some("cancelled")), "{}", cancelled.body);
