@@ -69,14 +69,15 @@ impl Http {
             .header(hyper::header::AUTHORIZATION, &*self.authorization)
             .header(hyper::header::ACCEPT, "application/fhir+json")
             .body(Empty::new())
-            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+            .map_err(|e| tonic::Status::invalid_argument(format!("GET {path}: {e}")))?;
         let mut sender = self.sender.lock().await;
         sender.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let response = sender.send_request(request).await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let status = response.status();
         let body = response.into_body().collect().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?.to_bytes();
         if status != hyper::StatusCode::OK {
-            return Err(tonic::Status::internal(format!("GET {path}: {status} {}", String::from_utf8_lossy(&body))));
+            // The HTTP status and the OperationOutcome, for the benchmark's own failure report.
+            return Err(tonic::Status::unknown(format!("GET {path}: {status} {}", String::from_utf8_lossy(&body))));
         }
         Ok(body)
     }
