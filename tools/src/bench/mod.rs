@@ -112,7 +112,11 @@ enum Scenario {
     Gateway {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
-        #[arg(long, default_value_t = 32)]
+        /// Calls in flight on each path: enough to keep the machine busy on both, so that the ratio
+        /// compares what each path can carry. Each answer through the gateway waits for its audit
+        /// record's commit, so that path needs more calls in flight to fill the machine than the
+        /// direct one (BENCHMARKS.md: at 32 it left a tenth of the machine idle).
+        #[arg(long, default_value_t = 128)]
         concurrency: usize,
         #[arg(long, default_value_t = 3)]
         runs: usize,
