@@ -80,16 +80,18 @@ struct CpuTimes {
     backends: BTreeMap<i32, (String, Duration)>,
 }
 
-/// CPU time a process has used, from `/proc/<pid>/stat` (user and system, in clock ticks of 10 ms).
-fn cpu_of(pid: &str) -> Option<Duration> {
+/// A process's command name and the CPU time it has used, from `/proc/<pid>/stat` (user and
+/// system, in clock ticks of 10 ms); `None` when there is no such process here.
+fn cpu_of(pid: &str) -> Option<(String, Duration)> {
     cpu_in(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
-fn cpu_in(stat: &str) -> Option<Duration> {
-    // The fields after the command name (which may hold spaces and parentheses) in parentheses.
-    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+fn cpu_in(stat: &str) -> Option<(String, Duration)> {
+    // The command name is in parentheses (and may hold spaces and parentheses itself).
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let fields: Vec<&str> = stat.get(close + 2..)?.split(' ').collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
+    Some((stat.get(open + 1..close)?.to_string(), Duration::from_millis(ticks * 10)))
 }
 
 async fn cpu_times(admin: &PgPool) -> anyhow::Result<Option<CpuTimes>> {
@@ -97,15 +99,21 @@ async fn cpu_times(admin: &PgPool) -> anyhow::Result<Option<CpuTimes>> {
         sqlx::query_as("SELECT pid, application_name FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
             .fetch_all(admin)
             .await?;
-    let Some(process) = cpu_of("self") else { return Ok(None) };
+    let Some((_, process)) = cpu_of("self") else { return Ok(None) };
     let mut times = CpuTimes { process, backends: BTreeMap::new() };
     for (pid, application) in backends {
         match cpu_of(&pid.to_string()) {
-            Some(used) => times.backends.insert(pid, (application, used)),
-            None => return Ok(None),
-        };
+            Some((command, used)) if command == "postgres" => {
+                times.backends.insert(pid, (application, used));
+            }
+            // Another program has this number here: Postgres runs elsewhere.
+            Some(_) => return Ok(None),
+            // A backend that has just ended.
+            None => {}
+        }
     }
-    Ok(Some(times))
+    // None of the backends is here: Postgres runs elsewhere.
+    Ok((!times.backends.is_empty()).then_some(times))
 }
 
 /// Where one path's CPU time went over its slices, by process.
@@ -267,8 +275,9 @@ mod tests {
     #[test]
     fn cpu_time_is_read_after_a_command_name_with_spaces() {
         let stat = "4242 (postgres: pac (x) idle) S 1 2 3 0 -1 4194560 100 0 0 0 1234 56 0 0 20 0 1 0 99 1000 200";
-        assert_eq!(cpu_in(stat), Some(Duration::from_millis((1234 + 56) * 10)));
+        assert_eq!(cpu_in(stat), Some(("postgres: pac (x) idle".to_string(), Duration::from_millis((1234 + 56) * 10))));
         assert_eq!(cpu_in("4242 (cut"), None);
         assert!(cpu_of("self").is_some(), "this process's own time can be read");
+        assert_eq!(cpu_of("0"), None, "no process has number 0");
     }
 }
