@@ -45,9 +45,10 @@ def get(base: str, path: str, token: str | None, method: str = "GET", body: dict
 
 
 def nhs_number() -> str:
-    """A random NHS number with a valid check digit (modulus 11)."""
+    """A random NHS number in the 999 test range with a valid check digit (modulus 11): a number
+    drawn from all ten digits may start where no NHS number is issued, and be refused."""
     while True:
-        digits = [random.randint(0, 9) for _ in range(9)]
+        digits = [9, 9, 9] + [random.randint(0, 9) for _ in range(6)]
         check = 11 - sum(d * (10 - i) for i, d in enumerate(digits)) % 11
         if check == 11:
             check = 0
